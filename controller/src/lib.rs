@@ -1,1 +1,4 @@
+//! mai-fleet controller library: the fleet spec, the plan from desired to observed
+//! state, the Docker backend that executes it, and the fleet database.
 
+pub mod spec;

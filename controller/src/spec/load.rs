@@ -1,0 +1,586 @@
+//! Walks the YAML node tree and builds the effective spec, collecting every problem.
+//!
+//! The schema is checked by hand rather than by `serde(deny_unknown_fields)`: serde
+//! stops at the first error, and an operator fixing a 20-tenant file wants them all.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use marked_yaml::types::{MarkedMappingNode, MarkedSequenceNode};
+use marked_yaml::{LoadError, LoaderOptions, Node, Span};
+use rust_decimal::Decimal;
+
+use super::secret::{self, ApiKey, EnvSource};
+use super::{checks, Diagnostic, FleetSpec, HostSpec, Pos, SpecError, TenantSpec, TlsFiles, REQUIRED_ENV};
+
+const TOP_KEYS: &[&str] = &["version", "fleet", "defaults", "hosts", "tenants"];
+const DEFAULTS_KEYS: &[&str] = &["image", "timezone", "markup_rate", "env", "resources"];
+const HOST_KEYS: &[&str] = &["name", "docker", "data_root", "tls"];
+const TLS_KEYS: &[&str] = &["ca", "cert", "key"];
+const TENANT_KEYS: &[&str] = &[
+    "id", "name", "org_id", "host", "image", "timezone", "openrouter", "billing", "port", "env",
+    "resources",
+];
+const OPENROUTER_KEYS: &[&str] = &["api_key"];
+const BILLING_KEYS: &[&str] = &["markup_rate", "monthly_limit_usd", "email", "nip"];
+const RESOURCES_KEYS: &[&str] = &["memory", "cpus"];
+/// Set by the controller from dedicated keys; `env:` may not set them either.
+const DERIVED_ENV: &[(&str, &str)] = &[("TZ", "timezone"), ("DEFAULT_MARKUP_RATE", "billing.markup_rate")];
+
+const DEFAULT_TIMEZONE: &str = "Europe/Warsaw";
+
+#[derive(Default)]
+struct Defaults {
+    image: Option<String>,
+    timezone: Option<String>,
+    markup_rate: Option<Decimal>,
+    env: BTreeMap<String, String>,
+    memory_bytes: Option<i64>,
+    cpus: Option<Decimal>,
+}
+
+struct Billing {
+    markup_rate: Decimal,
+    monthly_limit_usd: Option<Decimal>,
+    email: Option<String>,
+    nip: Option<String>,
+}
+
+/// A tenant's values that must be unique, with where they stand; kept for every
+/// tenant, valid or not, so that a duplicate is reported in the same run.
+struct Unique {
+    tenant: String,
+    id: Option<(String, Pos)>,
+    org_id: Option<(String, Pos)>,
+    host_port: Option<(String, String, Pos)>,
+}
+
+pub struct Loader<'e> {
+    file: String,
+    base_dir: PathBuf,
+    env: &'e dyn EnvSource,
+    diags: Vec<Diagnostic>,
+    /// The tenant the diagnostics being collected concern.
+    tenant: Option<String>,
+    unique: Vec<Unique>,
+}
+
+fn pos(span: &Span) -> Pos {
+    span.start().map_or(Pos { line: 1, column: 1 }, |m| Pos {
+        line: m.line(),
+        column: m.column(),
+    })
+}
+
+impl<'e> Loader<'e> {
+    pub fn new(path: &Path, env: &'e dyn EnvSource) -> Self {
+        Self {
+            file: path.display().to_string(),
+            base_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            env,
+            diags: Vec::new(),
+            tenant: None,
+            unique: Vec::new(),
+        }
+    }
+
+    pub fn load(mut self, text: &str) -> Result<FleetSpec, SpecError> {
+        let spec = self.fleet(text);
+        if self.diags.is_empty() {
+            if let Some(spec) = spec {
+                return Ok(spec);
+            }
+        }
+        self.diags.sort_by_key(|d| (d.line, d.column));
+        self.diags.dedup();
+        Err(SpecError::Invalid {
+            file: self.file,
+            diagnostics: self.diags,
+        })
+    }
+
+    fn diag(&mut self, at: Pos, message: impl Into<String>, hint: Option<String>) {
+        self.diags.push(Diagnostic {
+            file: self.file.clone(),
+            line: at.line,
+            column: at.column,
+            tenant: self.tenant.clone(),
+            message: message.into(),
+            hint,
+        });
+    }
+
+    fn fleet(&mut self, text: &str) -> Option<FleetSpec> {
+        let start = Pos { line: 1, column: 1 };
+        if text.trim().is_empty() {
+            self.diag(
+                start,
+                "the file is empty",
+                Some("a fleet spec starts with `version: 1` and lists `hosts:` and `tenants:`; see docs/tenants-yaml.md".into()),
+            );
+            return None;
+        }
+        let options = LoaderOptions::default().error_on_duplicate_keys(true);
+        let root = match marked_yaml::parse_yaml_with_options(0, text, options) {
+            Ok(root) => root,
+            Err(e) => {
+                self.syntax_error(e);
+                return None;
+            }
+        };
+        let root = self.mapping(&root, "the top level")?;
+        self.keys(root, TOP_KEYS, "the top level");
+
+        match self.scalar(root, "version", "version") {
+            Some(("1", _)) => {}
+            Some((v, at)) => self.diag(at, format!("unsupported version `{v}`"), Some("this controller reads `version: 1`".into())),
+            None => self.diag(pos(root.span()), "missing `version`", Some("add `version: 1` at the top".into())),
+        }
+        let fleet = match self.scalar(root, "fleet", "fleet") {
+            Some((f, at)) => {
+                self.check(at, "fleet", f, checks::name_label(f));
+                f.to_string()
+            }
+            None => "default".to_string(),
+        };
+        let defaults = match root.get_node("defaults") {
+            Some(node) => self.defaults(node),
+            None => Defaults::default(),
+        };
+        let hosts = match root.get_node("hosts") {
+            Some(node) => self.hosts(node),
+            None => {
+                self.diag(pos(root.span()), "missing `hosts`", Some("list the Docker hosts tenants run on".into()));
+                Vec::new()
+            }
+        };
+        let tenants = match root.get_node("tenants") {
+            Some(node) => self.tenants(node, &defaults, &hosts),
+            None => {
+                self.diag(pos(root.span()), "missing `tenants`", Some("write `tenants: []` for a fleet with none".into()));
+                Vec::new()
+            }
+        };
+        self.unique_tenant_values();
+        Some(FleetSpec {
+            file: PathBuf::from(&self.file),
+            fleet,
+            hosts,
+            tenants,
+        })
+    }
+
+    fn syntax_error(&mut self, e: LoadError) {
+        let (at, message) = match &e {
+            LoadError::ScanError(m, scan) => (
+                Pos { line: m.line(), column: m.column() },
+                format!("YAML syntax error: {}", scan.info()),
+            ),
+            LoadError::DuplicateKey(inner) => (
+                pos(inner.key.span()),
+                format!(
+                    "key `{}` appears twice in one mapping (first at line {})",
+                    inner.key.as_str(),
+                    pos(inner.prev_key.span()).line
+                ),
+            ),
+            LoadError::TopLevelMustBeMapping(m) => (
+                Pos { line: m.line(), column: m.column() },
+                "the top level must be a mapping (`version:`, `hosts:`, `tenants:` …)".to_string(),
+            ),
+            LoadError::MappingKeyMustBeScalar(m) => (
+                Pos { line: m.line(), column: m.column() },
+                "mapping keys must be plain names".to_string(),
+            ),
+            LoadError::UnexpectedAnchor(m) | LoadError::UnexpectedTag(m) => (
+                Pos { line: m.line(), column: m.column() },
+                "YAML anchors and tags are not supported in a fleet spec".to_string(),
+            ),
+            other => (Pos { line: 1, column: 1 }, other.to_string()),
+        };
+        self.diag(at, message, None);
+    }
+
+    // ---- node access helpers: each reports what is wrong and returns None ----
+
+    fn mapping<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n MarkedMappingNode> {
+        match node {
+            Node::Mapping(m) => Some(m),
+            _ => {
+                self.diag(pos(node.span()), format!("{what} must be a mapping of `key: value` lines"), None);
+                None
+            }
+        }
+    }
+
+    fn sequence<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n MarkedSequenceNode> {
+        match node {
+            Node::Sequence(s) => Some(s),
+            // `tenants:` with nothing after it is an empty list, not a mistake.
+            Node::Scalar(s) if s.as_str().is_empty() || s.as_str() == "~" => None,
+            _ => {
+                self.diag(pos(node.span()), format!("{what} must be a list of `- ` entries"), None);
+                None
+            }
+        }
+    }
+
+    fn keys(&mut self, map: &MarkedMappingNode, allowed: &[&str], what: &str) {
+        for key in map.keys() {
+            if !allowed.contains(&key.as_str()) {
+                let hint = match checks::suggest(key.as_str(), allowed) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("known keys: {}", allowed.join(", ")),
+                };
+                self.diag(pos(key.span()), format!("unknown key `{}` in {what}", key.as_str()), Some(hint));
+            }
+        }
+    }
+
+    /// A scalar value; `None` when the key is absent or null, reported when not a scalar.
+    fn scalar<'n>(&mut self, map: &'n MarkedMappingNode, key: &str, what: &str) -> Option<(&'n str, Pos)> {
+        match map.get_node(key)? {
+            Node::Scalar(s) if s.as_str().is_empty() || s.as_str() == "~" => None,
+            Node::Scalar(s) => Some((s.as_str(), pos(s.span()))),
+            other => {
+                self.diag(pos(other.span()), format!("`{what}` must be a single value"), None);
+                None
+            }
+        }
+    }
+
+    fn required<'n>(&mut self, map: &'n MarkedMappingNode, key: &str, what: &str, hint: &str) -> Option<(&'n str, Pos)> {
+        let found = self.scalar(map, key, what);
+        if found.is_none() && !matches!(map.get_node(key), Some(Node::Mapping(_) | Node::Sequence(_))) {
+            self.diag(pos(map.span()), format!("missing `{what}`"), Some(hint.to_string()));
+        }
+        found
+    }
+
+    fn check<T>(&mut self, at: Pos, what: &str, value: &str, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(hint) => {
+                self.diag(at, format!("`{what}` value `{value}` is not valid"), Some(hint));
+                None
+            }
+        }
+    }
+
+    // ---- sections ----
+
+    fn defaults(&mut self, node: &Node) -> Defaults {
+        let mut d = Defaults::default();
+        let Some(map) = self.mapping(node, "`defaults`") else {
+            return d;
+        };
+        self.keys(map, DEFAULTS_KEYS, "defaults");
+        if let Some((image, at)) = self.scalar(map, "image", "defaults.image") {
+            d.image = self.check(at, "defaults.image", image, checks::image_ref(image)).map(|()| image.to_string());
+        }
+        if let Some((tz, at)) = self.scalar(map, "timezone", "defaults.timezone") {
+            d.timezone = self.check(at, "defaults.timezone", tz, checks::timezone(tz)).map(|()| tz.to_string());
+        }
+        if let Some((m, at)) = self.scalar(map, "markup_rate", "defaults.markup_rate") {
+            d.markup_rate = self.check(at, "defaults.markup_rate", m, checks::markup_rate(m));
+        }
+        if let Some(env) = map.get_node("env") {
+            d.env = self.env_map(env, "defaults.env");
+        }
+        if let Some(res) = map.get_node("resources") {
+            (d.memory_bytes, d.cpus) = self.resources(res, "defaults.resources");
+        }
+        d
+    }
+
+    fn env_map(&mut self, node: &Node, what: &str) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        let Some(map) = self.mapping(node, &format!("`{what}`")) else {
+            return env;
+        };
+        for (key, value) in map.iter() {
+            let name = key.as_str();
+            let at = pos(key.span());
+            if REQUIRED_ENV.contains(&name) {
+                self.diag(
+                    at,
+                    format!("`{what}` may not set {name}"),
+                    Some("the controller sets it from the tenant's `name`, `org_id` and `openrouter.api_key`".into()),
+                );
+                continue;
+            }
+            if let Some((_, key_name)) = DERIVED_ENV.iter().find(|(v, _)| *v == name) {
+                self.diag(at, format!("`{what}` may not set {name}"), Some(format!("set `{key_name}` instead")));
+                continue;
+            }
+            if self.check(at, what, name, checks::env_name(name)).is_none() {
+                continue;
+            }
+            match value {
+                Node::Scalar(s) => {
+                    env.insert(name.to_string(), s.as_str().to_string());
+                }
+                other => self.diag(pos(other.span()), format!("`{what}.{name}` must be a single value"), None),
+            }
+        }
+        env
+    }
+
+    fn resources(&mut self, node: &Node, what: &str) -> (Option<i64>, Option<Decimal>) {
+        let Some(map) = self.mapping(node, &format!("`{what}`")) else {
+            return (None, None);
+        };
+        self.keys(map, RESOURCES_KEYS, what);
+        let memory = self
+            .scalar(map, "memory", &format!("{what}.memory"))
+            .and_then(|(m, at)| self.check(at, &format!("{what}.memory"), m, checks::memory_bytes(m)));
+        let cpus = self
+            .scalar(map, "cpus", &format!("{what}.cpus"))
+            .and_then(|(c, at)| self.check(at, &format!("{what}.cpus"), c, checks::cpus(c)));
+        (memory, cpus)
+    }
+
+    fn hosts(&mut self, node: &Node) -> Vec<HostSpec> {
+        let mut hosts: Vec<HostSpec> = Vec::new();
+        let Some(seq) = self.sequence(node, "`hosts`") else {
+            return hosts;
+        };
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (i, node) in seq.iter().enumerate() {
+            let what = format!("hosts[{i}]");
+            let Some(map) = self.mapping(node, &what) else { continue };
+            self.keys(map, HOST_KEYS, &what);
+            let name = self.required(map, "name", &format!("{what}.name"), "name the host, e.g. `name: hel1-a`");
+            let docker = self.required(map, "docker", &format!("{what}.docker"), "e.g. `docker: unix:///var/run/docker.sock`");
+            let data_root = self.required(map, "data_root", &format!("{what}.data_root"), "e.g. `data_root: /srv/mai-fleet`");
+            let tls = map.get_node("tls").and_then(|t| self.tls(t, &what));
+            if let Some((n, at)) = name {
+                if self.check(at, "hosts.name", n, checks::name_label(n)).is_some() {
+                    if let Some(line) = seen.insert(n.to_string(), at.line) {
+                        self.diag(at, format!("host `{n}` is defined twice (first at line {line})"), Some("host names must be unique".into()));
+                    }
+                }
+            }
+            if let Some((d, at)) = docker {
+                let scheme_ok = ["unix:///", "tcp://", "ssh://"].iter().any(|s| d.starts_with(s));
+                if !scheme_ok {
+                    self.diag(at, format!("`{what}.docker` value `{d}` is not a Docker endpoint"), Some("use unix:///path/to/docker.sock, tcp://host:2376 or ssh://user@host".into()));
+                } else if d.starts_with("tcp://") && tls.is_none() && !d.starts_with("tcp://127.0.0.1") && !d.starts_with("tcp://localhost") {
+                    self.diag(at, format!("`{what}.docker` is a remote tcp:// endpoint without `tls`"), Some("add `tls: {ca, cert, key}` with the engine's client certificates".into()));
+                }
+            }
+            if let Some((r, at)) = data_root {
+                if !r.starts_with('/') {
+                    self.diag(at, format!("`{what}.data_root` value `{r}` is not an absolute path"), Some("write it from the root, e.g. /srv/mai-fleet".into()));
+                }
+            }
+            if let (Some((n, _)), Some((d, _)), Some((r, _))) = (name, docker, data_root) {
+                hosts.push(HostSpec {
+                    name: n.to_string(),
+                    docker: d.to_string(),
+                    data_root: r.trim_end_matches('/').to_string(),
+                    tls,
+                });
+            }
+        }
+        hosts
+    }
+
+    fn tls(&mut self, node: &Node, host_what: &str) -> Option<TlsFiles> {
+        let what = format!("{host_what}.tls");
+        let map = self.mapping(node, &format!("`{what}`"))?;
+        self.keys(map, TLS_KEYS, &what);
+        let mut file = |key: &str| {
+            self.required(map, key, &format!("{what}.{key}"), "path to a PEM file")
+                .map(|(p, _)| self.base_dir.join(p))
+        };
+        let (ca, cert, key) = (file("ca"), file("cert"), file("key"));
+        Some(TlsFiles { ca: ca?, cert: cert?, key: key? })
+    }
+
+    fn tenants(&mut self, node: &Node, defaults: &Defaults, hosts: &[HostSpec]) -> Vec<TenantSpec> {
+        let Some(seq) = self.sequence(node, "`tenants`") else {
+            return Vec::new();
+        };
+        let mut tenants = Vec::new();
+        for (i, node) in seq.iter().enumerate() {
+            if let Some(t) = self.tenant(node, i, defaults, hosts) {
+                tenants.push(t);
+            }
+            self.tenant = None;
+        }
+        tenants
+    }
+
+    fn tenant(&mut self, node: &Node, index: usize, defaults: &Defaults, hosts: &[HostSpec]) -> Option<TenantSpec> {
+        let what = format!("tenants[{index}]");
+        let map = self.mapping(node, &what)?;
+        // Name the tenant in every diagnostic below, by id when it has one.
+        self.tenant = Some(match map.get_node("id").and_then(Node::as_scalar) {
+            Some(id) if !id.as_str().is_empty() => id.as_str().to_string(),
+            _ => what.clone(),
+        });
+        let errors_before = self.diags.len();
+        self.keys(map, TENANT_KEYS, "a tenant");
+
+        let id = self.required(map, "id", "id", "give the tenant an id like `kancelaria-nowak`");
+        if let Some((v, at)) = id {
+            self.check(at, "id", v, checks::tenant_id(v));
+        }
+        let name = self.required(map, "name", "name", "the client's name, e.g. `Kancelaria Nowak Sp. k.`");
+        let org = self.required(map, "org_id", "org_id", "the client organization id sent to OpenRouter as external user");
+        if let Some((v, at)) = org {
+            self.check(at, "org_id", v, checks::org_id(v));
+        }
+        let host = self.required(map, "host", "host", "name one of the `hosts`");
+        if let Some((h, at)) = host {
+            if !hosts.iter().any(|x| x.name == h) {
+                let names: Vec<&str> = hosts.iter().map(|x| x.name.as_str()).collect();
+                let hint = match checks::suggest(h, &names) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None if names.is_empty() => "define it under `hosts`".to_string(),
+                    None => format!("hosts are: {}", names.join(", ")),
+                };
+                self.diag(at, format!("unknown host `{h}`"), Some(hint));
+            }
+        }
+        let image = match self.scalar(map, "image", "image") {
+            Some((img, at)) => self.check(at, "image", img, checks::image_ref(img)).map(|()| img.to_string()),
+            None => {
+                if defaults.image.is_none() {
+                    self.diag(pos(map.span()), "no image", Some("set `image:` on the tenant or in `defaults`".into()));
+                }
+                defaults.image.clone()
+            }
+        };
+        let timezone = match self.scalar(map, "timezone", "timezone") {
+            Some((tz, at)) => self.check(at, "timezone", tz, checks::timezone(tz)).map(|()| tz.to_string()),
+            None => Some(defaults.timezone.clone().unwrap_or_else(|| DEFAULT_TIMEZONE.to_string())),
+        };
+        let api_key = self.api_key(map);
+        let billing = self.billing(map, defaults);
+        let port = self.required(map, "port", "port", "the host port published to the app's 8080, e.g. `port: 3001`");
+        let port_value = port.and_then(|(p, at)| {
+            let parsed = p.parse::<u16>().ok().filter(|n| *n >= 1024);
+            self.check(at, "port", p, parsed.ok_or_else(|| "use a port from 1024 to 65535".to_string()))
+        });
+        let mut env = defaults.env.clone();
+        if let Some(node) = map.get_node("env") {
+            env.extend(self.env_map(node, "env"));
+        }
+        let (memory, cpus) = match map.get_node("resources") {
+            Some(node) => self.resources(node, "resources"),
+            None => (None, None),
+        };
+
+        self.unique.push(Unique {
+            tenant: self.tenant.clone().unwrap_or_default(),
+            id: id.map(|(v, at)| (v.to_string(), at)),
+            org_id: org.map(|(v, at)| (v.to_string(), at)),
+            host_port: host.zip(port).map(|((h, _), (p, at))| (h.to_string(), p.to_string(), at)),
+        });
+        if self.diags.len() > errors_before {
+            return None;
+        }
+        Some(TenantSpec {
+                id: id?.0.to_string(),
+                name: name?.0.to_string(),
+                org_id: org?.0.to_string(),
+                host: host?.0.to_string(),
+                image: image?,
+                timezone: timezone?,
+                markup_rate: billing.markup_rate,
+                monthly_limit_usd: billing.monthly_limit_usd,
+                email: billing.email,
+                nip: billing.nip,
+                port: port_value?,
+                env,
+                memory_bytes: memory.or(defaults.memory_bytes),
+                cpus: cpus.or(defaults.cpus),
+                api_key: api_key?,
+        })
+    }
+
+    fn api_key(&mut self, map: &MarkedMappingNode) -> Option<ApiKey> {
+        let Some(node) = map.get_node("openrouter") else {
+            self.diag(pos(map.span()), "missing `openrouter.api_key`", Some("add `openrouter: { api_key: ${env:VAR} }`; without a key the app tracks nothing".into()));
+            return None;
+        };
+        let or = self.mapping(node, "`openrouter`")?;
+        self.keys(or, OPENROUTER_KEYS, "openrouter");
+        let (text, at) = self.required(or, "api_key", "openrouter.api_key", "e.g. `api_key: ${env:NOWAK_OPENROUTER_KEY}`")?;
+        let Some(reference) = secret::parse_reference(text) else {
+            // Never echo the value: it may be the key itself.
+            self.diag(at, "`openrouter.api_key` is written inline", Some("keep keys out of the file: use ${env:VAR} or ${file:PATH}".into()));
+            return None;
+        };
+        match secret::resolve(&reference, &self.base_dir, self.env) {
+            Ok(key) => match checks::openrouter_key(&key) {
+                Ok(()) => Some(ApiKey::new(key)),
+                Err(hint) => {
+                    self.diag(at, format!("`openrouter.api_key` from {} is not an OpenRouter API key", text.trim()), Some(hint));
+                    None
+                }
+            },
+            Err(problem) => {
+                self.diag(at, format!("`openrouter.api_key`: {problem}"), None);
+                None
+            }
+        }
+    }
+
+    /// Billing keys; a bad value is reported and the tenant is then dropped by the
+    /// caller (it counts diagnostics), so the placeholders returned here never escape.
+    fn billing(&mut self, map: &MarkedMappingNode, defaults: &Defaults) -> Billing {
+        let mut billing = Billing {
+            markup_rate: defaults.markup_rate.unwrap_or_else(|| Decimal::new(13, 1)),
+            monthly_limit_usd: None,
+            email: None,
+            nip: None,
+        };
+        let Some(b) = map.get_node("billing").and_then(|n| self.mapping(n, "`billing`")) else {
+            return billing;
+        };
+        self.keys(b, BILLING_KEYS, "billing");
+        if let Some((m, at)) = self.scalar(b, "markup_rate", "billing.markup_rate") {
+            if let Some(rate) = self.check(at, "billing.markup_rate", m, checks::markup_rate(m)) {
+                billing.markup_rate = rate;
+            }
+        }
+        if let Some((m, at)) = self.scalar(b, "monthly_limit_usd", "billing.monthly_limit_usd") {
+            billing.monthly_limit_usd = self.check(at, "billing.monthly_limit_usd", m, checks::money_usd(m));
+        }
+        if let Some((e, at)) = self.scalar(b, "email", "billing.email") {
+            billing.email = self.check(at, "billing.email", e, checks::email(e)).map(|()| e.to_string());
+        }
+        if let Some((n, at)) = self.scalar(b, "nip", "billing.nip") {
+            billing.nip = self.check(at, "billing.nip", n, checks::nip(n)).map(|()| n.to_string());
+        }
+        billing
+    }
+
+    fn unique_tenant_values(&mut self) {
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        let mut orgs: HashMap<String, usize> = HashMap::new();
+        let mut ports: HashMap<(String, String), (usize, String)> = HashMap::new();
+        for u in std::mem::take(&mut self.unique) {
+            self.tenant = Some(u.tenant.clone());
+            if let Some((id, at)) = u.id {
+                if let Some(line) = ids.insert(id.clone(), at.line) {
+                    self.diag(at, format!("id `{id}` is used twice (first at line {line})"), Some("tenant ids must be unique: each becomes a container name".into()));
+                }
+            }
+            if let Some((org, at)) = u.org_id {
+                if let Some(line) = orgs.insert(org.clone(), at.line) {
+                    self.diag(at, format!("org_id `{org}` is used twice (first at line {line})"), Some("two containers with one org id would mix two clients' usage".into()));
+                }
+            }
+            if let Some((host, port, at)) = u.host_port {
+                if let Some((line, other)) = ports.insert((host.clone(), port.clone()), (at.line, u.tenant)) {
+                    self.diag(at, format!("port {port} on host {host} is taken by tenant {other} (line {line})"), Some("give each tenant on a host its own port".into()));
+                }
+            }
+        }
+        self.tenant = None;
+    }
+}

@@ -1,0 +1,169 @@
+//! `tenants.yaml`: the desired state of a fleet (DESIGN.md, "tenants.yaml, version 1").
+//!
+//! [`load`] reads and validates a whole file and returns either the effective spec
+//! (defaults merged, secrets resolved) or every problem at once, each located by
+//! file, line and column.
+
+mod checks;
+mod load;
+mod secret;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+pub use secret::ApiKey;
+
+/// Environment variables the app needs to track usage; a spec may not set them through
+/// `env:` (seed 000: a container without them tracked nothing for two days).
+pub const REQUIRED_ENV: [&str; 3] = [
+    "OPENROUTER_API_KEY",
+    "OPENROUTER_EXTERNAL_USER",
+    "ORGANIZATION_NAME",
+];
+
+/// The validated fleet, with defaults merged into every tenant.
+#[derive(Debug, Clone)]
+pub struct FleetSpec {
+    pub file: PathBuf,
+    pub fleet: String,
+    pub hosts: Vec<HostSpec>,
+    pub tenants: Vec<TenantSpec>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HostSpec {
+    pub name: String,
+    /// `unix:///var/run/docker.sock`, `tcp://host:2376` or `ssh://user@host`.
+    pub docker: String,
+    /// Tenant data lives in `<data_root>/<tenant id>/data` on that host.
+    pub data_root: String,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TenantSpec {
+    pub id: String,
+    /// -> `ORGANIZATION_NAME`
+    pub name: String,
+    /// -> `OPENROUTER_EXTERNAL_USER`, the store's `client_org_id`
+    pub org_id: String,
+    pub host: String,
+    pub image: String,
+    pub timezone: String,
+    pub markup_rate: Decimal,
+    pub monthly_limit_usd: Option<Decimal>,
+    pub email: Option<String>,
+    pub nip: Option<String>,
+    /// Host port published to the container's 8080.
+    pub port: u16,
+    /// Extra variables (defaults' `env` merged under the tenant's own).
+    pub env: BTreeMap<String, String>,
+    pub memory_bytes: Option<i64>,
+    pub cpus: Option<Decimal>,
+    pub api_key: ApiKey,
+}
+
+impl TenantSpec {
+    pub fn container_name(&self) -> String {
+        format!("mai-{}", self.id)
+    }
+
+    /// The whole environment the container gets: the required variables, the ones
+    /// derived from the spec, then the extras.
+    pub fn container_env(&self) -> BTreeMap<String, String> {
+        let mut env = self.env.clone();
+        env.insert(
+            "OPENROUTER_API_KEY".into(),
+            self.api_key.expose().to_string(),
+        );
+        env.insert("OPENROUTER_EXTERNAL_USER".into(), self.org_id.clone());
+        env.insert("ORGANIZATION_NAME".into(), self.name.clone());
+        env.insert("TZ".into(), self.timezone.clone());
+        env.insert("DEFAULT_MARKUP_RATE".into(), self.markup_rate.to_string());
+        env
+    }
+}
+
+/// Where in the file a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// One problem in a spec, located, with what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Diagnostic {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if let Some(t) = &self.tenant {
+            write!(f, "tenant {t}: ")?;
+        }
+        write!(f, "{}", self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, " ({h})")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} has {} error(s)", file, diagnostics.len())]
+    Invalid {
+        file: String,
+        diagnostics: Vec<Diagnostic>,
+    },
+}
+
+/// Reads, validates and resolves a fleet spec; nothing outside the file (but the
+/// secrets it names) is touched.
+pub fn load(path: &Path) -> Result<FleetSpec, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load_str(path, &text, &secret::ProcessEnv)
+}
+
+/// [`load`] on text already read, with secrets looked up through `env`.
+pub fn load_str(
+    path: &Path,
+    text: &str,
+    env: &dyn secret::EnvSource,
+) -> Result<FleetSpec, SpecError> {
+    load::Loader::new(path, env).load(text)
+}
+
+pub use secret::{EnvSource, ProcessEnv};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+//! Secrets named in a spec (`${env:VAR}`, `${file:PATH}`), resolved at load time and
+//! kept in a type that never prints its value.
+
+use std::fmt;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+/// Where `${env:…}` looks; tests pass their own so they need not touch the process env.
+pub trait EnvSource: Sync {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl EnvSource for std::collections::HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// A tenant's OpenRouter API key. `Debug` and `Display` show only the masked form.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The key itself, for the container's environment only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// `sk-or-v1-…c96`: enough for a person to tell keys apart.
+    pub fn masked(&self) -> String {
+        let tail: String = self
+            .0
+            .chars()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        format!("sk-or-v1-…{tail}")
+    }
+
+    /// A SHA-256 of the key, to tell a rotation apart without storing the key.
+    pub fn fingerprint(&self) -> String {
+        hex(&Sha256::digest(self.0.as_bytes()))
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl serde::Serialize for ApiKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.masked())
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// A reference to a secret as written in the spec.
+pub enum Reference<'a> {
+    Env(&'a str),
+    File(&'a str),
+}
+
+/// Parses `${env:NAME}` / `${file:PATH}`; anything else is not a reference.
+pub fn parse_reference(text: &str) -> Option<Reference<'_>> {
+    let inner = text.trim().strip_prefix("${")?.strip_suffix('}')?;
+    if let Some(name) = inner.strip_prefix("env:") {
+        Some(Reference::Env(name))
+    } else {
+        inner.strip_prefix("file:").map(Reference::File)
+    }
+}
+
+/// Resolves a reference; the error says what to fix and never contains the value.
+pub fn resolve(
+    reference: &Reference<'_>,
+    base_dir: &Path,
+    env: &dyn EnvSource,
+) -> Result<String, String> {
+    match reference {
+        Reference::Env(name) => match env.var(name) {
+            Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
+            Some(_) => Err(format!("environment variable {name} is empty")),
+            None => Err(format!(
+                "environment variable {name} is not set; export it before running the controller"
+            )),
+        },
+        Reference::File(p) => {
+            let path = base_dir.join(p);
+            std::fs::read_to_string(&path)
+                .map(|s| s.trim().to_string())
+                .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))
+        }
+    }
+}

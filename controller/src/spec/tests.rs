@@ -1,0 +1,179 @@
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::{load_str, Diagnostic, SpecError};
+
+const KEY_A: &str = "sk-or-v1-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const KEY_B: &str = "sk-or-v1-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+fn env() -> HashMap<String, String> {
+    HashMap::from([
+        ("KEY_A".to_string(), KEY_A.to_string()),
+        ("KEY_B".to_string(), KEY_B.to_string()),
+        ("BAD_KEY".to_string(), "sk-or-v1-123".to_string()),
+    ])
+}
+
+fn errors(text: &str) -> Vec<Diagnostic> {
+    match load_str(Path::new("tenants.yaml"), text, &env()) {
+        Ok(_) => panic!("expected errors"),
+        Err(SpecError::Invalid { diagnostics, .. }) => diagnostics,
+        Err(e) => panic!("unexpected {e}"),
+    }
+}
+
+const GOOD: &str = r#"version: 1
+fleet: mai-production
+defaults:
+  image: mai/open-webui:2025.07
+  markup_rate: 1.3
+  env: { LOG_LEVEL: INFO }
+  resources: { memory: 2g, cpus: 1.0 }
+hosts:
+  - name: hel1-a
+    docker: unix:///var/run/docker.sock
+    data_root: /srv/mai-fleet
+tenants:
+  - id: kancelaria-nowak
+    name: Kancelaria Nowak Sp. k.
+    org_id: nowak_4f2a
+    host: hel1-a
+    openrouter: { api_key: "${env:KEY_A}" }
+    billing: { markup_rate: 1.5, monthly_limit_usd: 150, email: faktury@nowak.pl, nip: "5260250274" }
+    port: 3001
+    env: { LOG_LEVEL: DEBUG, EXTRA: "x" }
+  - id: biuro-kowalski
+    name: Biuro Kowalski
+    org_id: kowalski_77
+    host: hel1-a
+    timezone: Europe/London
+    openrouter: { api_key: "${env:KEY_B}" }
+    port: 3002
+"#;
+
+#[test]
+fn good_spec_merges_defaults_and_resolves_keys() {
+    let spec = load_str(Path::new("tenants.yaml"), GOOD, &env()).expect("valid");
+    assert_eq!(spec.fleet, "mai-production");
+    let nowak = &spec.tenants[0];
+    assert_eq!(nowak.markup_rate.to_string(), "1.5");
+    assert_eq!(nowak.env["LOG_LEVEL"], "DEBUG");
+    assert_eq!(nowak.memory_bytes, Some(2 << 30));
+    assert_eq!(nowak.timezone, "Europe/Warsaw");
+    let env = nowak.container_env();
+    assert_eq!(env["OPENROUTER_API_KEY"], KEY_A);
+    assert_eq!(env["OPENROUTER_EXTERNAL_USER"], "nowak_4f2a");
+    assert_eq!(env["ORGANIZATION_NAME"], "Kancelaria Nowak Sp. k.");
+    assert_eq!(env["TZ"], "Europe/Warsaw");
+    let kowalski = &spec.tenants[1];
+    assert_eq!(kowalski.markup_rate.to_string(), "1.3");
+    assert_eq!(kowalski.env["LOG_LEVEL"], "INFO");
+    assert_eq!(kowalski.timezone, "Europe/London");
+    // The key never shows in debug output.
+    assert!(!format!("{spec:?}").contains(KEY_A));
+    assert!(format!("{:?}", nowak.api_key).ends_with("aaa"));
+}
+
+#[test]
+fn a_dozen_mistakes_give_a_dozen_located_errors() {
+    let text = r#"version: 1
+defaults:
+  image: mai/open-webui:2025.07
+  imgae: typo
+hosts:
+  - name: hel1-a
+    docker: unix:///var/run/docker.sock
+    data_root: srv/relative
+tenants:
+  - id: Bad_ID
+    name: A
+    org_id: a_1
+    host: hel1-b
+    openrouter: { api_key: "${env:MISSING_VAR}" }
+    port: 3001
+  - id: tenant-b
+    name: B
+    org_id: a_1
+    host: hel1-a
+    openrouter: { api_key: "sk-or-v1-inline" }
+    billing: { markup_rate: 0.9, nip: "5260250275", email: nope }
+    port: 3001
+    env: { OPENROUTER_API_KEY: x }
+  - id: tenant-c
+    name: C
+    org_id: c_1
+    host: hel1-a
+    timezone: Europe/Warszawa
+    openrouter: { api_key: "${env:BAD_KEY}" }
+    port: 80
+    colour: blue
+"#;
+    let errs = errors(text);
+    let lines: Vec<String> = errs.iter().map(ToString::to_string).collect();
+    let joined = lines.join("\n");
+    let expect = [
+        "tenants.yaml:4:3: unknown key `imgae` in defaults (did you mean `image`?)",
+        "tenants.yaml:8:16: `hosts[0].data_root` value `srv/relative` is not an absolute path",
+        "tenants.yaml:10:9: tenant Bad_ID: `id` value `Bad_ID` is not valid",
+        "tenants.yaml:13:11: tenant Bad_ID: unknown host `hel1-b` (did you mean `hel1-a`?)",
+        "tenant Bad_ID: `openrouter.api_key`: environment variable MISSING_VAR is not set",
+        "tenants.yaml:20:28: tenant tenant-b: `openrouter.api_key` is written inline",
+        "tenants.yaml:18:13: tenant tenant-b: org_id `a_1` is used twice (first at line 12)",
+        "tenant tenant-b: `billing.markup_rate` value `0.9` is not valid",
+        "tenant tenant-b: `billing.nip` value `5260250275` is not valid",
+        "tenant tenant-b: `billing.email` value `nope` is not valid",
+        "tenant tenant-b: `env` may not set OPENROUTER_API_KEY",
+        "tenant tenant-c: `timezone` value `Europe/Warszawa` is not valid",
+        "tenant tenant-c: `openrouter.api_key` from ${env:BAD_KEY} is not an OpenRouter API key",
+        "tenant tenant-c: `port` value `80` is not valid",
+        "tenants.yaml:31:5: tenant tenant-c: unknown key `colour` in a tenant",
+    ];
+    for e in expect {
+        assert!(joined.contains(e), "missing {e:?} in\n{joined}");
+    }
+    assert_eq!(errs.len(), expect.len(), "{joined}");
+    assert!(!joined.contains("sk-or-v1-inline"), "inline key echoed:\n{joined}");
+}
+
+#[test]
+fn duplicates_across_tenants_name_both_places() {
+    let text = GOOD.replace("org_id: kowalski_77", "org_id: nowak_4f2a").replace("port: 3002", "port: 3001");
+    let joined: Vec<String> = errors(&text).iter().map(ToString::to_string).collect();
+    assert_eq!(joined.len(), 2, "{joined:?}");
+    assert!(joined[0].contains("org_id `nowak_4f2a` is used twice (first at line 15)"), "{joined:?}");
+    assert!(joined[1].contains("port 3001 on host hel1-a is taken by tenant kancelaria-nowak (line 19)"), "{joined:?}");
+}
+
+#[test]
+fn syntax_error_is_located() {
+    let errs = errors("version: 1\nhosts:\n  - name: a\n   bad: [\n");
+    assert_eq!(errs.len(), 1);
+    assert!(errs[0].line >= 3, "{}", errs[0]);
+    assert!(errs[0].message.starts_with("YAML syntax error"), "{}", errs[0]);
+}
+
+#[test]
+fn empty_file_says_so() {
+    let errs = errors("  \n");
+    assert_eq!(errs[0].to_string(), "tenants.yaml:1:1: the file is empty (a fleet spec starts with `version: 1` and lists `hosts:` and `tenants:`; see docs/tenants-yaml.md)");
+}
+
+#[test]
+fn duplicate_key_is_an_error() {
+    let errs = errors("version: 1\nversion: 1\nhosts: []\ntenants: []\n");
+    assert!(errs[0].to_string().starts_with("tenants.yaml:2:1: key `version` appears twice"), "{}", errs[0]);
+}
+
+#[test]
+fn file_secret_is_read_relative_to_the_spec() {
+    let dir = std::env::temp_dir().join(format!("mai-fleet-spec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("nowak.key"), format!("{KEY_A}\n")).unwrap();
+    let text = GOOD.replace("${env:KEY_A}", "${file:nowak.key}");
+    let spec = load_str(&dir.join("tenants.yaml"), &text, &env()).expect("valid");
+    assert_eq!(spec.tenants[0].api_key.expose(), KEY_A);
+    let missing = GOOD.replace("${env:KEY_A}", "${file:absent.key}");
+    let err = load_str(&dir.join("tenants.yaml"), &missing, &env()).unwrap_err();
+    assert!(err.to_string().contains("1 error"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
