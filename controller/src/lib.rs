@@ -2,3 +2,4 @@
 //! state, the Docker backend that executes it, and the fleet database.
 
 pub mod spec;
+pub mod plan;

@@ -163,7 +163,7 @@ pub fn load_str(
     load::Loader::new(path, env).load(text)
 }
 
-pub use secret::{EnvSource, ProcessEnv};
+pub use secret::{hex, EnvSource, ProcessEnv};
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,469 @@
+//! The plan: desired tenants against the containers found on a host, as actions.
+//!
+//! Pure: no Docker here, so every case is unit-tested without an engine. The Docker
+//! backend ([`crate::docker`]) only executes what this decides.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::spec::{HostSpec, TenantSpec};
+
+pub const LABEL_MANAGED: &str = "mai-fleet.managed";
+pub const LABEL_TENANT: &str = "mai-fleet.tenant";
+pub const LABEL_HOST: &str = "mai-fleet.host";
+pub const LABEL_FLEET: &str = "mai-fleet.fleet";
+pub const LABEL_SPEC_HASH: &str = "mai-fleet.spec-hash";
+
+/// Version of the canonical form hashed into `mai-fleet.spec-hash`. A controller that
+/// adds fields keeps hashing old containers in the version their label names, so an
+/// upgrade does not recreate the fleet (the Compose failure DESIGN.md warns of).
+pub const SPEC_HASH_VERSION: &str = "v1";
+
+/// Where the tenant's data directory is mounted inside the container.
+pub const DATA_MOUNT: &str = "/app/backend/data";
+pub const APP_PORT: u16 = 8080;
+
+/// Everything a tenant container is made of, derived from the spec. The Docker backend
+/// creates containers from this and nothing else, so the hash covers all of it.
+#[derive(Clone, Serialize)]
+pub struct DesiredContainer {
+    #[serde(skip)]
+    pub tenant: String,
+    #[serde(skip)]
+    pub name: String,
+    pub image: String,
+    /// Holds the API key: never print it (`Debug` shows the names only).
+    pub env: BTreeMap<String, String>,
+    pub host_port: u16,
+    pub data_dir: String,
+    pub memory_bytes: Option<i64>,
+    pub nano_cpus: Option<i64>,
+    pub restart_policy: &'static str,
+    #[serde(skip)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Shows env names only: values include the API key.
+impl std::fmt::Debug for DesiredContainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DesiredContainer")
+            .field("name", &self.name)
+            .field("image", &self.image)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("host_port", &self.host_port)
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DesiredContainer {
+    pub fn new(fleet: &str, host: &HostSpec, t: &TenantSpec) -> Self {
+        let nano_cpus = t.cpus.and_then(|c| {
+            (c * rust_decimal::Decimal::from(1_000_000_000u64))
+                .trunc()
+                .try_into()
+                .ok()
+        });
+        let mut d = Self {
+            tenant: t.id.clone(),
+            name: t.container_name(),
+            image: t.image.clone(),
+            env: t.container_env(),
+            host_port: t.port,
+            data_dir: format!("{}/{}/data", host.data_root, t.id),
+            memory_bytes: t.memory_bytes,
+            nano_cpus,
+            restart_policy: "unless-stopped",
+            labels: BTreeMap::new(),
+        };
+        let hash = d.spec_hash();
+        d.labels = BTreeMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_TENANT.to_string(), t.id.clone()),
+            (LABEL_HOST.to_string(), host.name.clone()),
+            (LABEL_FLEET.to_string(), fleet.to_string()),
+            (LABEL_SPEC_HASH.to_string(), hash),
+        ]);
+        d
+    }
+
+    /// `v1-` + 32 hex digits of SHA-256 over the canonical JSON (fields in declaration
+    /// order, env sorted). The key is inside, so a rotation recreates the container.
+    pub fn spec_hash(&self) -> String {
+        let canonical = serde_json::to_vec(self).unwrap_or_default();
+        let digest = Sha256::digest(&canonical);
+        format!(
+            "{SPEC_HASH_VERSION}-{}",
+            crate::spec::hex(&digest[..16])
+        )
+    }
+
+    pub fn hash_label(&self) -> &str {
+        self.labels
+            .get(LABEL_SPEC_HASH)
+            .map_or("", String::as_str)
+    }
+}
+
+/// A container found on an engine with `mai-fleet.managed=true`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Observed {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    /// Docker's state: created, running, restarting, exited, paused, dead …
+    pub state: String,
+    pub labels: HashMap<String, String>,
+}
+
+impl Observed {
+    fn label(&self, key: &str) -> &str {
+        self.labels.get(key).map_or("", String::as_str)
+    }
+    pub fn tenant(&self) -> &str {
+        self.label(LABEL_TENANT)
+    }
+    pub fn host(&self) -> &str {
+        self.label(LABEL_HOST)
+    }
+    pub fn fleet(&self) -> &str {
+        self.label(LABEL_FLEET)
+    }
+    pub fn spec_hash(&self) -> &str {
+        self.label(LABEL_SPEC_HASH)
+    }
+    pub fn short_id(&self) -> &str {
+        &self.id[..self.id.len().min(12)]
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// No container for the tenant: create, start, verify.
+    Create {
+        #[serde(skip)]
+        desired: Box<DesiredContainer>,
+        tenant: String,
+    },
+    /// The spec changed: start a new container, keep the previous one stopped until
+    /// the new one is verified, roll back to it if verification fails.
+    Update {
+        #[serde(skip)]
+        desired: Box<DesiredContainer>,
+        tenant: String,
+        previous: Observed,
+    },
+    /// Same spec, not running (stopped by hand, or an apply interrupted after create).
+    Start {
+        tenant: String,
+        current: Observed,
+    },
+    Unchanged {
+        tenant: String,
+        current: Observed,
+    },
+    /// Containers of the tenant other than `mai-<id>`: what an interrupted apply left.
+    RemoveLeftover {
+        tenant: String,
+        container: Observed,
+    },
+    /// In no tenant of the spec: removed with `--prune`, else only reported.
+    Remove {
+        tenant: String,
+        container: Observed,
+    },
+    Orphan {
+        tenant: String,
+        container: Observed,
+    },
+    /// A container of that name exists but is not ours: nothing is touched.
+    Blocked {
+        tenant: String,
+        reason: String,
+    },
+}
+
+impl Action {
+    pub fn tenant(&self) -> &str {
+        match self {
+            Action::Create { tenant, .. }
+            | Action::Update { tenant, .. }
+            | Action::Start { tenant, .. }
+            | Action::Unchanged { tenant, .. }
+            | Action::RemoveLeftover { tenant, .. }
+            | Action::Remove { tenant, .. }
+            | Action::Orphan { tenant, .. }
+            | Action::Blocked { tenant, .. } => tenant,
+        }
+    }
+
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Action::Create { .. } => "create",
+            Action::Update { .. } => "update",
+            Action::Start { .. } => "start",
+            Action::Unchanged { .. } => "unchanged",
+            Action::RemoveLeftover { .. } => "remove-leftover",
+            Action::Remove { .. } => "remove",
+            Action::Orphan { .. } => "orphan",
+            Action::Blocked { .. } => "blocked",
+        }
+    }
+
+    /// Whether applying it changes anything on the host.
+    pub fn is_change(&self) -> bool {
+        !matches!(
+            self,
+            Action::Unchanged { .. } | Action::Orphan { .. } | Action::Blocked { .. }
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    #[error("host {host}: container {container} belongs to fleet `{other}`, not `{ours}`; refusing to touch this host (give each fleet its own host names)")]
+    ForeignFleet {
+        host: String,
+        container: String,
+        other: String,
+        ours: String,
+    },
+}
+
+/// Plans one host. `observed` is every managed container on the host's engine and
+/// `unmanaged_names` the names of other containers there (to detect name clashes).
+pub fn plan_host(
+    fleet: &str,
+    host: &HostSpec,
+    desired: &[DesiredContainer],
+    observed: &[Observed],
+    unmanaged_names: &[String],
+    prune: bool,
+) -> Result<Vec<Action>, PlanError> {
+    let ours: Vec<&Observed> = observed.iter().filter(|o| o.host() == host.name).collect();
+    if let Some(foreign) = ours.iter().find(|o| o.fleet() != fleet) {
+        return Err(PlanError::ForeignFleet {
+            host: host.name.clone(),
+            container: foreign.name.clone(),
+            other: foreign.fleet().to_string(),
+            ours: fleet.to_string(),
+        });
+    }
+    let mut by_tenant: BTreeMap<&str, Vec<&Observed>> = BTreeMap::new();
+    for o in &ours {
+        by_tenant.entry(o.tenant()).or_default().push(o);
+    }
+
+    let mut actions = Vec::new();
+    for d in desired {
+        let found = by_tenant.remove(d.tenant.as_str()).unwrap_or_default();
+        let (current, leftovers): (Vec<&Observed>, Vec<&Observed>) =
+            found.into_iter().partition(|o| o.name == d.name);
+        let tenant = d.tenant.clone();
+        match current.first() {
+            None if unmanaged_names.contains(&d.name) => {
+                actions.push(Action::Blocked {
+                    tenant,
+                    reason: format!(
+                        "a container named {} exists that mai-fleet does not manage; rename or remove it",
+                        d.name
+                    ),
+                });
+                continue;
+            }
+            None => match leftovers.iter().find(|o| o.spec_hash() == d.hash_label()) {
+                // Interrupted after the old container was renamed away: bring back the
+                // one that already matches instead of creating another.
+                Some(same) => {
+                    actions.push(Action::Update {
+                        desired: Box::new(d.clone()),
+                        tenant: tenant.clone(),
+                        previous: (*same).clone(),
+                    });
+                }
+                None => match leftovers.first() {
+                    Some(prev) => actions.push(Action::Update {
+                        desired: Box::new(d.clone()),
+                        tenant: tenant.clone(),
+                        previous: (*prev).clone(),
+                    }),
+                    None => actions.push(Action::Create {
+                        desired: Box::new(d.clone()),
+                        tenant: tenant.clone(),
+                    }),
+                },
+            },
+            Some(cur) if cur.spec_hash() != d.hash_label() => actions.push(Action::Update {
+                desired: Box::new(d.clone()),
+                tenant: tenant.clone(),
+                previous: (*cur).clone(),
+            }),
+            Some(cur) if cur.state != "running" => actions.push(Action::Start {
+                tenant: tenant.clone(),
+                current: (*cur).clone(),
+            }),
+            Some(cur) => actions.push(Action::Unchanged {
+                tenant: tenant.clone(),
+                current: (*cur).clone(),
+            }),
+        }
+        let used_as_previous: Option<String> = actions.last().and_then(|a| match a {
+            Action::Update { previous, .. } => Some(previous.id.clone()),
+            _ => None,
+        });
+        for l in leftovers {
+            if Some(&l.id) != used_as_previous.as_ref() {
+                actions.push(Action::RemoveLeftover {
+                    tenant: tenant.clone(),
+                    container: l.clone(),
+                });
+            }
+        }
+    }
+    for (tenant, containers) in by_tenant {
+        for c in containers {
+            let (tenant, container) = (tenant.to_string(), c.clone());
+            actions.push(if prune {
+                Action::Remove { tenant, container }
+            } else {
+                Action::Orphan { tenant, container }
+            });
+        }
+    }
+    Ok(actions)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::ApiKey;
+
+    fn host() -> HostSpec {
+        HostSpec {
+            name: "hel1-a".into(),
+            docker: "unix:///var/run/docker.sock".into(),
+            data_root: "/srv/mai".into(),
+            tls: None,
+        }
+    }
+
+    fn tenant(id: &str, image: &str) -> TenantSpec {
+        TenantSpec {
+            id: id.into(),
+            name: format!("Org {id}"),
+            org_id: format!("{id}_org"),
+            host: "hel1-a".into(),
+            image: image.into(),
+            timezone: "Europe/Warsaw".into(),
+            markup_rate: rust_decimal::Decimal::new(13, 1),
+            monthly_limit_usd: None,
+            email: None,
+            nip: None,
+            port: 3001,
+            env: BTreeMap::new(),
+            memory_bytes: Some(1 << 30),
+            cpus: None,
+            api_key: ApiKey::new(format!("sk-or-v1-{}", "ab".repeat(32))),
+        }
+    }
+
+    fn observed(d: &DesiredContainer, name: &str, state: &str) -> Observed {
+        Observed {
+            id: format!("{name}-id-0123456789"),
+            name: name.into(),
+            image: d.image.clone(),
+            state: state.into(),
+            labels: d.labels.clone().into_iter().collect(),
+        }
+    }
+
+    fn verbs(actions: &[Action]) -> Vec<String> {
+        actions.iter().map(|a| format!("{}:{}", a.verb(), a.tenant())).collect()
+    }
+
+    #[test]
+    fn same_spec_is_unchanged_and_a_changed_one_updates() {
+        let h = host();
+        let a = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
+        let b = DesiredContainer::new("f", &h, &tenant("bb", "mai/app:1"));
+        let b2 = DesiredContainer::new("f", &h, &tenant("bb", "mai/app:2"));
+        let obs = vec![observed(&a, "mai-aa", "running"), observed(&b, "mai-bb", "running")];
+        let p = plan_host("f", &h, &[a.clone(), b.clone()], &obs, &[], false).unwrap();
+        assert_eq!(verbs(&p), ["unchanged:aa", "unchanged:bb"]);
+        let p = plan_host("f", &h, &[a, b2], &obs, &[], false).unwrap();
+        assert_eq!(verbs(&p), ["unchanged:aa", "update:bb"]);
+    }
+
+    #[test]
+    fn hash_is_stable_and_covers_the_key() {
+        let h = host();
+        let t = tenant("aa", "mai/app:1");
+        let one = DesiredContainer::new("f", &h, &t).spec_hash();
+        assert_eq!(one, DesiredContainer::new("f", &h, &t).spec_hash());
+        assert!(one.starts_with("v1-") && one.len() == 35, "{one}");
+        let mut rotated = t.clone();
+        rotated.api_key = ApiKey::new(format!("sk-or-v1-{}", "cd".repeat(32)));
+        assert_ne!(one, DesiredContainer::new("f", &h, &rotated).spec_hash());
+        // Billing-only fields do not touch the container.
+        let mut billing = t;
+        billing.monthly_limit_usd = Some(rust_decimal::Decimal::from(100));
+        assert_eq!(one, DesiredContainer::new("f", &h, &billing).spec_hash());
+    }
+
+    #[test]
+    fn dropped_tenant_is_orphan_without_prune_and_removed_with_it() {
+        let h = host();
+        let a = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
+        let obs = vec![observed(&a, "mai-aa", "running")];
+        assert_eq!(verbs(&plan_host("f", &h, &[], &obs, &[], false).unwrap()), ["orphan:aa"]);
+        assert_eq!(verbs(&plan_host("f", &h, &[], &obs, &[], true).unwrap()), ["remove:aa"]);
+    }
+
+    #[test]
+    fn stopped_container_is_started_and_leftovers_are_cleaned() {
+        let h = host();
+        let a = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
+        let old = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:0"));
+        let obs = vec![observed(&a, "mai-aa", "exited"), observed(&old, "mai-aa.prev", "exited")];
+        let p = plan_host("f", &h, std::slice::from_ref(&a), &obs, &[], false).unwrap();
+        assert_eq!(verbs(&p), ["start:aa", "remove-leftover:aa"]);
+    }
+
+    #[test]
+    fn interrupted_update_takes_the_renamed_container_as_previous() {
+        let h = host();
+        let new = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:2"));
+        let old = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
+        let obs = vec![observed(&old, "mai-aa.prev", "exited")];
+        let p = plan_host("f", &h, &[new], &obs, &[], false).unwrap();
+        assert_eq!(verbs(&p), ["update:aa"]);
+        match &p[0] {
+            Action::Update { previous, .. } => assert_eq!(previous.name, "mai-aa.prev"),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn other_fleet_on_the_host_is_refused_and_name_clash_blocks() {
+        let h = host();
+        let a = DesiredContainer::new("other", &h, &tenant("aa", "mai/app:1"));
+        let obs = vec![observed(&a, "mai-aa", "running")];
+        let err = plan_host("f", &h, &[], &obs, &[], true).unwrap_err();
+        assert!(matches!(err, PlanError::ForeignFleet { .. }));
+        let mine = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
+        let p = plan_host("f", &h, &[mine], &[], &["mai-aa".to_string()], false).unwrap();
+        assert_eq!(verbs(&p), ["blocked:aa"]);
+    }
+
+    #[test]
+    fn containers_of_another_host_entry_on_the_same_engine_are_not_touched() {
+        let h = host();
+        let other_host = HostSpec { name: "hel1-b".into(), ..host() };
+        let b = DesiredContainer::new("f", &other_host, &tenant("bb", "mai/app:1"));
+        let obs = vec![observed(&b, "mai-bb", "running")];
+        assert!(plan_host("f", &h, &[], &obs, &[], true).unwrap().is_empty());
+    }
+}
