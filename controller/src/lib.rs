@@ -3,3 +3,6 @@
 
 pub mod spec;
 pub mod plan;
+pub mod apply;
+pub mod docker;
+pub mod store;

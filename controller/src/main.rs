@@ -1,1 +1,102 @@
-fn main() {}
+//! `controller`: validate, plan and apply a fleet spec; migrate the fleet database.
+//!
+//! Exit codes (docs/cli.md):
+//! - validate: 0 valid, 1 invalid, 2 unreadable
+//! - plan: 0 nothing to change, 2 changes pending, 1 error (Terraform's detailed codes)
+//! - apply: 0 applied and verified, 3 one or more tenants failed or were rolled back
+//!   (the rest applied), 1 error before anything changed
+//! - migrate: 0 done, 1 error
+
+mod cli;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use cli::{Cli, Command, OutputFormat};
+use mai_fleet::spec::{self, SpecError};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("controller: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("controller: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate { file, output } => Ok(validate(&file, output)),
+        Command::Plan { file, prune, output } => {
+            let Some(spec) = load_or_report(&file, output) else {
+                return Ok(ExitCode::from(1));
+            };
+            let plan = match mai_fleet::apply::plan_fleet(&spec, prune).await {
+                Ok(p) => p,
+                Err(errors) => return Ok(cli::report_fleet_errors(&errors)),
+            };
+            cli::print_plan(&spec, &plan, output)?;
+            Ok(ExitCode::from(if plan.changes() == 0 { 0 } else { 2 }))
+        }
+        Command::Apply(args) => cli::apply::run(args).await,
+        Command::Migrate { database_url } => {
+            let store = mai_fleet::store::Store::connect(&database_url).await?;
+            store.migrate().await.context("controller migrate")?;
+            eprintln!("fleet database is up to date ({} migrations)", mai_fleet::store::MIGRATOR.iter().count());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn validate(file: &std::path::Path, output: OutputFormat) -> ExitCode {
+    match spec::load(file) {
+        Ok(spec) => {
+            match output {
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::json!({"valid": true, "file": file.display().to_string(), "fleet": spec.fleet,
+                        "hosts": spec.hosts.len(), "tenants": spec.tenants.len(), "errors": []})
+                ),
+                OutputFormat::Text => eprintln!(
+                    "{}: valid: fleet `{}`, {} host(s), {} tenant(s)",
+                    file.display(),
+                    spec.fleet,
+                    spec.hosts.len(),
+                    spec.tenants.len()
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let code = if matches!(e, SpecError::Unreadable { .. }) { 2 } else { 1 };
+            cli::report_spec_error(file, &e, output);
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Loads a spec for plan/apply; on error prints every problem and returns None.
+fn load_or_report(file: &std::path::Path, output: OutputFormat) -> Option<spec::FleetSpec> {
+    match spec::load(file) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            cli::report_spec_error(file, &e, output);
+            None
+        }
+    }
+}

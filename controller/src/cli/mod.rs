@@ -1,0 +1,166 @@
+//! Command-line arguments and the human and JSON renderings of results.
+
+pub mod apply;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use mai_fleet::apply::{FleetError, FleetPlan};
+use mai_fleet::plan::Action;
+use mai_fleet::spec::{FleetSpec, SpecError};
+
+#[derive(Parser)]
+#[command(name = "controller", version, about = "mai-fleet controller: tenant containers of the mAI app on Docker hosts")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, Default)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Check a fleet spec: every error at once, each with file:line:col (exit 0 valid, 1 invalid, 2 unreadable)
+    Validate {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Show what apply would change (exit 0 nothing to change, 2 changes pending, 1 error)
+    Plan {
+        file: PathBuf,
+        /// Plan removal of managed containers that are not in the spec
+        #[arg(long)]
+        prune: bool,
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Create, update and verify tenant containers (exit 0 ok, 3 some tenants failed, 1 error)
+    Apply(apply::ApplyArgs),
+    /// Create or upgrade the fleet database schema
+    Migrate {
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
+}
+
+/// `500ms`, `5s`, `10m`, `1h`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("`{text}` is not a duration like 5s or 10m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("`{text}`: use ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+pub fn report_spec_error(file: &Path, e: &SpecError, output: OutputFormat) {
+    match (e, output) {
+        (SpecError::Invalid { diagnostics, .. }, OutputFormat::Json) => println!(
+            "{}",
+            serde_json::json!({"valid": false, "file": file.display().to_string(), "errors": diagnostics})
+        ),
+        (SpecError::Invalid { diagnostics, .. }, OutputFormat::Text) => {
+            for d in diagnostics {
+                eprintln!("{d}");
+            }
+            eprintln!("{}: {} error(s); nothing was changed", file.display(), diagnostics.len());
+        }
+        (SpecError::Unreadable { .. }, OutputFormat::Json) => println!(
+            "{}",
+            serde_json::json!({"valid": false, "file": file.display().to_string(), "unreadable": e.to_string()})
+        ),
+        (SpecError::Unreadable { .. }, OutputFormat::Text) => eprintln!("controller: {e}"),
+    }
+}
+
+pub fn report_fleet_errors(errors: &[FleetError]) -> ExitCode {
+    for e in errors {
+        eprintln!("controller: error: {e}");
+    }
+    eprintln!("controller: {} host(s) could not be planned; nothing was changed", errors.len());
+    ExitCode::from(1)
+}
+
+pub fn describe(action: &Action) -> String {
+    match action {
+        Action::Create { desired, .. } => format!("new container {} from {}", desired.name, desired.image),
+        Action::Update { desired, previous, .. } => {
+            if previous.image != desired.image {
+                format!("image {} -> {}", previous.image, desired.image)
+            } else {
+                format!("spec changed ({} -> {})", previous.spec_hash(), desired.hash_label())
+            }
+        }
+        Action::Start { current, .. } => format!("{} is {}; start it", current.name, current.state),
+        Action::Unchanged { current, .. } => format!("{} running", current.name),
+        Action::RemoveLeftover { container, .. } => format!("leftover {} of an interrupted apply", container.name),
+        Action::Remove { container, .. } => format!("{} is not in the spec (data kept)", container.name),
+        Action::Orphan { container, .. } => format!("{} is not in the spec; kept (--prune removes it)", container.name),
+        Action::Blocked { reason, .. } => reason.clone(),
+    }
+}
+
+pub fn print_plan(spec: &FleetSpec, plan: &FleetPlan, output: OutputFormat) -> anyhow::Result<()> {
+    if let OutputFormat::Json = output {
+        println!("{}", serde_json::to_string_pretty(&plan.to_json(&spec.fleet))?);
+        return Ok(());
+    }
+    let mut rows = vec![vec!["HOST".into(), "TENANT".into(), "ACTION".into(), "DETAIL".into()]];
+    for h in &plan.hosts {
+        for a in &h.actions {
+            rows.push(vec![h.engine.host.name.clone(), a.tenant().to_string(), a.verb().to_string(), describe(a)]);
+        }
+    }
+    print!("{}", table(&rows));
+    println!("fleet `{}`: {} change(s) pending", spec.fleet, plan.changes());
+    Ok(())
+}
+
+/// Left-aligned columns, two spaces apart; the last column is not padded.
+pub fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let last = r.len().saturating_sub(1);
+        for (i, cell) in r.iter().enumerate() {
+            out.push_str(cell);
+            if i < last {
+                out.push_str(&" ".repeat(widths[i] - cell.chars().count() + 2));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("5x").is_err());
+    }
+}

@@ -1,0 +1,135 @@
+//! Verification at launch: the container runs, does not restart for a settle period,
+//! and reports usage tracking initialised where it serves the health endpoint.
+
+use std::time::{Duration, Instant};
+
+use bollard::models::ContainerStateStatusEnum;
+use bollard::query_parameters::LogsOptionsBuilder;
+use futures_util::StreamExt;
+
+use super::health::{self, Health};
+use super::Engine;
+use crate::plan::{DesiredContainer, APP_PORT};
+
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// How long the container must run without restarting.
+    pub settle: Duration,
+    /// Give up after this long.
+    pub timeout: Duration,
+    pub poll: Duration,
+}
+
+impl Default for VerifyOptions {
+    fn default() -> Self {
+        Self {
+            settle: Duration::from_secs(2),
+            timeout: Duration::from_secs(60),
+            poll: Duration::from_millis(250),
+        }
+    }
+}
+
+/// `Ok` says how it was verified; `Err` says why not, with the container's last log
+/// lines (secrets masked).
+pub async fn verify(
+    engine: &Engine,
+    id: &str,
+    port: Option<u16>,
+    opts: &VerifyOptions,
+    desired: Option<&DesiredContainer>,
+) -> Result<String, String> {
+    let started = Instant::now();
+    let mut baseline_restarts: Option<i64> = None;
+    let mut running_since: Option<Instant> = None;
+    let mut health: Option<Health> = None;
+    let mut last_problem = String::from("not running yet");
+    loop {
+        let info = engine
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| format!("inspect failed: {e}"))?;
+        let state = info.state.unwrap_or_default();
+        let restarts = info.restart_count.unwrap_or(0);
+        let base = *baseline_restarts.get_or_insert(restarts);
+        let port = port.or_else(|| {
+            info.host_config
+                .and_then(|h| h.port_bindings)
+                .and_then(|p| p.get(&format!("{APP_PORT}/tcp")).cloned().flatten())
+                .and_then(|b| b.first().and_then(|b| b.host_port.clone()))
+                .and_then(|p| p.parse().ok())
+        });
+        if restarts > base || state.restarting == Some(true) {
+            let logs = last_logs(engine, id, desired).await;
+            return Err(format!("restarting (restart count {restarts}){logs}"));
+        }
+        match state.status {
+            Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {
+                let logs = last_logs(engine, id, desired).await;
+                return Err(format!("exited with code {}{logs}", state.exit_code.unwrap_or(-1)));
+            }
+            Some(ContainerStateStatusEnum::RUNNING) => {
+                running_since.get_or_insert_with(Instant::now);
+            }
+            _ => {}
+        }
+        if let (Some(since), Some(port)) = (running_since, port) {
+            if !matches!(health, Some(Health::Active | Health::NoEndpoint)) {
+                match health::probe(&engine.tenant_address, port, opts.poll.max(Duration::from_secs(2))).await {
+                    Ok(h) => health = Some(h),
+                    Err(e) => last_problem = e,
+                }
+            }
+            let settled = since.elapsed() >= opts.settle;
+            match &health {
+                Some(Health::Active) if settled => {
+                    return Ok(format!("verified in {:.1}s: running, usage tracking initialized", started.elapsed().as_secs_f64()));
+                }
+                Some(Health::NoEndpoint) if settled => {
+                    return Ok(format!("verified in {:.1}s: running (image serves no {})", started.elapsed().as_secs_f64(), health::PATH));
+                }
+                // The app may report before it finishes starting: fail only once settled.
+                Some(Health::Inactive(status)) if settled => {
+                    let logs = last_logs(engine, id, desired).await;
+                    return Err(format!("{} says usage tracking is not initialized (status: {status}){logs}", health::PATH));
+                }
+                _ => {}
+            }
+        } else if running_since.is_some() {
+            // No published port: running and stable is all that can be checked.
+            if running_since.is_some_and(|s| s.elapsed() >= opts.settle) {
+                return Ok(format!("verified in {:.1}s: running (no published port to probe)", started.elapsed().as_secs_f64()));
+            }
+        }
+        if started.elapsed() >= opts.timeout {
+            let logs = last_logs(engine, id, desired).await;
+            return Err(format!("not verified within {}s: {last_problem}{logs}", opts.timeout.as_secs()));
+        }
+        tokio::time::sleep(opts.poll).await;
+    }
+}
+
+/// The last lines the container printed, indented, with the tenant's key masked in
+/// case the app logs it.
+pub async fn last_logs(engine: &Engine, id: &str, desired: Option<&DesiredContainer>) -> String {
+    let options = LogsOptionsBuilder::new().stdout(true).stderr(true).tail("8").build();
+    let chunks: Vec<String> = engine
+        .docker
+        .logs(id, Some(options))
+        .filter_map(|r| async move { r.ok().map(|o| o.to_string()) })
+        .collect()
+        .await;
+    let mut text = chunks.concat();
+    if let Some(key) = desired.and_then(|d| d.env.get("OPENROUTER_API_KEY")) {
+        if !key.is_empty() {
+            text = text.replace(key.as_str(), "sk-or-v1-…");
+        }
+    }
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("; last log lines: {}", lines.join(" | "))
+    }
+}
