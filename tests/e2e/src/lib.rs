@@ -1,1 +1,282 @@
+//! Support for the end-to-end tests: a throwaway fleet on the local Docker engine,
+//! its own database, and the `controller` binary run as an operator would run it.
+//!
+//! The tests use the `docker` and `psql` command-line clients to check results, as
+//! an operator would. They need the tenant images (tests/tenant/build-images.sh) and
+//! `DATABASE_URL` / `MAI_FLEET_PG_ADMIN_URL` (scripts/postgres.sh); scripts/test.sh
+//! provides both.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU16, Ordering};
+
+pub const KEY_A: &str = "sk-or-v1-a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
+pub const KEY_B: &str = "sk-or-v1-b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
+pub const KEY_C: &str = "sk-or-v1-c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3";
+pub const KEYS: [&str; 3] = [KEY_A, KEY_B, KEY_C];
+
+/// The directory holding the workspace's built binaries.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("MAI_FLEET_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/<test> -> target/<profile>
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+pub fn controller_bin() -> PathBuf {
+    let bin = bin_dir().join("controller");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Whether a test that needs Docker and Postgres can run; on CI it must.
+pub fn require_services() -> bool {
+    let docker = Command::new("docker").args(["image", "inspect", "mai-fleet/tenant:dev"]).output();
+    let docker_ok = docker.map(|o| o.status.success()).unwrap_or(false);
+    let pg_ok = std::env::var("MAI_FLEET_PG_ADMIN_URL").is_ok();
+    if docker_ok && pg_ok {
+        return true;
+    }
+    let why = format!(
+        "needs the Docker engine with mai-fleet/tenant:dev ({}) and PostgreSQL ({}); run scripts/test.sh",
+        if docker_ok { "ok" } else { "missing" },
+        if pg_ok { "ok" } else { "MAI_FLEET_PG_ADMIN_URL unset" }
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+    false
+}
+
+static NEXT_PORT_BLOCK: AtomicU16 = AtomicU16::new(0);
+
+pub struct RunResult {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl RunResult {
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+impl From<Output> for RunResult {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// A fleet of this test's own: fleet name, host entries, ports, data directories and
+/// database are unique to it, and its containers are removed when it is dropped.
+pub struct Fleet {
+    pub name: String,
+    pub dir: PathBuf,
+    pub base_port: u16,
+    pub database_url: String,
+    admin_url: String,
+    /// Every output of the controller in this test, to check for leaked keys.
+    pub transcript: std::cell::RefCell<String>,
+}
+
+impl Fleet {
+    pub fn new(test: &str) -> Self {
+        let name = format!("e2e-{test}-{}", std::process::id()).replace('_', "-");
+        let dir = std::env::temp_dir().join(&name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let block = NEXT_PORT_BLOCK.fetch_add(1, Ordering::SeqCst);
+        // 20 ports a test, from a range unlikely to be taken; the pid spreads runs.
+        let base_port = 32000 + (std::process::id() % 40) as u16 * 500 + block * 20;
+        let admin_url = std::env::var("MAI_FLEET_PG_ADMIN_URL").expect("MAI_FLEET_PG_ADMIN_URL");
+        let db = name.replace('-', "_");
+        psql(&admin_url, &format!("DROP DATABASE IF EXISTS {db}"));
+        psql(&admin_url, &format!("CREATE DATABASE {db}"));
+        let database_url = format!("{}/{db}", admin_url.rsplit_once('/').expect("url with a database").0);
+        let fleet = Self {
+            name,
+            dir,
+            base_port,
+            database_url,
+            admin_url,
+            transcript: Default::default(),
+        };
+        fleet.remove_containers();
+        fleet
+    }
+
+    /// A tenant id unique to this test run (container names are engine-wide).
+    pub fn id(&self, short: &str) -> String {
+        let tag = self.name.trim_start_matches("e2e-");
+        format!("{}-{short}", &tag[..tag.len().min(30)])
+    }
+
+    pub fn data_root(&self, host: &str) -> PathBuf {
+        self.dir.join(host)
+    }
+
+    /// A spec of `tenants` (id, host entry, image, extra env lines) on host entries
+    /// `a` and `b`, both on the local engine.
+    pub fn spec(&self, tenants: &[(&str, &str, &str, &str)]) -> String {
+        let mut s = format!(
+            "version: 1\nfleet: {}\ndefaults:\n  timezone: Europe/Warsaw\n  markup_rate: 1.3\n  resources: {{ memory: 128m, cpus: 0.5 }}\n  env: {{ LOG_LEVEL: INFO }}\nhosts:\n",
+            self.name
+        );
+        for h in ["a", "b"] {
+            s.push_str(&format!(
+                "  - name: {}-{h}\n    docker: unix:///var/run/docker.sock\n    data_root: {}\n",
+                self.name,
+                self.data_root(h).display()
+            ));
+        }
+        s.push_str("tenants:\n");
+        for (i, (id, host, image, env)) in tenants.iter().enumerate() {
+            s.push_str(&format!(
+                "  - id: {id}\n    name: Klient {id}\n    org_id: org_{id}\n    host: {}-{host}\n    image: {image}\n    openrouter: {{ api_key: \"${{env:E2E_KEY_{i}}}\" }}\n    billing: {{ email: faktury@{id}.pl, nip: \"5260250274\" }}\n    port: {}\n    env: {{ {env} }}\n",
+                self.name,
+                self.base_port + i as u16
+            ));
+        }
+        s
+    }
+
+    pub fn write_spec(&self, text: &str) -> PathBuf {
+        let path = self.dir.join("tenants.yaml");
+        std::fs::write(&path, text).expect("write spec");
+        path
+    }
+
+    pub fn controller(&self, args: &[&str]) -> RunResult {
+        let out: RunResult = self.controller_command(args).output().expect("run controller").into();
+        let mut t = self.transcript.borrow_mut();
+        t.push_str(&out.stdout);
+        t.push_str(&out.stderr);
+        out
+    }
+
+    pub fn controller_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(controller_bin());
+        cmd.args(args)
+            .env("DATABASE_URL", &self.database_url)
+            .env("MAI_FLEET_ACTOR", "e2e@test");
+        for (i, key) in KEYS.iter().enumerate() {
+            cmd.env(format!("E2E_KEY_{i}"), key);
+        }
+        cmd
+    }
+
+    pub fn apply(&self, spec: &Path, extra: &[&str]) -> RunResult {
+        let mut args = vec!["apply", spec.to_str().expect("utf-8 path"), "--settle", "1s", "--verify-timeout", "30s"];
+        args.extend_from_slice(extra);
+        self.controller(&args)
+    }
+
+    /// `docker inspect` of a container as JSON.
+    pub fn inspect(&self, name: &str) -> Option<serde_json::Value> {
+        let out = Command::new("docker").args(["inspect", name]).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.get(0).cloned()
+    }
+
+    /// Names of this fleet's containers, sorted.
+    pub fn containers(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .args(["ps", "-a", "--filter", &format!("label=mai-fleet.fleet={}", self.name), "--format", "{{.Names}}"])
+            .output()
+            .expect("docker ps");
+        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+        names.sort();
+        names
+    }
+
+    pub fn health(&self, port: u16) -> Option<serde_json::Value> {
+        http(port, "GET", "/health/usage-tracking", None, &[])
+            .and_then(|body| serde_json::from_str(&body).ok())
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        psql(&self.database_url, sql)
+    }
+
+    fn remove_containers(&self) {
+        let out = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=mai-fleet.fleet={}", self.name)])
+            .output();
+        if let Ok(out) = out {
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+            }
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.remove_containers();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let db = self.name.replace('-', "_");
+        let _ = Command::new("psql")
+            .args([&self.admin_url, "-qAtc", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")])
+            .output();
+    }
+}
+
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+        .output()
+        .expect("psql");
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A minimal HTTP/1.0 exchange with a tenant on loopback; returns the body.
+pub fn http(port: u16, method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    let body = body.unwrap_or("");
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+/// Sends one chat completion to a tenant, as a user of the app would.
+pub fn chat(port: u16, user: &str, model: &str) -> Option<serde_json::Value> {
+    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"Ile kosztuje VAT?"}}]}}"#);
+    http(port, "POST", "/api/chat/completions", Some(&body), &[("X-User-Id", user)])
+        .and_then(|b| serde_json::from_str(&b).ok())
+}
+
+/// Tokens the tenant recorded in its own store (`client_daily_usage`), read from the
+/// data directory on the host.
+pub fn store_tokens(data_dir: &Path) -> i64 {
+    let db = data_dir.join("webui.db");
+    let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
+    conn.query_row("SELECT COALESCE(SUM(total_tokens), 0) FROM client_daily_usage", [], |r| r.get(0))
+        .expect("query usage")
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Starts a throwaway PostgreSQL for the demo and the tests, from the OS packages,
+# unless DATABASE_URL is already set. Source it:  . scripts/postgres.sh
+# It exports DATABASE_URL (database mai_fleet) and MAI_FLEET_PG_ADMIN_URL (database
+# postgres, for tests that create their own databases).
+# Local use only: trust authentication on 127.0.0.1, data under $MAI_FLEET_PGDATA.
+if [ -n "${DATABASE_URL:-}" ]; then
+  export MAI_FLEET_PG_ADMIN_URL=${MAI_FLEET_PG_ADMIN_URL:-${DATABASE_URL%/*}/postgres}
+  return 0 2>/dev/null || exit 0
+fi
+set -e
+pgdata=${MAI_FLEET_PGDATA:-/tmp/mai-fleet-pg}
+port=${MAI_FLEET_PGPORT:-54329}
+bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+if [ -z "$bindir" ]; then
+  echo "postgres.sh: installing PostgreSQL from the OS packages" >&2
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+fi
+# PostgreSQL refuses to run as root: run it as the postgres user then.
+as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+if [ ! -s "$pgdata/PG_VERSION" ]; then
+  mkdir -p "$pgdata"
+  [ "$(id -u)" = 0 ] && chown postgres: "$pgdata"
+  chmod 700 "$pgdata"
+  as_pg "$bindir/initdb" -D "$pgdata" -U postgres --auth=trust -E UTF8 >/dev/null
+fi
+if ! as_pg "$bindir/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
+  as_pg "$bindir/pg_ctl" -D "$pgdata" -w -l "$pgdata/server.log" \
+    -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off" start >/dev/null
+fi
+export MAI_FLEET_PG_ADMIN_URL="postgres://postgres@127.0.0.1:$port/postgres"
+export DATABASE_URL="postgres://postgres@127.0.0.1:$port/mai_fleet"
+if ! psql "$MAI_FLEET_PG_ADMIN_URL" -Atqc "SELECT 1 FROM pg_database WHERE datname = 'mai_fleet'" | grep -q 1; then
+  psql "$MAI_FLEET_PG_ADMIN_URL" -qc "CREATE DATABASE mai_fleet" >/dev/null
+fi
+set +e
+echo "postgres.sh: PostgreSQL on 127.0.0.1:$port (data in $pgdata)" >&2
