@@ -91,11 +91,17 @@ pub async fn plan_fleet(spec: &FleetSpec, prune: bool) -> Result<FleetPlan, Vec<
     }
 }
 
-pub async fn apply_fleet(plan: &FleetPlan, opts: &ExecuteOptions, progress: &Progress) -> Vec<Outcome> {
+pub async fn apply_fleet(
+    plan: &FleetPlan,
+    opts: &ExecuteOptions,
+    progress: &Progress,
+) -> Vec<Outcome> {
     let failures = AtomicUsize::new(0);
-    let per_host = join_all(plan.hosts.iter().map(|h| {
-        docker::execute(&h.engine, h.actions.clone(), opts, &failures, progress)
-    }))
+    let per_host = join_all(
+        plan.hosts
+            .iter()
+            .map(|h| docker::execute(&h.engine, h.actions.clone(), opts, &failures, progress)),
+    )
     .await;
     per_host.into_iter().flatten().collect()
 }

@@ -1,8 +1,8 @@
 //! mai-fleet controller library: the fleet spec, the plan from desired to observed
 //! state, the Docker backend that executes it, and the fleet database.
 
-pub mod spec;
-pub mod plan;
 pub mod apply;
 pub mod docker;
+pub mod plan;
+pub mod spec;
 pub mod store;

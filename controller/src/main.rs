@@ -42,7 +42,11 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate { file, output } => Ok(validate(&file, output)),
-        Command::Plan { file, prune, output } => {
+        Command::Plan {
+            file,
+            prune,
+            output,
+        } => {
             let Some(spec) = load_or_report(&file, output) else {
                 return Ok(ExitCode::from(1));
             };
@@ -57,7 +61,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate { database_url } => {
             let store = mai_fleet::store::Store::connect(&database_url).await?;
             store.migrate().await.context("controller migrate")?;
-            eprintln!("fleet database is up to date ({} migrations)", mai_fleet::store::MIGRATOR.iter().count());
+            eprintln!(
+                "fleet database is up to date ({} migrations)",
+                mai_fleet::store::MIGRATOR.iter().count()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -83,7 +90,11 @@ fn validate(file: &std::path::Path, output: OutputFormat) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let code = if matches!(e, SpecError::Unreadable { .. }) { 2 } else { 1 };
+            let code = if matches!(e, SpecError::Unreadable { .. }) {
+                2
+            } else {
+                1
+            };
             cli::report_spec_error(file, &e, output);
             ExitCode::from(code)
         }

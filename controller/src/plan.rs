@@ -94,16 +94,11 @@ impl DesiredContainer {
     pub fn spec_hash(&self) -> String {
         let canonical = serde_json::to_vec(self).unwrap_or_default();
         let digest = Sha256::digest(&canonical);
-        format!(
-            "{SPEC_HASH_VERSION}-{}",
-            crate::spec::hex(&digest[..16])
-        )
+        format!("{SPEC_HASH_VERSION}-{}", crate::spec::hex(&digest[..16]))
     }
 
     pub fn hash_label(&self) -> &str {
-        self.labels
-            .get(LABEL_SPEC_HASH)
-            .map_or("", String::as_str)
+        self.labels.get(LABEL_SPEC_HASH).map_or("", String::as_str)
     }
 }
 
@@ -381,7 +376,10 @@ mod tests {
     }
 
     fn verbs(actions: &[Action]) -> Vec<String> {
-        actions.iter().map(|a| format!("{}:{}", a.verb(), a.tenant())).collect()
+        actions
+            .iter()
+            .map(|a| format!("{}:{}", a.verb(), a.tenant()))
+            .collect()
     }
 
     #[test]
@@ -390,7 +388,10 @@ mod tests {
         let a = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
         let b = DesiredContainer::new("f", &h, &tenant("bb", "mai/app:1"));
         let b2 = DesiredContainer::new("f", &h, &tenant("bb", "mai/app:2"));
-        let obs = vec![observed(&a, "mai-aa", "running"), observed(&b, "mai-bb", "running")];
+        let obs = vec![
+            observed(&a, "mai-aa", "running"),
+            observed(&b, "mai-bb", "running"),
+        ];
         let p = plan_host("f", &h, &[a.clone(), b.clone()], &obs, &[], false).unwrap();
         assert_eq!(verbs(&p), ["unchanged:aa", "unchanged:bb"]);
         let p = plan_host("f", &h, &[a, b2], &obs, &[], false).unwrap();
@@ -418,8 +419,14 @@ mod tests {
         let h = host();
         let a = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
         let obs = vec![observed(&a, "mai-aa", "running")];
-        assert_eq!(verbs(&plan_host("f", &h, &[], &obs, &[], false).unwrap()), ["orphan:aa"]);
-        assert_eq!(verbs(&plan_host("f", &h, &[], &obs, &[], true).unwrap()), ["remove:aa"]);
+        assert_eq!(
+            verbs(&plan_host("f", &h, &[], &obs, &[], false).unwrap()),
+            ["orphan:aa"]
+        );
+        assert_eq!(
+            verbs(&plan_host("f", &h, &[], &obs, &[], true).unwrap()),
+            ["remove:aa"]
+        );
     }
 
     #[test]
@@ -427,7 +434,10 @@ mod tests {
         let h = host();
         let a = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
         let old = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:0"));
-        let obs = vec![observed(&a, "mai-aa", "exited"), observed(&old, "mai-aa.prev", "exited")];
+        let obs = vec![
+            observed(&a, "mai-aa", "exited"),
+            observed(&old, "mai-aa.prev", "exited"),
+        ];
         let p = plan_host("f", &h, std::slice::from_ref(&a), &obs, &[], false).unwrap();
         assert_eq!(verbs(&p), ["start:aa", "remove-leftover:aa"]);
     }
@@ -461,7 +471,10 @@ mod tests {
     #[test]
     fn containers_of_another_host_entry_on_the_same_engine_are_not_touched() {
         let h = host();
-        let other_host = HostSpec { name: "hel1-b".into(), ..host() };
+        let other_host = HostSpec {
+            name: "hel1-b".into(),
+            ..host()
+        };
         let b = DesiredContainer::new("f", &other_host, &tenant("bb", "mai/app:1"));
         let obs = vec![observed(&b, "mai-bb", "running")];
         assert!(plan_host("f", &h, &[], &obs, &[], true).unwrap().is_empty());

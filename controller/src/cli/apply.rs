@@ -52,7 +52,8 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let Some(spec) = crate::load_or_report(&args.file, args.output) else {
         return Ok(ExitCode::from(1));
     };
-    let spec_text = std::fs::read(&args.file).with_context(|| format!("read {}", args.file.display()))?;
+    let spec_text =
+        std::fs::read(&args.file).with_context(|| format!("read {}", args.file.display()))?;
     let spec_sha = mai_fleet::spec::hex(&Sha256::digest(&spec_text));
 
     // Record-keeping is set up before anything changes: an apply that cannot be
@@ -84,7 +85,17 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
                 "max_failures": args.max_failures, "settle_ms": args.settle.as_millis() as u64,
                 "verify_timeout_ms": args.verify_timeout.as_millis() as u64,
             });
-            Some(store.begin_run(&spec, &actor(), &spec_sha, options, plan.to_json(&spec.fleet)).await?)
+            Some(
+                store
+                    .begin_run(
+                        &spec,
+                        &actor(),
+                        &spec_sha,
+                        options,
+                        plan.to_json(&spec.fleet),
+                    )
+                    .await?,
+            )
         }
         None => None,
     };
@@ -95,11 +106,19 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         spec.fleet,
         spec.hosts.len(),
         spec.tenants.len(),
-        run_id.map(|id| format!(", apply run #{id}")).unwrap_or_default()
+        run_id
+            .map(|id| format!(", apply run #{id}"))
+            .unwrap_or_default()
     );
     for h in &plan.hosts {
         for a in h.actions.iter().filter(|a| a.is_change()) {
-            eprintln!("  {}/{}: {} ({})", h.engine.host.name, a.tenant(), a.verb(), describe(a));
+            eprintln!(
+                "  {}/{}: {} ({})",
+                h.engine.host.name,
+                a.tenant(),
+                a.verb(),
+                describe(a)
+            );
         }
     }
     let started = Instant::now();
@@ -153,7 +172,9 @@ fn report(
             }))?
         ),
         OutputFormat::Text => {
-            let mut rows = vec![["HOST", "TENANT", "ACTION", "RESULT", "TIME", "DETAIL"].map(String::from).to_vec()];
+            let mut rows = vec![["HOST", "TENANT", "ACTION", "RESULT", "TIME", "DETAIL"]
+                .map(String::from)
+                .to_vec()];
             for o in outcomes {
                 rows.push(vec![
                     o.host.clone(),
@@ -189,7 +210,9 @@ fn actor() -> String {
             return a;
         }
     }
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown-host".into());

@@ -13,7 +13,11 @@ use mai_fleet::plan::Action;
 use mai_fleet::spec::{FleetSpec, SpecError};
 
 #[derive(Parser)]
-#[command(name = "controller", version, about = "mai-fleet controller: tenant containers of the mAI app on Docker hosts")]
+#[command(
+    name = "controller",
+    version,
+    about = "mai-fleet controller: tenant containers of the mAI app on Docker hosts"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -55,9 +59,13 @@ pub enum Command {
 /// `500ms`, `5s`, `10m`, `1h`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("`{text}` is not a duration like 5s or 10m"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 5s or 10m"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "" | "s" => n,
@@ -78,7 +86,11 @@ pub fn report_spec_error(file: &Path, e: &SpecError, output: OutputFormat) {
             for d in diagnostics {
                 eprintln!("{d}");
             }
-            eprintln!("{}: {} error(s); nothing was changed", file.display(), diagnostics.len());
+            eprintln!(
+                "{}: {} error(s); nothing was changed",
+                file.display(),
+                diagnostics.len()
+            );
         }
         (SpecError::Unreadable { .. }, OutputFormat::Json) => println!(
             "{}",
@@ -92,42 +104,77 @@ pub fn report_fleet_errors(errors: &[FleetError]) -> ExitCode {
     for e in errors {
         eprintln!("controller: error: {e}");
     }
-    eprintln!("controller: {} host(s) could not be planned; nothing was changed", errors.len());
+    eprintln!(
+        "controller: {} host(s) could not be planned; nothing was changed",
+        errors.len()
+    );
     ExitCode::from(1)
 }
 
 pub fn describe(action: &Action) -> String {
     match action {
-        Action::Create { desired, .. } => format!("new container {} from {}", desired.name, desired.image),
-        Action::Update { desired, previous, .. } => {
+        Action::Create { desired, .. } => {
+            format!("new container {} from {}", desired.name, desired.image)
+        }
+        Action::Update {
+            desired, previous, ..
+        } => {
             if previous.image != desired.image {
                 format!("image {} -> {}", previous.image, desired.image)
             } else {
-                format!("spec changed ({} -> {})", previous.spec_hash(), desired.hash_label())
+                format!(
+                    "spec changed ({} -> {})",
+                    previous.spec_hash(),
+                    desired.hash_label()
+                )
             }
         }
         Action::Start { current, .. } => format!("{} is {}; start it", current.name, current.state),
         Action::Unchanged { current, .. } => format!("{} running", current.name),
-        Action::RemoveLeftover { container, .. } => format!("leftover {} of an interrupted apply", container.name),
-        Action::Remove { container, .. } => format!("{} is not in the spec (data kept)", container.name),
-        Action::Orphan { container, .. } => format!("{} is not in the spec; kept (--prune removes it)", container.name),
+        Action::RemoveLeftover { container, .. } => {
+            format!("leftover {} of an interrupted apply", container.name)
+        }
+        Action::Remove { container, .. } => {
+            format!("{} is not in the spec (data kept)", container.name)
+        }
+        Action::Orphan { container, .. } => format!(
+            "{} is not in the spec; kept (--prune removes it)",
+            container.name
+        ),
         Action::Blocked { reason, .. } => reason.clone(),
     }
 }
 
 pub fn print_plan(spec: &FleetSpec, plan: &FleetPlan, output: OutputFormat) -> anyhow::Result<()> {
     if let OutputFormat::Json = output {
-        println!("{}", serde_json::to_string_pretty(&plan.to_json(&spec.fleet))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&plan.to_json(&spec.fleet))?
+        );
         return Ok(());
     }
-    let mut rows = vec![vec!["HOST".into(), "TENANT".into(), "ACTION".into(), "DETAIL".into()]];
+    let mut rows = vec![vec![
+        "HOST".into(),
+        "TENANT".into(),
+        "ACTION".into(),
+        "DETAIL".into(),
+    ]];
     for h in &plan.hosts {
         for a in &h.actions {
-            rows.push(vec![h.engine.host.name.clone(), a.tenant().to_string(), a.verb().to_string(), describe(a)]);
+            rows.push(vec![
+                h.engine.host.name.clone(),
+                a.tenant().to_string(),
+                a.verb().to_string(),
+                describe(a),
+            ]);
         }
     }
     print!("{}", table(&rows));
-    println!("fleet `{}`: {} change(s) pending", spec.fleet, plan.changes());
+    println!(
+        "fleet `{}`: {} change(s) pending",
+        spec.fleet,
+        plan.changes()
+    );
     Ok(())
 }
 
@@ -135,7 +182,13 @@ pub fn print_plan(spec: &FleetSpec, plan: &FleetPlan, output: OutputFormat) -> a
 pub fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().filter_map(|r| r.get(c)).map(|s| s.chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for r in rows {

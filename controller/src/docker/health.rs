@@ -25,8 +25,13 @@ pub async fn probe(address: &str, port: u16, timeout: Duration) -> Result<Health
         let mut stream = TcpStream::connect((address, port))
             .await
             .map_err(|e| format!("connect {address}:{port}: {e}"))?;
-        let req = format!("GET {PATH} HTTP/1.0\r\nHost: {address}:{port}\r\nAccept: application/json\r\n\r\n");
-        stream.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        let req = format!(
+            "GET {PATH} HTTP/1.0\r\nHost: {address}:{port}\r\nAccept: application/json\r\n\r\n"
+        );
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut buf = Vec::new();
         stream
             .take(64 * 1024)
@@ -75,7 +80,10 @@ mod tests {
         assert_eq!(parse(ok), Ok(Health::Active));
         let off = "HTTP/1.1 200 OK\r\n\r\n{\"initialized\":false,\"status\":\"inactive\"}";
         assert_eq!(parse(off), Ok(Health::Inactive("inactive".into())));
-        assert_eq!(parse("HTTP/1.1 404 Not Found\r\n\r\n"), Ok(Health::NoEndpoint));
+        assert_eq!(
+            parse("HTTP/1.1 404 Not Found\r\n\r\n"),
+            Ok(Health::NoEndpoint)
+        );
         assert!(parse("HTTP/1.1 500 Oops\r\n\r\n").is_err());
     }
 }

@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use bollard::models::{ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
     RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -25,7 +27,11 @@ pub use verify::VerifyOptions;
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     #[error("host {host}: {url} is not supported yet: {reason}")]
-    UnsupportedEndpoint { host: String, url: String, reason: String },
+    UnsupportedEndpoint {
+        host: String,
+        url: String,
+        reason: String,
+    },
     #[error("host {host}: cannot reach the Docker engine at {url}: {source}")]
     Connect {
         host: String,
@@ -74,7 +80,9 @@ impl Engine {
                 return Err(DockerError::UnsupportedEndpoint {
                     host: host.name.clone(),
                     url: url.to_string(),
-                    reason: "TLS client certificates are not built in this version (see docs/apply.md)".into(),
+                    reason:
+                        "TLS client certificates are not built in this version (see docs/apply.md)"
+                            .into(),
                 });
             }
             let d = Docker::connect_with_http(url, API_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
@@ -85,7 +93,8 @@ impl Engine {
             return Err(DockerError::UnsupportedEndpoint {
                 host: host.name.clone(),
                 url: url.to_string(),
-                reason: "ssh:// engines are not built in this version; use unix:// or tcp://".into(),
+                reason: "ssh:// engines are not built in this version; use unix:// or tcp://"
+                    .into(),
             });
         };
         // Engines older than bollard's API version (20.10 speaks 1.41) need this.
@@ -98,7 +107,10 @@ impl Engine {
         })
     }
 
-    fn api_err(&self, what: impl Into<String>) -> impl FnOnce(bollard::errors::Error) -> DockerError + '_ {
+    fn api_err(
+        &self,
+        what: impl Into<String>,
+    ) -> impl FnOnce(bollard::errors::Error) -> DockerError + '_ {
         let what = what.into();
         move |source| DockerError::Api {
             host: self.host.name.clone(),
@@ -219,7 +231,11 @@ async fn execute_tenant(
             .max_failures
             .is_some_and(|max| failures.load(Ordering::SeqCst) >= max);
         let (status, detail, container) = if budget_spent && action.is_change() {
-            (Status::Skipped, "failure budget spent (--max-failures); left as it was".to_string(), None)
+            (
+                Status::Skipped,
+                "failure budget spent (--max-failures); left as it was".to_string(),
+                None,
+            )
         } else {
             let say = |msg: &str| progress(&engine.host.name, &tenant, msg);
             run_action(engine, action, opts, &say).await
@@ -227,7 +243,11 @@ async fn execute_tenant(
         if matches!(status, Status::Failed | Status::RolledBack) {
             failures.fetch_add(1, Ordering::SeqCst);
         }
-        progress(&engine.host.name, &tenant, &format!("{verb}: {} {detail}", status_word(status)));
+        progress(
+            &engine.host.name,
+            &tenant,
+            &format!("{verb}: {} {detail}", status_word(status)),
+        );
         outcomes.push(Outcome {
             host: engine.host.name.clone(),
             tenant,
@@ -252,17 +272,33 @@ pub fn status_word(s: Status) -> &'static str {
 
 type Done = (Status, String, Option<String>);
 
-async fn run_action(engine: &Engine, action: Action, opts: &ExecuteOptions, say: &(dyn Fn(&str) + Sync)) -> Done {
+async fn run_action(
+    engine: &Engine,
+    action: Action,
+    opts: &ExecuteOptions,
+    say: &(dyn Fn(&str) + Sync),
+) -> Done {
     match action {
-        Action::Unchanged { current, .. } => (Status::Ok, "running, spec unchanged".into(), Some(current.short_id().to_string())),
+        Action::Unchanged { current, .. } => (
+            Status::Ok,
+            "running, spec unchanged".into(),
+            Some(current.short_id().to_string()),
+        ),
         Action::Orphan { container, .. } => (
             Status::Ok,
-            format!("{} is not in the spec; kept (use --prune to remove it)", container.name),
+            format!(
+                "{} is not in the spec; kept (use --prune to remove it)",
+                container.name
+            ),
             Some(container.short_id().to_string()),
         ),
         Action::Blocked { reason, .. } => (Status::Failed, reason, None),
         Action::RemoveLeftover { container, .. } => match remove(engine, &container.id).await {
-            Ok(()) => (Status::Ok, format!("removed leftover {}", container.name), None),
+            Ok(()) => (
+                Status::Ok,
+                format!("removed leftover {}", container.name),
+                None,
+            ),
             Err(e) => (Status::Failed, e.to_string(), None),
         },
         Action::Remove { container, tenant } => {
@@ -284,11 +320,18 @@ async fn run_action(engine: &Engine, action: Action, opts: &ExecuteOptions, say:
             }
         }
         Action::Create { desired, .. } => create(engine, &desired, opts, say).await,
-        Action::Update { desired, previous, .. } => update(engine, &desired, &previous, opts, say).await,
+        Action::Update {
+            desired, previous, ..
+        } => update(engine, &desired, &previous, opts, say).await,
     }
 }
 
-async fn create(engine: &Engine, d: &DesiredContainer, opts: &ExecuteOptions, say: &(dyn Fn(&str) + Sync)) -> Done {
+async fn create(
+    engine: &Engine,
+    d: &DesiredContainer,
+    opts: &ExecuteOptions,
+    say: &(dyn Fn(&str) + Sync),
+) -> Done {
     if let Err(e) = ensure_image(engine, &d.image, say).await {
         return (Status::Failed, e, None);
     }
@@ -302,21 +345,35 @@ async fn create(engine: &Engine, d: &DesiredContainer, opts: &ExecuteOptions, sa
     if let Err(e) = engine.docker.start_container(&id, None).await {
         let logs = verify::last_logs(engine, &id, Some(d)).await;
         let _ = remove(engine, &id).await;
-        return (Status::Failed, format!("start failed: {e}{logs}; container removed"), None);
+        return (
+            Status::Failed,
+            format!("start failed: {e}{logs}; container removed"),
+            None,
+        );
     }
     say("verifying");
     match verify::verify(engine, &id, Some(d.host_port), &opts.verify, Some(d)).await {
         Ok(v) => (Status::Ok, v, Some(short)),
         Err(e) => {
             let _ = remove(engine, &id).await;
-            (Status::Failed, format!("{e}; new container removed, nothing to roll back to"), None)
+            (
+                Status::Failed,
+                format!("{e}; new container removed, nothing to roll back to"),
+                None,
+            )
         }
     }
 }
 
 /// Replaces `previous` by a container of `d`, keeping `previous` (stopped, renamed)
 /// until the new one is verified.
-async fn update(engine: &Engine, d: &DesiredContainer, previous: &Observed, opts: &ExecuteOptions, say: &(dyn Fn(&str) + Sync)) -> Done {
+async fn update(
+    engine: &Engine,
+    d: &DesiredContainer,
+    previous: &Observed,
+    opts: &ExecuteOptions,
+    say: &(dyn Fn(&str) + Sync),
+) -> Done {
     let docker = &engine.docker;
     // An interrupted apply may have left the wanted container renamed away: restore it.
     if previous.spec_hash() == d.hash_label() {
@@ -327,22 +384,43 @@ async fn update(engine: &Engine, d: &DesiredContainer, previous: &Observed, opts
         if let Err(e) = docker.start_container(&previous.id, None).await {
             return (Status::Failed, format!("start failed: {e}"), None);
         }
-        return match verify::verify(engine, &previous.id, Some(d.host_port), &opts.verify, Some(d)).await {
+        return match verify::verify(
+            engine,
+            &previous.id,
+            Some(d.host_port),
+            &opts.verify,
+            Some(d),
+        )
+        .await
+        {
             Ok(v) => (Status::Ok, v, Some(previous.short_id().to_string())),
             Err(e) => (Status::Failed, e, Some(previous.short_id().to_string())),
         };
     }
     if let Err(e) = ensure_image(engine, &d.image, say).await {
-        return (Status::Failed, format!("{e}; {} left as it was", previous.name), None);
+        return (
+            Status::Failed,
+            format!("{e}; {} left as it was", previous.name),
+            None,
+        );
     }
     prepare_data_dir(engine, d);
     let was_running = previous.state == "running" || previous.state == "restarting";
     let parked = format!("{}.prev-{}", d.name, previous.short_id());
-    say(&format!("stopping {} (kept as {parked} until the new one is verified)", previous.name));
-    let stop = StopContainerOptionsBuilder::new().t(opts.stop_timeout_s).build();
+    say(&format!(
+        "stopping {} (kept as {parked} until the new one is verified)",
+        previous.name
+    ));
+    let stop = StopContainerOptionsBuilder::new()
+        .t(opts.stop_timeout_s)
+        .build();
     if was_running {
         if let Err(e) = docker.stop_container(&previous.id, Some(stop)).await {
-            return (Status::Failed, format!("stop failed: {e}; nothing changed"), None);
+            return (
+                Status::Failed,
+                format!("stop failed: {e}; nothing changed"),
+                None,
+            );
         }
     }
     if previous.name != parked {
@@ -405,7 +483,11 @@ async fn update(engine: &Engine, d: &DesiredContainer, previous: &Observed, opts
     }
 }
 
-async fn create_container(engine: &Engine, d: &DesiredContainer, name: &str) -> Result<String, String> {
+async fn create_container(
+    engine: &Engine,
+    d: &DesiredContainer,
+    name: &str,
+) -> Result<String, String> {
     let port_key = format!("{APP_PORT}/tcp");
     let host_config = HostConfig {
         binds: Some(vec![format!("{}:{DATA_MOUNT}", d.data_dir)]),
@@ -441,7 +523,11 @@ async fn create_container(engine: &Engine, d: &DesiredContainer, name: &str) -> 
         .map_err(|e| format!("create failed: {e}"))
 }
 
-async fn ensure_image(engine: &Engine, image: &str, say: &(dyn Fn(&str) + Sync)) -> Result<(), String> {
+async fn ensure_image(
+    engine: &Engine,
+    image: &str,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<(), String> {
     if engine.docker.inspect_image(image).await.is_ok() {
         return Ok(());
     }
@@ -453,7 +539,12 @@ async fn ensure_image(engine: &Engine, image: &str, say: &(dyn Fn(&str) + Sync))
         .try_collect::<Vec<_>>()
         .await
         .map(|_| ())
-        .map_err(|e| format!("image {image} is not on host {} and pulling it failed: {e}", engine.host.name))
+        .map_err(|e| {
+            format!(
+                "image {image} is not on host {} and pulling it failed: {e}",
+                engine.host.name
+            )
+        })
 }
 
 async fn rename(engine: &Engine, id: &str, name: &str) -> Result<(), String> {

@@ -67,7 +67,10 @@ pub async fn verify(
         match state.status {
             Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {
                 let logs = last_logs(engine, id, desired).await;
-                return Err(format!("exited with code {}{logs}", state.exit_code.unwrap_or(-1)));
+                return Err(format!(
+                    "exited with code {}{logs}",
+                    state.exit_code.unwrap_or(-1)
+                ));
             }
             Some(ContainerStateStatusEnum::RUNNING) => {
                 running_since.get_or_insert_with(Instant::now);
@@ -76,7 +79,13 @@ pub async fn verify(
         }
         if let (Some(since), Some(port)) = (running_since, port) {
             if !matches!(health, Some(Health::Active | Health::NoEndpoint)) {
-                match health::probe(&engine.tenant_address, port, opts.poll.max(Duration::from_secs(2))).await {
+                match health::probe(
+                    &engine.tenant_address,
+                    port,
+                    opts.poll.max(Duration::from_secs(2)),
+                )
+                .await
+                {
                     Ok(h) => health = Some(h),
                     Err(e) => last_problem = e,
                 }
@@ -84,27 +93,43 @@ pub async fn verify(
             let settled = since.elapsed() >= opts.settle;
             match &health {
                 Some(Health::Active) if settled => {
-                    return Ok(format!("verified in {:.1}s: running, usage tracking initialized", started.elapsed().as_secs_f64()));
+                    return Ok(format!(
+                        "verified in {:.1}s: running, usage tracking initialized",
+                        started.elapsed().as_secs_f64()
+                    ));
                 }
                 Some(Health::NoEndpoint) if settled => {
-                    return Ok(format!("verified in {:.1}s: running (image serves no {})", started.elapsed().as_secs_f64(), health::PATH));
+                    return Ok(format!(
+                        "verified in {:.1}s: running (image serves no {})",
+                        started.elapsed().as_secs_f64(),
+                        health::PATH
+                    ));
                 }
                 // The app may report before it finishes starting: fail only once settled.
                 Some(Health::Inactive(status)) if settled => {
                     let logs = last_logs(engine, id, desired).await;
-                    return Err(format!("{} says usage tracking is not initialized (status: {status}){logs}", health::PATH));
+                    return Err(format!(
+                        "{} says usage tracking is not initialized (status: {status}){logs}",
+                        health::PATH
+                    ));
                 }
                 _ => {}
             }
         } else if running_since.is_some() {
             // No published port: running and stable is all that can be checked.
             if running_since.is_some_and(|s| s.elapsed() >= opts.settle) {
-                return Ok(format!("verified in {:.1}s: running (no published port to probe)", started.elapsed().as_secs_f64()));
+                return Ok(format!(
+                    "verified in {:.1}s: running (no published port to probe)",
+                    started.elapsed().as_secs_f64()
+                ));
             }
         }
         if started.elapsed() >= opts.timeout {
             let logs = last_logs(engine, id, desired).await;
-            return Err(format!("not verified within {}s: {last_problem}{logs}", opts.timeout.as_secs()));
+            return Err(format!(
+                "not verified within {}s: {last_problem}{logs}",
+                opts.timeout.as_secs()
+            ));
         }
         tokio::time::sleep(opts.poll).await;
     }
@@ -113,7 +138,11 @@ pub async fn verify(
 /// The last lines the container printed, indented, with the tenant's key masked in
 /// case the app logs it.
 pub async fn last_logs(engine: &Engine, id: &str, desired: Option<&DesiredContainer>) -> String {
-    let options = LogsOptionsBuilder::new().stdout(true).stderr(true).tail("8").build();
+    let options = LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(true)
+        .tail("8")
+        .build();
     let chunks: Vec<String> = engine
         .docker
         .logs(id, Some(options))

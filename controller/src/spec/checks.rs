@@ -63,12 +63,17 @@ pub fn nip(nip: &str) -> Result<(), String> {
         .collect::<Option<_>>()
         .ok_or_else(|| "a NIP has only digits (dashes and spaces are allowed)".to_string())?;
     if digits.len() != 10 {
-        return Err(format!("a NIP has 10 digits, this one has {}", digits.len()));
+        return Err(format!(
+            "a NIP has 10 digits, this one has {}",
+            digits.len()
+        ));
     }
     let sum: u32 = WEIGHTS.iter().zip(&digits).map(|(w, d)| w * d).sum();
     let check = sum % 11;
     if check == 10 || check != digits[9] {
-        return Err("its checksum does not match: check the digits against the client's invoice".into());
+        return Err(
+            "its checksum does not match: check the digits against the client's invoice".into(),
+        );
     }
     Ok(())
 }
@@ -128,13 +133,17 @@ pub fn image_ref(image: &str) -> Result<(), String> {
     let mut components = path.split('/').peekable();
     let mut first = true;
     while let Some(c) = components.next() {
-        let is_registry = first && components.peek().is_some() && (c.contains('.') || c.contains(':') || c == "localhost");
+        let is_registry = first
+            && components.peek().is_some()
+            && (c.contains('.') || c.contains(':') || c == "localhost");
         first = false;
         if is_registry {
             continue;
         }
         let ok = !c.is_empty()
-            && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+            && c.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+            })
             && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
             && c.ends_with(|ch: char| ch.is_ascii_alphanumeric());
         if !ok {
@@ -183,7 +192,9 @@ pub fn markup_rate(text: &str) -> Result<Decimal, String> {
         .parse()
         .map_err(|_| "write the markup as a number like 1.3".to_string())?;
     if d < Decimal::ONE || d > Decimal::from(5) {
-        return Err("the markup rate must be from 1.0 to 5.0 (1.3 = 30 % over OpenRouter's cost)".into());
+        return Err(
+            "the markup rate must be from 1.0 to 5.0 (1.3 = 30 % over OpenRouter's cost)".into(),
+        );
     }
     Ok(d.normalize())
 }
@@ -263,7 +274,13 @@ mod tests {
         ] {
             assert!(image_ref(ok).is_ok(), "{ok}");
         }
-        for bad in ["Mai/App:1", "mai/app:", "mai//app", "mai/app@sha256:12", "mai app"] {
+        for bad in [
+            "Mai/App:1",
+            "mai/app:",
+            "mai//app",
+            "mai/app@sha256:12",
+            "mai app",
+        ] {
             assert!(image_ref(bad).is_err(), "{bad}");
         }
     }
@@ -277,7 +294,10 @@ mod tests {
         assert_eq!(memory_bytes("2g"), Ok(2 << 30));
         assert!(memory_bytes("1k").is_err());
         assert!(markup_rate("0.9").is_err());
-        assert_eq!(markup_rate("1.30").map(|d| d.to_string()), Ok("1.3".to_string()));
+        assert_eq!(
+            markup_rate("1.30").map(|d| d.to_string()),
+            Ok("1.3".to_string())
+        );
         assert!(timezone("Europe/Warsaw").is_ok());
         assert!(timezone("Europe/Warszawa").is_err());
         assert!(email("faktury@nowak.pl").is_ok());

@@ -11,21 +11,35 @@ use marked_yaml::{LoadError, LoaderOptions, Node, Span};
 use rust_decimal::Decimal;
 
 use super::secret::{self, ApiKey, EnvSource};
-use super::{checks, Diagnostic, FleetSpec, HostSpec, Pos, SpecError, TenantSpec, TlsFiles, REQUIRED_ENV};
+use super::{
+    checks, Diagnostic, FleetSpec, HostSpec, Pos, SpecError, TenantSpec, TlsFiles, REQUIRED_ENV,
+};
 
 const TOP_KEYS: &[&str] = &["version", "fleet", "defaults", "hosts", "tenants"];
 const DEFAULTS_KEYS: &[&str] = &["image", "timezone", "markup_rate", "env", "resources"];
 const HOST_KEYS: &[&str] = &["name", "docker", "data_root", "tls"];
 const TLS_KEYS: &[&str] = &["ca", "cert", "key"];
 const TENANT_KEYS: &[&str] = &[
-    "id", "name", "org_id", "host", "image", "timezone", "openrouter", "billing", "port", "env",
+    "id",
+    "name",
+    "org_id",
+    "host",
+    "image",
+    "timezone",
+    "openrouter",
+    "billing",
+    "port",
+    "env",
     "resources",
 ];
 const OPENROUTER_KEYS: &[&str] = &["api_key"];
 const BILLING_KEYS: &[&str] = &["markup_rate", "monthly_limit_usd", "email", "nip"];
 const RESOURCES_KEYS: &[&str] = &["memory", "cpus"];
 /// Set by the controller from dedicated keys; `env:` may not set them either.
-const DERIVED_ENV: &[(&str, &str)] = &[("TZ", "timezone"), ("DEFAULT_MARKUP_RATE", "billing.markup_rate")];
+const DERIVED_ENV: &[(&str, &str)] = &[
+    ("TZ", "timezone"),
+    ("DEFAULT_MARKUP_RATE", "billing.markup_rate"),
+];
 
 const DEFAULT_TIMEZONE: &str = "Europe/Warsaw";
 
@@ -133,8 +147,16 @@ impl<'e> Loader<'e> {
 
         match self.scalar(root, "version", "version") {
             Some(("1", _)) => {}
-            Some((v, at)) => self.diag(at, format!("unsupported version `{v}`"), Some("this controller reads `version: 1`".into())),
-            None => self.diag(pos(root.span()), "missing `version`", Some("add `version: 1` at the top".into())),
+            Some((v, at)) => self.diag(
+                at,
+                format!("unsupported version `{v}`"),
+                Some("this controller reads `version: 1`".into()),
+            ),
+            None => self.diag(
+                pos(root.span()),
+                "missing `version`",
+                Some("add `version: 1` at the top".into()),
+            ),
         }
         let fleet = match self.scalar(root, "fleet", "fleet") {
             Some((f, at)) => {
@@ -150,14 +172,22 @@ impl<'e> Loader<'e> {
         let hosts = match root.get_node("hosts") {
             Some(node) => self.hosts(node),
             None => {
-                self.diag(pos(root.span()), "missing `hosts`", Some("list the Docker hosts tenants run on".into()));
+                self.diag(
+                    pos(root.span()),
+                    "missing `hosts`",
+                    Some("list the Docker hosts tenants run on".into()),
+                );
                 Vec::new()
             }
         };
         let tenants = match root.get_node("tenants") {
             Some(node) => self.tenants(node, &defaults, &hosts),
             None => {
-                self.diag(pos(root.span()), "missing `tenants`", Some("write `tenants: []` for a fleet with none".into()));
+                self.diag(
+                    pos(root.span()),
+                    "missing `tenants`",
+                    Some("write `tenants: []` for a fleet with none".into()),
+                );
                 Vec::new()
             }
         };
@@ -173,7 +203,10 @@ impl<'e> Loader<'e> {
     fn syntax_error(&mut self, e: LoadError) {
         let (at, message) = match &e {
             LoadError::ScanError(m, scan) => (
-                Pos { line: m.line(), column: m.column() },
+                Pos {
+                    line: m.line(),
+                    column: m.column(),
+                },
                 format!("YAML syntax error: {}", scan.info()),
             ),
             LoadError::DuplicateKey(inner) => (
@@ -185,15 +218,24 @@ impl<'e> Loader<'e> {
                 ),
             ),
             LoadError::TopLevelMustBeMapping(m) => (
-                Pos { line: m.line(), column: m.column() },
+                Pos {
+                    line: m.line(),
+                    column: m.column(),
+                },
                 "the top level must be a mapping (`version:`, `hosts:`, `tenants:` …)".to_string(),
             ),
             LoadError::MappingKeyMustBeScalar(m) => (
-                Pos { line: m.line(), column: m.column() },
+                Pos {
+                    line: m.line(),
+                    column: m.column(),
+                },
                 "mapping keys must be plain names".to_string(),
             ),
             LoadError::UnexpectedAnchor(m) | LoadError::UnexpectedTag(m) => (
-                Pos { line: m.line(), column: m.column() },
+                Pos {
+                    line: m.line(),
+                    column: m.column(),
+                },
                 "YAML anchors and tags are not supported in a fleet spec".to_string(),
             ),
             other => (Pos { line: 1, column: 1 }, other.to_string()),
@@ -207,7 +249,11 @@ impl<'e> Loader<'e> {
         match node {
             Node::Mapping(m) => Some(m),
             _ => {
-                self.diag(pos(node.span()), format!("{what} must be a mapping of `key: value` lines"), None);
+                self.diag(
+                    pos(node.span()),
+                    format!("{what} must be a mapping of `key: value` lines"),
+                    None,
+                );
                 None
             }
         }
@@ -219,7 +265,11 @@ impl<'e> Loader<'e> {
             // `tenants:` with nothing after it is an empty list, not a mistake.
             Node::Scalar(s) if s.as_str().is_empty() || s.as_str() == "~" => None,
             _ => {
-                self.diag(pos(node.span()), format!("{what} must be a list of `- ` entries"), None);
+                self.diag(
+                    pos(node.span()),
+                    format!("{what} must be a list of `- ` entries"),
+                    None,
+                );
                 None
             }
         }
@@ -232,36 +282,74 @@ impl<'e> Loader<'e> {
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!("known keys: {}", allowed.join(", ")),
                 };
-                self.diag(pos(key.span()), format!("unknown key `{}` in {what}", key.as_str()), Some(hint));
+                self.diag(
+                    pos(key.span()),
+                    format!("unknown key `{}` in {what}", key.as_str()),
+                    Some(hint),
+                );
             }
         }
     }
 
     /// A scalar value; `None` when the key is absent or null, reported when not a scalar.
-    fn scalar<'n>(&mut self, map: &'n MarkedMappingNode, key: &str, what: &str) -> Option<(&'n str, Pos)> {
+    fn scalar<'n>(
+        &mut self,
+        map: &'n MarkedMappingNode,
+        key: &str,
+        what: &str,
+    ) -> Option<(&'n str, Pos)> {
         match map.get_node(key)? {
             Node::Scalar(s) if s.as_str().is_empty() || s.as_str() == "~" => None,
             Node::Scalar(s) => Some((s.as_str(), pos(s.span()))),
             other => {
-                self.diag(pos(other.span()), format!("`{what}` must be a single value"), None);
+                self.diag(
+                    pos(other.span()),
+                    format!("`{what}` must be a single value"),
+                    None,
+                );
                 None
             }
         }
     }
 
-    fn required<'n>(&mut self, map: &'n MarkedMappingNode, key: &str, what: &str, hint: &str) -> Option<(&'n str, Pos)> {
+    fn required<'n>(
+        &mut self,
+        map: &'n MarkedMappingNode,
+        key: &str,
+        what: &str,
+        hint: &str,
+    ) -> Option<(&'n str, Pos)> {
         let found = self.scalar(map, key, what);
-        if found.is_none() && !matches!(map.get_node(key), Some(Node::Mapping(_) | Node::Sequence(_))) {
-            self.diag(pos(map.span()), format!("missing `{what}`"), Some(hint.to_string()));
+        if found.is_none()
+            && !matches!(
+                map.get_node(key),
+                Some(Node::Mapping(_) | Node::Sequence(_))
+            )
+        {
+            self.diag(
+                pos(map.span()),
+                format!("missing `{what}`"),
+                Some(hint.to_string()),
+            );
         }
         found
     }
 
-    fn check<T>(&mut self, at: Pos, what: &str, value: &str, result: Result<T, String>) -> Option<T> {
+    fn check<T>(
+        &mut self,
+        at: Pos,
+        what: &str,
+        value: &str,
+        result: Result<T, String>,
+    ) -> Option<T> {
         match result {
             Ok(v) => Some(v),
             Err(hint) => {
-                self.diag(at, format!("`{what}` value `{value}` is not valid"), Some(hint));
+                self.diag(
+                    at,
+                    format!("`{what}` value `{value}` is not valid"),
+                    Some(hint),
+                );
                 None
             }
         }
@@ -276,10 +364,14 @@ impl<'e> Loader<'e> {
         };
         self.keys(map, DEFAULTS_KEYS, "defaults");
         if let Some((image, at)) = self.scalar(map, "image", "defaults.image") {
-            d.image = self.check(at, "defaults.image", image, checks::image_ref(image)).map(|()| image.to_string());
+            d.image = self
+                .check(at, "defaults.image", image, checks::image_ref(image))
+                .map(|()| image.to_string());
         }
         if let Some((tz, at)) = self.scalar(map, "timezone", "defaults.timezone") {
-            d.timezone = self.check(at, "defaults.timezone", tz, checks::timezone(tz)).map(|()| tz.to_string());
+            d.timezone = self
+                .check(at, "defaults.timezone", tz, checks::timezone(tz))
+                .map(|()| tz.to_string());
         }
         if let Some((m, at)) = self.scalar(map, "markup_rate", "defaults.markup_rate") {
             d.markup_rate = self.check(at, "defaults.markup_rate", m, checks::markup_rate(m));
@@ -310,7 +402,11 @@ impl<'e> Loader<'e> {
                 continue;
             }
             if let Some((_, key_name)) = DERIVED_ENV.iter().find(|(v, _)| *v == name) {
-                self.diag(at, format!("`{what}` may not set {name}"), Some(format!("set `{key_name}` instead")));
+                self.diag(
+                    at,
+                    format!("`{what}` may not set {name}"),
+                    Some(format!("set `{key_name}` instead")),
+                );
                 continue;
             }
             if self.check(at, what, name, checks::env_name(name)).is_none() {
@@ -320,7 +416,11 @@ impl<'e> Loader<'e> {
                 Node::Scalar(s) => {
                     env.insert(name.to_string(), s.as_str().to_string());
                 }
-                other => self.diag(pos(other.span()), format!("`{what}.{name}` must be a single value"), None),
+                other => self.diag(
+                    pos(other.span()),
+                    format!("`{what}.{name}` must be a single value"),
+                    None,
+                ),
             }
         }
         env
@@ -333,7 +433,9 @@ impl<'e> Loader<'e> {
         self.keys(map, RESOURCES_KEYS, what);
         let memory = self
             .scalar(map, "memory", &format!("{what}.memory"))
-            .and_then(|(m, at)| self.check(at, &format!("{what}.memory"), m, checks::memory_bytes(m)));
+            .and_then(|(m, at)| {
+                self.check(at, &format!("{what}.memory"), m, checks::memory_bytes(m))
+            });
         let cpus = self
             .scalar(map, "cpus", &format!("{what}.cpus"))
             .and_then(|(c, at)| self.check(at, &format!("{what}.cpus"), c, checks::cpus(c)));
@@ -348,30 +450,78 @@ impl<'e> Loader<'e> {
         let mut seen: HashMap<String, usize> = HashMap::new();
         for (i, node) in seq.iter().enumerate() {
             let what = format!("hosts[{i}]");
-            let Some(map) = self.mapping(node, &what) else { continue };
+            let Some(map) = self.mapping(node, &what) else {
+                continue;
+            };
             self.keys(map, HOST_KEYS, &what);
-            let name = self.required(map, "name", &format!("{what}.name"), "name the host, e.g. `name: hel1-a`");
-            let docker = self.required(map, "docker", &format!("{what}.docker"), "e.g. `docker: unix:///var/run/docker.sock`");
-            let data_root = self.required(map, "data_root", &format!("{what}.data_root"), "e.g. `data_root: /srv/mai-fleet`");
+            let name = self.required(
+                map,
+                "name",
+                &format!("{what}.name"),
+                "name the host, e.g. `name: hel1-a`",
+            );
+            let docker = self.required(
+                map,
+                "docker",
+                &format!("{what}.docker"),
+                "e.g. `docker: unix:///var/run/docker.sock`",
+            );
+            let data_root = self.required(
+                map,
+                "data_root",
+                &format!("{what}.data_root"),
+                "e.g. `data_root: /srv/mai-fleet`",
+            );
             let tls = map.get_node("tls").and_then(|t| self.tls(t, &what));
             if let Some((n, at)) = name {
-                if self.check(at, "hosts.name", n, checks::name_label(n)).is_some() {
+                if self
+                    .check(at, "hosts.name", n, checks::name_label(n))
+                    .is_some()
+                {
                     if let Some(line) = seen.insert(n.to_string(), at.line) {
-                        self.diag(at, format!("host `{n}` is defined twice (first at line {line})"), Some("host names must be unique".into()));
+                        self.diag(
+                            at,
+                            format!("host `{n}` is defined twice (first at line {line})"),
+                            Some("host names must be unique".into()),
+                        );
                     }
                 }
             }
             if let Some((d, at)) = docker {
-                let scheme_ok = ["unix:///", "tcp://", "ssh://"].iter().any(|s| d.starts_with(s));
+                let scheme_ok = ["unix:///", "tcp://", "ssh://"]
+                    .iter()
+                    .any(|s| d.starts_with(s));
                 if !scheme_ok {
-                    self.diag(at, format!("`{what}.docker` value `{d}` is not a Docker endpoint"), Some("use unix:///path/to/docker.sock, tcp://host:2376 or ssh://user@host".into()));
-                } else if d.starts_with("tcp://") && tls.is_none() && !d.starts_with("tcp://127.0.0.1") && !d.starts_with("tcp://localhost") {
-                    self.diag(at, format!("`{what}.docker` is a remote tcp:// endpoint without `tls`"), Some("add `tls: {ca, cert, key}` with the engine's client certificates".into()));
+                    self.diag(
+                        at,
+                        format!("`{what}.docker` value `{d}` is not a Docker endpoint"),
+                        Some(
+                            "use unix:///path/to/docker.sock, tcp://host:2376 or ssh://user@host"
+                                .into(),
+                        ),
+                    );
+                } else if d.starts_with("tcp://")
+                    && tls.is_none()
+                    && !d.starts_with("tcp://127.0.0.1")
+                    && !d.starts_with("tcp://localhost")
+                {
+                    self.diag(
+                        at,
+                        format!("`{what}.docker` is a remote tcp:// endpoint without `tls`"),
+                        Some(
+                            "add `tls: {ca, cert, key}` with the engine's client certificates"
+                                .into(),
+                        ),
+                    );
                 }
             }
             if let Some((r, at)) = data_root {
                 if !r.starts_with('/') {
-                    self.diag(at, format!("`{what}.data_root` value `{r}` is not an absolute path"), Some("write it from the root, e.g. /srv/mai-fleet".into()));
+                    self.diag(
+                        at,
+                        format!("`{what}.data_root` value `{r}` is not an absolute path"),
+                        Some("write it from the root, e.g. /srv/mai-fleet".into()),
+                    );
                 }
             }
             if let (Some((n, _)), Some((d, _)), Some((r, _))) = (name, docker, data_root) {
@@ -395,7 +545,11 @@ impl<'e> Loader<'e> {
                 .map(|(p, _)| self.base_dir.join(p))
         };
         let (ca, cert, key) = (file("ca"), file("cert"), file("key"));
-        Some(TlsFiles { ca: ca?, cert: cert?, key: key? })
+        Some(TlsFiles {
+            ca: ca?,
+            cert: cert?,
+            key: key?,
+        })
     }
 
     fn tenants(&mut self, node: &Node, defaults: &Defaults, hosts: &[HostSpec]) -> Vec<TenantSpec> {
@@ -412,7 +566,13 @@ impl<'e> Loader<'e> {
         tenants
     }
 
-    fn tenant(&mut self, node: &Node, index: usize, defaults: &Defaults, hosts: &[HostSpec]) -> Option<TenantSpec> {
+    fn tenant(
+        &mut self,
+        node: &Node,
+        index: usize,
+        defaults: &Defaults,
+        hosts: &[HostSpec],
+    ) -> Option<TenantSpec> {
         let what = format!("tenants[{index}]");
         let map = self.mapping(node, &what)?;
         // Name the tenant in every diagnostic below, by id when it has one.
@@ -423,12 +583,27 @@ impl<'e> Loader<'e> {
         let errors_before = self.diags.len();
         self.keys(map, TENANT_KEYS, "a tenant");
 
-        let id = self.required(map, "id", "id", "give the tenant an id like `kancelaria-nowak`");
+        let id = self.required(
+            map,
+            "id",
+            "id",
+            "give the tenant an id like `kancelaria-nowak`",
+        );
         if let Some((v, at)) = id {
             self.check(at, "id", v, checks::tenant_id(v));
         }
-        let name = self.required(map, "name", "name", "the client's name, e.g. `Kancelaria Nowak Sp. k.`");
-        let org = self.required(map, "org_id", "org_id", "the client organization id sent to OpenRouter as external user");
+        let name = self.required(
+            map,
+            "name",
+            "name",
+            "the client's name, e.g. `Kancelaria Nowak Sp. k.`",
+        );
+        let org = self.required(
+            map,
+            "org_id",
+            "org_id",
+            "the client organization id sent to OpenRouter as external user",
+        );
         if let Some((v, at)) = org {
             self.check(at, "org_id", v, checks::org_id(v));
         }
@@ -445,24 +620,47 @@ impl<'e> Loader<'e> {
             }
         }
         let image = match self.scalar(map, "image", "image") {
-            Some((img, at)) => self.check(at, "image", img, checks::image_ref(img)).map(|()| img.to_string()),
+            Some((img, at)) => self
+                .check(at, "image", img, checks::image_ref(img))
+                .map(|()| img.to_string()),
             None => {
                 if defaults.image.is_none() {
-                    self.diag(pos(map.span()), "no image", Some("set `image:` on the tenant or in `defaults`".into()));
+                    self.diag(
+                        pos(map.span()),
+                        "no image",
+                        Some("set `image:` on the tenant or in `defaults`".into()),
+                    );
                 }
                 defaults.image.clone()
             }
         };
         let timezone = match self.scalar(map, "timezone", "timezone") {
-            Some((tz, at)) => self.check(at, "timezone", tz, checks::timezone(tz)).map(|()| tz.to_string()),
-            None => Some(defaults.timezone.clone().unwrap_or_else(|| DEFAULT_TIMEZONE.to_string())),
+            Some((tz, at)) => self
+                .check(at, "timezone", tz, checks::timezone(tz))
+                .map(|()| tz.to_string()),
+            None => Some(
+                defaults
+                    .timezone
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_TIMEZONE.to_string()),
+            ),
         };
         let api_key = self.api_key(map);
         let billing = self.billing(map, defaults);
-        let port = self.required(map, "port", "port", "the host port published to the app's 8080, e.g. `port: 3001`");
+        let port = self.required(
+            map,
+            "port",
+            "port",
+            "the host port published to the app's 8080, e.g. `port: 3001`",
+        );
         let port_value = port.and_then(|(p, at)| {
             let parsed = p.parse::<u16>().ok().filter(|n| *n >= 1024);
-            self.check(at, "port", p, parsed.ok_or_else(|| "use a port from 1024 to 65535".to_string()))
+            self.check(
+                at,
+                "port",
+                p,
+                parsed.ok_or_else(|| "use a port from 1024 to 65535".to_string()),
+            )
         });
         let mut env = defaults.env.clone();
         if let Some(node) = map.get_node("env") {
@@ -477,27 +675,29 @@ impl<'e> Loader<'e> {
             tenant: self.tenant.clone().unwrap_or_default(),
             id: id.map(|(v, at)| (v.to_string(), at)),
             org_id: org.map(|(v, at)| (v.to_string(), at)),
-            host_port: host.zip(port).map(|((h, _), (p, at))| (h.to_string(), p.to_string(), at)),
+            host_port: host
+                .zip(port)
+                .map(|((h, _), (p, at))| (h.to_string(), p.to_string(), at)),
         });
         if self.diags.len() > errors_before {
             return None;
         }
         Some(TenantSpec {
-                id: id?.0.to_string(),
-                name: name?.0.to_string(),
-                org_id: org?.0.to_string(),
-                host: host?.0.to_string(),
-                image: image?,
-                timezone: timezone?,
-                markup_rate: billing.markup_rate,
-                monthly_limit_usd: billing.monthly_limit_usd,
-                email: billing.email,
-                nip: billing.nip,
-                port: port_value?,
-                env,
-                memory_bytes: memory.or(defaults.memory_bytes),
-                cpus: cpus.or(defaults.cpus),
-                api_key: api_key?,
+            id: id?.0.to_string(),
+            name: name?.0.to_string(),
+            org_id: org?.0.to_string(),
+            host: host?.0.to_string(),
+            image: image?,
+            timezone: timezone?,
+            markup_rate: billing.markup_rate,
+            monthly_limit_usd: billing.monthly_limit_usd,
+            email: billing.email,
+            nip: billing.nip,
+            port: port_value?,
+            env,
+            memory_bytes: memory.or(defaults.memory_bytes),
+            cpus: cpus.or(defaults.cpus),
+            api_key: api_key?,
         })
     }
 
@@ -508,17 +708,33 @@ impl<'e> Loader<'e> {
         };
         let or = self.mapping(node, "`openrouter`")?;
         self.keys(or, OPENROUTER_KEYS, "openrouter");
-        let (text, at) = self.required(or, "api_key", "openrouter.api_key", "e.g. `api_key: ${env:NOWAK_OPENROUTER_KEY}`")?;
+        let (text, at) = self.required(
+            or,
+            "api_key",
+            "openrouter.api_key",
+            "e.g. `api_key: ${env:NOWAK_OPENROUTER_KEY}`",
+        )?;
         let Some(reference) = secret::parse_reference(text) else {
             // Never echo the value: it may be the key itself.
-            self.diag(at, "`openrouter.api_key` is written inline", Some("keep keys out of the file: use ${env:VAR} or ${file:PATH}".into()));
+            self.diag(
+                at,
+                "`openrouter.api_key` is written inline",
+                Some("keep keys out of the file: use ${env:VAR} or ${file:PATH}".into()),
+            );
             return None;
         };
         match secret::resolve(&reference, &self.base_dir, self.env) {
             Ok(key) => match checks::openrouter_key(&key) {
                 Ok(()) => Some(ApiKey::new(key)),
                 Err(hint) => {
-                    self.diag(at, format!("`openrouter.api_key` from {} is not an OpenRouter API key", text.trim()), Some(hint));
+                    self.diag(
+                        at,
+                        format!(
+                            "`openrouter.api_key` from {} is not an OpenRouter API key",
+                            text.trim()
+                        ),
+                        Some(hint),
+                    );
                     None
                 }
             },
@@ -538,7 +754,10 @@ impl<'e> Loader<'e> {
             email: None,
             nip: None,
         };
-        let Some(b) = map.get_node("billing").and_then(|n| self.mapping(n, "`billing`")) else {
+        let Some(b) = map
+            .get_node("billing")
+            .and_then(|n| self.mapping(n, "`billing`"))
+        else {
             return billing;
         };
         self.keys(b, BILLING_KEYS, "billing");
@@ -548,13 +767,18 @@ impl<'e> Loader<'e> {
             }
         }
         if let Some((m, at)) = self.scalar(b, "monthly_limit_usd", "billing.monthly_limit_usd") {
-            billing.monthly_limit_usd = self.check(at, "billing.monthly_limit_usd", m, checks::money_usd(m));
+            billing.monthly_limit_usd =
+                self.check(at, "billing.monthly_limit_usd", m, checks::money_usd(m));
         }
         if let Some((e, at)) = self.scalar(b, "email", "billing.email") {
-            billing.email = self.check(at, "billing.email", e, checks::email(e)).map(|()| e.to_string());
+            billing.email = self
+                .check(at, "billing.email", e, checks::email(e))
+                .map(|()| e.to_string());
         }
         if let Some((n, at)) = self.scalar(b, "nip", "billing.nip") {
-            billing.nip = self.check(at, "billing.nip", n, checks::nip(n)).map(|()| n.to_string());
+            billing.nip = self
+                .check(at, "billing.nip", n, checks::nip(n))
+                .map(|()| n.to_string());
         }
         billing
     }
@@ -567,17 +791,33 @@ impl<'e> Loader<'e> {
             self.tenant = Some(u.tenant.clone());
             if let Some((id, at)) = u.id {
                 if let Some(line) = ids.insert(id.clone(), at.line) {
-                    self.diag(at, format!("id `{id}` is used twice (first at line {line})"), Some("tenant ids must be unique: each becomes a container name".into()));
+                    self.diag(
+                        at,
+                        format!("id `{id}` is used twice (first at line {line})"),
+                        Some("tenant ids must be unique: each becomes a container name".into()),
+                    );
                 }
             }
             if let Some((org, at)) = u.org_id {
                 if let Some(line) = orgs.insert(org.clone(), at.line) {
-                    self.diag(at, format!("org_id `{org}` is used twice (first at line {line})"), Some("two containers with one org id would mix two clients' usage".into()));
+                    self.diag(
+                        at,
+                        format!("org_id `{org}` is used twice (first at line {line})"),
+                        Some("two containers with one org id would mix two clients' usage".into()),
+                    );
                 }
             }
             if let Some((host, port, at)) = u.host_port {
-                if let Some((line, other)) = ports.insert((host.clone(), port.clone()), (at.line, u.tenant)) {
-                    self.diag(at, format!("port {port} on host {host} is taken by tenant {other} (line {line})"), Some("give each tenant on a host its own port".into()));
+                if let Some((line, other)) =
+                    ports.insert((host.clone(), port.clone()), (at.line, u.tenant))
+                {
+                    self.diag(
+                        at,
+                        format!(
+                            "port {port} on host {host} is taken by tenant {other} (line {line})"
+                        ),
+                        Some("give each tenant on a host its own port".into()),
+                    );
                 }
             }
         }

@@ -132,16 +132,28 @@ tenants:
         assert!(joined.contains(e), "missing {e:?} in\n{joined}");
     }
     assert_eq!(errs.len(), expect.len(), "{joined}");
-    assert!(!joined.contains("sk-or-v1-inline"), "inline key echoed:\n{joined}");
+    assert!(
+        !joined.contains("sk-or-v1-inline"),
+        "inline key echoed:\n{joined}"
+    );
 }
 
 #[test]
 fn duplicates_across_tenants_name_both_places() {
-    let text = GOOD.replace("org_id: kowalski_77", "org_id: nowak_4f2a").replace("port: 3002", "port: 3001");
+    let text = GOOD
+        .replace("org_id: kowalski_77", "org_id: nowak_4f2a")
+        .replace("port: 3002", "port: 3001");
     let joined: Vec<String> = errors(&text).iter().map(ToString::to_string).collect();
     assert_eq!(joined.len(), 2, "{joined:?}");
-    assert!(joined[0].contains("org_id `nowak_4f2a` is used twice (first at line 15)"), "{joined:?}");
-    assert!(joined[1].contains("port 3001 on host hel1-a is taken by tenant kancelaria-nowak (line 19)"), "{joined:?}");
+    assert!(
+        joined[0].contains("org_id `nowak_4f2a` is used twice (first at line 15)"),
+        "{joined:?}"
+    );
+    assert!(
+        joined[1]
+            .contains("port 3001 on host hel1-a is taken by tenant kancelaria-nowak (line 19)"),
+        "{joined:?}"
+    );
 }
 
 #[test]
@@ -149,7 +161,11 @@ fn syntax_error_is_located() {
     let errs = errors("version: 1\nhosts:\n  - name: a\n   bad: [\n");
     assert_eq!(errs.len(), 1);
     assert!(errs[0].line >= 3, "{}", errs[0]);
-    assert!(errs[0].message.starts_with("YAML syntax error"), "{}", errs[0]);
+    assert!(
+        errs[0].message.starts_with("YAML syntax error"),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]
@@ -161,7 +177,13 @@ fn empty_file_says_so() {
 #[test]
 fn duplicate_key_is_an_error() {
     let errs = errors("version: 1\nversion: 1\nhosts: []\ntenants: []\n");
-    assert!(errs[0].to_string().starts_with("tenants.yaml:2:1: key `version` appears twice"), "{}", errs[0]);
+    assert!(
+        errs[0]
+            .to_string()
+            .starts_with("tenants.yaml:2:1: key `version` appears twice"),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]

@@ -17,7 +17,9 @@ pub enum StoreError {
     Connect(#[source] sqlx::Error),
     #[error("migrating the fleet database failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("another apply of fleet `{fleet}` is running (started by {holder}); wait for it or stop it")]
+    #[error(
+        "another apply of fleet `{fleet}` is running (started by {holder}); wait for it or stop it"
+    )]
     Locked { fleet: String, holder: String },
     #[error("fleet database: {0}")]
     Query(#[from] sqlx::Error),
@@ -48,11 +50,15 @@ impl Store {
     /// Takes the fleet's apply lock for as long as the returned guard lives; two
     /// applies of one fleet would otherwise race on the same containers.
     pub async fn lock_fleet(&self, url: &str, fleet: &str) -> Result<ApplyLock, StoreError> {
-        let mut conn = PgConnection::connect(url).await.map_err(StoreError::Connect)?;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('mai-fleet.apply'), hashtext($1))")
-            .bind(fleet)
-            .fetch_one(&mut conn)
-            .await?;
+        let mut conn = PgConnection::connect(url)
+            .await
+            .map_err(StoreError::Connect)?;
+        let got: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtext('mai-fleet.apply'), hashtext($1))",
+        )
+        .bind(fleet)
+        .fetch_one(&mut conn)
+        .await?;
         if !got {
             let holder: Option<String> = sqlx::query_scalar(
                 "SELECT actor || ' at ' || to_char(started_at, 'YYYY-MM-DD HH24:MI:SS TZ') || ', run #' || id
@@ -147,12 +153,14 @@ impl Store {
             .await?;
         let status = run_status(outcomes);
         let summary = summary(outcomes);
-        sqlx::query("UPDATE apply_runs SET status = $2, finished_at = now(), summary = $3 WHERE id = $1")
-            .bind(run_id)
-            .bind(status)
-            .bind(summary)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE apply_runs SET status = $2, finished_at = now(), summary = $3 WHERE id = $1",
+        )
+        .bind(run_id)
+        .bind(status)
+        .bind(summary)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(status)
     }
@@ -177,10 +185,11 @@ async fn upsert_tenant(
         "email": t.email, "nip": t.nip, "port": t.port, "env": t.env,
         "memory_bytes": t.memory_bytes, "cpus": t.cpus, "api_key": t.api_key.masked(),
     });
-    let previous_markup: Option<rust_decimal::Decimal> = sqlx::query_scalar("SELECT markup_rate FROM tenants WHERE id = $1")
-        .bind(&t.id)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let previous_markup: Option<rust_decimal::Decimal> =
+        sqlx::query_scalar("SELECT markup_rate FROM tenants WHERE id = $1")
+            .bind(&t.id)
+            .fetch_optional(&mut **tx)
+            .await?;
     sqlx::query(
         "INSERT INTO tenants (id, fleet, host, name, org_id, timezone, markup_rate, monthly_limit_usd, spec, spec_hash, key_fingerprint, key_masked)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)

@@ -22,7 +22,10 @@ pub fn bin_dir() -> PathBuf {
     }
     // target/<profile>/deps/<test> -> target/<profile>
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 pub fn controller_bin() -> PathBuf {
@@ -37,7 +40,9 @@ pub fn controller_bin() -> PathBuf {
 
 /// Whether a test that needs Docker and Postgres can run; on CI it must.
 pub fn require_services() -> bool {
-    let docker = Command::new("docker").args(["image", "inspect", "mai-fleet/tenant:dev"]).output();
+    let docker = Command::new("docker")
+        .args(["image", "inspect", "mai-fleet/tenant:dev"])
+        .output();
     let docker_ok = docker.map(|o| o.status.success()).unwrap_or(false);
     let pg_ok = std::env::var("MAI_FLEET_PG_ADMIN_URL").is_ok();
     if docker_ok && pg_ok {
@@ -104,7 +109,10 @@ impl Fleet {
         let db = name.replace('-', "_");
         psql(&admin_url, &format!("DROP DATABASE IF EXISTS {db}"));
         psql(&admin_url, &format!("CREATE DATABASE {db}"));
-        let database_url = format!("{}/{db}", admin_url.rsplit_once('/').expect("url with a database").0);
+        let database_url = format!(
+            "{}/{db}",
+            admin_url.rsplit_once('/').expect("url with a database").0
+        );
         let fleet = Self {
             name,
             dir,
@@ -159,7 +167,11 @@ impl Fleet {
     }
 
     pub fn controller(&self, args: &[&str]) -> RunResult {
-        let out: RunResult = self.controller_command(args).output().expect("run controller").into();
+        let out: RunResult = self
+            .controller_command(args)
+            .output()
+            .expect("run controller")
+            .into();
         let mut t = self.transcript.borrow_mut();
         t.push_str(&out.stdout);
         t.push_str(&out.stderr);
@@ -178,14 +190,24 @@ impl Fleet {
     }
 
     pub fn apply(&self, spec: &Path, extra: &[&str]) -> RunResult {
-        let mut args = vec!["apply", spec.to_str().expect("utf-8 path"), "--settle", "1s", "--verify-timeout", "30s"];
+        let mut args = vec![
+            "apply",
+            spec.to_str().expect("utf-8 path"),
+            "--settle",
+            "1s",
+            "--verify-timeout",
+            "30s",
+        ];
         args.extend_from_slice(extra);
         self.controller(&args)
     }
 
     /// `docker inspect` of a container as JSON.
     pub fn inspect(&self, name: &str) -> Option<serde_json::Value> {
-        let out = Command::new("docker").args(["inspect", name]).output().ok()?;
+        let out = Command::new("docker")
+            .args(["inspect", name])
+            .output()
+            .ok()?;
         if !out.status.success() {
             return None;
         }
@@ -196,10 +218,20 @@ impl Fleet {
     /// Names of this fleet's containers, sorted.
     pub fn containers(&self) -> Vec<String> {
         let out = Command::new("docker")
-            .args(["ps", "-a", "--filter", &format!("label=mai-fleet.fleet={}", self.name), "--format", "{{.Names}}"])
+            .args([
+                "ps",
+                "-a",
+                "--filter",
+                &format!("label=mai-fleet.fleet={}", self.name),
+                "--format",
+                "{{.Names}}",
+            ])
             .output()
             .expect("docker ps");
-        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
         names.sort();
         names
     }
@@ -215,12 +247,24 @@ impl Fleet {
 
     fn remove_containers(&self) {
         let out = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &format!("label=mai-fleet.fleet={}", self.name)])
+            .args([
+                "ps",
+                "-aq",
+                "--filter",
+                &format!("label=mai-fleet.fleet={}", self.name),
+            ])
             .output();
         if let Ok(out) = out {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
             if !ids.is_empty() {
-                let _ = Command::new("docker").arg("rm").arg("-f").args(&ids).output();
+                let _ = Command::new("docker")
+                    .arg("rm")
+                    .arg("-f")
+                    .args(&ids)
+                    .output();
             }
         }
     }
@@ -232,7 +276,11 @@ impl Drop for Fleet {
         let _ = std::fs::remove_dir_all(&self.dir);
         let db = self.name.replace('-', "_");
         let _ = Command::new("psql")
-            .args([&self.admin_url, "-qAtc", &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")])
+            .args([
+                &self.admin_url,
+                "-qAtc",
+                &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+            ])
             .output();
     }
 }
@@ -242,17 +290,31 @@ pub fn psql(url: &str, sql: &str) -> String {
         .args([url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
         .output()
         .expect("psql");
-    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// A minimal HTTP/1.0 exchange with a tenant on loopback; returns the body.
-pub fn http(port: u16, method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Option<String> {
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Option<String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
     let body = body.unwrap_or("");
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -266,17 +328,30 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&str>, headers: &[
 
 /// Sends one chat completion to a tenant, as a user of the app would.
 pub fn chat(port: u16, user: &str, model: &str) -> Option<serde_json::Value> {
-    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"Ile kosztuje VAT?"}}]}}"#);
-    http(port, "POST", "/api/chat/completions", Some(&body), &[("X-User-Id", user)])
-        .and_then(|b| serde_json::from_str(&b).ok())
+    let body = format!(
+        r#"{{"model":"{model}","messages":[{{"role":"user","content":"Ile kosztuje VAT?"}}]}}"#
+    );
+    http(
+        port,
+        "POST",
+        "/api/chat/completions",
+        Some(&body),
+        &[("X-User-Id", user)],
+    )
+    .and_then(|b| serde_json::from_str(&b).ok())
 }
 
 /// Tokens the tenant recorded in its own store (`client_daily_usage`), read from the
 /// data directory on the host.
 pub fn store_tokens(data_dir: &Path) -> i64 {
     let db = data_dir.join("webui.db");
-    let conn = rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
-    conn.query_row("SELECT COALESCE(SUM(total_tokens), 0) FROM client_daily_usage", [], |r| r.get(0))
-        .expect("query usage")
+    let conn =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("open {}: {e}", db.display()));
+    conn.query_row(
+        "SELECT COALESCE(SUM(total_tokens), 0) FROM client_daily_usage",
+        [],
+        |r| r.get(0),
+    )
+    .expect("query usage")
 }

@@ -166,12 +166,24 @@ fn handle(app: &App, mut req: Request) {
             match req.as_reader().read_to_string(&mut raw) {
                 Ok(_) => match serde_json::from_str::<Value>(&raw) {
                     Ok(body) => chat(app, &body, &user, generation),
-                    Err(e) => (400, json!({"error": e.to_string()}).to_string(), "application/json"),
+                    Err(e) => (
+                        400,
+                        json!({"error": e.to_string()}).to_string(),
+                        "application/json",
+                    ),
                 },
-                Err(e) => (400, json!({"error": e.to_string()}).to_string(), "application/json"),
+                Err(e) => (
+                    400,
+                    json!({"error": e.to_string()}).to_string(),
+                    "application/json",
+                ),
             }
         }
-        _ => (404, json!({"error": "not found"}).to_string(), "application/json"),
+        _ => (
+            404,
+            json!({"error": "not found"}).to_string(),
+            "application/json",
+        ),
     };
     let mut resp = Response::from_string(body).with_status_code(status);
     if let Ok(h) = Header::from_bytes(&b"Content-Type"[..], content_type.as_bytes()) {
