@@ -27,7 +27,7 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Tenants rolled out at once on each host
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel: u16,
     /// Stop starting new rollouts after this many tenants failed verification
     #[arg(long)]

@@ -25,7 +25,7 @@ impl Default for VerifyOptions {
         Self {
             settle: Duration::from_secs(2),
             timeout: Duration::from_secs(60),
-            poll: Duration::from_millis(250),
+            poll: Duration::from_millis(100),
         }
     }
 }
