@@ -211,9 +211,9 @@ fn spec_yaml(n: usize, data_root: &Path) -> String {
         data_root.display()
     );
     for i in 0..n {
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "  - {{ id: bench-{i}, name: Bench {i}, org_id: bench_{i}, host: bench, port: {}, openrouter: {{ api_key: \"${{env:BENCH_KEY_{i}}}\" }} }}\n",
+            "  - {{ id: bench-{i}, name: Bench {i}, org_id: bench_{i}, host: bench, port: {}, openrouter: {{ api_key: \"${{env:BENCH_KEY_{i}}}\" }} }}",
             BASE_PORT + i as u16
         );
     }
@@ -223,14 +223,14 @@ fn spec_yaml(n: usize, data_root: &Path) -> String {
 /// The same containers as `spec_yaml` would make, for compose.
 fn compose_yaml(n: usize, data_root: &Path, keys: &[String]) -> String {
     let mut s = String::from("version: \"2.4\"\nservices:\n");
-    for i in 0..n {
+    for (i, key) in keys.iter().enumerate().take(n) {
         let data: PathBuf = data_root.join(format!("bench-{i}")).join("data");
         let _ = write!(
             s,
             "  bench-{i}:\n    image: {IMAGE}\n    container_name: mai-bench-c-{i}\n    restart: unless-stopped\n    mem_limit: 64m\n    cpus: 0.25\n    ports: [\"{}:8080\"]\n    volumes: [\"{}:/app/backend/data\"]\n    environment:\n      OPENROUTER_API_KEY: {}\n      OPENROUTER_EXTERNAL_USER: bench_{i}\n      ORGANIZATION_NAME: Bench {i}\n      TZ: Europe/Warsaw\n      DEFAULT_MARKUP_RATE: \"1.3\"\n",
             BASE_PORT + 1000 + i as u16,
             data.display(),
-            keys[i]
+            key
         );
     }
     s
