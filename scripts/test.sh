@@ -6,6 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v docker >/dev/null || { echo "test.sh: the Docker CLI is required" >&2; exit 1; }
 docker info >/dev/null 2>&1 || { echo "test.sh: the Docker engine is not reachable" >&2; exit 1; }
+# The TLS endpoint test puts stunnel in front of the engine's socket.
+if ! command -v stunnel >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 >/dev/null
+  else
+    echo "test.sh: stunnel is missing (apt-get install stunnel4); the TLS test will fail" >&2
+  fi
+fi
 tests/tenant/build-images.sh
 . scripts/postgres.sh
 cargo build --locked --workspace --bins

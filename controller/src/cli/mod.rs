@@ -102,13 +102,29 @@ pub fn report_spec_error(file: &Path, e: &SpecError, output: OutputFormat) {
 
 pub fn report_fleet_errors(errors: &[FleetError]) -> ExitCode {
     for e in errors {
-        eprintln!("controller: error: {e}");
+        eprintln!("controller: error: {}", chain(e));
     }
     eprintln!(
         "controller: {} host(s) could not be planned; nothing was changed",
         errors.len()
     );
     ExitCode::from(1)
+}
+
+/// An error and its causes on one line, as `a: b: c`, skipping causes already
+/// spelled out by the level above.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 pub fn describe(action: &Action) -> String {

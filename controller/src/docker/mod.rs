@@ -76,17 +76,18 @@ impl Engine {
                 .map_err(connect_err)?;
             (d, "127.0.0.1".to_string(), true)
         } else if let Some(addr) = url.strip_prefix("tcp://") {
-            if host.tls.is_some() {
-                return Err(DockerError::UnsupportedEndpoint {
-                    host: host.name.clone(),
-                    url: url.to_string(),
-                    reason:
-                        "TLS client certificates are not built in this version (see docs/apply.md)"
-                            .into(),
-                });
+            let d = match &host.tls {
+                Some(tls) => Docker::connect_with_ssl(
+                    url,
+                    &tls.key,
+                    &tls.cert,
+                    &tls.ca,
+                    API_TIMEOUT_S,
+                    bollard::API_DEFAULT_VERSION,
+                ),
+                None => Docker::connect_with_http(url, API_TIMEOUT_S, bollard::API_DEFAULT_VERSION),
             }
-            let d = Docker::connect_with_http(url, API_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
-                .map_err(connect_err)?;
+            .map_err(connect_err)?;
             let name = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_string();
             (d, name, false)
         } else {

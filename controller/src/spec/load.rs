@@ -541,8 +541,18 @@ impl<'e> Loader<'e> {
         let map = self.mapping(node, &format!("`{what}`"))?;
         self.keys(map, TLS_KEYS, &what);
         let mut file = |key: &str| {
-            self.required(map, key, &format!("{what}.{key}"), "path to a PEM file")
-                .map(|(p, _)| self.base_dir.join(p))
+            let (p, at) =
+                self.required(map, key, &format!("{what}.{key}"), "path to a PEM file")?;
+            let path = self.base_dir.join(p);
+            if let Err(e) = std::fs::File::open(&path) {
+                self.diag(
+                    at,
+                    format!("`{what}.{key}`: cannot read {}: {e}", path.display()),
+                    None,
+                );
+                return None;
+            }
+            Some(path)
         };
         let (ca, cert, key) = (file("ca"), file("cert"), file("key"));
         Some(TlsFiles {
