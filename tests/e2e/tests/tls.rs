@@ -118,15 +118,18 @@ fn start_proxy(dir: &Path, port: u16) -> Proxy {
         ),
     )
     .unwrap();
-    let child = Command::new("stunnel")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("stunnel is installed (scripts/test.sh installs it)");
+    // Guarded at once, so that a failed start below still reaps the process.
+    let proxy = Proxy(
+        Command::new("stunnel")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("stunnel is installed (scripts/test.sh installs it)"),
+    );
     for _ in 0..50 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Proxy(child);
+            return proxy;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
