@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use mai_fleet_e2e::remove_containers_labelled;
+
 const IMAGE: &str = "mai-fleet/tenant:dev";
 const BASE_PORT: u16 = 41000;
 
@@ -59,7 +61,7 @@ fn main() {
         let spec = dir.join("tenants.yaml");
         std::fs::write(&spec, spec_yaml(n, &dir.join("data-apply")))
             .unwrap_or_else(|e| fail(&e.to_string()));
-        remove_label("mai-fleet.fleet=bench");
+        remove_containers_labelled("mai-fleet.fleet=bench");
         let apply = |label: &str| {
             let mut cmd = Command::new(&controller);
             cmd.args([
@@ -78,7 +80,7 @@ fn main() {
         };
         let apply_fresh = apply("apply fresh");
         let apply_noop = apply("apply no-op");
-        remove_label("mai-fleet.fleet=bench");
+        remove_containers_labelled("mai-fleet.fleet=bench");
 
         let compose_file = dir.join("docker-compose.yml");
         std::fs::write(
@@ -184,25 +186,6 @@ fn docker_version() -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default()
-}
-
-fn remove_label(label: &str) {
-    let ids = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label={label}")])
-        .output();
-    if let Ok(out) = ids {
-        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&ids)
-                .output();
-        }
-    }
 }
 
 fn spec_yaml(n: usize, data_root: &Path) -> String {

@@ -5,28 +5,23 @@ use rust_decimal::Decimal;
 
 /// Tenant ids become container names (`mai-<id>`) and label values.
 pub fn tenant_id(id: &str) -> Result<(), String> {
-    let ok = (2..=40).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err("use 2 to 40 characters of a-z, 0-9 and '-'".into())
-    }
+    lowercase_name(id, 2, 40)
 }
 
-/// Host and fleet names: label values, `[a-z0-9-]`, not empty.
+/// Host and fleet names: label values.
 pub fn name_label(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
+    lowercase_name(name, 1, 63)
+}
+
+fn lowercase_name(text: &str, min: usize, max: usize) -> Result<(), String> {
+    let ok = (min..=max).contains(&text.len())
+        && text
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
     } else {
-        Err("use 1 to 63 characters of a-z, 0-9 and '-'".into())
+        Err(format!("use {min} to {max} characters of a-z, 0-9 and '-'"))
     }
 }
 

@@ -246,27 +246,7 @@ impl Fleet {
     }
 
     fn remove_containers(&self) {
-        let out = Command::new("docker")
-            .args([
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=mai-fleet.fleet={}", self.name),
-            ])
-            .output();
-        if let Ok(out) = out {
-            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(str::to_string)
-                .collect();
-            if !ids.is_empty() {
-                let _ = Command::new("docker")
-                    .arg("rm")
-                    .arg("-f")
-                    .args(&ids)
-                    .output();
-            }
-        }
+        remove_containers_labelled(&format!("mai-fleet.fleet={}", self.name));
     }
 }
 
@@ -282,6 +262,26 @@ impl Drop for Fleet {
                 &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
             ])
             .output();
+    }
+}
+
+/// Force-removes every container carrying `label` (`key=value`).
+pub fn remove_containers_labelled(label: &str) {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label={label}")])
+        .output();
+    if let Ok(out) = out {
+        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .arg("rm")
+                .arg("-f")
+                .args(&ids)
+                .output();
+        }
     }
 }
 

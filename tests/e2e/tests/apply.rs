@@ -525,3 +525,42 @@ fn apply_killed_at_random_moments_converges() {
         "0"
     );
 }
+
+#[test]
+fn failure_budget_stops_a_bad_release_after_the_first_failure() {
+    if !require_services() {
+        return;
+    }
+    let f = Fleet::new("budget");
+    let ids = [f.id("a"), f.id("b"), f.id("c")];
+    let tenants = |image: &'static str| -> Vec<(&str, &str, &str, &str)> {
+        ids.iter().map(|id| (id.as_str(), "a", image, "")).collect()
+    };
+    assert_eq!(f.apply(&f.write_spec(&f.spec(&tenants(DEV))), &[]).code, 0);
+    let before: Vec<String> = ids.iter().map(|id| id_and_start(&f, id).0).collect();
+
+    let bad = f.write_spec(&f.spec(&tenants("mai-fleet/tenant:crash")));
+    let r = f.apply(&bad, &["--parallel", "1", "--max-failures", "1"]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert_eq!(
+        r.stdout.matches("ROLLED BACK").count(),
+        1,
+        "one tenant tried: {}",
+        r.stdout
+    );
+    assert_eq!(
+        r.stdout.matches("skipped").count(),
+        2 + 1,
+        "two tenants skipped (plus the summary line): {}",
+        r.stdout
+    );
+    let after: Vec<String> = ids.iter().map(|id| id_and_start(&f, id).0).collect();
+    assert_eq!(
+        after, before,
+        "every tenant still runs its previous container"
+    );
+    assert_eq!(
+        f.psql("SELECT count(*) FROM apply_results WHERE status = 'skipped'"),
+        "2"
+    );
+}
