@@ -201,6 +201,8 @@ pub async fn execute(
     failures: &AtomicUsize,
     progress: &Progress,
 ) -> Vec<Outcome> {
+    let images = ensure_images(engine, &actions, progress).await;
+    let images = &images;
     let mut by_tenant: Vec<(String, Vec<Action>)> = Vec::new();
     for a in actions {
         match by_tenant.iter_mut().find(|(t, _)| t == a.tenant()) {
@@ -209,17 +211,37 @@ pub async fn execute(
         }
     }
     futures_util::stream::iter(by_tenant)
-        .map(|(_, actions)| execute_tenant(engine, actions, opts, failures, progress))
+        .map(|(_, actions)| execute_tenant(engine, actions, opts, images, failures, progress))
         .buffer_unordered(opts.parallel.max(1))
         .flat_map(futures_util::stream::iter)
         .collect()
         .await
 }
 
+/// Whether each image a rollout needs is on the host: checked (and pulled if missing)
+/// once per host, not once per tenant.
+type Images = HashMap<String, Result<(), String>>;
+
+async fn ensure_images(engine: &Engine, actions: &[Action], progress: &Progress) -> Images {
+    let mut images = Images::new();
+    for a in actions {
+        let image = match a {
+            Action::Create { desired, .. } | Action::Update { desired, .. } => &desired.image,
+            _ => continue,
+        };
+        if !images.contains_key(image) {
+            let say = |msg: &str| progress(&engine.host.name, "-", msg);
+            images.insert(image.clone(), ensure_image(engine, image, &say).await);
+        }
+    }
+    images
+}
+
 async fn execute_tenant(
     engine: &Engine,
     actions: Vec<Action>,
     opts: &ExecuteOptions,
+    images: &Images,
     failures: &AtomicUsize,
     progress: &Progress,
 ) -> Vec<Outcome> {
@@ -239,7 +261,7 @@ async fn execute_tenant(
             )
         } else {
             let say = |msg: &str| progress(&engine.host.name, &tenant, msg);
-            run_action(engine, action, opts, &say).await
+            run_action(engine, action, opts, images, &say).await
         };
         if matches!(status, Status::Failed | Status::RolledBack) {
             failures.fetch_add(1, Ordering::SeqCst);
@@ -277,8 +299,15 @@ async fn run_action(
     engine: &Engine,
     action: Action,
     opts: &ExecuteOptions,
+    images: &Images,
     say: &(dyn Fn(&str) + Sync),
 ) -> Done {
+    let image_ok = |image: &str| {
+        images
+            .get(image)
+            .cloned()
+            .unwrap_or_else(|| Err(format!("image {image} was not checked")))
+    };
     match action {
         Action::Unchanged { current, .. } => (
             Status::Ok,
@@ -320,10 +349,20 @@ async fn run_action(
                 Err(e) => (Status::Failed, e, Some(current.short_id().to_string())),
             }
         }
-        Action::Create { desired, .. } => create(engine, &desired, opts, say).await,
+        Action::Create { desired, .. } => match image_ok(&desired.image) {
+            Ok(()) => create(engine, &desired, opts, say).await,
+            Err(e) => (Status::Failed, e, None),
+        },
         Action::Update {
             desired, previous, ..
-        } => update(engine, &desired, &previous, opts, say).await,
+        } => match image_ok(&desired.image) {
+            Ok(()) => update(engine, &desired, &previous, opts, say).await,
+            Err(e) => (
+                Status::Failed,
+                format!("{e}; {} left as it was", previous.name),
+                None,
+            ),
+        },
     }
 }
 
@@ -333,9 +372,6 @@ async fn create(
     opts: &ExecuteOptions,
     say: &(dyn Fn(&str) + Sync),
 ) -> Done {
-    if let Err(e) = ensure_image(engine, &d.image, say).await {
-        return (Status::Failed, e, None);
-    }
     prepare_data_dir(engine, d);
     say("creating");
     let id = match create_container(engine, d, &d.name).await {
@@ -397,13 +433,6 @@ async fn update(
             Ok(v) => (Status::Ok, v, Some(previous.short_id().to_string())),
             Err(e) => (Status::Failed, e, Some(previous.short_id().to_string())),
         };
-    }
-    if let Err(e) = ensure_image(engine, &d.image, say).await {
-        return (
-            Status::Failed,
-            format!("{e}; {} left as it was", previous.name),
-            None,
-        );
     }
     prepare_data_dir(engine, d);
     let was_running = previous.state == "running" || previous.state == "restarting";

@@ -564,3 +564,38 @@ fn failure_budget_stops_a_bad_release_after_the_first_failure() {
         "2"
     );
 }
+
+#[test]
+fn missing_image_fails_its_tenants_with_the_reason_and_the_rest_applies() {
+    if !require_services() {
+        return;
+    }
+    let f = Fleet::new("noimage");
+    let (a, b, c) = (f.id("a"), f.id("b"), f.id("c"));
+    // A registry on a closed loopback port: the pull is refused at once.
+    let missing = "127.0.0.1:1/mai/open-webui:none";
+    let spec = f.write_spec(&f.spec(&[
+        (&a, "a", DEV, ""),
+        (&b, "a", missing, ""),
+        (&c, "a", missing, ""),
+    ]));
+    let r = f.apply(&spec, &[]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert_eq!(
+        r.stderr.matches(&format!("pulling {missing}")).count(),
+        1,
+        "pulled once per host, not per tenant: {}",
+        r.stderr
+    );
+    for id in [&b, &c] {
+        assert!(
+            r.stdout.lines().any(|l| l.contains(id.as_str())
+                && l.contains("FAILED")
+                && l.contains("is not on host")
+                && l.contains("pulling it failed")),
+            "{}",
+            r.stdout
+        );
+    }
+    assert_eq!(f.containers(), vec![format!("mai-{a}")]);
+}
