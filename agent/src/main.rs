@@ -1,1 +1,131 @@
-fn main() {}
+//! `agent`: runs on every Docker host; mirrors each tenant's usage store into the
+//! fleet Postgres every `--interval`, with each tenant's health and a heartbeat.
+//!
+//! Exit codes: 0 stopped on SIGTERM/SIGINT (or `--once` succeeded), 1 error.
+
+mod cycle;
+mod discover;
+mod health;
+mod reader;
+mod sink;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "agent",
+    version,
+    about = "mai-fleet agent: tenant usage stores into the fleet Postgres"
+)]
+struct Args {
+    /// This host's name in tenants.yaml (`mai-fleet.host` label of its containers)
+    #[arg(long, env = "MAI_FLEET_HOST")]
+    host: String,
+    /// The fleet database
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// The local Docker engine
+    #[arg(
+        long,
+        env = "DOCKER_HOST",
+        default_value = "unix:///var/run/docker.sock"
+    )]
+    docker: String,
+    /// Time between cycles: 60s, 5s, 500ms
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Run one cycle and exit (1 if it failed)
+    #[arg(long)]
+    once: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 5s or 1m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("`{text}`: use ms, s or m")),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agent: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("agent: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let path = args
+        .docker
+        .strip_prefix("unix://")
+        .context("the agent talks to its own host's engine over a unix:// socket")?;
+    let docker = bollard::Docker::connect_with_unix(path, 60, bollard::API_DEFAULT_VERSION)?
+        .negotiate_version()
+        .await
+        .context("connect to the Docker engine")?;
+    let sink = sink::Sink::connect(&args.database_url, &args.host).await?;
+    let mut stop = std::pin::pin!(shutdown());
+    loop {
+        match cycle::run(&docker, &sink, &args.host).await {
+            Ok(r) => {
+                eprintln!(
+                    "agent[{}]: cycle {} ms: {} tenant(s), {} row(s) changed, {} regression(s), {} inactive, {} error(s)",
+                    args.host, r.elapsed_ms, r.tenants, r.rows_changed, r.regressions, r.inactive.len(), r.errors.len()
+                );
+                for line in r.inactive.iter().chain(&r.errors) {
+                    eprintln!("agent[{}]:   {line}", args.host);
+                }
+                if args.once {
+                    return Ok(ExitCode::from(if r.errors.is_empty() { 0 } else { 1 }));
+                }
+            }
+            // Postgres or Docker away: nothing moved, so nothing is lost; the next
+            // cycle reads again from the last committed watermarks.
+            Err(e) => {
+                eprintln!("agent[{}]: cycle failed: {e:#}", args.host);
+                if args.once {
+                    return Ok(ExitCode::from(1));
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(args.interval) => {}
+            _ = &mut stop => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

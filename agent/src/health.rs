@@ -1,0 +1,101 @@
+//! A tenant's health as one agent cycle saw it, and whether its usage tracking is
+//! active: the seeds' incident (required env missing, nothing tracked for two days)
+//! shows up here as `inactive` with the reasons, within one cycle.
+
+use chrono::NaiveDate;
+use serde::Serialize;
+
+use crate::discover::TenantContainer;
+use crate::reader::{ReadError, Snapshot};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    pub tenant: String,
+    pub container: String,
+    pub container_state: String,
+    pub restart_count: i64,
+    pub started_at: Option<String>,
+    /// Whether the container is the one the last apply wanted (spec hash matches).
+    pub in_spec: bool,
+    pub env_missing: Vec<String>,
+    /// ok, missing, unreadable, unknown_schema, no_data_mount
+    pub store_status: String,
+    pub schema_variant: Option<String>,
+    pub org_row_present: Option<bool>,
+    pub last_usage_change: Option<i64>,
+    pub live_counter_date: Option<NaiveDate>,
+    pub tracking: &'static str,
+    pub reasons: Vec<String>,
+}
+
+pub fn assess(c: &TenantContainer, in_spec: bool, store: &Result<Snapshot, ReadError>) -> Health {
+    let mut reasons = Vec::new();
+    if c.state != "running" {
+        reasons.push(format!(
+            "container is {}",
+            if c.state.is_empty() {
+                "in an unknown state"
+            } else {
+                &c.state
+            }
+        ));
+    }
+    if !c.env_missing.is_empty() {
+        reasons.push(format!(
+            "required env missing: {}",
+            c.env_missing.join(", ")
+        ));
+    }
+    let (store_status, variant, org_row, last_change, live_date) = match store {
+        Ok(s) => (
+            "ok",
+            Some(s.variant.clone()),
+            Some(s.org_row_present),
+            s.last_usage_change(),
+            s.live.as_ref().map(|l| l.counter_date),
+        ),
+        Err(ReadError::Missing(_)) if c.data_dir.is_none() => {
+            ("no_data_mount", None, None, None, None)
+        }
+        Err(ReadError::Missing(_)) => ("missing", None, None, None, None),
+        Err(ReadError::Unreadable(_)) => ("unreadable", None, None, None, None),
+        Err(ReadError::UnknownSchema(_)) => ("unknown_schema", None, None, None, None),
+    };
+    if let Err(e) = store {
+        reasons.push(match (e, c.data_dir.is_none()) {
+            (ReadError::Missing(_), true) => {
+                "no volume is mounted at the app's data directory".to_string()
+            }
+            (e, _) => e.to_string(),
+        });
+    }
+    if org_row == Some(false) {
+        reasons.push(match &c.org_id {
+            Some(org) => format!("no organization row for `{org}` in client_organizations: the app never initialised tracking"),
+            None => "no organization row in client_organizations: OPENROUTER_EXTERNAL_USER is not set, so the app cannot create one".to_string(),
+        });
+    }
+    if c.restart_count > 0 && c.state == "restarting" {
+        reasons.push(format!("restart loop ({} restarts)", c.restart_count));
+    }
+    Health {
+        tenant: c.tenant.clone(),
+        container: c.container.clone(),
+        container_state: c.state.clone(),
+        restart_count: c.restart_count,
+        started_at: c.started_at.clone(),
+        in_spec,
+        env_missing: c.env_missing.clone(),
+        store_status: store_status.to_string(),
+        schema_variant: variant,
+        org_row_present: org_row,
+        last_usage_change: last_change,
+        live_counter_date: live_date,
+        tracking: if reasons.is_empty() {
+            "active"
+        } else {
+            "inactive"
+        },
+        reasons,
+    }
+}

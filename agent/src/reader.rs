@@ -1,0 +1,409 @@
+//! Source: a tenant's SQLite usage store (shared/reference/mai-usage-store.md), read
+//! without ever writing it, locking it for writing or blocking the app: opened
+//! read-only with `query_only`, all tables read in one read transaction (a consistent
+//! snapshot in WAL and rollback-journal modes alike).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use chrono::NaiveDate;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OpenFlags};
+use rust_decimal::prelude::FromPrimitive;
+use rust_decimal::Decimal;
+
+pub const DAILY: &str = "client_daily_usage";
+pub const USER: &str = "client_user_daily_usage";
+pub const MODEL: &str = "client_model_daily_usage";
+pub const LIVE: &str = "client_live_counters";
+pub const GENERATIONS: &str = "processed_generations";
+const ORGS: &str = "client_organizations";
+
+/// Columns the agent reads; a store lacking one is of an unknown schema.
+const REQUIRED: &[(&str, &[&str])] = &[
+    (
+        DAILY,
+        &[
+            "client_org_id",
+            "usage_date",
+            "total_tokens",
+            "total_requests",
+            "raw_cost",
+            "markup_cost",
+            "primary_model",
+            "unique_users",
+            "updated_at",
+        ],
+    ),
+    (
+        USER,
+        &[
+            "client_org_id",
+            "user_id",
+            "openrouter_user_id",
+            "usage_date",
+            "total_tokens",
+            "total_requests",
+            "raw_cost",
+            "markup_cost",
+            "updated_at",
+        ],
+    ),
+    (
+        MODEL,
+        &[
+            "client_org_id",
+            "model_name",
+            "usage_date",
+            "total_tokens",
+            "total_requests",
+            "raw_cost",
+            "markup_cost",
+            "provider",
+            "updated_at",
+        ],
+    ),
+    (ORGS, &["id"]),
+];
+const OPTIONAL: &[(&str, &[&str])] = &[
+    (
+        LIVE,
+        &[
+            "client_org_id",
+            "current_date",
+            "today_tokens",
+            "today_requests",
+            "today_raw_cost",
+            "today_markup_cost",
+            "last_updated",
+        ],
+    ),
+    (
+        GENERATIONS,
+        &[
+            "id",
+            "client_org_id",
+            "generation_date",
+            "processed_at",
+            "total_cost",
+            "total_tokens",
+        ],
+    ),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("usage store {0} does not exist")]
+    Missing(String),
+    #[error("usage store unreadable: {0}")]
+    Unreadable(String),
+    #[error("usage store of an unknown schema: {0}")]
+    UnknownSchema(String),
+}
+
+impl From<rusqlite::Error> for ReadError {
+    fn from(e: rusqlite::Error) -> Self {
+        ReadError::Unreadable(e.to_string())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DailyRow {
+    pub usage_date: NaiveDate,
+    pub client_org_id: String,
+    pub total_tokens: i64,
+    pub total_requests: i64,
+    pub raw_cost: Decimal,
+    pub markup_cost: Decimal,
+    pub primary_model: Option<String>,
+    pub unique_users: i32,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRow {
+    pub user_id: String,
+    pub usage_date: NaiveDate,
+    pub openrouter_user_id: Option<String>,
+    pub total_tokens: i64,
+    pub total_requests: i64,
+    pub raw_cost: Decimal,
+    pub markup_cost: Decimal,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRow {
+    pub model_name: String,
+    pub usage_date: NaiveDate,
+    pub provider: Option<String>,
+    pub total_tokens: i64,
+    pub total_requests: i64,
+    pub raw_cost: Decimal,
+    pub markup_cost: Decimal,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveRow {
+    pub counter_date: NaiveDate,
+    pub today_tokens: i64,
+    pub today_requests: i64,
+    pub today_raw_cost: Decimal,
+    pub today_markup_cost: Decimal,
+    pub last_updated: i64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRow {
+    pub id: String,
+    pub generation_date: NaiveDate,
+    pub processed_at: i64,
+    pub total_cost: Decimal,
+    pub total_tokens: i64,
+}
+
+/// What changed in one store since the watermarks, plus what health needs.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// e.g. `migration`, `scripts`, `migration-no-live-counters`
+    pub variant: String,
+    pub org_row_present: bool,
+    pub daily: Vec<DailyRow>,
+    pub user: Vec<UserRow>,
+    pub model: Vec<ModelRow>,
+    pub live: Option<LiveRow>,
+    pub generations: Vec<GenerationRow>,
+    /// Rows of the tenant's organization per table, now.
+    pub row_counts: HashMap<&'static str, i64>,
+    /// Highest `updated_at` (or its table's equivalent) per table, now.
+    pub max_updated: HashMap<&'static str, i64>,
+}
+
+impl Snapshot {
+    pub fn last_usage_change(&self) -> Option<i64> {
+        self.max_updated.get(DAILY).copied().filter(|t| *t > 0)
+    }
+}
+
+/// Reads the rows of `org` changed since `watermarks` (per table, inclusive: the
+/// boundary second is read again, so that a row updated twice in it is not missed).
+pub fn read(
+    path: &Path,
+    org: &str,
+    watermarks: &HashMap<String, i64>,
+) -> Result<Snapshot, ReadError> {
+    if !path.exists() {
+        return Err(ReadError::Missing(path.display().to_string()));
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_millis(2000))?;
+    conn.pragma_update(None, "query_only", true)?;
+    let tx = conn.transaction()?;
+    let (variant, has_live, has_generations) = schema_variant(&tx)?;
+    let wm = |table: &str| watermarks.get(table).copied().unwrap_or(i64::MIN);
+    let mut snap = Snapshot {
+        variant,
+        ..Snapshot::default()
+    };
+    snap.org_row_present = tx.query_row(
+        &format!("SELECT EXISTS (SELECT 1 FROM {ORGS} WHERE id = ?1)"),
+        [org],
+        |r| r.get(0),
+    )?;
+    for table in [DAILY, USER, MODEL] {
+        let (count, max): (i64, Option<i64>) = tx.query_row(
+            &format!("SELECT COUNT(*), MAX(updated_at) FROM {table} WHERE client_org_id = ?1"),
+            [org],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        snap.row_counts.insert(table, count);
+        snap.max_updated.insert(table, max.unwrap_or(0));
+    }
+    let mut stmt = tx.prepare(&format!(
+        "SELECT usage_date, client_org_id, total_tokens, total_requests, raw_cost, markup_cost, primary_model, unique_users, updated_at
+         FROM {DAILY} WHERE client_org_id = ?1 AND updated_at >= ?2"
+    ))?;
+    snap.daily = stmt
+        .query_map(rusqlite::params![org, wm(DAILY)], |r| {
+            Ok(DailyRow {
+                usage_date: date(r.get(0)?)?,
+                client_org_id: r.get(1)?,
+                total_tokens: r.get(2)?,
+                total_requests: r.get(3)?,
+                raw_cost: money(r.get(4)?)?,
+                markup_cost: money(r.get(5)?)?,
+                primary_model: r.get(6)?,
+                unique_users: r.get::<_, Option<i32>>(7)?.unwrap_or(0),
+                updated_at: r.get(8)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut stmt = tx.prepare(&format!(
+        "SELECT user_id, usage_date, openrouter_user_id, total_tokens, total_requests, raw_cost, markup_cost, updated_at
+         FROM {USER} WHERE client_org_id = ?1 AND updated_at >= ?2"
+    ))?;
+    snap.user = stmt
+        .query_map(rusqlite::params![org, wm(USER)], |r| {
+            Ok(UserRow {
+                user_id: r.get(0)?,
+                usage_date: date(r.get(1)?)?,
+                openrouter_user_id: r.get(2)?,
+                total_tokens: r.get(3)?,
+                total_requests: r.get(4)?,
+                raw_cost: money(r.get(5)?)?,
+                markup_cost: money(r.get(6)?)?,
+                updated_at: r.get(7)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut stmt = tx.prepare(&format!(
+        "SELECT model_name, usage_date, provider, total_tokens, total_requests, raw_cost, markup_cost, updated_at
+         FROM {MODEL} WHERE client_org_id = ?1 AND updated_at >= ?2"
+    ))?;
+    snap.model = stmt
+        .query_map(rusqlite::params![org, wm(MODEL)], |r| {
+            Ok(ModelRow {
+                model_name: r.get(0)?,
+                usage_date: date(r.get(1)?)?,
+                provider: r.get(2)?,
+                total_tokens: r.get(3)?,
+                total_requests: r.get(4)?,
+                raw_cost: money(r.get(5)?)?,
+                markup_cost: money(r.get(6)?)?,
+                updated_at: r.get(7)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    if has_live {
+        // "current_date" quoted: unquoted it is SQLite's CURRENT_DATE, not the column.
+        let mut stmt = tx.prepare(&format!(
+            "SELECT \"current_date\", today_tokens, today_requests, today_raw_cost, today_markup_cost, last_updated
+             FROM {LIVE} WHERE client_org_id = ?1"
+        ))?;
+        // Always read (one row): health reports its date; the sink ignores an old one.
+        snap.live = stmt
+            .query_map(rusqlite::params![org], |r| {
+                Ok(LiveRow {
+                    counter_date: date(r.get(0)?)?,
+                    today_tokens: r.get(1)?,
+                    today_requests: r.get(2)?,
+                    today_raw_cost: money(r.get(3)?)?,
+                    today_markup_cost: money(r.get(4)?)?,
+                    last_updated: r.get(5)?,
+                })
+            })?
+            .next()
+            .transpose()?;
+    }
+    if has_generations {
+        let (count, max): (i64, Option<i64>) = tx.query_row(
+            &format!(
+                "SELECT COUNT(*), MAX(processed_at) FROM {GENERATIONS} WHERE client_org_id = ?1"
+            ),
+            [org],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        snap.row_counts.insert(GENERATIONS, count);
+        snap.max_updated.insert(GENERATIONS, max.unwrap_or(0));
+        let mut stmt = tx.prepare(&format!(
+            "SELECT id, generation_date, processed_at, total_cost, total_tokens
+             FROM {GENERATIONS} WHERE client_org_id = ?1 AND processed_at >= ?2"
+        ))?;
+        snap.generations = stmt
+            .query_map(rusqlite::params![org, wm(GENERATIONS)], |r| {
+                Ok(GenerationRow {
+                    id: r.get(0)?,
+                    generation_date: date(r.get(1)?)?,
+                    processed_at: r.get(2)?,
+                    total_cost: money(r.get(3)?)?,
+                    total_tokens: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(snap)
+}
+
+/// Names the schema variant, or says what is missing.
+fn schema_variant(conn: &Connection) -> Result<(String, bool, bool), ReadError> {
+    let columns = |table: &str| -> Result<Vec<String>, rusqlite::Error> {
+        let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(0))?.collect();
+        names
+    };
+    let mut problems = Vec::new();
+    for (table, wanted) in REQUIRED {
+        let have = columns(table)?;
+        if have.is_empty() {
+            problems.push(format!("table {table} is missing"));
+            continue;
+        }
+        let missing: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|c| !have.iter().any(|h| h == c))
+            .collect();
+        if !missing.is_empty() {
+            problems.push(format!("{table} lacks {}", missing.join(", ")));
+        }
+    }
+    let mut present = [false; 2];
+    for (i, (table, wanted)) in OPTIONAL.iter().enumerate() {
+        let have = columns(table)?;
+        if have.is_empty() {
+            continue;
+        }
+        let missing: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|c| !have.iter().any(|h| h == c))
+            .collect();
+        if missing.is_empty() {
+            present[i] = true;
+        } else {
+            problems.push(format!("{table} lacks {}", missing.join(", ")));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ReadError::UnknownSchema(problems.join("; ")));
+    }
+    // The app's ad-hoc scripts declare foreign keys; its Alembic migration does not.
+    let has_fk: bool = conn.query_row(
+        &format!("SELECT EXISTS (SELECT 1 FROM pragma_foreign_key_list('{DAILY}'))"),
+        [],
+        |r| r.get(0),
+    )?;
+    let mut variant = String::from(if has_fk { "scripts" } else { "migration" });
+    if !present[0] {
+        variant.push_str("-no-live-counters");
+    }
+    if !present[1] {
+        variant.push_str("-no-generations");
+    }
+    Ok((variant, present[0], present[1]))
+}
+
+fn date(v: Value) -> rusqlite::Result<NaiveDate> {
+    let text = match &v {
+        Value::Text(t) => t.as_str(),
+        _ => "",
+    };
+    // DATE values are text `YYYY-MM-DD`; some writers append a time.
+    NaiveDate::parse_from_str(text.get(..10).unwrap_or(text), "%Y-%m-%d").map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// REAL dollars to a decimal with the 6 places the app keeps.
+fn money(v: Option<f64>) -> rusqlite::Result<Decimal> {
+    let f = v.unwrap_or(0.0);
+    Decimal::from_f64(f).map(|d| d.round_dp(6)).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Real,
+            format!("{f} is not a finite amount").into(),
+        )
+    })
+}

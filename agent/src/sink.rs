@@ -1,0 +1,415 @@
+//! Sink: the fleet Postgres. Each tenant's changes, watermarks, regressions and health
+//! go in one transaction, so a killed agent neither loses nor double-counts: the
+//! watermarks move only with the rows they cover, and upserts are idempotent.
+
+use std::collections::HashMap;
+
+use rust_decimal::Decimal;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::health::Health;
+use crate::reader::{Snapshot, DAILY, MODEL, USER};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Watermark {
+    pub updated_at: i64,
+    pub row_count: i64,
+}
+
+pub struct Sink {
+    pool: PgPool,
+    host: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Shipped {
+    pub rows_changed: u64,
+    pub regressions: usize,
+}
+
+impl Sink {
+    pub async fn connect(url: &str, host: &str) -> Result<Self, sqlx::Error> {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_lazy(url)?;
+        Ok(Self {
+            pool,
+            host: host.to_string(),
+        })
+    }
+
+    /// Tenant id -> spec hash of what the last apply wanted on this host.
+    pub async fn desired(&self) -> Result<HashMap<String, String>, sqlx::Error> {
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT id, spec_hash FROM tenants WHERE host = $1 AND in_spec")
+                .bind(&self.host)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// Watermarks of the given tenants, in one query.
+    pub async fn watermarks(
+        &self,
+        tenants: &[String],
+    ) -> Result<HashMap<String, HashMap<String, Watermark>>, sqlx::Error> {
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT tenant_id, store_table, updated_at, row_count FROM agent_watermarks WHERE tenant_id = ANY($1)",
+        )
+        .bind(tenants)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: HashMap<String, HashMap<String, Watermark>> = HashMap::new();
+        for (tenant, table, updated_at, row_count) in rows {
+            out.entry(tenant).or_default().insert(
+                table,
+                Watermark {
+                    updated_at,
+                    row_count,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    pub async fn ship(
+        &self,
+        tenant: &str,
+        snap: &Snapshot,
+        previous: &HashMap<String, Watermark>,
+        health: &Health,
+    ) -> Result<Shipped, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut shipped = Shipped::default();
+        let mut went_back: Vec<(&str, String)> = Vec::new();
+
+        let (n, back) = upsert_daily(&mut tx, tenant, snap).await?;
+        shipped.rows_changed += n;
+        went_back.extend(back.into_iter().map(|k| (DAILY, k)));
+        let (n, back) = upsert_user(&mut tx, tenant, snap).await?;
+        shipped.rows_changed += n;
+        went_back.extend(back.into_iter().map(|k| (USER, k)));
+        let (n, back) = upsert_model(&mut tx, tenant, snap).await?;
+        shipped.rows_changed += n;
+        went_back.extend(back.into_iter().map(|k| (MODEL, k)));
+        shipped.rows_changed += upsert_live(&mut tx, tenant, snap).await?;
+        shipped.rows_changed += insert_generations(&mut tx, tenant, snap).await?;
+
+        for (table, key) in went_back {
+            let detail = format!("row {key} went back in the store; the fleet keeps its figures");
+            shipped.regressions += self.regression(&mut tx, tenant, table, &detail).await?;
+        }
+        for (table, count) in &snap.row_counts {
+            let before = previous.get(*table).map_or(0, |w| w.row_count);
+            if *count < before {
+                let detail = format!("{} row(s) now, {before} before: rows were deleted from the store (a reset or a restored backup?); the fleet keeps its history", count);
+                shipped.regressions += self.regression(&mut tx, tenant, table, &detail).await?;
+            }
+        }
+        for (table, max) in &snap.max_updated {
+            let count = snap.row_counts.get(table).copied().unwrap_or(0);
+            sqlx::query(
+                "INSERT INTO agent_watermarks (tenant_id, store_table, updated_at, row_count) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (tenant_id, store_table) DO UPDATE SET updated_at = $3, row_count = $4",
+            )
+            .bind(tenant)
+            .bind(table)
+            .bind(max)
+            .bind(count)
+            .execute(&mut *tx)
+            .await?;
+        }
+        self.write_health(&mut tx, health).await?;
+        tx.commit().await?;
+        Ok(shipped)
+    }
+
+    /// Health alone, for a tenant whose store could not be read.
+    pub async fn record_health(&self, health: &Health) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        self.write_health(&mut tx, health).await?;
+        tx.commit().await
+    }
+
+    async fn regression(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        tenant: &str,
+        table: &str,
+        detail: &str,
+    ) -> Result<usize, sqlx::Error> {
+        let r = sqlx::query(
+            "INSERT INTO store_regressions (tenant_id, host, store_table, detail) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant_id, store_table, detail) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(&self.host)
+        .bind(table)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+        Ok(r.rows_affected() as usize)
+    }
+
+    async fn write_health(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        h: &Health,
+    ) -> Result<(), sqlx::Error> {
+        // History keeps changes of the verdict, not every cycle.
+        sqlx::query(
+            "INSERT INTO tenant_health_history (tenant_id, host, tracking, reasons, snapshot)
+             SELECT $1, $2, $3, $4, $5
+             WHERE NOT EXISTS (SELECT 1 FROM tenant_health WHERE tenant_id = $1 AND tracking = $3 AND reasons = $4)",
+        )
+        .bind(&h.tenant)
+        .bind(&self.host)
+        .bind(h.tracking)
+        .bind(&h.reasons)
+        .bind(serde_json::to_value(h).unwrap_or_default())
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO tenant_health (tenant_id, host, observed_at, container, container_state, restart_count, started_at,
+                 in_spec, env_missing, store_status, schema_variant, org_row_present, last_usage_change, live_counter_date,
+                 tracking, reasons)
+             VALUES ($1, $2, now(), $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             ON CONFLICT (tenant_id) DO UPDATE SET host = $2, observed_at = now(), container = $3, container_state = $4,
+                 restart_count = $5, started_at = $6, in_spec = $7, env_missing = $8, store_status = $9,
+                 schema_variant = $10, org_row_present = $11, last_usage_change = $12, live_counter_date = $13,
+                 tracking = $14, reasons = $15",
+        )
+        .bind(&h.tenant)
+        .bind(&self.host)
+        .bind(&h.container)
+        .bind(&h.container_state)
+        .bind(h.restart_count)
+        .bind(&h.started_at)
+        .bind(h.in_spec)
+        .bind(&h.env_missing)
+        .bind(&h.store_status)
+        .bind(&h.schema_variant)
+        .bind(h.org_row_present)
+        .bind(h.last_usage_change)
+        .bind(h.live_counter_date)
+        .bind(h.tracking)
+        .bind(&h.reasons)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn heartbeat(
+        &self,
+        cycle_ms: u64,
+        tenants: usize,
+        rows: u64,
+        errors: usize,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO agent_heartbeats (host, agent_version, seen_at, cycle_ms, tenants, rows_shipped, errors)
+             VALUES ($1, $2, now(), $3, $4, $5, $6)
+             ON CONFLICT (host) DO UPDATE SET agent_version = $2, seen_at = now(), cycle_ms = $3, tenants = $4,
+                 rows_shipped = $5, errors = $6",
+        )
+        .bind(&self.host)
+        .bind(env!("CARGO_PKG_VERSION"))
+        .bind(cycle_ms as i64)
+        .bind(tenants as i32)
+        .bind(rows as i64)
+        .bind(errors as i32)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Rows written or changed, and the keys of rows whose figures went down in the store
+/// (not written: fleet history is never rewritten backwards).
+type Upserted = (u64, Vec<String>);
+
+async fn upsert_daily(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+    snap: &Snapshot,
+) -> Result<Upserted, sqlx::Error> {
+    if snap.daily.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let rows = &snap.daily;
+    let (changed, back): (i64, Vec<String>) = sqlx::query_as(
+        "WITH incoming AS (
+             SELECT * FROM UNNEST($2::date[], $3::text[], $4::int8[], $5::int8[], $6::numeric[], $7::numeric[], $8::text[], $9::int4[], $10::int8[])
+                 AS i (usage_date, client_org_id, total_tokens, total_requests, raw_cost, markup_cost, primary_model, unique_users, updated_at)),
+         went_back AS (
+             SELECT i.usage_date FROM incoming i JOIN usage_daily u ON u.tenant_id = $1 AND u.usage_date = i.usage_date
+             WHERE i.total_tokens < u.total_tokens OR i.total_requests < u.total_requests OR i.raw_cost < u.raw_cost),
+         written AS (
+             INSERT INTO usage_daily (tenant_id, usage_date, client_org_id, total_tokens, total_requests, raw_cost, markup_cost,
+                 primary_model, unique_users, source_updated_at)
+             SELECT $1, i.* FROM incoming i WHERE i.usage_date NOT IN (SELECT usage_date FROM went_back)
+             ON CONFLICT (tenant_id, usage_date) DO UPDATE SET client_org_id = EXCLUDED.client_org_id,
+                 total_tokens = EXCLUDED.total_tokens, total_requests = EXCLUDED.total_requests, raw_cost = EXCLUDED.raw_cost,
+                 markup_cost = EXCLUDED.markup_cost, primary_model = EXCLUDED.primary_model, unique_users = EXCLUDED.unique_users,
+                 source_updated_at = EXCLUDED.source_updated_at, synced_at = now()
+             WHERE (usage_daily.total_tokens, usage_daily.total_requests, usage_daily.raw_cost, usage_daily.markup_cost)
+                 IS DISTINCT FROM (EXCLUDED.total_tokens, EXCLUDED.total_requests, EXCLUDED.raw_cost, EXCLUDED.markup_cost)
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM written), ARRAY(SELECT usage_date::text FROM went_back)",
+    )
+    .bind(tenant)
+    .bind(rows.iter().map(|r| r.usage_date).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.client_org_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.total_tokens).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.total_requests).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.raw_cost).collect::<Vec<Decimal>>())
+    .bind(rows.iter().map(|r| r.markup_cost).collect::<Vec<Decimal>>())
+    .bind(rows.iter().map(|r| r.primary_model.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.unique_users).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok((changed as u64, back))
+}
+
+async fn upsert_user(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+    snap: &Snapshot,
+) -> Result<Upserted, sqlx::Error> {
+    if snap.user.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let rows = &snap.user;
+    let (changed, back): (i64, Vec<String>) = sqlx::query_as(
+        "WITH incoming AS (
+             SELECT * FROM UNNEST($2::text[], $3::date[], $4::text[], $5::int8[], $6::int8[], $7::numeric[], $8::numeric[], $9::int8[])
+                 AS i (user_id, usage_date, openrouter_user_id, total_tokens, total_requests, raw_cost, markup_cost, updated_at)),
+         went_back AS (
+             SELECT i.user_id, i.usage_date FROM incoming i
+             JOIN usage_user_daily u ON u.tenant_id = $1 AND u.user_id = i.user_id AND u.usage_date = i.usage_date
+             WHERE i.total_tokens < u.total_tokens OR i.total_requests < u.total_requests OR i.raw_cost < u.raw_cost),
+         written AS (
+             INSERT INTO usage_user_daily (tenant_id, user_id, usage_date, openrouter_user_id, total_tokens, total_requests,
+                 raw_cost, markup_cost, source_updated_at)
+             SELECT $1, i.* FROM incoming i WHERE (i.user_id, i.usage_date) NOT IN (SELECT user_id, usage_date FROM went_back)
+             ON CONFLICT (tenant_id, user_id, usage_date) DO UPDATE SET openrouter_user_id = EXCLUDED.openrouter_user_id,
+                 total_tokens = EXCLUDED.total_tokens, total_requests = EXCLUDED.total_requests, raw_cost = EXCLUDED.raw_cost,
+                 markup_cost = EXCLUDED.markup_cost, source_updated_at = EXCLUDED.source_updated_at, synced_at = now()
+             WHERE (usage_user_daily.total_tokens, usage_user_daily.total_requests, usage_user_daily.raw_cost,
+                    usage_user_daily.markup_cost, usage_user_daily.openrouter_user_id)
+                 IS DISTINCT FROM (EXCLUDED.total_tokens, EXCLUDED.total_requests, EXCLUDED.raw_cost, EXCLUDED.markup_cost,
+                    EXCLUDED.openrouter_user_id)
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM written), ARRAY(SELECT user_id || ' ' || usage_date::text FROM went_back)",
+    )
+    .bind(tenant)
+    .bind(rows.iter().map(|r| r.user_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.usage_date).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.openrouter_user_id.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.total_tokens).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.total_requests).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.raw_cost).collect::<Vec<Decimal>>())
+    .bind(rows.iter().map(|r| r.markup_cost).collect::<Vec<Decimal>>())
+    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok((changed as u64, back))
+}
+
+async fn upsert_model(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+    snap: &Snapshot,
+) -> Result<Upserted, sqlx::Error> {
+    if snap.model.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let rows = &snap.model;
+    let (changed, back): (i64, Vec<String>) = sqlx::query_as(
+        "WITH incoming AS (
+             SELECT * FROM UNNEST($2::text[], $3::date[], $4::text[], $5::int8[], $6::int8[], $7::numeric[], $8::numeric[], $9::int8[])
+                 AS i (model_name, usage_date, provider, total_tokens, total_requests, raw_cost, markup_cost, updated_at)),
+         went_back AS (
+             SELECT i.model_name, i.usage_date FROM incoming i
+             JOIN usage_model_daily u ON u.tenant_id = $1 AND u.model_name = i.model_name AND u.usage_date = i.usage_date
+             WHERE i.total_tokens < u.total_tokens OR i.total_requests < u.total_requests OR i.raw_cost < u.raw_cost),
+         written AS (
+             INSERT INTO usage_model_daily (tenant_id, model_name, usage_date, provider, total_tokens, total_requests,
+                 raw_cost, markup_cost, source_updated_at)
+             SELECT $1, i.* FROM incoming i WHERE (i.model_name, i.usage_date) NOT IN (SELECT model_name, usage_date FROM went_back)
+             ON CONFLICT (tenant_id, model_name, usage_date) DO UPDATE SET provider = EXCLUDED.provider,
+                 total_tokens = EXCLUDED.total_tokens, total_requests = EXCLUDED.total_requests, raw_cost = EXCLUDED.raw_cost,
+                 markup_cost = EXCLUDED.markup_cost, source_updated_at = EXCLUDED.source_updated_at, synced_at = now()
+             WHERE (usage_model_daily.total_tokens, usage_model_daily.total_requests, usage_model_daily.raw_cost,
+                    usage_model_daily.markup_cost)
+                 IS DISTINCT FROM (EXCLUDED.total_tokens, EXCLUDED.total_requests, EXCLUDED.raw_cost, EXCLUDED.markup_cost)
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM written), ARRAY(SELECT model_name || ' ' || usage_date::text FROM went_back)",
+    )
+    .bind(tenant)
+    .bind(rows.iter().map(|r| r.model_name.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.usage_date).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.provider.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.total_tokens).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.total_requests).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.raw_cost).collect::<Vec<Decimal>>())
+    .bind(rows.iter().map(|r| r.markup_cost).collect::<Vec<Decimal>>())
+    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok((changed as u64, back))
+}
+
+async fn upsert_live(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+    snap: &Snapshot,
+) -> Result<u64, sqlx::Error> {
+    let Some(l) = &snap.live else { return Ok(0) };
+    let r = sqlx::query(
+        "INSERT INTO usage_live_counters (tenant_id, counter_date, today_tokens, today_requests, today_raw_cost,
+             today_markup_cost, last_updated)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (tenant_id) DO UPDATE SET counter_date = $2, today_tokens = $3, today_requests = $4,
+             today_raw_cost = $5, today_markup_cost = $6, last_updated = $7, synced_at = now()
+         WHERE usage_live_counters.last_updated < $7",
+    )
+    .bind(tenant)
+    .bind(l.counter_date)
+    .bind(l.today_tokens)
+    .bind(l.today_requests)
+    .bind(l.today_raw_cost)
+    .bind(l.today_markup_cost)
+    .bind(l.last_updated)
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected())
+}
+
+async fn insert_generations(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: &str,
+    snap: &Snapshot,
+) -> Result<u64, sqlx::Error> {
+    if snap.generations.is_empty() {
+        return Ok(0);
+    }
+    let g = &snap.generations;
+    let r = sqlx::query(
+        "INSERT INTO usage_generations (tenant_id, generation_id, generation_date, processed_at, total_cost, total_tokens)
+         SELECT $1, * FROM UNNEST($2::text[], $3::date[], $4::int8[], $5::numeric[], $6::int8[])
+         ON CONFLICT (tenant_id, generation_id) DO NOTHING",
+    )
+    .bind(tenant)
+    .bind(g.iter().map(|r| r.id.clone()).collect::<Vec<_>>())
+    .bind(g.iter().map(|r| r.generation_date).collect::<Vec<_>>())
+    .bind(g.iter().map(|r| r.processed_at).collect::<Vec<_>>())
+    .bind(g.iter().map(|r| r.total_cost).collect::<Vec<Decimal>>())
+    .bind(g.iter().map(|r| r.total_tokens).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected())
+}

@@ -1,0 +1,252 @@
+//! The agent against real tenant containers and PostgreSQL (issue 3, first part).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use mai_fleet_e2e::{bin_dir, chat, require_services, Fleet};
+
+const DEV: &str = "mai-fleet/tenant:dev";
+
+fn agent(f: &Fleet, host: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(bin_dir().join("agent"));
+    cmd.arg("--host")
+        .arg(format!("{}-{host}", f.name))
+        .args(args)
+        .env("DATABASE_URL", &f.database_url);
+    cmd
+}
+
+fn agent_once(f: &Fleet, host: &str) -> String {
+    let out = agent(f, host, &["--once"]).output().expect("run agent");
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "agent --once failed: {text}");
+    text
+}
+
+fn spawn_agent(f: &Fleet, host: &str) -> Child {
+    agent(f, host, &["--interval", "300ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn agent")
+}
+
+/// Sums per (day), (user, day) and (model, day) in a tenant's own store, to 6 places,
+/// as `key|tokens|requests|raw_cost` lines sorted: what the fleet must hold.
+fn store_sums(data_dir: &Path, org: &str) -> Vec<String> {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("webui.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open store");
+    let mut out = Vec::new();
+    for (key, table) in [
+        ("usage_date", "client_daily_usage"),
+        ("user_id || ' ' || usage_date", "client_user_daily_usage"),
+        (
+            "model_name || ' ' || usage_date",
+            "client_model_daily_usage",
+        ),
+    ] {
+        let sql = format!("SELECT '{table} ' || {key}, total_tokens, total_requests, raw_cost FROM {table} WHERE client_org_id = ?1");
+        let mut stmt = conn.prepare(&sql).unwrap();
+        let rows = stmt
+            .query_map([org], |r| {
+                Ok(format!(
+                    "{}|{}|{}|{:.6}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, f64>(3)?
+                ))
+            })
+            .unwrap();
+        out.extend(rows.map(Result::unwrap));
+    }
+    out.sort();
+    out
+}
+
+fn fleet_sums(f: &Fleet, tenant: &str) -> Vec<String> {
+    let sql = format!(
+        "SELECT 'client_daily_usage ' || usage_date || '|' || total_tokens || '|' || total_requests || '|' || raw_cost FROM usage_daily WHERE tenant_id = '{tenant}'
+         UNION ALL SELECT 'client_user_daily_usage ' || user_id || ' ' || usage_date || '|' || total_tokens || '|' || total_requests || '|' || raw_cost FROM usage_user_daily WHERE tenant_id = '{tenant}'
+         UNION ALL SELECT 'client_model_daily_usage ' || model_name || ' ' || usage_date || '|' || total_tokens || '|' || total_requests || '|' || raw_cost FROM usage_model_daily WHERE tenant_id = '{tenant}'"
+    );
+    let mut rows: Vec<String> = f.psql(&sql).lines().map(str::to_string).collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn usage_is_mirrored_exactly_through_agent_kills_and_a_database_outage() {
+    if !require_services() {
+        return;
+    }
+    let f = Fleet::new("mirror");
+    let (a, b, c) = (f.id("a"), f.id("b"), f.id("c"));
+    let load = "SIM_USAGE_PER_MIN: \"1200\"";
+    let spec = f.write_spec(&f.spec(&[
+        (&a, "a", DEV, load),
+        (&b, "a", DEV, load),
+        (&c, "b", DEV, load),
+    ]));
+    assert_eq!(f.apply(&spec, &[]).code, 0);
+
+    let mut agents = vec![spawn_agent(&f, "a"), spawn_agent(&f, "b")];
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    for round in 0..5u64 {
+        std::thread::sleep(Duration::from_millis(
+            300 + (seed.wrapping_mul(round + 7) % 1200),
+        ));
+        // Real users on top of the load, streaming and not.
+        chat(
+            f.base_port + (round % 3) as u16,
+            "jan",
+            "deepseek/deepseek-chat",
+        );
+        let victim = (round % 2) as usize;
+        let _ = agents[victim].kill(); // SIGKILL, mid-cycle or between cycles
+        let _ = agents[victim].wait();
+        agents[victim] = spawn_agent(&f, if victim == 0 { "a" } else { "b" });
+    }
+    // The database away for a cycle: the cycle fails, nothing moves, nothing is lost.
+    let down = agent(&f, "a", &["--once"])
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .output()
+        .unwrap();
+    assert!(!down.status.success());
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("cycle failed"),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    for mut agent in agents {
+        let _ = agent.kill();
+        let _ = agent.wait();
+    }
+    // Freeze the stores, then one last cycle: the fleet must equal them exactly.
+    let names: Vec<String> = [&a, &b, &c].iter().map(|id| format!("mai-{id}")).collect();
+    assert!(Command::new("docker")
+        .arg("stop")
+        .args(&names)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    agent_once(&f, "a");
+    agent_once(&f, "b");
+    for (id, host) in [(&a, "a"), (&b, "a"), (&c, "b")] {
+        let store = store_sums(
+            &f.data_root(host).join(id).join("data"),
+            &format!("org_{id}"),
+        );
+        assert!(
+            store.len() >= 5,
+            "{id}: the load produced too little to test: {store:?}"
+        );
+        assert_eq!(fleet_sums(&f, id), store, "{id}: fleet and store differ");
+    }
+    let generations = f.psql(&format!(
+        "SELECT count(*) FROM usage_generations WHERE tenant_id = '{a}'"
+    ));
+    assert!(generations.parse::<u32>().unwrap() > 10, "{generations}");
+    assert_eq!(f.psql("SELECT count(*) FROM agent_heartbeats"), "2");
+    assert_eq!(f.psql("SELECT count(*) FROM store_regressions"), "0");
+}
+
+#[test]
+fn tenant_started_by_hand_without_its_org_env_is_reported_inactive() {
+    if !require_services() {
+        return;
+    }
+    let f = Fleet::new("byhand");
+    assert_eq!(f.controller(&["migrate"]).code, 0);
+    let id = f.id("x");
+    let data = f.data_root("a").join(&id).join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // The seeds' incident: started by hand, OPENROUTER_EXTERNAL_USER forgotten.
+    let run = Command::new("docker")
+        .args(["run", "-d", "--name", &format!("mai-{id}")])
+        .args([
+            "--label",
+            "mai-fleet.managed=true",
+            "--label",
+            &format!("mai-fleet.tenant={id}"),
+        ])
+        .args([
+            "--label",
+            &format!("mai-fleet.host={}-a", f.name),
+            "--label",
+            &format!("mai-fleet.fleet={}", f.name),
+        ])
+        .args([
+            "-e",
+            "ORGANIZATION_NAME=Kancelaria",
+            "-e",
+            &format!("OPENROUTER_API_KEY={}", mai_fleet_e2e::KEY_A),
+        ])
+        .args(["-v", &format!("{}:/app/backend/data", data.display()), DEV])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for _ in 0..50 {
+        if data.join("webui.db").exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = agent_once(&f, "a");
+    assert!(log.contains("1 inactive"), "{log}");
+    let row = f.psql(&format!("SELECT tracking, in_spec, store_status, array_to_string(reasons, ' / ') FROM tenant_health WHERE tenant_id = '{id}'"));
+    assert!(row.starts_with("inactive|f|ok|"), "{row}");
+    assert!(
+        row.contains("required env missing: OPENROUTER_EXTERNAL_USER"),
+        "{row}"
+    );
+    assert!(row.contains("no organization row"), "{row}");
+    assert!(!row.contains(mai_fleet_e2e::KEY_A), "no key in health");
+}
+
+#[test]
+fn store_reset_keeps_fleet_history_and_is_recorded() {
+    if !require_services() {
+        return;
+    }
+    let f = Fleet::new("reset");
+    let id = f.id("a");
+    let spec = f.write_spec(&f.spec(&[(&id, "a", DEV, "")]));
+    assert_eq!(f.apply(&spec, &[]).code, 0);
+    for user in ["anna", "piotr", "ewa"] {
+        chat(f.base_port, user, "openai/gpt-4o-mini").expect("chat");
+    }
+    agent_once(&f, "a");
+    let before = fleet_sums(&f, &id);
+    assert_eq!(before.len(), 5, "{before:?}");
+
+    // The app's complete_usage_reset script, run against the live store.
+    let db = f.data_root("a").join(&id).join("data").join("webui.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("DELETE FROM client_daily_usage; DELETE FROM client_user_daily_usage; DELETE FROM client_model_daily_usage;").unwrap();
+    drop(conn);
+    let log = agent_once(&f, "a");
+    assert!(log.contains("regression"), "{log}");
+    assert_eq!(fleet_sums(&f, &id), before, "the fleet keeps its history");
+    let detail = f.psql(&format!("SELECT string_agg(store_table || ': ' || detail, ' / ' ORDER BY store_table) FROM store_regressions WHERE tenant_id = '{id}'"));
+    assert!(
+        detail.contains("client_daily_usage: 0 row(s) now, 1 before: rows were deleted"),
+        "{detail}"
+    );
+    // Seen again next cycle: recorded once.
+    agent_once(&f, "a");
+    assert_eq!(f.psql("SELECT count(*) FROM store_regressions"), "3");
+}
