@@ -26,9 +26,28 @@ set -a; . "$keys"; set +a
 "$controller" validate "$spec"
 status=0
 "$controller" apply "$spec" || status=$?
+
+# One agent per host entry (here all on this engine), in the background; a re-run
+# replaces them.
+run=target/fleet
+mkdir -p "$run"
+for pidfile in "$run"/agent-*.pid; do
+  [ -e "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+  rm -f "$pidfile"
+done
+for host in $(sed -n 's/^  - name: \([a-z0-9-]*\)$/\1/p' "$spec"); do
+  nohup target/debug/agent --host "$host" --interval 10s >"$run/agent-$host.log" 2>&1 &
+  echo $! >"$run/agent-$host.pid"
+done
+sleep 2
+
 echo
 echo "fleet database: $DATABASE_URL"
 echo "tenants:"
 docker ps --filter label=mai-fleet.managed=true --format '  {{.Names}}\t{{.Status}}\t{{.Ports}}'
-echo "not built yet: the agent (issue 3) and the dashboard (issue 4); see docs/status.md"
+echo "agents (logs in $run/agent-*.log; stop: kill \$(cat $run/agent-*.pid)):"
+tail -qn 1 "$run"/agent-*.log | sed 's/^/  /'
+echo "usage in the fleet database:"
+psql "$DATABASE_URL" -qAt -F '  ' -c "SELECT '  ' || tenant_id, tracking, (SELECT coalesce(sum(total_tokens), 0) || ' tokens' FROM usage_daily u WHERE u.tenant_id = h.tenant_id) FROM tenant_health h ORDER BY 1"
+echo "not built yet: billing and the dashboard (issue 4), alerts (issue 5); see docs/status.md"
 exit $status
