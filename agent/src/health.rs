@@ -8,7 +8,43 @@ use serde::Serialize;
 use crate::discover::TenantContainer;
 use crate::reader::{ReadError, Snapshot};
 
-#[derive(Debug, Clone, Serialize)]
+/// What health needs of a store, kept between cycles so that a store whose files did
+/// not change need not be opened again.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreState {
+    Read {
+        variant: String,
+        org_row_present: bool,
+        last_usage_change: Option<i64>,
+        live_counter_date: Option<NaiveDate>,
+    },
+    /// `store_status` and the reason.
+    Failed(&'static str, String),
+}
+
+impl StoreState {
+    pub fn of(result: &Result<Snapshot, ReadError>, has_data_mount: bool) -> Self {
+        match result {
+            Ok(s) => StoreState::Read {
+                variant: s.variant.clone(),
+                org_row_present: s.org_row_present,
+                last_usage_change: s.last_usage_change(),
+                live_counter_date: s.live.as_ref().map(|l| l.counter_date),
+            },
+            Err(ReadError::Missing(_)) if !has_data_mount => StoreState::Failed(
+                "no_data_mount",
+                "no volume is mounted at the app's data directory".into(),
+            ),
+            Err(e @ ReadError::Missing(_)) => StoreState::Failed("missing", e.to_string()),
+            Err(e @ ReadError::Unreadable(_)) => StoreState::Failed("unreadable", e.to_string()),
+            Err(e @ ReadError::UnknownSchema(_)) => {
+                StoreState::Failed("unknown_schema", e.to_string())
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Health {
     pub tenant: String,
     pub container: String,
@@ -28,7 +64,7 @@ pub struct Health {
     pub reasons: Vec<String>,
 }
 
-pub fn assess(c: &TenantContainer, in_spec: bool, store: &Result<Snapshot, ReadError>) -> Health {
+pub fn assess(c: &TenantContainer, in_spec: bool, store: &StoreState) -> Health {
     let mut reasons = Vec::new();
     if c.state != "running" {
         reasons.push(format!(
@@ -47,28 +83,23 @@ pub fn assess(c: &TenantContainer, in_spec: bool, store: &Result<Snapshot, ReadE
         ));
     }
     let (store_status, variant, org_row, last_change, live_date) = match store {
-        Ok(s) => (
+        StoreState::Read {
+            variant,
+            org_row_present,
+            last_usage_change,
+            live_counter_date,
+        } => (
             "ok",
-            Some(s.variant.clone()),
-            Some(s.org_row_present),
-            s.last_usage_change(),
-            s.live.as_ref().map(|l| l.counter_date),
+            Some(variant.clone()),
+            Some(*org_row_present),
+            *last_usage_change,
+            *live_counter_date,
         ),
-        Err(ReadError::Missing(_)) if c.data_dir.is_none() => {
-            ("no_data_mount", None, None, None, None)
+        StoreState::Failed(status, reason) => {
+            reasons.push(reason.clone());
+            (*status, None, None, None, None)
         }
-        Err(ReadError::Missing(_)) => ("missing", None, None, None, None),
-        Err(ReadError::Unreadable(_)) => ("unreadable", None, None, None, None),
-        Err(ReadError::UnknownSchema(_)) => ("unknown_schema", None, None, None, None),
     };
-    if let Err(e) = store {
-        reasons.push(match (e, c.data_dir.is_none()) {
-            (ReadError::Missing(_), true) => {
-                "no volume is mounted at the app's data directory".to_string()
-            }
-            (e, _) => e.to_string(),
-        });
-    }
     if org_row == Some(false) {
         reasons.push(match &c.org_id {
             Some(org) => format!("no organization row for `{org}` in client_organizations: the app never initialised tracking"),

@@ -3,12 +3,7 @@
 //!
 //! Exit codes: 0 stopped on SIGTERM/SIGINT (or `--once` succeeded), 1 error.
 
-mod cycle;
-mod discover;
-mod health;
-mod reader;
-mod sink;
-
+use mai_fleet_agent::{cycle, sink};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -89,12 +84,13 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("connect to the Docker engine")?;
     let sink = sink::Sink::connect(&args.database_url, &args.host).await?;
     let mut stop = std::pin::pin!(shutdown());
+    let mut memory = cycle::Memory::default();
     loop {
-        match cycle::run(&docker, &sink, &args.host).await {
+        match cycle::run(&docker, &sink, &args.host, &mut memory).await {
             Ok(r) => {
                 eprintln!(
-                    "agent[{}]: cycle {} ms: {} tenant(s), {} row(s) changed, {} regression(s), {} inactive, {} error(s)",
-                    args.host, r.elapsed_ms, r.tenants, r.rows_changed, r.regressions, r.inactive.len(), r.errors.len()
+                    "agent[{}]: cycle {} ms: {} tenant(s), {} store(s) read, {} row(s) changed, {} regression(s), {} inactive, {} error(s)",
+                    args.host, r.elapsed_ms, r.tenants, r.stores_read, r.rows_changed, r.regressions, r.inactive.len(), r.errors.len()
                 );
                 for line in r.inactive.iter().chain(&r.errors) {
                     eprintln!("agent[{}]:   {line}", args.host);

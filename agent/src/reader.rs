@@ -186,8 +186,13 @@ impl Snapshot {
     }
 }
 
-/// Reads the rows of `org` changed since `watermarks` (per table, inclusive: the
-/// boundary second is read again, so that a row updated twice in it is not missed).
+/// How far before a watermark rows are read again: a row updated in the boundary
+/// second, or stamped by a tenant clock that stepped back a little, is not missed.
+/// Re-read rows are idempotent upserts.
+pub const WATERMARK_MARGIN_S: i64 = 120;
+
+/// Reads the rows of `org` changed since `watermarks` (per table, less
+/// [`WATERMARK_MARGIN_S`]).
 pub fn read(
     path: &Path,
     org: &str,
@@ -202,7 +207,11 @@ pub fn read(
     conn.pragma_update(None, "query_only", true)?;
     let tx = conn.transaction()?;
     let (variant, has_live, has_generations) = schema_variant(&tx)?;
-    let wm = |table: &str| watermarks.get(table).copied().unwrap_or(i64::MIN);
+    let wm = |table: &str| {
+        watermarks
+            .get(table)
+            .map_or(i64::MIN, |w| w.saturating_sub(WATERMARK_MARGIN_S))
+    };
     let mut snap = Snapshot {
         variant,
         ..Snapshot::default()

@@ -12,29 +12,19 @@
 //! `MAI_TENANT_FAULT=crash` exits at start; `MAI_TENANT_FAULT=uninit` never
 //! initialises tracking even with the env present.
 
-mod store;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mai_tenant::store::{self, Store, Usage};
+use mai_tenant::MODELS;
 use serde_json::{json, Value};
-use store::{Store, Usage};
 use tiny_http::{Header, Method, Request, Response, Server};
 
 const REQUIRED_ENV: [&str; 3] = [
     "OPENROUTER_API_KEY",
     "OPENROUTER_EXTERNAL_USER",
     "ORGANIZATION_NAME",
-];
-
-/// Canned prices in micro-dollars per 1,000 tokens, so that every recorded cost is
-/// an exact number of micro-dollars and fleet sums can be checked to 6 places.
-const MODELS: [(&str, u64); 4] = [
-    ("anthropic/claude-3.5-sonnet", 9_000),
-    ("openai/gpt-4o-mini", 450),
-    ("deepseek/deepseek-chat", 1_100),
-    ("google/gemini-2.5-pro", 6_000),
 ];
 
 const CANNED_ANSWER: &str = "Dzień dobry! To jest odpowiedź testowa najemcy mAI.";
@@ -284,12 +274,4 @@ fn simulate_load(app: &App, per_min: u32) {
         record(app, &usage);
         i += 1;
     }
-}
-
-/// Price of a model in micro-dollars per 1,000 tokens (unknown models at the first price).
-fn price_per_k(model: &str) -> u64 {
-    MODELS
-        .iter()
-        .find(|(m, _)| *m == model)
-        .map_or(MODELS[0].1, |(_, p)| *p)
 }

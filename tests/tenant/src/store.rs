@@ -6,7 +6,8 @@ use chrono::{Duration, Utc};
 use chrono_tz::Tz;
 use rusqlite::{params, Connection, OptionalExtension};
 
-const SCHEMA: &str = "
+/// The usage tables as the app's Alembic migration creates them.
+pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS client_organizations (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, openrouter_api_key TEXT NOT NULL,
     openrouter_key_hash TEXT, markup_rate REAL NOT NULL, monthly_limit REAL,
