@@ -5,7 +5,8 @@
 //! - plan: 0 nothing to change, 2 changes pending, 1 error (Terraform's detailed codes)
 //! - apply: 0 applied and verified, 3 one or more tenants failed or were rolled back
 //!   (the rest applied), 1 error before anything changed
-//! - migrate: 0 done, 1 error
+//! - migrate, usage: 0 done, 1 error
+//! - status: 0 every tenant's tracking is active, 3 not all are, 1 error
 
 mod cli;
 
@@ -66,6 +67,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 mai_fleet::store::MIGRATOR.iter().count()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Usage {
+            from,
+            to,
+            tenant,
+            output,
+            database_url,
+        } => {
+            let store = mai_fleet::store::Store::connect(&database_url).await?;
+            let to = to.unwrap_or_else(|| chrono::Utc::now().date_naive());
+            let from = from.unwrap_or(to - chrono::Duration::days(30));
+            let days = store.usage_by_day(from, to, tenant.as_deref()).await?;
+            cli::print_usage(&days, output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            output,
+            database_url,
+        } => {
+            let store = mai_fleet::store::Store::connect(&database_url).await?;
+            let tenants = store.tenant_status().await?;
+            cli::print_status(&tenants, output)?;
+            let all_active = tenants.iter().all(|t| t.tracking == "active");
+            Ok(ExitCode::from(if all_active { 0 } else { 3 }))
         }
     }
 }

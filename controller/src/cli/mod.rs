@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use mai_fleet::apply::{FleetError, FleetPlan};
 use mai_fleet::plan::Action;
 use mai_fleet::spec::{FleetSpec, SpecError};
+use mai_fleet::store::reports::{TenantStatus, UsageDay};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +55,85 @@ pub enum Command {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
+    /// Usage per tenant per day as the agents recorded it
+    Usage {
+        /// First day, YYYY-MM-DD (default: 30 days ago)
+        #[arg(long)]
+        from: Option<chrono::NaiveDate>,
+        /// Last day, YYYY-MM-DD (default: today)
+        #[arg(long)]
+        to: Option<chrono::NaiveDate>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
+    /// Every tenant's tracking (active/inactive and why), data age and agent (exit 0 all active, 3 not all, 1 error)
+    Status {
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
+}
+
+pub fn print_usage(days: &[UsageDay], output: OutputFormat) -> anyhow::Result<()> {
+    if let OutputFormat::Json = output {
+        println!("{}", serde_json::to_string_pretty(days)?);
+        return Ok(());
+    }
+    let mut rows = vec![["TENANT", "DATE", "TOKENS", "REQUESTS", "RAW COST (USD)"]
+        .map(String::from)
+        .to_vec()];
+    for d in days {
+        rows.push(vec![
+            d.tenant.clone(),
+            d.date.to_string(),
+            d.tokens.to_string(),
+            d.requests.to_string(),
+            d.raw_cost.to_string(),
+        ]);
+    }
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+pub fn print_status(tenants: &[TenantStatus], output: OutputFormat) -> anyhow::Result<()> {
+    if let OutputFormat::Json = output {
+        println!("{}", serde_json::to_string_pretty(tenants)?);
+        return Ok(());
+    }
+    let age = |s: Option<i64>| s.map_or("-".to_string(), |s| format!("{s}s"));
+    let mut rows = vec![[
+        "TENANT",
+        "HOST",
+        "CONTAINER",
+        "STATE",
+        "TRACKING",
+        "IN SPEC",
+        "DATA AGE",
+        "AGENT AGE",
+        "REASONS",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for t in tenants {
+        rows.push(vec![
+            t.tenant.clone(),
+            t.host.clone().unwrap_or_default(),
+            t.container.clone().unwrap_or_default(),
+            t.container_state.clone().unwrap_or_default(),
+            t.tracking.clone(),
+            if t.in_spec { "yes" } else { "NO" }.to_string(),
+            age(t.last_data_age_s),
+            age(t.agent_age_s),
+            t.reasons.join("; "),
+        ]);
+    }
+    print!("{}", table(&rows));
+    Ok(())
 }
 
 /// `500ms`, `5s`, `10m`, `1h`; a bare number is seconds.

@@ -1,6 +1,8 @@
 //! The fleet Postgres: schema (sqlx migrations in `controller/migrations`), desired
 //! state and the record of every apply.
 
+pub mod reports;
+
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};

@@ -215,6 +215,29 @@ fn tenant_started_by_hand_without_its_org_env_is_reported_inactive() {
     );
     assert!(row.contains("no organization row"), "{row}");
     assert!(!row.contains(mai_fleet_e2e::KEY_A), "no key in health");
+    let status = f.controller(&["status", "--output", "json"]);
+    assert_eq!(
+        status.code,
+        3,
+        "exit 3 = not every tenant active: {}",
+        status.all()
+    );
+    let tenants: Vec<serde_json::Value> =
+        serde_json::from_str(&status.stdout).expect("status json");
+    let t = tenants
+        .iter()
+        .find(|t| t["tenant"] == id.as_str())
+        .expect("the hand-started container is listed");
+    assert_eq!(t["tracking"], "inactive");
+    assert_eq!(t["in_spec"], false);
+    assert_eq!(t["container"], format!("mai-{id}"));
+    assert_eq!(t["host"], format!("{}-a", f.name));
+    let reasons = t["reasons"].to_string();
+    assert!(
+        reasons.contains("OPENROUTER_EXTERNAL_USER") && reasons.contains("no organization row"),
+        "{reasons}"
+    );
+    assert!(t.get("last_data_age_s").is_some());
 }
 
 #[test]
