@@ -3,7 +3,8 @@
 # unless DATABASE_URL is already set. Source it:  . scripts/postgres.sh
 # It exports DATABASE_URL (database mai_fleet) and MAI_FLEET_PG_ADMIN_URL (database
 # postgres, for tests that create their own databases).
-# Local use only: trust authentication on 127.0.0.1, data under $MAI_FLEET_PGDATA.
+# Local use only: the postgres superuser is trusted on 127.0.0.1 (other roles need
+# their password); data under $MAI_FLEET_PGDATA.
 if [ -n "${DATABASE_URL:-}" ]; then
   export MAI_FLEET_PG_ADMIN_URL=${MAI_FLEET_PG_ADMIN_URL:-${DATABASE_URL%/*}/postgres}
   return 0 2>/dev/null || exit 0
@@ -25,7 +26,16 @@ if [ ! -s "$pgdata/PG_VERSION" ]; then
   chmod 700 "$pgdata"
   as_pg "$bindir/initdb" -D "$pgdata" -U postgres --auth=trust -E UTF8 >/dev/null
 fi
-if ! as_pg "$bindir/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
+# The local superuser (these scripts, the tests) is trusted on loopback; every other
+# role, agents' included, must give its password.
+cat >"$pgdata/pg_hba.conf" <<HBA
+local all postgres trust
+host  all postgres 127.0.0.1/32 trust
+host  all all      127.0.0.1/32 scram-sha-256
+HBA
+if as_pg "$bindir/pg_ctl" -D "$pgdata" status >/dev/null 2>&1; then
+  as_pg "$bindir/pg_ctl" -D "$pgdata" reload >/dev/null
+else
   as_pg "$bindir/pg_ctl" -D "$pgdata" -w -l "$pgdata/server.log" \
     -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off" start >/dev/null
 fi

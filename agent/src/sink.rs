@@ -85,17 +85,17 @@ impl Sink {
         let mut shipped = Shipped::default();
         let mut went_back: Vec<(&str, String)> = Vec::new();
 
-        let (n, back) = upsert_daily(&mut tx, tenant, snap).await?;
+        let (n, back) = upsert_daily(&mut tx, &self.host, tenant, snap).await?;
         shipped.rows_changed += n;
         went_back.extend(back.into_iter().map(|k| (DAILY, k)));
-        let (n, back) = upsert_user(&mut tx, tenant, snap).await?;
+        let (n, back) = upsert_user(&mut tx, &self.host, tenant, snap).await?;
         shipped.rows_changed += n;
         went_back.extend(back.into_iter().map(|k| (USER, k)));
-        let (n, back) = upsert_model(&mut tx, tenant, snap).await?;
+        let (n, back) = upsert_model(&mut tx, &self.host, tenant, snap).await?;
         shipped.rows_changed += n;
         went_back.extend(back.into_iter().map(|k| (MODEL, k)));
-        shipped.rows_changed += upsert_live(&mut tx, tenant, snap).await?;
-        shipped.rows_changed += insert_generations(&mut tx, tenant, snap).await?;
+        shipped.rows_changed += upsert_live(&mut tx, &self.host, tenant, snap).await?;
+        shipped.rows_changed += insert_generations(&mut tx, &self.host, tenant, snap).await?;
 
         for (table, key) in went_back {
             let detail = format!("row {key} went back in the store; the fleet keeps its figures");
@@ -111,13 +111,14 @@ impl Sink {
         for (table, max) in &snap.max_updated {
             let count = snap.row_counts.get(table).copied().unwrap_or(0);
             sqlx::query(
-                "INSERT INTO agent_watermarks (tenant_id, store_table, updated_at, row_count) VALUES ($1, $2, $3, $4)
+                "INSERT INTO agent_watermarks (host, tenant_id, store_table, updated_at, row_count) VALUES ($5, $1, $2, $3, $4)
                  ON CONFLICT (tenant_id, store_table) DO UPDATE SET updated_at = $3, row_count = $4",
             )
             .bind(tenant)
             .bind(table)
             .bind(max)
             .bind(count)
+            .bind(&self.host)
             .execute(&mut *tx)
             .await?;
         }
@@ -232,6 +233,7 @@ type Upserted = (u64, Vec<String>);
 
 async fn upsert_daily(
     tx: &mut Transaction<'_, Postgres>,
+    host: &str,
     tenant: &str,
     snap: &Snapshot,
 ) -> Result<Upserted, sqlx::Error> {
@@ -247,9 +249,9 @@ async fn upsert_daily(
              SELECT i.usage_date FROM incoming i JOIN usage_daily u ON u.tenant_id = $1 AND u.usage_date = i.usage_date
              WHERE i.total_tokens < u.total_tokens OR i.total_requests < u.total_requests OR i.raw_cost < u.raw_cost),
          written AS (
-             INSERT INTO usage_daily (tenant_id, usage_date, client_org_id, total_tokens, total_requests, raw_cost, markup_cost,
+             INSERT INTO usage_daily (host, tenant_id, usage_date, client_org_id, total_tokens, total_requests, raw_cost, markup_cost,
                  primary_model, unique_users, source_updated_at)
-             SELECT $1, i.* FROM incoming i WHERE i.usage_date NOT IN (SELECT usage_date FROM went_back)
+             SELECT $11, $1, i.* FROM incoming i WHERE i.usage_date NOT IN (SELECT usage_date FROM went_back)
              ON CONFLICT (tenant_id, usage_date) DO UPDATE SET client_org_id = EXCLUDED.client_org_id,
                  total_tokens = EXCLUDED.total_tokens, total_requests = EXCLUDED.total_requests, raw_cost = EXCLUDED.raw_cost,
                  markup_cost = EXCLUDED.markup_cost, primary_model = EXCLUDED.primary_model, unique_users = EXCLUDED.unique_users,
@@ -269,6 +271,7 @@ async fn upsert_daily(
     .bind(rows.iter().map(|r| r.primary_model.clone()).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.unique_users).collect::<Vec<_>>())
     .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .bind(host)
     .fetch_one(&mut **tx)
     .await?;
     Ok((changed as u64, back))
@@ -276,6 +279,7 @@ async fn upsert_daily(
 
 async fn upsert_user(
     tx: &mut Transaction<'_, Postgres>,
+    host: &str,
     tenant: &str,
     snap: &Snapshot,
 ) -> Result<Upserted, sqlx::Error> {
@@ -292,9 +296,9 @@ async fn upsert_user(
              JOIN usage_user_daily u ON u.tenant_id = $1 AND u.user_id = i.user_id AND u.usage_date = i.usage_date
              WHERE i.total_tokens < u.total_tokens OR i.total_requests < u.total_requests OR i.raw_cost < u.raw_cost),
          written AS (
-             INSERT INTO usage_user_daily (tenant_id, user_id, usage_date, openrouter_user_id, total_tokens, total_requests,
+             INSERT INTO usage_user_daily (host, tenant_id, user_id, usage_date, openrouter_user_id, total_tokens, total_requests,
                  raw_cost, markup_cost, source_updated_at)
-             SELECT $1, i.* FROM incoming i WHERE (i.user_id, i.usage_date) NOT IN (SELECT user_id, usage_date FROM went_back)
+             SELECT $10, $1, i.* FROM incoming i WHERE (i.user_id, i.usage_date) NOT IN (SELECT user_id, usage_date FROM went_back)
              ON CONFLICT (tenant_id, user_id, usage_date) DO UPDATE SET openrouter_user_id = EXCLUDED.openrouter_user_id,
                  total_tokens = EXCLUDED.total_tokens, total_requests = EXCLUDED.total_requests, raw_cost = EXCLUDED.raw_cost,
                  markup_cost = EXCLUDED.markup_cost, source_updated_at = EXCLUDED.source_updated_at, synced_at = now()
@@ -314,6 +318,7 @@ async fn upsert_user(
     .bind(rows.iter().map(|r| r.raw_cost).collect::<Vec<Decimal>>())
     .bind(rows.iter().map(|r| r.markup_cost).collect::<Vec<Decimal>>())
     .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .bind(host)
     .fetch_one(&mut **tx)
     .await?;
     Ok((changed as u64, back))
@@ -321,6 +326,7 @@ async fn upsert_user(
 
 async fn upsert_model(
     tx: &mut Transaction<'_, Postgres>,
+    host: &str,
     tenant: &str,
     snap: &Snapshot,
 ) -> Result<Upserted, sqlx::Error> {
@@ -337,9 +343,9 @@ async fn upsert_model(
              JOIN usage_model_daily u ON u.tenant_id = $1 AND u.model_name = i.model_name AND u.usage_date = i.usage_date
              WHERE i.total_tokens < u.total_tokens OR i.total_requests < u.total_requests OR i.raw_cost < u.raw_cost),
          written AS (
-             INSERT INTO usage_model_daily (tenant_id, model_name, usage_date, provider, total_tokens, total_requests,
+             INSERT INTO usage_model_daily (host, tenant_id, model_name, usage_date, provider, total_tokens, total_requests,
                  raw_cost, markup_cost, source_updated_at)
-             SELECT $1, i.* FROM incoming i WHERE (i.model_name, i.usage_date) NOT IN (SELECT model_name, usage_date FROM went_back)
+             SELECT $10, $1, i.* FROM incoming i WHERE (i.model_name, i.usage_date) NOT IN (SELECT model_name, usage_date FROM went_back)
              ON CONFLICT (tenant_id, model_name, usage_date) DO UPDATE SET provider = EXCLUDED.provider,
                  total_tokens = EXCLUDED.total_tokens, total_requests = EXCLUDED.total_requests, raw_cost = EXCLUDED.raw_cost,
                  markup_cost = EXCLUDED.markup_cost, source_updated_at = EXCLUDED.source_updated_at, synced_at = now()
@@ -358,6 +364,7 @@ async fn upsert_model(
     .bind(rows.iter().map(|r| r.raw_cost).collect::<Vec<Decimal>>())
     .bind(rows.iter().map(|r| r.markup_cost).collect::<Vec<Decimal>>())
     .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
+    .bind(host)
     .fetch_one(&mut **tx)
     .await?;
     Ok((changed as u64, back))
@@ -365,14 +372,15 @@ async fn upsert_model(
 
 async fn upsert_live(
     tx: &mut Transaction<'_, Postgres>,
+    host: &str,
     tenant: &str,
     snap: &Snapshot,
 ) -> Result<u64, sqlx::Error> {
     let Some(l) = &snap.live else { return Ok(0) };
     let r = sqlx::query(
-        "INSERT INTO usage_live_counters (tenant_id, counter_date, today_tokens, today_requests, today_raw_cost,
+        "INSERT INTO usage_live_counters (host, tenant_id, counter_date, today_tokens, today_requests, today_raw_cost,
              today_markup_cost, last_updated)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         VALUES ($8, $1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (tenant_id) DO UPDATE SET counter_date = $2, today_tokens = $3, today_requests = $4,
              today_raw_cost = $5, today_markup_cost = $6, last_updated = $7, synced_at = now()
          WHERE usage_live_counters.last_updated < $7",
@@ -384,6 +392,7 @@ async fn upsert_live(
     .bind(l.today_raw_cost)
     .bind(l.today_markup_cost)
     .bind(l.last_updated)
+    .bind(host)
     .execute(&mut **tx)
     .await?;
     Ok(r.rows_affected())
@@ -391,6 +400,7 @@ async fn upsert_live(
 
 async fn insert_generations(
     tx: &mut Transaction<'_, Postgres>,
+    host: &str,
     tenant: &str,
     snap: &Snapshot,
 ) -> Result<u64, sqlx::Error> {
@@ -399,8 +409,8 @@ async fn insert_generations(
     }
     let g = &snap.generations;
     let r = sqlx::query(
-        "INSERT INTO usage_generations (tenant_id, generation_id, generation_date, processed_at, total_cost, total_tokens)
-         SELECT $1, * FROM UNNEST($2::text[], $3::date[], $4::int8[], $5::numeric[], $6::int8[])
+        "INSERT INTO usage_generations (host, tenant_id, generation_id, generation_date, processed_at, total_cost, total_tokens)
+         SELECT $7, $1, * FROM UNNEST($2::text[], $3::date[], $4::int8[], $5::numeric[], $6::int8[])
          ON CONFLICT (tenant_id, generation_id) DO NOTHING",
     )
     .bind(tenant)
@@ -409,6 +419,7 @@ async fn insert_generations(
     .bind(g.iter().map(|r| r.processed_at).collect::<Vec<_>>())
     .bind(g.iter().map(|r| r.total_cost).collect::<Vec<Decimal>>())
     .bind(g.iter().map(|r| r.total_tokens).collect::<Vec<_>>())
+    .bind(host)
     .execute(&mut **tx)
     .await?;
     Ok(r.rows_affected())

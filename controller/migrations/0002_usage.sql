@@ -1,7 +1,9 @@
 -- Usage mirrored from the tenants' SQLite stores by the agents (issue 3).
 -- Keys are each store row's natural key; money is NUMERIC with the store's 6 places.
+-- `host` is the agent's that wrote the row: row-level security keys on it (0003).
 
 CREATE TABLE usage_daily (
+    host               TEXT NOT NULL,
     tenant_id          TEXT NOT NULL,
     usage_date         DATE NOT NULL,
     client_org_id      TEXT NOT NULL,
@@ -17,6 +19,7 @@ CREATE TABLE usage_daily (
 );
 
 CREATE TABLE usage_user_daily (
+    host               TEXT NOT NULL,
     tenant_id           TEXT NOT NULL,
     user_id             TEXT NOT NULL,
     usage_date          DATE NOT NULL,
@@ -31,6 +34,7 @@ CREATE TABLE usage_user_daily (
 );
 
 CREATE TABLE usage_model_daily (
+    host               TEXT NOT NULL,
     tenant_id          TEXT NOT NULL,
     model_name         TEXT NOT NULL,
     usage_date         DATE NOT NULL,
@@ -47,6 +51,7 @@ CREATE TABLE usage_model_daily (
 -- The store's live counter as last read; `counter_date` is the day its numbers
 -- belong to (a counter from an earlier day is stale, not today's).
 CREATE TABLE usage_live_counters (
+    host               TEXT NOT NULL,
     tenant_id          TEXT PRIMARY KEY,
     counter_date       DATE NOT NULL,
     today_tokens       BIGINT NOT NULL,
@@ -58,6 +63,7 @@ CREATE TABLE usage_live_counters (
 );
 
 CREATE TABLE usage_generations (
+    host               TEXT NOT NULL,
     tenant_id        TEXT NOT NULL,
     generation_id    TEXT NOT NULL,
     generation_date  DATE NOT NULL,
@@ -71,6 +77,7 @@ CREATE TABLE usage_generations (
 -- `updated_at`, re-read from that second on) and how many rows the store had, to
 -- tell a store that shrank. Moved in the same transaction as the rows it covers.
 CREATE TABLE agent_watermarks (
+    host           TEXT NOT NULL,
     tenant_id      TEXT NOT NULL,
     store_table    TEXT NOT NULL,
     updated_at     BIGINT NOT NULL,

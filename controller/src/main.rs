@@ -68,6 +68,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Host(cli::HostCommand::Add {
+            name,
+            rotate,
+            database_url,
+        }) => {
+            let check = mai_fleet::spec::name_label(&name);
+            if let Err(hint) = check {
+                anyhow::bail!("host name `{name}` is not valid: {hint}");
+            }
+            let store = mai_fleet::store::Store::connect(&database_url).await?;
+            store.migrate().await?;
+            let creds = store.add_agent_host(&name, rotate).await?;
+            eprintln!(
+                "agent credentials for host {name} (role {}); shown once, kept nowhere:",
+                creds.role
+            );
+            println!(
+                "DATABASE_URL={}",
+                cli::agent_url(&database_url, &creds.role, &creds.password)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Usage {
             from,
             to,

@@ -55,6 +55,9 @@ pub enum Command {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
+    /// Agent credentials of a host: `host add NAME` prints them once
+    #[command(subcommand)]
+    Host(HostCommand),
     /// Usage per tenant per day as the agents recorded it
     Usage {
         /// First day, YYYY-MM-DD (default: 30 days ago)
@@ -134,6 +137,29 @@ pub fn print_status(tenants: &[TenantStatus], output: OutputFormat) -> anyhow::R
     }
     print!("{}", table(&rows));
     Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum HostCommand {
+    /// Create the database role of NAME's agent (confined to NAME's tenants) and print its DATABASE_URL once
+    Add {
+        name: String,
+        /// Give an existing host's agent a new password (the old one stops working)
+        #[arg(long)]
+        rotate: bool,
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
+}
+
+/// The controller's database URL with the agent's role and password in place of its
+/// own credentials.
+pub fn agent_url(controller_url: &str, role: &str, password: &str) -> String {
+    let (scheme, rest) = controller_url
+        .split_once("://")
+        .unwrap_or(("postgres", controller_url));
+    let location = rest.rsplit_once('@').map_or(rest, |(_, l)| l);
+    format!("{scheme}://{role}:{password}@{location}")
 }
 
 /// `500ms`, `5s`, `10m`, `1h`; a bare number is seconds.
@@ -303,6 +329,22 @@ pub fn table(rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_url_replaces_credentials() {
+        assert_eq!(
+            agent_url(
+                "postgres://admin:pw@db.example:5432/fleet?sslmode=require",
+                "mai_agent_a",
+                "s3"
+            ),
+            "postgres://mai_agent_a:s3@db.example:5432/fleet?sslmode=require"
+        );
+        assert_eq!(
+            agent_url("postgres://127.0.0.1/fleet", "r", "p"),
+            "postgres://r:p@127.0.0.1/fleet"
+        );
+    }
 
     #[test]
     fn durations() {

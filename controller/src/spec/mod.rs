@@ -163,6 +163,7 @@ pub fn load_str(
     load::Loader::new(path, env).load(text)
 }
 
+pub use checks::name_label;
 pub use secret::{hex, EnvSource, ProcessEnv};
 
 #[cfg(test)]

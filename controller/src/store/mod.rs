@@ -1,6 +1,7 @@
 //! The fleet Postgres: schema (sqlx migrations in `controller/migrations`), desired
 //! state and the record of every apply.
 
+pub mod hosts;
 pub mod reports;
 
 use serde_json::{json, Value};
@@ -25,6 +26,14 @@ pub enum StoreError {
     Locked { fleet: String, holder: String },
     #[error("fleet database: {0}")]
     Query(#[from] sqlx::Error),
+    #[error("host {host} already has agent credentials; `controller host add {host} --rotate` gives it a new password")]
+    HostExists { host: String },
+    #[error("host {host} has no agent credentials yet; run `controller host add {host}` first")]
+    NoSuchHost { host: String },
+    #[error("database role {role} exists but belongs to no host of this fleet database (another database on this server?); remove or rename it")]
+    RoleTaken { role: String },
+    #[error("no randomness for a password: {0}")]
+    Random(#[source] std::io::Error),
 }
 
 #[derive(Clone)]

@@ -262,6 +262,14 @@ impl Drop for Fleet {
                 &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
             ])
             .output();
+        // Agent roles are cluster-wide and outlive the database.
+        let drop_roles = format!(
+            "DO $$ DECLARE r TEXT; BEGIN FOR r IN SELECT rolname FROM pg_roles WHERE rolname LIKE 'mai_agent_{db}%' \
+             LOOP EXECUTE format('DROP ROLE %I', r); END LOOP; END $$"
+        );
+        let _ = Command::new("psql")
+            .args([&self.admin_url, "-qAtc", &drop_roles])
+            .output();
     }
 }
 
@@ -282,6 +290,19 @@ pub fn remove_containers_labelled(label: &str) {
                 .args(&ids)
                 .output();
         }
+    }
+}
+
+/// Like [`psql`], but a failing statement is an `Err` with psql's message.
+pub fn try_psql(url: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-qAtc", sql])
+        .output()
+        .expect("psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
 }
 

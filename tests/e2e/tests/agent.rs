@@ -273,3 +273,128 @@ fn store_reset_keeps_fleet_history_and_is_recorded() {
     agent_once(&f, "a");
     assert_eq!(f.psql("SELECT count(*) FROM store_regressions"), "3");
 }
+
+#[test]
+fn host_credentials_confine_an_agent_to_its_own_tenants() {
+    if !require_services() {
+        return;
+    }
+    let f = Fleet::new("rls");
+    let (a, b) = (f.id("a"), f.id("b"));
+    let spec = f.write_spec(&f.spec(&[(&a, "a", DEV, ""), (&b, "b", DEV, "")]));
+    assert_eq!(f.apply(&spec, &[]).code, 0);
+    chat(f.base_port, "anna", "openai/gpt-4o-mini").expect("chat a");
+    chat(f.base_port + 1, "ewa", "openai/gpt-4o-mini").expect("chat b");
+    let (host_a, host_b) = (format!("{}-a", f.name), format!("{}-b", f.name));
+    let add = |host: &str, extra: &[&str]| {
+        let mut args = vec!["host", "add", host];
+        args.extend_from_slice(extra);
+        let r = f.controller(&args);
+        (
+            r.code,
+            r.stdout
+                .trim()
+                .strip_prefix("DATABASE_URL=")
+                .unwrap_or_default()
+                .to_string(),
+            r.stderr,
+        )
+    };
+    let (code, url_a, _) = add(&host_a, &[]);
+    assert_eq!(code, 0);
+    let (_, url_b, _) = add(&host_b, &[]);
+    let (code, _, err) = add(&host_a, &[]);
+    assert_eq!(code, 1, "a second add is refused");
+    assert!(
+        err.contains("already has agent credentials") && err.contains("--rotate"),
+        "{err}"
+    );
+
+    let with = |url: &str, host: &str| {
+        agent(&f, host, &["--once"])
+            .env("DATABASE_URL", url)
+            .output()
+            .unwrap()
+    };
+    assert!(with(&url_a, "a").status.success());
+    assert!(with(&url_b, "b").status.success());
+    assert_eq!(
+        f.psql(
+            "SELECT string_agg(tenant_id || '@' || host, ',' ORDER BY tenant_id) FROM usage_daily"
+        ),
+        format!("{a}@{host_a},{b}@{host_b}")
+    );
+
+    // With host A's credentials, no write for a host-B tenant goes through.
+    let insert = |host: &str| {
+        format!("INSERT INTO usage_daily (host, tenant_id, usage_date, client_org_id, total_tokens, total_requests, raw_cost, markup_cost, unique_users, source_updated_at) VALUES ('{host}', '{b}', '2026-01-01', 'x', 1, 1, 0, 0, 0, 0)")
+    };
+    for host in [&host_b, &host_a] {
+        let err = mai_fleet_e2e::try_psql(&url_a, &insert(host)).expect_err("must be refused");
+        assert!(err.contains("row-level security"), "{err}");
+    }
+    let tokens_b = f.psql(&format!(
+        "SELECT total_tokens FROM usage_daily WHERE tenant_id = '{b}'"
+    ));
+    assert_eq!(
+        mai_fleet_e2e::try_psql(
+            &url_a,
+            &format!("UPDATE usage_daily SET total_tokens = 0 WHERE tenant_id = '{b}' RETURNING 1")
+        ),
+        Ok(String::new())
+    );
+    assert_eq!(
+        mai_fleet_e2e::try_psql(
+            &url_a,
+            &format!("SELECT count(*) FROM usage_daily WHERE tenant_id = '{b}'")
+        ),
+        Ok("0".into()),
+        "B's rows are invisible to A"
+    );
+    assert_eq!(
+        f.psql(&format!(
+            "SELECT total_tokens FROM usage_daily WHERE tenant_id = '{b}'"
+        )),
+        tokens_b
+    );
+    // Host B's agent run with A's credentials writes nothing for B.
+    let wrong = with(&url_a, "b");
+    assert!(
+        !wrong.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+
+    // A wrong password is refused; a rotation retires the old one.
+    let bad = url_a
+        .replacen(":", "#", 2)
+        .replacen("#", ":", 1)
+        .replace('#', ":x");
+    assert!(mai_fleet_e2e::try_psql(&bad, "SELECT 1")
+        .unwrap_err()
+        .contains("password authentication failed"));
+    let (code, rotated, _) = add(&host_a, &["--rotate"]);
+    assert_eq!(code, 0);
+    assert!(
+        mai_fleet_e2e::try_psql(&url_a, "SELECT 1").is_err(),
+        "the old password stops working"
+    );
+    assert_eq!(
+        mai_fleet_e2e::try_psql(&rotated, "SELECT 1"),
+        Ok("1".into())
+    );
+    let transcript = f.transcript.borrow();
+    let password = rotated
+        .rsplit_once('@')
+        .unwrap()
+        .0
+        .rsplit_once(':')
+        .unwrap()
+        .1;
+    assert_eq!(
+        transcript.matches(password).count(),
+        1,
+        "the password is printed once"
+    );
+    assert!(f.psql("SELECT string_agg(rolpassword, '') FROM pg_authid WHERE rolname LIKE 'mai_agent_e2e_rls%'").starts_with("SCRAM-SHA-256$"));
+}
