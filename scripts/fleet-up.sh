@@ -36,7 +36,7 @@ for pidfile in "$run"/agent-*.pid; do
   rm -f "$pidfile"
 done
 for host in $(sed -n 's/^  - name: \([a-z0-9-]*\)$/\1/p' "$spec"); do
-  nohup target/debug/agent --host "$host" --interval 10s >"$run/agent-$host.log" 2>&1 &
+  nohup target/debug/agent --host "$host" --interval 10s --spool-dir "$run/spool" >"$run/agent-$host.log" 2>&1 &
   echo $! >"$run/agent-$host.pid"
 done
 sleep 2

@@ -1,6 +1,7 @@
-//! One agent cycle: discover this host's tenants, read what changed in each store,
-//! ship it with the tenant's health, then a heartbeat. A failing tenant is counted
-//! and reported; it never stops the others.
+//! One agent cycle: deliver what the spool holds, discover this host's tenants, read
+//! what changed in each store, ship it with the tenant's health (or spool it when
+//! Postgres is away), then a heartbeat. A failing tenant is counted and reported; it
+//! never stops the others.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
@@ -13,7 +14,8 @@ use bollard::Docker;
 use crate::discover::{self, TenantContainer};
 use crate::health::{self, Health, StoreState};
 use crate::reader;
-use crate::sink::Sink;
+use crate::sink::{is_unavailable, watermarks_after, Sink, Watermark};
+use crate::spool::{Batch, Spool};
 
 #[derive(Debug, Default)]
 pub struct CycleReport {
@@ -22,15 +24,25 @@ pub struct CycleReport {
     pub stores_read: usize,
     pub rows_changed: u64,
     pub regressions: usize,
+    /// Batches written to the spool this cycle, and delivered from it.
+    pub spooled: usize,
+    pub unspooled: usize,
+    /// Postgres could not be reached during the cycle.
+    pub database_away: bool,
     pub inactive: Vec<String>,
     pub errors: Vec<String>,
     pub elapsed_ms: u64,
 }
 
-/// What the agent remembers of each tenant between cycles.
+/// What the agent remembers between cycles.
 #[derive(Default)]
 pub struct Memory {
     seen: HashMap<String, Seen>,
+    /// Watermarks after the last batch shipped or spooled per tenant: reading goes on
+    /// from them, also while Postgres is away (at start-up Postgres's are used).
+    known: HashMap<String, HashMap<String, Watermark>>,
+    /// Tenant id -> spec hash the last apply wanted, from the last cycle that could ask.
+    desired: HashMap<String, String>,
 }
 
 struct Seen {
@@ -62,48 +74,103 @@ pub async fn run(
     sink: &Sink,
     host: &str,
     memory: &mut Memory,
+    spool: &mut Option<Spool>,
 ) -> anyhow::Result<CycleReport> {
     let started = Instant::now();
     let containers = discover::tenant_containers(docker, host).await?;
-    let desired = sink
-        .desired()
-        .await
-        .context("reading the fleet database (has `controller migrate` run?)")?;
-    let mut report = sync_tenants(sink, one_per_tenant(containers), &desired, memory).await?;
+    let mut report = sync_tenants(sink, one_per_tenant(containers), memory, spool).await?;
     report.elapsed_ms = started.elapsed().as_millis() as u64;
-    sink.heartbeat(
-        report.elapsed_ms,
-        report.tenants,
-        report.rows_changed,
-        report.errors.len(),
-    )
-    .await?;
+    if !report.database_away {
+        sink.heartbeat(
+            report.elapsed_ms,
+            report.tenants,
+            report.rows_changed,
+            report.errors.len(),
+        )
+        .await?;
+    }
     Ok(report)
 }
 
-/// Reads and ships each tenant; `desired` maps tenant ids to the spec hash the last
-/// apply wanted.
+/// Delivers the spool, then reads and ships (or spools) each tenant.
 pub async fn sync_tenants(
     sink: &Sink,
     containers: Vec<TenantContainer>,
-    desired: &HashMap<String, String>,
     memory: &mut Memory,
+    spool: &mut Option<Spool>,
 ) -> anyhow::Result<CycleReport> {
-    let ids: Vec<String> = containers.iter().map(|c| c.tenant.clone()).collect();
-    let watermarks = sink.watermarks(&ids).await?;
     let mut report = CycleReport {
         tenants: containers.len(),
         ..CycleReport::default()
     };
+    // An error that spooling can wait out, if there is a spool; anything else fails
+    // the cycle.
+    let away = |e: &sqlx::Error, spool: &Option<Spool>| spool.is_some() && is_unavailable(e);
+
+    if let Some(sp) = spool.as_ref() {
+        for path in sp.pending()? {
+            let batch = Spool::load(&path)?;
+            match sink
+                .ship(
+                    &batch.tenant,
+                    &batch.snapshot,
+                    &batch.previous,
+                    &batch.health,
+                )
+                .await
+            {
+                Ok(s) => {
+                    Spool::remove(&path)?;
+                    report.unspooled += 1;
+                    report.rows_changed += s.rows_changed;
+                    report.regressions += s.regressions;
+                }
+                Err(e) if is_unavailable(&e) => {
+                    report.database_away = true;
+                    break;
+                }
+                // Refused for good (e.g. this host's credentials may not write it):
+                // set aside so that it does not block the batches behind it.
+                Err(e) => {
+                    std::fs::rename(&path, path.with_extension("rejected"))?;
+                    report
+                        .errors
+                        .push(format!("{}: spooled batch rejected: {e}", batch.tenant));
+                }
+            }
+        }
+    }
+    let ids: Vec<String> = containers.iter().map(|c| c.tenant.clone()).collect();
+    let mut watermarks = HashMap::new();
+    if !report.database_away {
+        match sink.desired().await {
+            Ok(d) => memory.desired = d,
+            Err(e) if away(&e, spool) => report.database_away = true,
+            Err(e) => {
+                return Err(e).context("reading the fleet database (has `controller migrate` run?)")
+            }
+        }
+    }
+    if !report.database_away {
+        match sink.watermarks(&ids).await {
+            Ok(w) => watermarks = w,
+            Err(e) if away(&e, spool) => report.database_away = true,
+            Err(e) => return Err(e.into()),
+        }
+    }
+
     for c in containers {
-        let in_spec = desired.get(&c.tenant).is_some_and(|h| *h == c.spec_hash);
+        let in_spec = memory
+            .desired
+            .get(&c.tenant)
+            .is_some_and(|h| *h == c.spec_hash);
         let db = c.data_dir.as_ref().map(|d| d.join("webui.db"));
         let print = db.as_deref().and_then(fingerprint);
         let unchanged = match (memory.seen.get(&c.tenant), &print) {
             (Some(seen), Some(p)) => seen.fingerprint == *p,
             _ => false,
         };
-        let (result, health) = if unchanged {
+        if unchanged {
             // Nothing written since the last cycle: health may still change (the
             // container stopped, env differs), the store need not be opened.
             let seen = memory
@@ -111,67 +178,144 @@ pub async fn sync_tenants(
                 .get_mut(&c.tenant)
                 .context("remembered tenant")?;
             let health = health::assess(&c, in_spec, &seen.store);
-            if health == seen.health {
-                (Ok(()), health)
-            } else {
-                seen.health = health.clone();
-                (sink.record_health(&health).await, health)
+            if health != seen.health && !report.database_away {
+                match sink.record_health(&health).await {
+                    Ok(()) => seen.health = health.clone(),
+                    Err(e) if away(&e, spool) => report.database_away = true,
+                    Err(e) => report.errors.push(format!("{}: {e}", c.tenant)),
+                }
             }
-        } else {
-            report.stores_read += 1;
-            let previous = watermarks.get(&c.tenant).cloned().unwrap_or_default();
-            let since: HashMap<String, i64> = previous
-                .iter()
-                .map(|(t, w)| (t.clone(), w.updated_at))
-                .collect();
-            let org = c.org_id.clone().unwrap_or_default();
-            // SQLite reads block: keep them off the async workers.
-            let path = db.clone();
-            let snapshot = tokio::task::spawn_blocking(move || match path {
-                Some(p) => reader::read(&p, &org, &since),
-                None => Err(reader::ReadError::Missing("(no data mount)".into())),
-            })
-            .await?;
-            let store = StoreState::of(&snapshot, c.data_dir.is_some());
-            let health = health::assess(&c, in_spec, &store);
-            let shipped = match &snapshot {
-                Ok(snap) => sink
-                    .ship(&c.tenant, snap, &previous, &health)
-                    .await
-                    .map(|s| {
-                        report.rows_changed += s.rows_changed;
-                        report.regressions += s.regressions;
-                    }),
-                Err(_) => sink.record_health(&health).await,
-            };
-            // Remembered only once shipped: a failed tenant is read again next cycle.
-            match (&shipped, print) {
-                (Ok(()), Some(fingerprint)) => {
-                    memory.seen.insert(
-                        c.tenant.clone(),
-                        Seen {
-                            fingerprint,
-                            store,
-                            health: health.clone(),
-                        },
+            note_inactive(&mut report, &health);
+            continue;
+        }
+        let previous = match (memory.known.get(&c.tenant), watermarks.get(&c.tenant)) {
+            (Some(known), _) => known.clone(),
+            (None, Some(w)) => w.clone(),
+            // Postgres away and nothing known of what it holds: the store keeps the
+            // rows until it is back.
+            (None, None) if report.database_away => continue,
+            (None, None) => HashMap::new(),
+        };
+        report.stores_read += 1;
+        let since: HashMap<String, i64> = previous
+            .iter()
+            .map(|(t, w)| (t.clone(), w.updated_at))
+            .collect();
+        let org = c.org_id.clone().unwrap_or_default();
+        // SQLite reads block: keep them off the async workers.
+        let path = db.clone();
+        let snapshot = tokio::task::spawn_blocking(move || match path {
+            Some(p) => reader::read(&p, &org, &since),
+            None => Err(reader::ReadError::Missing("(no data mount)".into())),
+        })
+        .await?;
+        let store = StoreState::of(&snapshot, c.data_dir.is_some());
+        let health = health::assess(&c, in_spec, &store);
+        note_inactive(&mut report, &health);
+        let snapshot = match snapshot {
+            Ok(s) => s,
+            Err(_) => {
+                memory.seen.remove(&c.tenant);
+                if !report.database_away {
+                    match sink.record_health(&health).await {
+                        Ok(()) => {}
+                        Err(e) if away(&e, spool) => report.database_away = true,
+                        Err(e) => report.errors.push(format!("{}: {e}", c.tenant)),
+                    }
+                }
+                continue;
+            }
+        };
+        let queued = match spool.as_ref() {
+            Some(sp) => sp.has_pending_for(&c.tenant)?,
+            None => false,
+        };
+        let mut to_spool = report.database_away || queued;
+        if !to_spool {
+            match sink.ship(&c.tenant, &snapshot, &previous, &health).await {
+                Ok(s) => {
+                    report.rows_changed += s.rows_changed;
+                    report.regressions += s.regressions;
+                    memory
+                        .known
+                        .insert(c.tenant.clone(), watermarks_after(&snapshot));
+                    remember(
+                        memory,
+                        &c.tenant,
+                        print.clone(),
+                        store.clone(),
+                        health.clone(),
                     );
                 }
-                _ => {
+                Err(e) if away(&e, spool) => {
+                    report.database_away = true;
+                    to_spool = true;
+                }
+                Err(e) => {
                     memory.seen.remove(&c.tenant);
+                    memory.known.remove(&c.tenant);
+                    report.errors.push(format!("{}: {e}", c.tenant));
                 }
             }
-            (shipped, health)
-        };
-        if health.tracking == "inactive" {
-            report
-                .inactive
-                .push(format!("{}: {}", c.tenant, health.reasons.join("; ")));
         }
-        if let Err(e) = result {
-            report.errors.push(format!("{}: {e}", c.tenant));
+        if to_spool {
+            let Some(sp) = spool.as_mut() else { continue };
+            let batch = Batch {
+                tenant: c.tenant.clone(),
+                snapshot,
+                previous,
+                health: health.clone(),
+            };
+            match sp.push(&batch) {
+                Ok(_) => {
+                    report.spooled += 1;
+                    memory
+                        .known
+                        .insert(c.tenant.clone(), watermarks_after(&batch.snapshot));
+                    remember(memory, &c.tenant, print, store, health);
+                }
+                // Not spooled: the watermark does not move, so the store is read
+                // again once there is room or a database.
+                Err(e) => {
+                    memory.seen.remove(&c.tenant);
+                    report.errors.push(format!("{}: {e}", c.tenant));
+                }
+            }
         }
     }
     Ok(report)
+}
+
+fn remember(
+    memory: &mut Memory,
+    tenant: &str,
+    print: Option<Fingerprint>,
+    store: StoreState,
+    health: Health,
+) {
+    match print {
+        Some(fingerprint) => {
+            memory.seen.insert(
+                tenant.to_string(),
+                Seen {
+                    fingerprint,
+                    store,
+                    health,
+                },
+            );
+        }
+        None => {
+            memory.seen.remove(tenant);
+        }
+    }
+}
+
+fn note_inactive(report: &mut CycleReport, health: &Health) {
+    if health.tracking == "inactive" {
+        report
+            .inactive
+            .push(format!("{}: {}", health.tenant, health.reasons.join("; ")));
+    }
 }
 
 /// A tenant may briefly have two containers (an apply's parked previous one): the one

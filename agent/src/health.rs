@@ -3,7 +3,7 @@
 //! shows up here as `inactive` with the reasons, within one cycle.
 
 use chrono::NaiveDate;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::discover::TenantContainer;
 use crate::reader::{ReadError, Snapshot};
@@ -44,7 +44,7 @@ impl StoreState {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Health {
     pub tenant: String,
     pub container: String,
@@ -60,7 +60,8 @@ pub struct Health {
     pub org_row_present: Option<bool>,
     pub last_usage_change: Option<i64>,
     pub live_counter_date: Option<NaiveDate>,
-    pub tracking: &'static str,
+    /// `active` or `inactive`
+    pub tracking: String,
     pub reasons: Vec<String>,
 }
 
@@ -126,7 +127,8 @@ pub fn assess(c: &TenantContainer, in_spec: bool, store: &StoreState) -> Health 
             "active"
         } else {
             "inactive"
-        },
+        }
+        .to_string(),
         reasons,
     }
 }

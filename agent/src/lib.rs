@@ -7,3 +7,4 @@ pub mod discover;
 pub mod health;
 pub mod reader;
 pub mod sink;
+pub mod spool;

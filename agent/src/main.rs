@@ -3,7 +3,7 @@
 //!
 //! Exit codes: 0 stopped on SIGTERM/SIGINT (or `--once` succeeded), 1 error.
 
-use mai_fleet_agent::{cycle, sink};
+use mai_fleet_agent::{cycle, sink, spool};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -36,6 +36,16 @@ struct Args {
     /// Run one cycle and exit (1 if it failed)
     #[arg(long)]
     once: bool,
+    /// Where batches wait while Postgres is away (a subdirectory per host is made)
+    #[arg(
+        long,
+        env = "MAI_FLEET_SPOOL_DIR",
+        default_value = "/var/lib/mai-fleet/spool"
+    )]
+    spool_dir: std::path::PathBuf,
+    /// Most the spool may hold, in MiB; past it the store itself keeps the rows
+    #[arg(long, default_value_t = 256)]
+    spool_max_mb: u64,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -85,18 +95,25 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let sink = sink::Sink::connect(&args.database_url, &args.host).await?;
     let mut stop = std::pin::pin!(shutdown());
     let mut memory = cycle::Memory::default();
+    let spool_dir = args.spool_dir.join(&args.host);
+    let mut spool = Some(
+        spool::Spool::open(&spool_dir, args.spool_max_mb << 20)
+            .with_context(|| format!("opening the spool in {}", spool_dir.display()))?,
+    );
     loop {
-        match cycle::run(&docker, &sink, &args.host, &mut memory).await {
+        match cycle::run(&docker, &sink, &args.host, &mut memory, &mut spool).await {
             Ok(r) => {
                 eprintln!(
-                    "agent[{}]: cycle {} ms: {} tenant(s), {} store(s) read, {} row(s) changed, {} regression(s), {} inactive, {} error(s)",
-                    args.host, r.elapsed_ms, r.tenants, r.stores_read, r.rows_changed, r.regressions, r.inactive.len(), r.errors.len()
+                    "agent[{}]: cycle {} ms: {} tenant(s), {} store(s) read, {} row(s) changed, {} regression(s), {} inactive, {} spooled, {} delivered from spool{}, {} error(s)",
+                    args.host, r.elapsed_ms, r.tenants, r.stores_read, r.rows_changed, r.regressions, r.inactive.len(),
+                    r.spooled, r.unspooled, if r.database_away { ", POSTGRES AWAY" } else { "" }, r.errors.len()
                 );
                 for line in r.inactive.iter().chain(&r.errors) {
                     eprintln!("agent[{}]:   {line}", args.host);
                 }
                 if args.once {
-                    return Ok(ExitCode::from(if r.errors.is_empty() { 0 } else { 1 }));
+                    let ok = r.errors.is_empty() && !r.database_away;
+                    return Ok(ExitCode::from(if ok { 0 } else { 1 }));
                 }
             }
             // Postgres or Docker away: nothing moved, so nothing is lost; the next

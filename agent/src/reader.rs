@@ -11,6 +11,7 @@ use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags};
 use rust_decimal::prelude::FromPrimitive;
 use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 
 pub const DAILY: &str = "client_daily_usage";
 pub const USER: &str = "client_user_daily_usage";
@@ -107,7 +108,7 @@ impl From<rusqlite::Error> for ReadError {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DailyRow {
     pub usage_date: NaiveDate,
     pub client_org_id: String,
@@ -120,7 +121,7 @@ pub struct DailyRow {
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserRow {
     pub user_id: String,
     pub usage_date: NaiveDate,
@@ -132,7 +133,7 @@ pub struct UserRow {
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelRow {
     pub model_name: String,
     pub usage_date: NaiveDate,
@@ -144,7 +145,7 @@ pub struct ModelRow {
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LiveRow {
     pub counter_date: NaiveDate,
     pub today_tokens: i64,
@@ -154,7 +155,7 @@ pub struct LiveRow {
     pub last_updated: i64,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GenerationRow {
     pub id: String,
     pub generation_date: NaiveDate,
@@ -164,7 +165,7 @@ pub struct GenerationRow {
 }
 
 /// What changed in one store since the watermarks, plus what health needs.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Snapshot {
     /// e.g. `migration`, `scripts`, `migration-no-live-counters`
     pub variant: String,
@@ -175,9 +176,9 @@ pub struct Snapshot {
     pub live: Option<LiveRow>,
     pub generations: Vec<GenerationRow>,
     /// Rows of the tenant's organization per table, now.
-    pub row_counts: HashMap<&'static str, i64>,
+    pub row_counts: HashMap<String, i64>,
     /// Highest `updated_at` (or its table's equivalent) per table, now.
-    pub max_updated: HashMap<&'static str, i64>,
+    pub max_updated: HashMap<String, i64>,
 }
 
 impl Snapshot {
@@ -227,8 +228,8 @@ pub fn read(
             [org],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        snap.row_counts.insert(table, count);
-        snap.max_updated.insert(table, max.unwrap_or(0));
+        snap.row_counts.insert(table.to_string(), count);
+        snap.max_updated.insert(table.to_string(), max.unwrap_or(0));
     }
     let mut stmt = tx.prepare(&format!(
         "SELECT usage_date, client_org_id, total_tokens, total_requests, raw_cost, markup_cost, primary_model, unique_users, updated_at
@@ -314,8 +315,9 @@ pub fn read(
             [org],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
-        snap.row_counts.insert(GENERATIONS, count);
-        snap.max_updated.insert(GENERATIONS, max.unwrap_or(0));
+        snap.row_counts.insert(GENERATIONS.to_string(), count);
+        snap.max_updated
+            .insert(GENERATIONS.to_string(), max.unwrap_or(0));
         let mut stmt = tx.prepare(&format!(
             "SELECT id, generation_date, processed_at, total_cost, total_tokens
              FROM {GENERATIONS} WHERE client_org_id = ?1 AND processed_at >= ?2"

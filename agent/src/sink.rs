@@ -5,13 +5,14 @@
 use std::collections::HashMap;
 
 use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::health::Health;
 use crate::reader::{Snapshot, DAILY, MODEL, USER};
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Watermark {
     pub updated_at: i64,
     pub row_count: i64,
@@ -32,7 +33,8 @@ impl Sink {
     pub async fn connect(url: &str, host: &str) -> Result<Self, sqlx::Error> {
         let pool = PgPoolOptions::new()
             .max_connections(2)
-            .acquire_timeout(std::time::Duration::from_secs(5))
+            // Short: an unreachable database is noticed (and the spool used) early in a cycle.
+            .acquire_timeout(std::time::Duration::from_secs(2))
             .connect_lazy(url)?;
         Ok(Self {
             pool,
@@ -102,22 +104,21 @@ impl Sink {
             shipped.regressions += self.regression(&mut tx, tenant, table, &detail).await?;
         }
         for (table, count) in &snap.row_counts {
-            let before = previous.get(*table).map_or(0, |w| w.row_count);
+            let before = previous.get(table).map_or(0, |w| w.row_count);
             if *count < before {
                 let detail = format!("{} row(s) now, {before} before: rows were deleted from the store (a reset or a restored backup?); the fleet keeps its history", count);
                 shipped.regressions += self.regression(&mut tx, tenant, table, &detail).await?;
             }
         }
-        for (table, max) in &snap.max_updated {
-            let count = snap.row_counts.get(table).copied().unwrap_or(0);
+        for (table, w) in watermarks_after(snap) {
             sqlx::query(
                 "INSERT INTO agent_watermarks (host, tenant_id, store_table, updated_at, row_count) VALUES ($5, $1, $2, $3, $4)
                  ON CONFLICT (tenant_id, store_table) DO UPDATE SET updated_at = $3, row_count = $4",
             )
             .bind(tenant)
             .bind(table)
-            .bind(max)
-            .bind(count)
+            .bind(w.updated_at)
+            .bind(w.row_count)
             .bind(&self.host)
             .execute(&mut *tx)
             .await?;
@@ -167,7 +168,7 @@ impl Sink {
         )
         .bind(&h.tenant)
         .bind(&self.host)
-        .bind(h.tracking)
+        .bind(&h.tracking)
         .bind(&h.reasons)
         .bind(serde_json::to_value(h).unwrap_or_default())
         .execute(&mut **tx)
@@ -195,7 +196,7 @@ impl Sink {
         .bind(h.org_row_present)
         .bind(h.last_usage_change)
         .bind(h.live_counter_date)
-        .bind(h.tracking)
+        .bind(&h.tracking)
         .bind(&h.reasons)
         .execute(&mut **tx)
         .await?;
@@ -224,6 +225,41 @@ impl Sink {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+}
+
+/// The watermarks once `snap` is shipped: its tables' highest `updated_at` and row
+/// counts.
+pub fn watermarks_after(snap: &Snapshot) -> HashMap<String, Watermark> {
+    snap.max_updated
+        .iter()
+        .map(|(table, max)| {
+            let row_count = snap.row_counts.get(table).copied().unwrap_or(0);
+            (
+                table.clone(),
+                Watermark {
+                    updated_at: *max,
+                    row_count,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Whether an error means Postgres could not be reached (spool and retry), as
+/// opposed to a statement it refused (which retrying would not change).
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        // Class 08: connection exception; 57P01-03: shutdown, crash, starting up.
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
     }
 }
 

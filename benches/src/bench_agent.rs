@@ -160,10 +160,10 @@ fn child(phase: &str, dir: &Path, db_url: &str, stores: usize) {
                 data_dir: Some(dir.join(format!("t{i}"))),
             })
             .collect();
-        let desired = HashMap::new();
+        let mut spool = None;
         let mut memory = cycle::Memory::default();
         if phase == "steady" {
-            cycle::sync_tenants(&sink, containers.clone(), &desired, &mut memory)
+            cycle::sync_tenants(&sink, containers.clone(), &mut memory, &mut spool)
                 .await
                 .unwrap_or_else(|e| fail(&e.to_string()));
             touch_five_percent(dir, stores);
@@ -201,7 +201,7 @@ fn child(phase: &str, dir: &Path, db_url: &str, stores: usize) {
                 "rows": rows as f64, "stores_read": stores as f64, "peak_rss_kb": peak_rss_kb(),
             });
         } else {
-            let r = cycle::sync_tenants(&sink, containers, &desired, &mut memory)
+            let r = cycle::sync_tenants(&sink, containers, &mut memory, &mut spool)
                 .await
                 .unwrap_or_else(|e| fail(&e.to_string()));
             (r.rows_changed as f64, r.stores_read as f64)

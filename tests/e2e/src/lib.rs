@@ -376,3 +376,144 @@ pub fn store_tokens(data_dir: &Path) -> i64 {
     )
     .expect("query usage")
 }
+
+/// A PostgreSQL server of one test's own, to stop and start without disturbing the
+/// tests that share the main one. Removed when dropped.
+pub struct PrivatePostgres {
+    dir: PathBuf,
+    bindir: PathBuf,
+    port: u16,
+    pub url: String,
+}
+
+impl PrivatePostgres {
+    pub fn start(name: &str, port: u16) -> Self {
+        let bindir = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL from the OS packages")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .max()
+            .expect("a PostgreSQL version");
+        let dir = std::env::temp_dir().join(format!("{name}-pg"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("pg dir");
+        let pg = Self {
+            url: format!("postgres://postgres@127.0.0.1:{port}/mai_fleet"),
+            dir,
+            bindir,
+            port,
+        };
+        let _ = Command::new("chown")
+            .args(["postgres:", pg.dir.to_str().unwrap_or_default()])
+            .output();
+        let out = pg.as_postgres(
+            "initdb",
+            &[
+                "-D",
+                pg.dir.to_str().unwrap_or_default(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg.resume();
+        psql(
+            &format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            "CREATE DATABASE mai_fleet",
+        );
+        pg
+    }
+
+    fn as_postgres(&self, tool: &str, args: &[&str]) -> Output {
+        let bin = self.bindir.join(tool);
+        let running_as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0"))
+            .unwrap_or(false);
+        let mut cmd = if running_as_root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&bin);
+            c
+        } else {
+            Command::new(&bin)
+        };
+        cmd.args(args).output().expect("run a PostgreSQL tool")
+    }
+
+    /// Stops the server now (`fast`: connections are cut, as in an outage).
+    pub fn stop(&self) {
+        let out = self.as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                self.dir.to_str().unwrap_or_default(),
+                "-m",
+                "fast",
+                "-w",
+                "stop",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl stop: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn resume(&self) {
+        let opts = format!(
+            "-p {} -k /tmp -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port
+        );
+        let log = self.dir.join("server.log");
+        let out = self.as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                self.dir.to_str().unwrap_or_default(),
+                "-w",
+                "-l",
+                log.to_str().unwrap_or_default(),
+                "-o",
+                &opts,
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                self.dir.to_str().unwrap_or_default(),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+        );
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Seconds from `MAI_FLEET_E2E_<NAME>` when set, else `default`: the soak figures of
+/// the issues (minutes) are run by setting them; CI runs the short ones.
+pub fn seconds(name: &str, default: u64) -> std::time::Duration {
+    let secs = std::env::var(format!("MAI_FLEET_E2E_{name}"))
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    std::time::Duration::from_secs(secs)
+}
