@@ -100,9 +100,12 @@ fn usage_is_mirrored_exactly_through_agent_kills_and_a_database_outage() {
     let f = Fleet::new("mirror");
     let (a, b, c) = (f.id("a"), f.id("b"), f.id("c"));
     let load = "SIM_USAGE_PER_MIN: \"1200\"";
+    // Tenant b's store in WAL mode, the others in rollback-journal mode: the agent
+    // reads both while the app writes.
+    let wal = "SIM_USAGE_PER_MIN: \"1200\", MAI_SQLITE_JOURNAL: wal";
     let spec = f.write_spec(&f.spec(&[
         (&a, "a", DEV, load),
-        (&b, "a", DEV, load),
+        (&b, "a", DEV, wal),
         (&c, "b", DEV, load),
     ]));
     assert_eq!(f.apply(&spec, &[]).code, 0);
@@ -141,6 +144,8 @@ fn usage_is_mirrored_exactly_through_agent_kills_and_a_database_outage() {
     std::thread::sleep(Duration::from_secs(2));
     drop(agents);
     // Freeze the stores, then one last cycle: the fleet must equal them exactly.
+    let wal_file = f.data_root("a").join(&b).join("data").join("webui.db-wal");
+    assert!(wal_file.exists(), "tenant b writes in WAL mode");
     let names: Vec<String> = [&a, &b, &c].iter().map(|id| format!("mai-{id}")).collect();
     assert!(Command::new("docker")
         .arg("stop")
