@@ -539,3 +539,68 @@ fn postgres_away_loses_nothing_the_spool_delivers_in_order() {
         );
     }
 }
+
+#[test]
+fn day_rollover_does_not_carry_yesterdays_live_counter_into_today() {
+    if !require_services() {
+        return;
+    }
+    let f = Fleet::new("midnight");
+    let id = f.id("a");
+    // The tenant's clock reads 23:59:52 UTC when the spec is written.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let to_midnight = 86_400 - now % 86_400;
+    let offset = to_midnight as i64 - 8;
+    let spec = f
+        .spec(&[(&id, "a", DEV, &format!("SIM_CLOCK_OFFSET_S: \"{offset}\""))])
+        .replace(
+            &format!("    name: Klient {id}\n"),
+            &format!("    name: Klient {id}\n    timezone: UTC\n"),
+        );
+    let started = std::time::Instant::now();
+    assert_eq!(f.apply(&f.write_spec(&spec), &[]).code, 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(7),
+        "too slow to stay before the tenant's midnight"
+    );
+    let before = chat(f.base_port, "anna", "openai/gpt-4o-mini").expect("chat before midnight");
+    chat(f.base_port, "anna", "openai/gpt-4o-mini").expect("chat before midnight");
+    agent_once(&f, "a");
+    let (day1, live1): (String, String) = {
+        let row = f.psql(&format!("SELECT counter_date || '|' || today_tokens FROM usage_live_counters WHERE tenant_id = '{id}'"));
+        let (d, t) = row.split_once('|').unwrap();
+        (d.to_string(), t.to_string())
+    };
+    assert_eq!(
+        live1,
+        (2 * before["usage"]["total_tokens"].as_i64().unwrap()).to_string()
+    );
+
+    std::thread::sleep(Duration::from_secs(9).saturating_sub(started.elapsed()));
+    let after = chat(f.base_port, "piotr", "deepseek/deepseek-chat").expect("chat after midnight");
+    agent_once(&f, "a");
+    let row = f.psql(&format!("SELECT counter_date || '|' || today_tokens || '|' || today_requests FROM usage_live_counters WHERE tenant_id = '{id}'"));
+    let parts: Vec<&str> = row.split('|').collect();
+    assert_ne!(parts[0], day1, "the live counter moved to the new day");
+    assert_eq!(
+        parts[1],
+        after["usage"]["total_tokens"].to_string(),
+        "today's counter holds only today's usage"
+    );
+    assert_eq!(parts[2], "1");
+    let days = f.psql(&format!("SELECT string_agg(usage_date || ':' || total_requests, ',' ORDER BY usage_date) FROM usage_daily WHERE tenant_id = '{id}'"));
+    assert_eq!(
+        days,
+        format!("{day1}:2,{}:1", parts[0]),
+        "yesterday stays yesterday's"
+    );
+    assert_eq!(
+        f.psql(&format!(
+            "SELECT live_counter_date FROM tenant_health WHERE tenant_id = '{id}'"
+        )),
+        parts[0]
+    );
+}
