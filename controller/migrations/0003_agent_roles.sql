@@ -9,12 +9,13 @@ CREATE TABLE agent_roles (
     created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
--- Roles are cluster-wide: another fleet database may have made it already.
+-- Roles are cluster-wide: another fleet database may have made it already, or be
+-- making it at this moment (a check-then-create would race).
 DO $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mai_agent') THEN
-        CREATE ROLE mai_agent NOLOGIN;
-    END IF;
+    CREATE ROLE mai_agent NOLOGIN;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;
 END
 $$;
 

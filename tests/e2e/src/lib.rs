@@ -202,6 +202,13 @@ impl Fleet {
         self.controller(&args)
     }
 
+    /// [`Fleet::apply`] that must succeed; its output is shown when it does not.
+    pub fn apply_ok(&self, spec: &Path, extra: &[&str]) -> RunResult {
+        let r = self.apply(spec, extra);
+        assert_eq!(r.code, 0, "apply failed:\n{}", r.all());
+        r
+    }
+
     /// `docker inspect` of a container as JSON.
     pub fn inspect(&self, name: &str) -> Option<serde_json::Value> {
         let out = Command::new("docker")

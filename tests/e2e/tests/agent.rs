@@ -108,7 +108,7 @@ fn usage_is_mirrored_exactly_through_agent_kills_and_a_database_outage() {
         (&b, "a", DEV, wal),
         (&c, "b", DEV, load),
     ]));
-    assert_eq!(f.apply(&spec, &[]).code, 0);
+    f.apply_ok(&spec, &[]);
 
     let mut agents = vec![spawn_agent(&f, "a"), spawn_agent(&f, "b")];
     let seed = std::time::SystemTime::now()
@@ -263,7 +263,7 @@ fn store_reset_keeps_fleet_history_and_is_recorded() {
     let f = Fleet::new("reset");
     let id = f.id("a");
     let spec = f.write_spec(&f.spec(&[(&id, "a", DEV, "")]));
-    assert_eq!(f.apply(&spec, &[]).code, 0);
+    f.apply_ok(&spec, &[]);
     for user in ["anna", "piotr", "ewa"] {
         chat(f.base_port, user, "openai/gpt-4o-mini").expect("chat");
     }
@@ -297,7 +297,7 @@ fn host_credentials_confine_an_agent_to_its_own_tenants() {
     let f = Fleet::new("rls");
     let (a, b) = (f.id("a"), f.id("b"));
     let spec = f.write_spec(&f.spec(&[(&a, "a", DEV, ""), (&b, "b", DEV, "")]));
-    assert_eq!(f.apply(&spec, &[]).code, 0);
+    f.apply_ok(&spec, &[]);
     chat(f.base_port, "anna", "openai/gpt-4o-mini").expect("chat a");
     chat(f.base_port + 1, "ewa", "openai/gpt-4o-mini").expect("chat b");
     let (host_a, host_b) = (format!("{}-a", f.name), format!("{}-b", f.name));
@@ -561,7 +561,7 @@ fn day_rollover_does_not_carry_yesterdays_live_counter_into_today() {
             &format!("    name: Klient {id}\n    timezone: UTC\n"),
         );
     let started = std::time::Instant::now();
-    assert_eq!(f.apply(&f.write_spec(&spec), &[]).code, 0);
+    f.apply_ok(&f.write_spec(&spec), &[]);
     assert!(
         started.elapsed() < Duration::from_secs(7),
         "too slow to stay before the tenant's midnight"

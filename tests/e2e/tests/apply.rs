@@ -121,7 +121,7 @@ fn second_apply_changes_nothing_and_restarts_nothing() {
     let f = Fleet::new("noop");
     let (a, b) = (f.id("a"), f.id("b"));
     let spec = f.write_spec(&f.spec(&[(&a, "a", DEV, ""), (&b, "b", DEV, "")]));
-    assert_eq!(f.apply(&spec, &[]).code, 0);
+    f.apply_ok(&spec, &[]);
     let before = [id_and_start(&f, &a), id_and_start(&f, &b)];
 
     let plan = f.controller(&["plan", spec.to_str().unwrap()]);
@@ -160,7 +160,7 @@ fn env_change_replaces_only_that_tenant_and_keeps_its_usage() {
     let f = Fleet::new("envchg");
     let (a, b) = (f.id("a"), f.id("b"));
     let spec = f.write_spec(&f.spec(&[(&a, "a", DEV, ""), (&b, "a", DEV, "")]));
-    assert_eq!(f.apply(&spec, &[]).code, 0);
+    f.apply_ok(&spec, &[]);
     let port_b = f.base_port + 1;
     for user in ["anna", "piotr", "anna"] {
         chat(port_b, user, "openai/gpt-4o-mini").expect("tenant b answers");
@@ -220,7 +220,7 @@ fn dropped_tenant_is_kept_then_pruned_with_its_data() {
     let f = Fleet::new("prune");
     let (a, b) = (f.id("a"), f.id("b"));
     let both = f.write_spec(&f.spec(&[(&a, "a", DEV, ""), (&b, "b", DEV, "")]));
-    assert_eq!(f.apply(&both, &[]).code, 0);
+    f.apply_ok(&both, &[]);
     let only_a = f.write_spec(&f.spec(&[(&a, "a", DEV, "")]));
     let r = f.apply(&only_a, &[]);
     assert_eq!(r.code, 0, "{}", r.all());
@@ -266,7 +266,7 @@ fn failing_new_image_is_rolled_back_and_the_rest_applies() {
     let f = Fleet::new("rollback");
     let (a, b, c) = (f.id("a"), f.id("b"), f.id("c"));
     let spec = f.write_spec(&f.spec(&[(&a, "a", DEV, ""), (&b, "a", DEV, ""), (&c, "b", DEV, "")]));
-    assert_eq!(f.apply(&spec, &[]).code, 0);
+    f.apply_ok(&spec, &[]);
     let (a0, b0, c0) = (
         id_and_start(&f, &a).0,
         id_and_start(&f, &b).0,
@@ -474,7 +474,7 @@ fn apply_killed_at_random_moments_converges() {
     let f = Fleet::new("kill");
     let (a, b) = (f.id("a"), f.id("b"));
     let spec = f.write_spec(&f.spec(&[(&a, "a", DEV, ""), (&b, "b", DEV, "")]));
-    assert_eq!(f.apply(&spec, &[]).code, 0);
+    f.apply_ok(&spec, &[]);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -536,7 +536,7 @@ fn failure_budget_stops_a_bad_release_after_the_first_failure() {
     let tenants = |image: &'static str| -> Vec<(&str, &str, &str, &str)> {
         ids.iter().map(|id| (id.as_str(), "a", image, "")).collect()
     };
-    assert_eq!(f.apply(&f.write_spec(&f.spec(&tenants(DEV))), &[]).code, 0);
+    f.apply_ok(&f.write_spec(&f.spec(&tenants(DEV))), &[]);
     let before: Vec<String> = ids.iter().map(|id| id_and_start(&f, id).0).collect();
 
     let bad = f.write_spec(&f.spec(&tenants("mai-fleet/tenant:crash")));
