@@ -49,5 +49,6 @@ echo "agents (logs in $run/agent-*.log; stop: kill \$(cat $run/agent-*.pid)):"
 tail -qn 1 "$run"/agent-*.log | sed 's/^/  /'
 echo "usage in the fleet database:"
 psql "$DATABASE_URL" -qAt -F '  ' -c "SELECT '  ' || tenant_id, tracking, (SELECT coalesce(sum(total_tokens), 0) || ' tokens' FROM usage_daily u WHERE u.tenant_id = h.tenant_id) FROM tenant_health h ORDER BY 1"
+echo "look closer: DATABASE_URL=$DATABASE_URL $controller status   (or usage)"
 echo "not built yet: billing and the dashboard (issue 4), alerts (issue 5); see docs/status.md"
 exit $status
