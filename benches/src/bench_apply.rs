@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use mai_fleet_e2e::remove_containers_labelled;
 
 const IMAGE: &str = "mai-fleet/tenant:dev";
-const BASE_PORT: u16 = 41000;
+/// Below the ephemeral port range (32768 and up); compose's copies use +1000.
+const BASE_PORT: u16 = 14000;
 
 fn main() {
     let sizes: Vec<usize> = std::env::args()

@@ -103,8 +103,9 @@ impl Fleet {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
         let block = NEXT_PORT_BLOCK.fetch_add(1, Ordering::SeqCst);
-        // 20 ports a test, from a range unlikely to be taken; the pid spreads runs.
-        let base_port = 32000 + (std::process::id() % 40) as u16 * 500 + block * 20;
+        // 20 ports a test, below the kernel's ephemeral range (32768 and up), where
+        // client sockets would collide with them; the pid spreads runs apart.
+        let base_port = 20000 + (std::process::id() % 30) as u16 * 400 + block * 20;
         let admin_url = std::env::var("MAI_FLEET_PG_ADMIN_URL").expect("MAI_FLEET_PG_ADMIN_URL");
         let db = name.replace('-', "_");
         psql(&admin_url, &format!("DROP DATABASE IF EXISTS {db}"));
