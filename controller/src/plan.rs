@@ -258,65 +258,59 @@ pub fn plan_host(
         let (current, leftovers): (Vec<&Observed>, Vec<&Observed>) =
             found.into_iter().partition(|o| o.name == d.name);
         let tenant = d.tenant.clone();
-        match current.first() {
-            None if unmanaged_names.contains(&d.name) => {
-                actions.push(Action::Blocked {
-                    tenant,
-                    reason: format!(
-                        "a container named {} exists that mai-fleet does not manage; rename or remove it",
-                        d.name
-                    ),
-                });
-                continue;
-            }
-            None => match leftovers.iter().find(|o| o.spec_hash() == d.hash_label()) {
-                // Interrupted after the old container was renamed away: bring back the
-                // one that already matches instead of creating another.
-                Some(same) => {
-                    actions.push(Action::Update {
-                        desired: Box::new(d.clone()),
-                        tenant: tenant.clone(),
-                        previous: (*same).clone(),
-                    });
-                }
-                None => match leftovers.first() {
-                    Some(prev) => actions.push(Action::Update {
-                        desired: Box::new(d.clone()),
-                        tenant: tenant.clone(),
-                        previous: (*prev).clone(),
-                    }),
-                    None => actions.push(Action::Create {
-                        desired: Box::new(d.clone()),
-                        tenant: tenant.clone(),
-                    }),
+        let action = match current.first() {
+            None if unmanaged_names.contains(&d.name) => Action::Blocked {
+                tenant: tenant.clone(),
+                reason: format!(
+                    "a container named {} exists that mai-fleet does not manage; rename or remove it",
+                    d.name
+                ),
+            },
+            // Interrupted after the old container was parked: take the one that already
+            // matches (it is restored), else the newest parked one, as the previous.
+            None => match leftovers
+                .iter()
+                .find(|o| o.spec_hash() == d.hash_label())
+                .or(leftovers.first())
+            {
+                Some(prev) => Action::Update {
+                    desired: Box::new(d.clone()),
+                    tenant: tenant.clone(),
+                    previous: (*prev).clone(),
+                },
+                None => Action::Create {
+                    desired: Box::new(d.clone()),
+                    tenant: tenant.clone(),
                 },
             },
-            Some(cur) if cur.spec_hash() != d.hash_label() => actions.push(Action::Update {
+            Some(cur) if cur.spec_hash() != d.hash_label() => Action::Update {
                 desired: Box::new(d.clone()),
                 tenant: tenant.clone(),
                 previous: (*cur).clone(),
-            }),
-            Some(cur) if cur.state != "running" => actions.push(Action::Start {
+            },
+            Some(cur) if cur.state != "running" => Action::Start {
                 tenant: tenant.clone(),
                 current: (*cur).clone(),
-            }),
-            Some(cur) => actions.push(Action::Unchanged {
+            },
+            Some(cur) => Action::Unchanged {
                 tenant: tenant.clone(),
                 current: (*cur).clone(),
-            }),
-        }
-        let used_as_previous: Option<String> = actions.last().and_then(|a| match a {
+            },
+        };
+        let previous_id = match &action {
             Action::Update { previous, .. } => Some(previous.id.clone()),
             _ => None,
-        });
+        };
+        // Leftovers go first: one still running would hold the tenant's port.
         for l in leftovers {
-            if Some(&l.id) != used_as_previous.as_ref() {
+            if Some(&l.id) != previous_id.as_ref() {
                 actions.push(Action::RemoveLeftover {
                     tenant: tenant.clone(),
                     container: l.clone(),
                 });
             }
         }
+        actions.push(action);
     }
     for (tenant, containers) in by_tenant {
         for c in containers {
@@ -439,7 +433,7 @@ mod tests {
             observed(&old, "mai-aa.prev", "exited"),
         ];
         let p = plan_host("f", &h, std::slice::from_ref(&a), &obs, &[], false).unwrap();
-        assert_eq!(verbs(&p), ["start:aa", "remove-leftover:aa"]);
+        assert_eq!(verbs(&p), ["remove-leftover:aa", "start:aa"]);
     }
 
     #[test]

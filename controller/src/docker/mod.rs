@@ -435,7 +435,6 @@ async fn update(
         };
     }
     prepare_data_dir(engine, d);
-    let was_running = previous.state == "running" || previous.state == "restarting";
     let parked = format!("{}.prev-{}", d.name, previous.short_id());
     say(&format!(
         "stopping {} (kept as {parked} until the new one is verified)",
@@ -444,14 +443,15 @@ async fn update(
     let stop = StopContainerOptionsBuilder::new()
         .t(opts.stop_timeout_s)
         .build();
-    if was_running {
-        if let Err(e) = docker.stop_container(&previous.id, Some(stop)).await {
-            return (
-                Status::Failed,
-                format!("stop failed: {e}; nothing changed"),
-                None,
-            );
-        }
+    // Stopped whatever state the plan saw: after an interrupted apply, Docker may still
+    // complete a start the killed controller had sent (stopping a stopped container
+    // is a no-op).
+    if let Err(e) = docker.stop_container(&previous.id, Some(stop)).await {
+        return (
+            Status::Failed,
+            format!("stop failed: {e}; nothing changed"),
+            None,
+        );
     }
     if previous.name != parked {
         if let Err(e) = rename(engine, &previous.id, &parked).await {
@@ -490,12 +490,12 @@ async fn update(
     }
     let restored = async {
         rename(engine, &previous.id, &d.name).await?;
-        if was_running {
-            docker
-                .start_container(&previous.id, None)
-                .await
-                .map_err(|e| format!("restart of the previous container failed: {e}"))?;
-        }
+        // A tenant is meant to run: the previous container serves again even when an
+        // interrupted apply had left it stopped.
+        docker
+            .start_container(&previous.id, None)
+            .await
+            .map_err(|e| format!("restart of the previous container failed: {e}"))?;
         Ok::<(), String>(())
     }
     .await;

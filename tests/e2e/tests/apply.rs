@@ -599,3 +599,51 @@ fn missing_image_fails_its_tenants_with_the_reason_and_the_rest_applies() {
     }
     assert_eq!(f.containers(), vec![format!("mai-{a}")]);
 }
+
+/// Bug: after an apply was killed with the old container parked (stopped, renamed),
+/// a failing release rolled back to it but left it stopped: the tenant served and
+/// tracked nothing.
+#[test]
+fn rollback_after_an_interrupted_apply_leaves_the_tenant_running() {
+    if !require_services() {
+        return;
+    }
+    let f = Fleet::new("parked");
+    let id = f.id("a");
+    f.apply_ok(&f.write_spec(&f.spec(&[(&id, "a", DEV, "")])), &[]);
+    // What a kill between parking and creating leaves behind.
+    let docker = |args: &[&str]| {
+        assert!(std::process::Command::new("docker")
+            .args(args)
+            .output()
+            .unwrap()
+            .status
+            .success())
+    };
+    docker(&["stop", &format!("mai-{id}")]);
+    docker(&[
+        "rename",
+        &format!("mai-{id}"),
+        &format!("mai-{id}.prev-0123456789ab"),
+    ]);
+
+    let bad = f.write_spec(&f.spec(&[(&id, "a", "mai-fleet/tenant:crash", "")]));
+    let r = f.apply(&bad, &[]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(r.stdout.contains("ROLLED BACK"), "{}", r.stdout);
+    assert_eq!(
+        container(&f, &id)["State"]["Running"],
+        true,
+        "the previous container serves again"
+    );
+    let mut health = None;
+    for _ in 0..40 {
+        health = f.health(f.base_port);
+        if health.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(health.expect("serves")["initialized"], true);
+    assert_eq!(f.containers(), vec![format!("mai-{id}")]);
+}
