@@ -125,6 +125,9 @@ fn run(never_initialise: bool) -> Result<(), String> {
     for w in workers {
         let _ = w.join();
     }
+    // Exit holding the store: a write in flight (the load thread) finishes first, so
+    // no hot journal is left for read-only readers (they may not roll it back).
+    let _idle = app.store.lock();
     eprintln!("INFO: stopping");
     Ok(())
 }
