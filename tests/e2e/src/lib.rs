@@ -244,6 +244,17 @@ impl Fleet {
         names
     }
 
+    /// The health answer of a tenant that may still be starting (up to 10 s).
+    pub fn wait_health(&self, port: u16) -> Option<serde_json::Value> {
+        for _ in 0..40 {
+            if let Some(h) = self.health(port) {
+                return Some(h);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        None
+    }
+
     pub fn health(&self, port: u16) -> Option<serde_json::Value> {
         http(port, "GET", "/health/usage-tracking", None, &[])
             .and_then(|body| serde_json::from_str(&body).ok())

@@ -82,12 +82,20 @@ fn store_sums(data_dir: &Path, org: &str) -> Vec<String> {
 }
 
 fn fleet_sums(f: &Fleet, tenant: &str) -> Vec<String> {
+    fleet_sums_in(&f.database_url, tenant)
+}
+
+/// [`fleet_sums`] in the database at `url`.
+fn fleet_sums_in(url: &str, tenant: &str) -> Vec<String> {
     let sql = format!(
         "SELECT 'client_daily_usage ' || usage_date || '|' || total_tokens || '|' || total_requests || '|' || raw_cost FROM usage_daily WHERE tenant_id = '{tenant}'
          UNION ALL SELECT 'client_user_daily_usage ' || user_id || ' ' || usage_date || '|' || total_tokens || '|' || total_requests || '|' || raw_cost FROM usage_user_daily WHERE tenant_id = '{tenant}'
          UNION ALL SELECT 'client_model_daily_usage ' || model_name || ' ' || usage_date || '|' || total_tokens || '|' || total_requests || '|' || raw_cost FROM usage_model_daily WHERE tenant_id = '{tenant}'"
     );
-    let mut rows: Vec<String> = f.psql(&sql).lines().map(str::to_string).collect();
+    let mut rows: Vec<String> = mai_fleet_e2e::psql(url, &sql)
+        .lines()
+        .map(str::to_string)
+        .collect();
     rows.sort();
     rows
 }
@@ -508,18 +516,7 @@ fn postgres_away_loses_nothing_the_spool_delivers_in_order() {
             &format!("org_{id}"),
         );
         let sql = |q: &str| mai_fleet_e2e::psql(&pg.url, q);
-        let fleet = {
-            let mut rows: Vec<String> = sql(&format!(
-                "SELECT 'client_daily_usage ' || usage_date || '|' || total_tokens || '|' || total_requests || '|' || raw_cost FROM usage_daily WHERE tenant_id = '{id}'
-                 UNION ALL SELECT 'client_user_daily_usage ' || user_id || ' ' || usage_date || '|' || total_tokens || '|' || total_requests || '|' || raw_cost FROM usage_user_daily WHERE tenant_id = '{id}'
-                 UNION ALL SELECT 'client_model_daily_usage ' || model_name || ' ' || usage_date || '|' || total_tokens || '|' || total_requests || '|' || raw_cost FROM usage_model_daily WHERE tenant_id = '{id}'"
-            ))
-            .lines()
-            .map(str::to_string)
-            .collect();
-            rows.sort();
-            rows
-        };
+        let fleet = fleet_sums_in(&pg.url, id);
         assert_eq!(
             fleet, store,
             "{id}: fleet and store differ after the outage"

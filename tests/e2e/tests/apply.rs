@@ -304,14 +304,7 @@ fn failing_new_image_is_rolled_back_and_the_rest_applies() {
             "{id}: the previous container is back"
         );
         assert_eq!(container(&f, id)["State"]["Running"], true);
-        let mut health = None;
-        for _ in 0..40 {
-            health = f.health(port);
-            if health.is_some() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        let health = f.wait_health(port);
         assert_eq!(
             health.expect("previous container serves")["initialized"],
             true
@@ -636,14 +629,7 @@ fn rollback_after_an_interrupted_apply_leaves_the_tenant_running() {
         true,
         "the previous container serves again"
     );
-    let mut health = None;
-    for _ in 0..40 {
-        health = f.health(f.base_port);
-        if health.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    let health = f.wait_health(f.base_port);
     assert_eq!(health.expect("serves")["initialized"], true);
     assert_eq!(f.containers(), vec![format!("mai-{id}")]);
 }
