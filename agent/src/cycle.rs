@@ -107,8 +107,8 @@ pub async fn sync_tenants(
     // the cycle.
     let away = |e: &sqlx::Error, spool: &Option<Spool>| spool.is_some() && is_unavailable(e);
 
-    if let Some(sp) = spool.as_ref() {
-        for path in sp.pending()? {
+    if let Some(sp) = spool.as_mut() {
+        for path in sp.pending() {
             let batch = Spool::load(&path)?;
             match sink
                 .ship(
@@ -120,7 +120,7 @@ pub async fn sync_tenants(
                 .await
             {
                 Ok(s) => {
-                    Spool::remove(&path)?;
+                    sp.remove(&path)?;
                     report.unspooled += 1;
                     report.rows_changed += s.rows_changed;
                     report.regressions += s.regressions;
@@ -132,7 +132,7 @@ pub async fn sync_tenants(
                 // Refused for good (e.g. this host's credentials may not write it):
                 // set aside so that it does not block the batches behind it.
                 Err(e) => {
-                    std::fs::rename(&path, path.with_extension("rejected"))?;
+                    sp.set_aside(&path)?;
                     report
                         .errors
                         .push(format!("{}: spooled batch rejected: {e}", batch.tenant));
@@ -226,10 +226,9 @@ pub async fn sync_tenants(
                 continue;
             }
         };
-        let queued = match spool.as_ref() {
-            Some(sp) => sp.has_pending_for(&c.tenant)?,
-            None => false,
-        };
+        let queued = spool
+            .as_ref()
+            .is_some_and(|sp| sp.has_pending_for(&c.tenant));
         let mut to_spool = report.database_away || queued;
         if !to_spool {
             match sink.ship(&c.tenant, &snapshot, &previous, &health).await {

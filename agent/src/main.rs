@@ -31,7 +31,7 @@ struct Args {
     )]
     docker: String,
     /// Time between cycles: 60s, 5s, 500ms
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = mai_fleet::duration::parse)]
     interval: Duration,
     /// Run one cycle and exit (1 if it failed)
     #[arg(long)]
@@ -46,20 +46,6 @@ struct Args {
     /// Most the spool may hold, in MiB; past it the store itself keeps the rows
     #[arg(long, default_value_t = 256)]
     spool_max_mb: u64,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 5s or 1m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "" | "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        _ => Err(format!("`{text}`: use ms, s or m")),
-    }
 }
 
 fn main() -> ExitCode {

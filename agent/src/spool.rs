@@ -2,7 +2,7 @@
 //! it returns. Bounded: when full, nothing more is spooled and the store itself (whose
 //! rows are updated in place) holds the rest until the database is back.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -41,57 +41,56 @@ pub struct Spool {
     dir: PathBuf,
     max_bytes: u64,
     next_seq: u64,
+    /// What is on disk, by sequence: path, tenant, size. Read from the directory once
+    /// at open and kept up to date here, so that a cycle asks the disk nothing per
+    /// tenant.
+    index: BTreeMap<u64, (PathBuf, String, u64)>,
 }
 
 impl Spool {
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, SpoolError> {
         std::fs::create_dir_all(dir).map_err(|source| io(dir, source))?;
-        let mut spool = Self {
+        let mut index = BTreeMap::new();
+        for entry in std::fs::read_dir(dir).map_err(|source| io(dir, source))? {
+            let path = entry.map_err(|source| io(dir, source))?.path();
+            if path.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let Some((seq, tenant)) = parse_name(&path) else {
+                continue;
+            };
+            let bytes = std::fs::metadata(&path)
+                .map_err(|source| io(&path, source))?
+                .len();
+            index.insert(seq, (path, tenant, bytes));
+        }
+        let next_seq = index.keys().next_back().map_or(0, |s| s + 1);
+        Ok(Self {
             dir: dir.to_path_buf(),
             max_bytes,
-            next_seq: 0,
-        };
-        spool.next_seq = spool
-            .pending()?
-            .last()
-            .and_then(|p| seq_of(p))
-            .map_or(0, |s| s + 1);
-        Ok(spool)
+            next_seq,
+            index,
+        })
     }
 
     /// Spooled batches, oldest first.
-    pub fn pending(&self) -> Result<Vec<PathBuf>, SpoolError> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .map_err(|source| io(&self.dir, source))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json") && seq_of(p).is_some())
-            .collect();
-        files.sort_by_key(|p| seq_of(p));
-        Ok(files)
+    pub fn pending(&self) -> Vec<PathBuf> {
+        self.index.values().map(|(p, _, _)| p.clone()).collect()
     }
 
-    pub fn has_pending_for(&self, tenant: &str) -> Result<bool, SpoolError> {
-        let suffix = format!("-{tenant}.json");
-        Ok(self.pending()?.iter().any(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().ends_with(&suffix))
-        }))
+    pub fn has_pending_for(&self, tenant: &str) -> bool {
+        self.index.values().any(|(_, t, _)| t == tenant)
     }
 
-    fn used_bytes(&self) -> Result<u64, SpoolError> {
-        Ok(self
-            .pending()?
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum())
+    fn used_bytes(&self) -> u64 {
+        self.index.values().map(|(_, _, b)| b).sum()
     }
 
     /// Writes a batch atomically (temporary file, then rename) after the others.
     pub fn push(&mut self, batch: &Batch) -> Result<PathBuf, SpoolError> {
         let bytes =
             serde_json::to_vec(batch).map_err(|e| io(&self.dir, std::io::Error::other(e)))?;
-        let used = self.used_bytes()?;
+        let used = self.used_bytes();
         if used + bytes.len() as u64 > self.max_bytes {
             return Err(SpoolError::Full {
                 dir: self.dir.display().to_string(),
@@ -105,6 +104,10 @@ impl Spool {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, &bytes).map_err(|source| io(&self.dir, source))?;
         std::fs::rename(&tmp, &path).map_err(|source| io(&self.dir, source))?;
+        self.index.insert(
+            self.next_seq,
+            (path.clone(), batch.tenant.clone(), bytes.len() as u64),
+        );
         self.next_seq += 1;
         Ok(path)
     }
@@ -118,13 +121,34 @@ impl Spool {
         serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))
     }
 
-    pub fn remove(path: &Path) -> Result<(), SpoolError> {
-        std::fs::remove_file(path).map_err(|source| io(path, source))
+    /// A delivered batch.
+    pub fn remove(&mut self, path: &Path) -> Result<(), SpoolError> {
+        std::fs::remove_file(path).map_err(|source| io(path, source))?;
+        self.forget(path);
+        Ok(())
+    }
+
+    /// A batch the database refused for good: kept beside the spool as `.rejected`
+    /// for a person to look at, out of the way of the batches behind it.
+    pub fn set_aside(&mut self, path: &Path) -> Result<(), SpoolError> {
+        std::fs::rename(path, path.with_extension("rejected"))
+            .map_err(|source| io(path, source))?;
+        self.forget(path);
+        Ok(())
+    }
+
+    fn forget(&mut self, path: &Path) {
+        if let Some((seq, _)) = parse_name(path) {
+            self.index.remove(&seq);
+        }
     }
 }
 
-fn seq_of(path: &Path) -> Option<u64> {
-    path.file_name()?.to_str()?.split('-').next()?.parse().ok()
+/// `<sequence>-<tenant>.json` -> (sequence, tenant); tenant ids may hold '-'.
+fn parse_name(path: &Path) -> Option<(u64, String)> {
+    let stem = path.file_stem()?.to_str()?;
+    let (seq, tenant) = stem.split_once('-')?;
+    Some((seq.parse().ok()?, tenant.to_string()))
 }
 
 fn io(dir: &Path, source: std::io::Error) -> SpoolError {
@@ -173,7 +197,6 @@ mod tests {
         spool.push(&batch("c", 3)).unwrap();
         let order: Vec<(String, i64)> = spool
             .pending()
-            .unwrap()
             .iter()
             .map(|p| {
                 let b = Spool::load(p).unwrap();
@@ -192,16 +215,18 @@ mod tests {
                 ("c".into(), 3)
             ]
         );
-        assert!(spool.has_pending_for("a").unwrap() && !spool.has_pending_for("d").unwrap());
+        assert!(spool.has_pending_for("a") && !spool.has_pending_for("d"));
         let mut small = Spool::open(&dir, 100).unwrap();
         assert!(matches!(
             small.push(&batch("x", 1)),
             Err(SpoolError::Full { .. })
         ));
-        for p in spool.pending().unwrap() {
-            Spool::remove(&p).unwrap();
+        for p in spool.pending() {
+            spool.remove(&p).unwrap();
         }
-        assert!(spool.pending().unwrap().is_empty());
+        assert!(spool.pending().is_empty());
+        // What the index says is what a reopened spool reads from the disk.
+        assert!(Spool::open(&dir, 10_000).unwrap().pending().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

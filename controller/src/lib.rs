@@ -3,6 +3,7 @@
 
 pub mod apply;
 pub mod docker;
+pub mod duration;
 pub mod plan;
 pub mod spec;
 pub mod store;

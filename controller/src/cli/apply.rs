@@ -12,7 +12,8 @@ use mai_fleet::apply::{apply_fleet, plan_fleet};
 use mai_fleet::docker::{status_word, ExecuteOptions, Outcome, Status, VerifyOptions};
 use mai_fleet::store::Store;
 
-use super::{describe, parse_duration, print_plan, report_fleet_errors, table, OutputFormat};
+use super::{describe, print_plan, report_fleet_errors, table, OutputFormat};
+use mai_fleet::duration::parse as parse_duration;
 
 #[derive(Args)]
 pub struct ApplyArgs {

@@ -4,7 +4,6 @@ pub mod apply;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -160,26 +159,6 @@ pub fn agent_url(controller_url: &str, role: &str, password: &str) -> String {
         .unwrap_or(("postgres", controller_url));
     let location = rest.rsplit_once('@').map_or(rest, |(_, l)| l);
     format!("{scheme}://{role}:{password}@{location}")
-}
-
-/// `500ms`, `5s`, `10m`, `1h`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 5s or 10m"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("`{text}`: use ms, s, m or h")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 pub fn report_spec_error(file: &Path, e: &SpecError, output: OutputFormat) {
@@ -344,14 +323,5 @@ mod tests {
             agent_url("postgres://127.0.0.1/fleet", "r", "p"),
             "postgres://r:p@127.0.0.1/fleet"
         );
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
-        assert!(parse_duration("5x").is_err());
     }
 }
