@@ -2,8 +2,11 @@
 //! state, the Docker backend that executes it, and the fleet database.
 
 pub mod apply;
+pub mod billing;
 pub mod docker;
 pub mod duration;
 pub mod plan;
+pub mod rates;
 pub mod spec;
 pub mod store;
+pub mod web;

@@ -7,6 +7,8 @@
 //!   (the rest applied), 1 error before anything changed
 //! - migrate, usage: 0 done, 1 error
 //! - status: 0 every tenant's tracking is active, 3 not all are, 1 error
+//! - billing, rates sync, user add: 0 done, 1 error; rates show: 0 rate found, 3 none
+//! - serve: runs until SIGINT/SIGTERM
 
 mod cli;
 
@@ -59,6 +61,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(if plan.changes() == 0 { 0 } else { 2 }))
         }
         Command::Apply(args) => cli::apply::run(args).await,
+        Command::Billing(args) => cli::billing::billing(args).await,
+        Command::Rates(cmd) => cli::billing::rates(cmd).await,
+        Command::User(cmd) => cli::billing::user(cmd).await,
+        Command::Serve(args) => cli::billing::serve(args).await,
         Command::Migrate { database_url } => {
             let store = mai_fleet::store::Store::connect(&database_url).await?;
             store.migrate().await.context("controller migrate")?;

@@ -1,6 +1,7 @@
 //! Command-line arguments and the human and JSON renderings of results.
 
 pub mod apply;
+pub mod billing;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -72,6 +73,16 @@ pub enum Command {
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
+    /// Billing per tenant for a month in USD and PLN; `billing close MONTH` freezes it
+    Billing(billing::BillingArgs),
+    /// NBP exchange rates: `rates sync --from D` backfills, `rates show` tells a day's rate
+    #[command(subcommand)]
+    Rates(billing::RatesCommand),
+    /// Dashboard users: `user add NAME --password-stdin`
+    #[command(subcommand)]
+    User(billing::UserCommand),
+    /// The fleet dashboard, JSON API and /metrics over HTTP; fetches NBP rates on a schedule
+    Serve(billing::ServeArgs),
     /// Every tenant's tracking (active/inactive and why), data age and agent (exit 0 all active, 3 not all, 1 error)
     Status {
         #[arg(long, value_enum, default_value_t)]

@@ -164,7 +164,7 @@ pub fn load_str(
 }
 
 pub use checks::name_label;
-pub use secret::{hex, EnvSource, ProcessEnv};
+pub use secret::{hex, random_bytes, EnvSource, ProcessEnv};
 
 #[cfg(test)]
 mod tests;

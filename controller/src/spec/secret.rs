@@ -123,3 +123,11 @@ pub fn resolve(
         }
     }
 }
+
+/// Bytes from the kernel's CSPRNG, for passwords, salts and session tokens.
+pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    use std::io::Read;
+    let mut buf = [0u8; N];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf))?;
+    Ok(buf)
+}

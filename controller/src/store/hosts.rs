@@ -6,6 +6,8 @@ use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
+use crate::spec::random_bytes;
+
 use super::{Store, StoreError};
 
 /// A new agent role and its password, shown once and kept nowhere.
@@ -29,8 +31,11 @@ impl Store {
         rotate: bool,
     ) -> Result<AgentCredentials, StoreError> {
         let role = role_name(host);
-        let password = crate::spec::hex(&random_bytes::<24>()?);
-        let verifier = scram_verifier(&password, &random_bytes::<16>()?);
+        let password = crate::spec::hex(&random_bytes::<24>().map_err(StoreError::Random)?);
+        let verifier = scram_verifier(
+            &password,
+            &random_bytes::<16>().map_err(StoreError::Random)?,
+        );
         let mut tx = self.pool.begin().await?;
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
@@ -82,15 +87,6 @@ impl Store {
         tx.commit().await?;
         Ok(AgentCredentials { role, password })
     }
-}
-
-fn random_bytes<const N: usize>() -> Result<[u8; N], StoreError> {
-    use std::io::Read;
-    let mut buf = [0u8; N];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .map_err(StoreError::Random)?;
-    Ok(buf)
 }
 
 /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (RFC 5802/7677), the

@@ -1,8 +1,12 @@
 //! The fleet Postgres: schema (sqlx migrations in `controller/migrations`), desired
 //! state and the record of every apply.
 
+pub mod billing;
+pub mod dashboard;
 pub mod hosts;
+pub mod rates;
 pub mod reports;
+pub mod users;
 
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

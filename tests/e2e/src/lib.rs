@@ -10,10 +10,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU16, Ordering};
 
+pub mod dashboard;
+pub mod nbp;
+
 pub const KEY_A: &str = "sk-or-v1-a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
 pub const KEY_B: &str = "sk-or-v1-b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2";
 pub const KEY_C: &str = "sk-or-v1-c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3";
 pub const KEYS: [&str; 3] = [KEY_A, KEY_B, KEY_C];
+
+/// The repository's root (scripts, target/).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
 
 /// The directory holding the workspace's built binaries.
 pub fn bin_dir() -> PathBuf {
@@ -338,7 +346,7 @@ pub fn psql(url: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// A minimal HTTP/1.0 exchange with a tenant on loopback; returns the body.
+/// A minimal HTTP/1.0 exchange on loopback; returns the body.
 pub fn http(
     port: u16,
     method: &str,
@@ -346,9 +354,36 @@ pub fn http(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Option<String> {
+    http_full(port, method, path, body, headers).map(|r| r.body)
+}
+
+/// An HTTP answer: status, headers (names lower-cased) and body.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub fn http_full(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Option<HttpResponse> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .ok()?;
     let body = body.unwrap_or("");
     let mut req = format!(
@@ -361,9 +396,21 @@ pub fn http(
     req.push_str("\r\n");
     req.push_str(body);
     s.write_all(req.as_bytes()).ok()?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).ok()?;
-    resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let resp = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some(HttpResponse {
+        status,
+        headers,
+        body: body.to_string(),
+    })
 }
 
 /// Sends one chat completion to a tenant, as a user of the app would.

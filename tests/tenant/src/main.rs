@@ -82,6 +82,10 @@ fn run(never_initialise: bool) -> Result<(), String> {
         Some(org)
     };
 
+    if let Some(org) = &org_id {
+        record_history(&mut store, org)?;
+    }
+
     let app = Arc::new(App {
         store: Mutex::new(store),
         org_id,
@@ -129,6 +133,45 @@ fn run(never_initialise: bool) -> Result<(), String> {
     // no hot journal is left for read-only readers (they may not roll it back).
     let _idle = app.store.lock();
     eprintln!("INFO: stopping");
+    Ok(())
+}
+
+/// `SIM_HISTORY_DAYS=N` and `SIM_HISTORY_PER_DAY=K`: K chats on each of the N days
+/// before today, as a tenant in use for a while would have. Generation ids are
+/// fixed per day and index, so a restart adds nothing and a larger K adds only the
+/// new ones (late usage for past days).
+fn record_history(store: &mut Store, org: &str) -> Result<(), String> {
+    let num = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let (days, per_day) = (num("SIM_HISTORY_DAYS"), num("SIM_HISTORY_PER_DAY"));
+    let mut added = 0;
+    for back in 1..=i64::from(days) {
+        let day = store.day_before(back);
+        for i in 0..per_day {
+            let model = MODELS[(i as usize + back as usize) % MODELS.len()].0;
+            let prompt = 100 + u64::from((i * 37 + back as u32 * 11) % 900);
+            let u = Usage::priced(
+                &format!("hist-{org}-{day}-{i}"),
+                &format!("user-{}", i % 5),
+                model,
+                prompt,
+                prompt / 2 + 7,
+            );
+            if store
+                .record_on(org, &u, &day)
+                .map_err(|e| format!("record history: {e}"))?
+            {
+                added += 1;
+            }
+        }
+    }
+    if added > 0 {
+        eprintln!("INFO: recorded {added} historical generation(s) over {days} day(s)");
+    }
     Ok(())
 }
 

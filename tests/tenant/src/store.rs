@@ -143,8 +143,24 @@ impl Store {
     /// Records one generation in all usage tables in one transaction; a generation
     /// already in `processed_generations` is not counted again.
     pub fn record(&mut self, org: &str, u: &Usage) -> rusqlite::Result<bool> {
-        let now = self.clock.now_unix();
         let today = self.clock.today();
+        self.record_on(org, u, &today)
+    }
+
+    /// The day `n` days before the app's today.
+    pub fn day_before(&self, n: i64) -> String {
+        ((Utc::now() + self.clock.offset) - Duration::days(n))
+            .with_timezone(&self.clock.tz)
+            .format("%Y-%m-%d")
+            .to_string()
+    }
+
+    /// Records a generation on `day` (its rows stamped with the time of writing, as
+    /// a late sync would); the live counter moves only for today.
+    pub fn record_on(&mut self, org: &str, u: &Usage, day: &str) -> rusqlite::Result<bool> {
+        let now = self.clock.now_unix();
+        let today = day.to_string();
+        let is_today = today == self.clock.today();
         let tx = self.conn.transaction()?;
         let seen: Option<String> = tx
             .query_row(
@@ -216,6 +232,10 @@ impl Store {
                  unique_users = ?8, updated_at = ?9",
             params![format!("{org}:{today}"), org, today, tokens, raw, marked, primary_model, unique_users, now],
         )?;
+        if !is_today {
+            tx.commit()?;
+            return Ok(true);
+        }
         // A counter left from an earlier day is reset, not carried into today (seed 001).
         tx.execute(
             "INSERT INTO client_live_counters (client_org_id, \"current_date\", today_tokens, today_requests,

@@ -1,0 +1,193 @@
+//! `/metrics` (Prometheus text format 0.0.4) and `/healthz`, both without login:
+//! they carry no key and no client's name beyond the tenant id.
+
+use std::fmt::Write;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::{AppState, WebError};
+use crate::billing::fleet_today;
+use crate::billing::money::usd_micros;
+
+pub async fn healthz(State(state): State<AppState>) -> Response {
+    match sqlx::query_scalar::<_, i32>("SELECT 1")
+        .fetch_one(&state.store.pool)
+        .await
+    {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => {
+            eprintln!("serve: healthz: fleet database: {e}");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "fleet database unavailable\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+/// A label value escaped as the text format wants.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn family(out: &mut String, name: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, WebError> {
+    let rows = state.store.fleet_rows().await?;
+    let hosts = state.store.host_rows().await?;
+    let last_apply = state.store.last_apply().await?;
+    let rate = state.store.rate_on(state.rate_table, fleet_today()).await?;
+    let mut out = String::new();
+
+    type Pick = fn(&crate::store::dashboard::FleetRow) -> Option<String>;
+    let per_tenant: [(&str, &str, Pick); 6] = [
+        (
+            "mai_fleet_tenant_tokens_today",
+            "Tokens recorded today (tenant's timezone).",
+            |r| Some(r.today_tokens.to_string()),
+        ),
+        (
+            "mai_fleet_tenant_tokens_month",
+            "Tokens recorded this calendar month (tenant's timezone).",
+            |r| Some(r.month_tokens.to_string()),
+        ),
+        (
+            "mai_fleet_tenant_raw_cost_usd_month",
+            "OpenRouter cost this month, USD.",
+            |r| Some(usd_micros(r.month_raw_cost).to_string()),
+        ),
+        (
+            "mai_fleet_tenant_client_cost_usd_month",
+            "Client cost (raw x markup) this month, USD.",
+            |r| Some(usd_micros(r.month_client_cost).to_string()),
+        ),
+        (
+            "mai_fleet_tenant_tracking_active",
+            "1 when the tenant's usage tracking is active, 0 when inactive or unknown.",
+            |r| Some(u8::from(r.tracking == "active").to_string()),
+        ),
+        (
+            "mai_fleet_tenant_data_age_seconds",
+            "Seconds since the tenant's store last recorded usage.",
+            |r| r.data_age_s.map(|s| s.to_string()),
+        ),
+    ];
+    for (name, help, pick) in per_tenant {
+        family(&mut out, name, help);
+        for r in &rows {
+            if let Some(v) = pick(r) {
+                let _ = writeln!(
+                    out,
+                    "{name}{{tenant=\"{}\",host=\"{}\"}} {v}",
+                    label(&r.tenant),
+                    label(r.host.as_deref().unwrap_or(""))
+                );
+            }
+        }
+    }
+    family(
+        &mut out,
+        "mai_fleet_tenant_monthly_limit_usd",
+        "The tenant's monthly limit, USD.",
+    );
+    for r in &rows {
+        if let Some(l) = r.monthly_limit_usd {
+            let _ = writeln!(
+                out,
+                "mai_fleet_tenant_monthly_limit_usd{{tenant=\"{}\"}} {l}",
+                label(&r.tenant)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "mai_fleet_agent_heartbeat_age_seconds",
+        "Seconds since the host's agent last reported (agent lag).",
+    );
+    for h in &hosts {
+        if let Some(age) = h.heartbeat_age_s {
+            let _ = writeln!(
+                out,
+                "mai_fleet_agent_heartbeat_age_seconds{{host=\"{}\"}} {age}",
+                label(&h.host)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "mai_fleet_agent_cycle_seconds",
+        "Duration of the agent's last cycle.",
+    );
+    for h in &hosts {
+        if let Some(ms) = h.cycle_ms {
+            let _ = writeln!(
+                out,
+                "mai_fleet_agent_cycle_seconds{{host=\"{}\"}} {:.3}",
+                label(&h.host),
+                ms as f64 / 1000.0
+            );
+        }
+    }
+    if let Some(a) = last_apply {
+        family(
+            &mut out,
+            "mai_fleet_last_apply_success",
+            "1 when the last apply succeeded for every tenant.",
+        );
+        let _ = writeln!(
+            out,
+            "mai_fleet_last_apply_success{{fleet=\"{}\",status=\"{}\"}} {}",
+            label(&a.fleet),
+            label(&a.status),
+            u8::from(a.status == "succeeded")
+        );
+        family(
+            &mut out,
+            "mai_fleet_last_apply_timestamp_seconds",
+            "When the last apply started (Unix time).",
+        );
+        let _ = writeln!(
+            out,
+            "mai_fleet_last_apply_timestamp_seconds{{fleet=\"{}\"}} {}",
+            label(&a.fleet),
+            a.started_at.timestamp()
+        );
+    }
+    family(
+        &mut out,
+        "mai_fleet_exchange_rate_pln",
+        "USD->PLN rate in force today (absent: USD only).",
+    );
+    if let Some(r) = rate {
+        let _ = writeln!(
+            out,
+            "mai_fleet_exchange_rate_pln{{table=\"{}\"}} {}",
+            r.rate_table.0.code(),
+            r.rate
+        );
+        family(
+            &mut out,
+            "mai_fleet_exchange_rate_age_days",
+            "Days since the rate in force was published.",
+        );
+        let _ = writeln!(
+            out,
+            "mai_fleet_exchange_rate_age_days{{table=\"{}\"}} {}",
+            r.rate_table.0.code(),
+            (fleet_today() - r.effective_date).num_days()
+        );
+    }
+    let mut res = out.into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(res)
+}
