@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs a local fleet on this machine: PostgreSQL, the tenant images, and the three
-# tenants of manifests/examples/tenants.yaml applied to the local Docker engine.
+# Runs a local fleet on this machine: PostgreSQL, the tenant images, the three
+# tenants of manifests/examples/tenants.yaml applied to the local Docker engine, an
+# agent per host and the dashboard (controller serve).
 # Re-running it changes nothing (apply is idempotent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +40,18 @@ for host in $(sed -n 's/^  - name: \([a-z0-9-]*\)$/\1/p' "$spec"); do
   nohup target/debug/agent --host "$host" --interval 10s --spool-dir "$run/spool" >"$run/agent-$host.log" 2>&1 &
   echo $! >"$run/agent-$host.pid"
 done
+
+# The dashboard, with a demo user whose password is made once and kept owner-only.
+creds=target/demo-dashboard.env
+if [ ! -s "$creds" ]; then
+  (umask 077; echo "MAI_FLEET_DEMO_PASSWORD=$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')" > "$creds")
+fi
+. "$creds"
+printf '%s\n' "$MAI_FLEET_DEMO_PASSWORD" | "$controller" user add admin --password-stdin
+listen=${MAI_FLEET_LISTEN:-127.0.0.1:8080}
+[ -e "$run/serve.pid" ] && kill "$(cat "$run/serve.pid")" 2>/dev/null || true
+nohup "$controller" serve --listen "$listen" >"$run/serve.log" 2>&1 &
+echo $! >"$run/serve.pid"
 sleep 2
 
 echo
@@ -50,5 +63,9 @@ tail -qn 1 "$run"/agent-*.log | sed 's/^/  /'
 echo "usage in the fleet database:"
 psql "$DATABASE_URL" -qAt -F '  ' -c "SELECT '  ' || tenant_id, tracking, (SELECT coalesce(sum(total_tokens), 0) || ' tokens' FROM usage_daily u WHERE u.tenant_id = h.tenant_id) FROM tenant_health h ORDER BY 1"
 echo "look closer: DATABASE_URL=$DATABASE_URL $controller status   (or usage)"
-echo "not built yet: billing and the dashboard (issue 4), alerts (issue 5); see docs/status.md"
+echo "billing: DATABASE_URL=$DATABASE_URL $controller billing $(date +%Y-%m)"
+echo "dashboard: http://$listen/  user admin, password in $creds (log: $run/serve.log)"
+curl -fsS "http://$listen/healthz" >/dev/null && echo "  /healthz ok" || echo "  dashboard not answering; see $run/serve.log"
+echo "NBP rates come from ${MAI_FLEET_NBP_URL:-https://api.nbp.pl/api}; without them amounts show in USD only"
+echo "not built yet: alerts (issue 5); see docs/status.md"
 exit $status

@@ -14,6 +14,17 @@ if ! command -v stunnel >/dev/null; then
     echo "test.sh: stunnel is missing (apt-get install stunnel4); the TLS test will fail" >&2
   fi
 fi
+# The dashboard's screenshots (target/screenshots/) need Chromium and the DevTools
+# client of scripts/screenshots.py.
+if ! command -v chromium >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "test.sh: chromium is missing (apt-get install chromium); the screenshot step will fail" >&2
+  fi
+fi
+python3 -c 'import websocket' 2>/dev/null || python3 -m pip install -q websocket-client
+export MAI_FLEET_SCREENSHOTS=1
 tests/tenant/build-images.sh
 . scripts/postgres.sh
 cargo build --locked --workspace --bins

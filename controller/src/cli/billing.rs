@@ -13,6 +13,7 @@ use mai_fleet::billing::{self, fleet_today, Month, MonthReport};
 use mai_fleet::rates::nbp::NbpClient;
 use mai_fleet::rates::{schedule, RateTable};
 use mai_fleet::store::Store;
+use mai_fleet::web::cache::PageCache;
 
 use super::table;
 
@@ -331,11 +332,14 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let table = rate_table(&args.rate_table)?;
-    let store = Store::connect(&args.database_url).await?;
+    let store = Store::connect_sized(&args.database_url, 8).await?;
     store
         .migrate()
         .await
         .context("migrating the fleet database before serving")?;
+    let ttl = PageCache::ttl_from_env().map_err(anyhow::Error::msg)?;
+    let cache = PageCache::new(ttl);
+    tokio::spawn(std::sync::Arc::clone(&cache).listen(store.pool.clone()));
     if !args.no_rate_sync {
         let schedule = schedule::schedule_for(table).map_err(anyhow::Error::msg)?;
         tokio::spawn(schedule::run(
@@ -349,6 +353,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         store,
         rate_table: table,
         secure_cookies: args.secure_cookies,
+        cache,
     };
     mai_fleet::web::serve(state, args.listen)
         .await

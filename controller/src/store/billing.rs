@@ -70,6 +70,62 @@ pub enum Breakdown {
     Model,
 }
 
+/// The SQL of [`Store::usage_by_tenant`] (the benchmark runs it bare in psql).
+pub const USAGE_BY_TENANT_SQL: &str = "WITH p AS MATERIALIZED (SELECT * FROM tenant_markup_periods),
+    u AS (
+        SELECT d.tenant_id, sum(d.total_tokens)::bigint AS tokens, sum(d.total_requests)::bigint AS requests,
+               sum(d.raw_cost) AS raw_cost, sum(d.raw_cost * coalesce(p.markup_rate, 1)) AS client_cost,
+               min(d.usage_date) AS first_day, max(d.usage_date) AS last_day
+        FROM usage_daily d
+        LEFT JOIN p ON p.tenant_id = d.tenant_id AND d.usage_date >= p.period_from AND d.usage_date < p.period_until
+        WHERE d.usage_date BETWEEN $1 AND $2
+        GROUP BY d.tenant_id),
+    last_markup AS (
+        SELECT u.tenant_id, p.markup_rate FROM u
+        JOIN p ON p.tenant_id = u.tenant_id AND u.last_day >= p.period_from AND u.last_day < p.period_until),
+    changed AS (
+        SELECT DISTINCT u.tenant_id FROM u
+        JOIN p ON p.tenant_id = u.tenant_id AND p.period_from > u.first_day AND p.period_from <= u.last_day)
+    SELECT coalesce(t.id, u.tenant_id) AS tenant, coalesce(t.in_spec, FALSE) AS in_spec,
+           coalesce(u.tokens, 0) AS tokens, coalesce(u.requests, 0) AS requests,
+           coalesce(u.raw_cost, 0) AS raw_cost, coalesce(u.client_cost, 0) AS client_cost,
+           coalesce(l.markup_rate, t.markup_rate, 1) AS markup_rate,
+           c.tenant_id IS NOT NULL AS markup_changed
+    FROM u FULL JOIN (SELECT * FROM tenants WHERE in_spec) t ON t.id = u.tenant_id
+    LEFT JOIN last_markup l ON l.tenant_id = u.tenant_id
+    LEFT JOIN changed c ON c.tenant_id = u.tenant_id
+    ORDER BY 1";
+
+/// The SQL of [`Store::usage_per_day`] (the benchmark runs it bare in psql).
+pub const USAGE_PER_DAY_SQL: &str = "SELECT g.day::date AS day, coalesce(d.total_tokens, 0) AS tokens, coalesce(d.total_requests, 0) AS requests,
+                    coalesce(d.raw_cost, 0) AS raw_cost, coalesce(d.raw_cost * coalesce(p.markup_rate, 1), 0) AS client_cost
+             FROM generate_series($2::date, $3::date, interval '1 day') g(day)
+             LEFT JOIN usage_daily d ON d.tenant_id = $1 AND d.usage_date = g.day::date
+             LEFT JOIN tenant_markup_periods p ON p.tenant_id = d.tenant_id
+                  AND d.usage_date >= p.period_from AND d.usage_date < p.period_until
+             ORDER BY 1";
+
+/// The SQL of [`Store::month_close`] (the benchmark runs it bare in psql).
+pub const MONTH_CLOSE_SQL: &str =
+    "SELECT closed_at, closed_by, rate_table FROM billing_closes WHERE month = $1";
+
+/// The SQL of [`Store::usage_breakdown`]: `$1` tenant, `$2`..`$3` days.
+pub fn breakdown_sql(by: Breakdown) -> String {
+    let (table, key) = match by {
+        Breakdown::User => ("usage_user_daily", "user_id"),
+        Breakdown::Model => ("usage_model_daily", "model_name"),
+    };
+    format!(
+            "SELECT d.{key} AS key, sum(d.total_tokens)::bigint AS tokens, sum(d.total_requests)::bigint AS requests,
+                    sum(d.raw_cost) AS raw_cost, sum(d.raw_cost * coalesce(p.markup_rate, 1)) AS client_cost
+             FROM {table} d
+             LEFT JOIN tenant_markup_periods p ON p.tenant_id = d.tenant_id
+                  AND d.usage_date >= p.period_from AND d.usage_date < p.period_until
+             WHERE d.tenant_id = $1 AND d.usage_date BETWEEN $2 AND $3
+             GROUP BY d.{key} ORDER BY raw_cost DESC, key"
+    )
+}
+
 impl Store {
     /// Every tenant of the spec (with zeros where nothing was used) and every other
     /// tenant with usage in `[from, to]`.
@@ -78,29 +134,11 @@ impl Store {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<TenantUsage>, StoreError> {
-        Ok(sqlx::query_as(
-            "WITH u AS (
-                SELECT d.tenant_id, sum(d.total_tokens)::bigint AS tokens, sum(d.total_requests)::bigint AS requests,
-                       sum(d.raw_cost) AS raw_cost, sum(d.raw_cost * coalesce(p.markup_rate, 1)) AS client_cost,
-                       (array_agg(p.markup_rate ORDER BY d.usage_date DESC))[1] AS last_markup,
-                       count(DISTINCT p.markup_rate) > 1 AS markup_changed
-                FROM usage_daily d
-                LEFT JOIN tenant_markup_periods p ON p.tenant_id = d.tenant_id
-                     AND d.usage_date >= p.period_from AND d.usage_date < p.period_until
-                WHERE d.usage_date BETWEEN $1 AND $2
-                GROUP BY d.tenant_id)
-             SELECT coalesce(t.id, u.tenant_id) AS tenant, coalesce(t.in_spec, FALSE) AS in_spec,
-                    coalesce(u.tokens, 0) AS tokens, coalesce(u.requests, 0) AS requests,
-                    coalesce(u.raw_cost, 0) AS raw_cost, coalesce(u.client_cost, 0) AS client_cost,
-                    coalesce(u.last_markup, t.markup_rate, 1) AS markup_rate,
-                    coalesce(u.markup_changed, FALSE) AS markup_changed
-             FROM u FULL JOIN (SELECT * FROM tenants WHERE in_spec) t ON t.id = u.tenant_id
-             ORDER BY 1",
-        )
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(USAGE_BY_TENANT_SQL)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// One tenant's usage per user or per model over `[from, to]`, largest first.
@@ -111,19 +149,7 @@ impl Store {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<UsageLine>, StoreError> {
-        let (table, key) = match by {
-            Breakdown::User => ("usage_user_daily", "user_id"),
-            Breakdown::Model => ("usage_model_daily", "model_name"),
-        };
-        let sql = format!(
-            "SELECT d.{key} AS key, sum(d.total_tokens)::bigint AS tokens, sum(d.total_requests)::bigint AS requests,
-                    sum(d.raw_cost) AS raw_cost, sum(d.raw_cost * coalesce(p.markup_rate, 1)) AS client_cost
-             FROM {table} d
-             LEFT JOIN tenant_markup_periods p ON p.tenant_id = d.tenant_id
-                  AND d.usage_date >= p.period_from AND d.usage_date < p.period_until
-             WHERE d.tenant_id = $1 AND d.usage_date BETWEEN $2 AND $3
-             GROUP BY d.{key} ORDER BY raw_cost DESC, key"
-        );
+        let sql = breakdown_sql(by);
         // Table and column come from the enum above, never from input.
         Ok(sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(tenant)
@@ -140,29 +166,19 @@ impl Store {
         from: NaiveDate,
         to: NaiveDate,
     ) -> Result<Vec<DayLine>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT g.day::date AS day, coalesce(d.total_tokens, 0) AS tokens, coalesce(d.total_requests, 0) AS requests,
-                    coalesce(d.raw_cost, 0) AS raw_cost, coalesce(d.raw_cost * coalesce(p.markup_rate, 1), 0) AS client_cost
-             FROM generate_series($2::date, $3::date, interval '1 day') g(day)
-             LEFT JOIN usage_daily d ON d.tenant_id = $1 AND d.usage_date = g.day::date
-             LEFT JOIN tenant_markup_periods p ON p.tenant_id = d.tenant_id
-                  AND d.usage_date >= p.period_from AND d.usage_date < p.period_until
-             ORDER BY 1",
-        )
-        .bind(tenant)
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(USAGE_PER_DAY_SQL)
+            .bind(tenant)
+            .bind(from)
+            .bind(to)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     pub async fn month_close(&self, month: NaiveDate) -> Result<Option<Close>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT closed_at, closed_by, rate_table FROM billing_closes WHERE month = $1",
-        )
-        .bind(month)
-        .fetch_optional(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(MONTH_CLOSE_SQL)
+            .bind(month)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     pub async fn closed_lines(&self, month: NaiveDate) -> Result<Vec<ClosedLine>, StoreError> {

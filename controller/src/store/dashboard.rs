@@ -95,60 +95,74 @@ pub struct LastApply {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// The SQL of [`Store::fleet_rows`] (the benchmark runs it bare in psql).
+// One pass over the month's rows of every tenant; the markup periods are computed
+// once (a LATERAL per tenant recomputed them 100 times).
+pub const FLEET_ROWS_SQL: &str = "WITH t AS (
+    SELECT coalesce(s.id, h.tenant_id) AS tenant, coalesce(h.host, s.host) AS host,
+           coalesce(s.in_spec AND coalesce(h.in_spec, TRUE), FALSE) AS in_spec,
+           h.container_state, coalesce(h.tracking, 'unknown') AS tracking,
+           coalesce(h.reasons, CASE WHEN h.tenant_id IS NULL THEN ARRAY['no agent has reported this tenant'] ELSE '{}' END) AS reasons,
+           s.monthly_limit_usd, h.last_usage_change,
+           (now() AT TIME ZONE coalesce(s.timezone, 'Europe/Warsaw'))::date AS today
+    FROM (SELECT * FROM tenants WHERE in_spec) s FULL JOIN tenant_health h ON h.tenant_id = s.id),
+p AS MATERIALIZED (SELECT * FROM tenant_markup_periods),
+m AS (
+    SELECT d.tenant_id,
+           (sum(d.total_tokens) FILTER (WHERE d.usage_date = t.today))::bigint AS today_tokens,
+           sum(d.raw_cost * coalesce(p.markup_rate, 1)) FILTER (WHERE d.usage_date = t.today) AS today_client,
+           sum(d.total_tokens)::bigint AS month_tokens, sum(d.raw_cost) AS month_raw,
+           sum(d.raw_cost * coalesce(p.markup_rate, 1)) AS month_client
+    FROM t JOIN usage_daily d ON d.tenant_id = t.tenant AND d.usage_date BETWEEN date_trunc('month', t.today)::date AND t.today
+    LEFT JOIN p ON p.tenant_id = d.tenant_id AND d.usage_date >= p.period_from AND d.usage_date < p.period_until
+    GROUP BY d.tenant_id)
+SELECT t.tenant, t.host, t.in_spec, t.container_state, t.tracking, t.reasons, t.today,
+       coalesce(m.today_tokens, 0) AS today_tokens, coalesce(m.today_client, 0) AS today_client_cost,
+       coalesce(m.month_tokens, 0) AS month_tokens, coalesce(m.month_raw, 0) AS month_raw_cost,
+       coalesce(m.month_client, 0) AS month_client_cost, t.monthly_limit_usd,
+       extract(epoch FROM now())::bigint - t.last_usage_change AS data_age_s,
+       extract(epoch FROM now() - a.seen_at)::bigint AS agent_age_s
+FROM t LEFT JOIN m ON m.tenant_id = t.tenant
+LEFT JOIN agent_heartbeats a ON a.host = t.host
+ORDER BY t.tenant";
+
+/// The SQL of [`Store::tenant_record`] (the benchmark runs it bare in psql).
+pub const TENANT_RECORD_SQL: &str = "SELECT id, name, org_id, host, timezone, markup_rate, monthly_limit_usd, key_masked, in_spec, updated_at
+             FROM tenants WHERE id = $1";
+
+/// The SQL of [`Store::tenant_known`] (the benchmark runs it bare in psql).
+pub const TENANT_KNOWN_SQL: &str = "SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1) OR EXISTS (SELECT 1 FROM tenant_health WHERE tenant_id = $1)";
+
+/// The SQL of [`Store::health_history`] (the benchmark runs it bare in psql).
+pub const HEALTH_HISTORY_SQL: &str =
+    "SELECT observed_at, host, tracking, reasons FROM tenant_health_history
+             WHERE tenant_id = $1 ORDER BY observed_at DESC, id DESC LIMIT $2";
+
+/// The SQL of [`Store::apply_history`] (the benchmark runs it bare in psql).
+pub const APPLY_HISTORY_SQL: &str =
+    "SELECT r.run_id, r.recorded_at, a.actor, r.action, r.status, r.detail, r.duration_ms
+             FROM apply_results r JOIN apply_runs a ON a.id = r.run_id
+             WHERE r.tenant_id = $1 ORDER BY r.recorded_at DESC, r.id DESC LIMIT $2";
+
 impl Store {
     pub async fn fleet_rows(&self) -> Result<Vec<FleetRow>, StoreError> {
-        Ok(sqlx::query_as(
-            "WITH t AS (
-                SELECT coalesce(s.id, h.tenant_id) AS tenant, coalesce(h.host, s.host) AS host,
-                       coalesce(s.in_spec AND coalesce(h.in_spec, TRUE), FALSE) AS in_spec,
-                       h.container_state, coalesce(h.tracking, 'unknown') AS tracking,
-                       coalesce(h.reasons, CASE WHEN h.tenant_id IS NULL THEN ARRAY['no agent has reported this tenant'] ELSE '{}' END) AS reasons,
-                       s.monthly_limit_usd, h.last_usage_change,
-                       (now() AT TIME ZONE coalesce(s.timezone, 'Europe/Warsaw'))::date AS today
-                FROM (SELECT * FROM tenants WHERE in_spec) s FULL JOIN tenant_health h ON h.tenant_id = s.id)
-             SELECT t.tenant, t.host, t.in_spec, t.container_state, t.tracking, t.reasons, t.today,
-                    coalesce(m.today_tokens, 0) AS today_tokens, coalesce(m.today_client, 0) AS today_client_cost,
-                    coalesce(m.month_tokens, 0) AS month_tokens, coalesce(m.month_raw, 0) AS month_raw_cost,
-                    coalesce(m.month_client, 0) AS month_client_cost, t.monthly_limit_usd,
-                    extract(epoch FROM now())::bigint - t.last_usage_change AS data_age_s,
-                    extract(epoch FROM now() - a.seen_at)::bigint AS agent_age_s
-             FROM t
-             LEFT JOIN agent_heartbeats a ON a.host = t.host
-             LEFT JOIN LATERAL (
-                SELECT (sum(d.total_tokens) FILTER (WHERE d.usage_date = t.today))::bigint AS today_tokens,
-                       sum(d.raw_cost * coalesce(p.markup_rate, 1)) FILTER (WHERE d.usage_date = t.today) AS today_client,
-                       sum(d.total_tokens)::bigint AS month_tokens, sum(d.raw_cost) AS month_raw,
-                       sum(d.raw_cost * coalesce(p.markup_rate, 1)) AS month_client
-                FROM usage_daily d
-                LEFT JOIN tenant_markup_periods p ON p.tenant_id = d.tenant_id
-                     AND d.usage_date >= p.period_from AND d.usage_date < p.period_until
-                WHERE d.tenant_id = t.tenant AND d.usage_date BETWEEN date_trunc('month', t.today)::date AND t.today
-             ) m ON TRUE
-             ORDER BY t.tenant",
-        )
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(FLEET_ROWS_SQL).fetch_all(&self.pool).await?)
     }
 
     pub async fn tenant_record(&self, id: &str) -> Result<Option<TenantRecord>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT id, name, org_id, host, timezone, markup_rate, monthly_limit_usd, key_masked, in_spec, updated_at
-             FROM tenants WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(TENANT_RECORD_SQL)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// Whether any agent or apply knows the tenant (a hand-started container is
     /// known only to its agent).
     pub async fn tenant_known(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1) OR EXISTS (SELECT 1 FROM tenant_health WHERE tenant_id = $1)",
-        )
-        .bind(id)
-        .fetch_one(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(TENANT_KNOWN_SQL)
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     pub async fn health_history(
@@ -156,26 +170,19 @@ impl Store {
         id: &str,
         limit: i64,
     ) -> Result<Vec<HealthChange>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT observed_at, host, tracking, reasons FROM tenant_health_history
-             WHERE tenant_id = $1 ORDER BY observed_at DESC, id DESC LIMIT $2",
-        )
-        .bind(id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(HEALTH_HISTORY_SQL)
+            .bind(id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     pub async fn apply_history(&self, id: &str, limit: i64) -> Result<Vec<ApplyEvent>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT r.run_id, r.recorded_at, a.actor, r.action, r.status, r.detail, r.duration_ms
-             FROM apply_results r JOIN apply_runs a ON a.id = r.run_id
-             WHERE r.tenant_id = $1 ORDER BY r.recorded_at DESC, r.id DESC LIMIT $2",
-        )
-        .bind(id)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(APPLY_HISTORY_SQL)
+            .bind(id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     pub async fn host_rows(&self) -> Result<Vec<HostRow>, StoreError> {

@@ -47,9 +47,14 @@ pub struct Store {
 
 impl Store {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_sized(url, 4).await
+    }
+
+    /// A pool of up to `connections` (the dashboard serves several requests at once).
+    pub async fn connect_sized(url: &str, connections: u32) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(StoreError::Connect)?;
         let pool = PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(connections)
             .acquire_timeout(std::time::Duration::from_secs(10))
             .connect_with(options.application_name("mai-fleet-controller"))
             .await

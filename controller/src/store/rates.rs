@@ -13,6 +13,12 @@ pub struct RateFetch {
     pub detail: String,
 }
 
+/// The SQL of [`Store::rate_on`] (the benchmark runs it bare in psql).
+pub const RATE_ON_SQL: &str =
+    "SELECT rate_table, effective_date, table_no, rate FROM exchange_rates
+             WHERE rate_table = $1 AND effective_date <= $2 AND effective_date >= $2 - $3::int
+             ORDER BY effective_date DESC LIMIT 1";
+
 impl Store {
     /// Stores rates; a table NBP corrected replaces the earlier copy.
     pub async fn upsert_rates(&self, rates: &[Rate]) -> Result<usize, StoreError> {
@@ -59,16 +65,12 @@ impl Store {
         table: RateTable,
         day: NaiveDate,
     ) -> Result<Option<Rate>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT rate_table, effective_date, table_no, rate FROM exchange_rates
-             WHERE rate_table = $1 AND effective_date <= $2 AND effective_date >= $2 - $3::int
-             ORDER BY effective_date DESC LIMIT 1",
-        )
-        .bind(table.code())
-        .bind(day)
-        .bind(LOOKBACK_DAYS as i32)
-        .fetch_optional(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(RATE_ON_SQL)
+            .bind(table.code())
+            .bind(day)
+            .bind(LOOKBACK_DAYS as i32)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     pub async fn last_rate_fetch(&self, table: RateTable) -> Result<Option<RateFetch>, StoreError> {

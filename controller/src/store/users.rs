@@ -9,6 +9,9 @@ pub struct Session {
     pub csrf_token: String,
 }
 
+/// The SQL of [`Store::session`] (the benchmark runs it bare in psql).
+pub const SESSION_SQL: &str = "SELECT user_name, csrf_token FROM dashboard_sessions WHERE token_sha256 = $1 AND expires_at > now()";
+
 impl Store {
     /// Creates or replaces a user's password hash; true when the user is new.
     pub async fn put_user(&self, name: &str, password_hash: &str) -> Result<bool, StoreError> {
@@ -64,12 +67,10 @@ impl Store {
     }
 
     pub async fn session(&self, token_sha256: &str) -> Result<Option<Session>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT user_name, csrf_token FROM dashboard_sessions WHERE token_sha256 = $1 AND expires_at > now()",
-        )
-        .bind(token_sha256)
-        .fetch_optional(&self.pool)
-        .await?)
+        Ok(sqlx::query_as(SESSION_SQL)
+            .bind(token_sha256)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     pub async fn delete_session(&self, token_sha256: &str) -> Result<(), StoreError> {

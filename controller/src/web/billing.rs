@@ -59,7 +59,15 @@ struct BillingPage {
 
 async fn report(state: &AppState, month: Option<&str>) -> Result<MonthReport, WebError> {
     let month = parse_month(month)?;
-    Ok(bill::month_report(&state.store, month, state.rate_table, fleet_today()).await?)
+    let today = fleet_today();
+    let key = format!("billing:{month}:{}:{today}", state.rate_table);
+    let store = &state.store;
+    Ok(state
+        .cache
+        .get_or_load(key, || {
+            bill::month_report(store, month, state.rate_table, today)
+        })
+        .await?)
 }
 
 pub async fn page(
@@ -115,10 +123,10 @@ pub async fn page(
         notice: r.notice.clone(),
         rate_note: r.rate.as_ref().map_or_else(String::new, |rate| {
             format!(
-                "{} for {}: {}",
-                r.rate_table.describe(),
+                "Rate for {}: {} ({})",
                 r.rate_day,
-                describe_rate(rate)
+                describe_rate(rate),
+                r.rate_table.describe()
             )
         }),
         closed: r.closed.as_ref().map(|c| {

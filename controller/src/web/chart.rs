@@ -58,7 +58,9 @@ pub fn daily_svg(days: &[DayLine]) -> String {
         );
     }
     for (i, d) in days.iter().enumerate() {
-        if i == 0 || i == days.len() - 1 || i % 7 == 0 {
+        let last = days.len() - 1;
+        // Weekly labels, and the last day's unless a weekly one sits next to it.
+        if i == 0 || i == last || (i.is_multiple_of(7) && last - i >= 3) {
             let _ = write!(
                 svg,
                 r#"<text x="{x:.1}" y="{y}" font-size="10" text-anchor="middle">{label}</text>"#,

@@ -99,7 +99,11 @@ async fn load(
     state: &AppState,
     q: &SortQuery,
 ) -> Result<(Vec<FleetRow>, Option<Rate>, String, String), WebError> {
-    let mut rows = state.store.fleet_rows().await?;
+    let store = &state.store;
+    let mut rows = state
+        .cache
+        .get_or_load("fleet".into(), || store.fleet_rows())
+        .await?;
     let sort = q
         .sort
         .as_deref()

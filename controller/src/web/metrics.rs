@@ -40,8 +40,15 @@ fn family(out: &mut String, name: &str, help: &str) {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, WebError> {
-    let rows = state.store.fleet_rows().await?;
-    let hosts = state.store.host_rows().await?;
+    let store = &state.store;
+    let rows = state
+        .cache
+        .get_or_load("fleet".into(), || store.fleet_rows())
+        .await?;
+    let hosts = state
+        .cache
+        .get_or_load("hosts".into(), || store.host_rows())
+        .await?;
     let last_apply = state.store.last_apply().await?;
     let rate = state.store.rate_on(state.rate_table, fleet_today()).await?;
     let mut out = String::new();

@@ -4,6 +4,7 @@
 
 mod auth;
 mod billing;
+pub mod cache;
 mod chart;
 mod fleet;
 mod hosts;
@@ -31,6 +32,7 @@ pub struct AppState {
     pub rate_table: RateTable,
     /// Mark cookies `Secure` (serve behind TLS).
     pub secure_cookies: bool,
+    pub cache: std::sync::Arc<cache::PageCache>,
 }
 
 #[derive(Debug, thiserror::Error)]

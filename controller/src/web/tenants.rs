@@ -29,6 +29,7 @@ pub fn parse_month(q: Option<&str>) -> Result<Month, WebError> {
     }
 }
 
+#[derive(Clone)]
 struct TenantData {
     record: Option<TenantRecord>,
     month: Month,
@@ -41,6 +42,14 @@ struct TenantData {
 }
 
 async fn load(state: &AppState, id: &str, month: Month) -> Result<TenantData, WebError> {
+    let key = format!("tenant:{id}:{month}:{}:{}", state.rate_table, fleet_today());
+    state
+        .cache
+        .get_or_load(key, || load_fresh(state, id, month))
+        .await
+}
+
+async fn load_fresh(state: &AppState, id: &str, month: Month) -> Result<TenantData, WebError> {
     let store = &state.store;
     if !store.tenant_known(id).await? {
         return Err(WebError::NotFound(format!(

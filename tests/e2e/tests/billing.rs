@@ -556,8 +556,19 @@ fn month_billed_from_real_tenants_agrees_everywhere_and_closes() {
             .status,
         403
     );
+    let open: Value =
+        serde_json::from_str(&s.get(&format!("/billing.json?month={month}")).body).unwrap();
+    assert!(open["closed"].is_null());
     let closed = f.controller(&["billing", "close", &month, "--output", "json"]);
     assert_eq!(closed.code, 0, "{}", closed.all());
+    // The page's data was just read (and kept); the close must show at once.
+    std::thread::sleep(Duration::from_millis(200));
+    let shown: Value =
+        serde_json::from_str(&s.get(&format!("/billing.json?month={month}")).body).unwrap();
+    assert!(
+        !shown["closed"].is_null(),
+        "a change in the database reaches the page at once"
+    );
     let again = f.controller(&["billing", "close", &month]);
     assert_eq!(again.code, 1);
     assert!(again.stderr.contains("already closed"), "{}", again.stderr);

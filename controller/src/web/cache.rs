@@ -1,0 +1,119 @@
+//! Data behind the pages, kept until the fleet database says it changed.
+//!
+//! Every write to a table the dashboard reads sends `NOTIFY mai_fleet_changed`
+//! (migration 0005). A listener bumps a generation on each notification; an entry
+//! is served only while its generation is current and it is younger than the TTL
+//! (ages and "today" move with the clock). Without a live listener nothing is
+//! cached, so a missed notification can never show stale money.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+
+pub const CHANNEL: &str = "mai_fleet_changed";
+const MAX_ENTRIES: usize = 512;
+
+type Entry = (u64, Instant, Arc<dyn Any + Send + Sync>);
+
+pub struct PageCache {
+    ttl: Duration,
+    generation: AtomicU64,
+    live: AtomicBool,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl PageCache {
+    /// `ttl` zero: never cache.
+    pub fn new(ttl: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            ttl,
+            generation: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            entries: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The TTL from `MAI_FLEET_PAGE_CACHE` (`5s` by default, `off` or `0` to disable).
+    pub fn ttl_from_env() -> Result<Duration, String> {
+        match std::env::var("MAI_FLEET_PAGE_CACHE") {
+            Ok(v) if v.trim() == "off" => Ok(Duration::ZERO),
+            Ok(v) if !v.trim().is_empty() => {
+                crate::duration::parse(&v).map_err(|e| format!("MAI_FLEET_PAGE_CACHE: {e}"))
+            }
+            _ => Ok(Duration::from_secs(5)),
+        }
+    }
+
+    fn invalidate(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut e) = self.entries.lock() {
+            e.clear();
+        }
+    }
+
+    /// The cached value of `key`, or what `load` gives (then kept).
+    pub async fn get_or_load<T, E, F, Fut>(&self, key: String, load: F) -> Result<T, E>
+    where
+        T: Clone + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        if self.ttl.is_zero() || !self.live.load(Ordering::SeqCst) {
+            return load().await;
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        if let Ok(entries) = self.entries.lock() {
+            if let Some((g, at, value)) = entries.get(&key) {
+                if *g == generation && at.elapsed() < self.ttl {
+                    if let Some(v) = value.downcast_ref::<T>() {
+                        return Ok(v.clone());
+                    }
+                }
+            }
+        }
+        let value = load().await?;
+        // Kept only if nothing changed while it was read.
+        if self.generation.load(Ordering::SeqCst) == generation {
+            if let Ok(mut entries) = self.entries.lock() {
+                if entries.len() >= MAX_ENTRIES {
+                    entries.clear();
+                }
+                entries.insert(key, (generation, Instant::now(), Arc::new(value.clone())));
+            }
+        }
+        Ok(value)
+    }
+
+    /// Listens for changes for as long as the server runs; reconnects after a lost
+    /// connection (caching stays off until it is back).
+    pub async fn listen(self: Arc<Self>, pool: PgPool) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        loop {
+            match PgListener::connect_with(&pool).await {
+                Ok(mut listener) => {
+                    if listener.listen(CHANNEL).await.is_ok() {
+                        self.invalidate();
+                        self.live.store(true, Ordering::SeqCst);
+                        // Ok(None): the connection was lost and remade; notifications
+                        // may have been missed in between.
+                        while listener.try_recv().await.is_ok() {
+                            self.invalidate();
+                        }
+                    }
+                }
+                Err(e) => eprintln!("serve: page cache off, cannot listen for changes: {e}"),
+            }
+            self.live.store(false, Ordering::SeqCst);
+            self.invalidate();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
