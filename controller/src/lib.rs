@@ -1,6 +1,7 @@
 //! mai-fleet controller library: the fleet spec, the plan from desired to observed
 //! state, the Docker backend that executes it, and the fleet database.
 
+pub mod alerts;
 pub mod apply;
 pub mod billing;
 pub mod docker;

@@ -8,6 +8,7 @@
 //! - migrate, usage: 0 done, 1 error
 //! - status: 0 every tenant's tracking is active, 3 not all are, 1 error
 //! - billing, rates sync, user add: 0 done, 1 error; rates show: 0 rate found, 3 none
+//! - alerts list: 0 nothing firing, 3 something firing; other alerts commands 0/1
 //! - serve: runs until SIGINT/SIGTERM
 
 mod cli;
@@ -64,6 +65,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Billing(args) => cli::billing::billing(args).await,
         Command::Rates(cmd) => cli::billing::rates(cmd).await,
         Command::User(cmd) => cli::billing::user(cmd).await,
+        Command::Alerts(cmd) => cli::alerts::run(cmd).await,
         Command::Serve(args) => cli::billing::serve(args).await,
         Command::Migrate { database_url } => {
             let store = mai_fleet::store::Store::connect(&database_url).await?;

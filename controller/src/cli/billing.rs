@@ -113,6 +113,12 @@ pub struct ServeArgs {
     pub no_rate_sync: bool,
     #[arg(long, env = "MAI_FLEET_RATE_TABLE", default_value = "C")]
     pub rate_table: String,
+    /// The fleet spec whose tenants' keys are checked against OpenRouter (`GET /key`)
+    #[arg(long, env = "MAI_FLEET_SPEC")]
+    pub spec: Option<std::path::PathBuf>,
+    /// Do not evaluate alert rules nor send notifications (another controller does)
+    #[arg(long)]
+    pub no_alerts: bool,
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 }
@@ -348,6 +354,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             table,
             schedule,
         ));
+    }
+    if !args.no_alerts {
+        let config = std::sync::Arc::new(mai_fleet::alerts::config::AlertsConfig::from_env()?);
+        if let Some(path) = &args.spec {
+            let spec = mai_fleet::spec::load(path)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("loading the spec for the tenants' keys")?;
+            let interval = mai_fleet::alerts::openrouter::poll_interval_from_env()
+                .map_err(anyhow::Error::msg)?;
+            let poller = mai_fleet::alerts::openrouter::Poller::from_spec(&spec);
+            tokio::spawn(poller.run(store.clone(), interval));
+        } else {
+            eprintln!("serve: no --spec: OpenRouter's ledger is not polled (capture_gap and spend checks need it)");
+        }
+        tokio::spawn(mai_fleet::alerts::evaluate::run_schedule(
+            store.clone(),
+            std::sync::Arc::clone(&config),
+            table,
+        ));
+        mai_fleet::alerts::notify::spawn_senders(store.clone(), config);
     }
     let state = mai_fleet::web::AppState {
         store,

@@ -1,5 +1,6 @@
 //! Command-line arguments and the human and JSON renderings of results.
 
+pub mod alerts;
 pub mod apply;
 pub mod billing;
 
@@ -78,6 +79,9 @@ pub enum Command {
     /// NBP exchange rates: `rates sync --from D` backfills, `rates show` tells a day's rate
     #[command(subcommand)]
     Rates(billing::RatesCommand),
+    /// Alerts: `list`, `silence`, `unsilence`, `evaluate` (one cycle), `deliveries`
+    #[command(subcommand)]
+    Alerts(alerts::AlertsCommand),
     /// Dashboard users: `user add NAME --password-stdin`
     #[command(subcommand)]
     User(billing::UserCommand),

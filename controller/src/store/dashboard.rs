@@ -33,6 +33,7 @@ pub struct FleetRow {
     pub data_age_s: Option<i64>,
     /// Seconds since this tenant's host agent last reported.
     pub agent_age_s: Option<i64>,
+    pub firing_alerts: i64,
 }
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -121,7 +122,8 @@ SELECT t.tenant, t.host, t.in_spec, t.container_state, t.tracking, t.reasons, t.
        coalesce(m.month_tokens, 0) AS month_tokens, coalesce(m.month_raw, 0) AS month_raw_cost,
        coalesce(m.month_client, 0) AS month_client_cost, t.monthly_limit_usd,
        extract(epoch FROM now())::bigint - t.last_usage_change AS data_age_s,
-       extract(epoch FROM now() - a.seen_at)::bigint AS agent_age_s
+       extract(epoch FROM now() - a.seen_at)::bigint AS agent_age_s,
+       (SELECT count(*) FROM alerts al WHERE al.tenant_id = t.tenant AND al.state = 'firing') AS firing_alerts
 FROM t LEFT JOIN m ON m.tenant_id = t.tenant
 LEFT JOIN agent_heartbeats a ON a.host = t.host
 ORDER BY t.tenant";

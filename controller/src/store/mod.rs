@@ -1,6 +1,7 @@
 //! The fleet Postgres: schema (sqlx migrations in `controller/migrations`), desired
 //! state and the record of every apply.
 
+pub mod alerts;
 pub mod billing;
 pub mod dashboard;
 pub mod hosts;

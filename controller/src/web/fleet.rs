@@ -38,6 +38,7 @@ pub struct RowView {
     pub limit_text: String,
     pub limit_class: &'static str,
     pub data_age: String,
+    pub firing_alerts: i64,
 }
 
 #[derive(Template)]
@@ -173,6 +174,7 @@ fn table(rows: &[FleetRow], rate: Option<&Rate>, sort: String, dir: String) -> F
                 limit_text,
                 limit_class,
                 data_age: age(r.data_age_s),
+                firing_alerts: r.firing_alerts,
             }
         })
         .collect();

@@ -2,6 +2,7 @@
 //! API under `/api/v1`, `/metrics` and `/healthz`. Routes are grouped by resource,
 //! one module each; every handler returns `Result<_, WebError>`.
 
+mod alerts;
 mod auth;
 mod billing;
 pub mod cache;
@@ -96,6 +97,10 @@ pub fn router(state: AppState) -> Router {
         .route("/billing.csv", get(billing::csv))
         .route("/billing.json", get(billing::api))
         .route("/api/v1/billing", get(billing::api))
+        .route("/alerts", get(alerts::page))
+        .route("/alerts/silence", post(alerts::silence))
+        .route("/alerts/unsilence", post(alerts::unsilence))
+        .route("/api/v1/alerts", get(alerts::api))
         .route("/hosts", get(hosts::page))
         .route("/api/v1/hosts", get(hosts::api))
         .route("/login", get(auth::login_page).post(auth::login))

@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU16, Ordering};
 
 pub mod dashboard;
+pub mod fakes;
 pub mod nbp;
 
 pub const KEY_A: &str = "sk-or-v1-a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";

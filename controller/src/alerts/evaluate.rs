@@ -1,0 +1,103 @@
+//! One evaluation cycle, and the schedule that repeats it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use serde_json::Value;
+
+use super::config::{AlertsConfig, Evaluation};
+use super::lifecycle::{reconcile, State};
+use super::{notify, rules};
+use crate::rates::RateTable;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone, Default)]
+pub struct CycleReport {
+    pub duration: Duration,
+    pub queries: i32,
+    pub candidates: usize,
+    pub transitions: usize,
+    pub notifications: usize,
+    pub silenced: usize,
+}
+
+/// Rules → candidates → transitions → queued notifications, in a fixed number of
+/// queries whatever the fleet's size.
+pub async fn run_cycle(
+    store: &Store,
+    config: &AlertsConfig,
+    table: RateTable,
+) -> Result<CycleReport, StoreError> {
+    let started = Instant::now();
+    let (candidates, rule_queries) = rules::find(store, config, table).await?;
+    let open: Vec<_> = store
+        .open_alerts()
+        .await?
+        .iter()
+        .filter_map(|r| r.to_alert())
+        .collect();
+    let silences = store.active_silences().await?;
+    let step = reconcile(&open, &candidates, &silences, Utc::now(), config);
+    let mut queued: Vec<(String, String, &'static str, Value)> = Vec::new();
+    for (alert, status) in &step.notify {
+        for r in &config.receivers {
+            queued.push((
+                alert.fingerprint.clone(),
+                r.name.clone(),
+                if *status == State::Firing {
+                    "firing"
+                } else {
+                    "resolved"
+                },
+                notify::payload(r, alert, *status, config),
+            ));
+        }
+    }
+    store.write_step(&step, &queued).await?;
+    let duration = started.elapsed();
+    let queries = rule_queries + 4;
+    store
+        .record_evaluation(
+            duration.as_millis() as i64,
+            queries,
+            candidates.len() as i32,
+            step.transitions.len() as i32,
+        )
+        .await?;
+    Ok(CycleReport {
+        duration,
+        queries: queries + 1,
+        candidates: candidates.len(),
+        transitions: step.transitions.len(),
+        notifications: queued.len(),
+        silenced: step.silenced,
+    })
+}
+
+/// Evaluates on the configured schedule for as long as the server runs.
+pub async fn run_schedule(store: Store, config: Arc<AlertsConfig>, table: RateTable) {
+    loop {
+        match run_cycle(&store, &config, table).await {
+            Ok(r) if r.transitions > 0 || r.notifications > 0 => eprintln!(
+                "alerts: cycle {} ms, {} queries: {} finding(s), {} change(s), {} notification(s) queued",
+                r.duration.as_millis(),
+                r.queries,
+                r.candidates,
+                r.transitions,
+                r.notifications
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!("alerts: evaluation failed: {e}"),
+        }
+        let wait = match &config.evaluation {
+            Evaluation::Every(d) => *d,
+            Evaluation::Cron(s) => s
+                .upcoming(Utc)
+                .next()
+                .and_then(|t| (t - Utc::now()).to_std().ok())
+                .unwrap_or(Duration::from_secs(60)),
+        };
+        tokio::time::sleep(wait).await;
+    }
+}

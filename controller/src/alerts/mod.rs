@@ -1,0 +1,180 @@
+//! Alerts: rules over the fleet database (and OpenRouter's ledger per key), an
+//! Alertmanager-like lifecycle (pending → firing → resolved, dedupe by fingerprint,
+//! repeat interval, silences) and receivers (webhook, Slack, e-mail) with retries.
+//!
+//! One evaluation cycle ([`evaluate::run_cycle`]): each rule is one query for the
+//! whole fleet; [`lifecycle::reconcile`] turns the candidates and the stored
+//! alerts into transitions and notifications (pure); the store writes them in bulk.
+
+pub mod config;
+pub mod evaluate;
+pub mod lifecycle;
+pub mod notify;
+pub mod openrouter;
+pub mod rules;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// The rules, by the names alerts carry as `alertname`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    TrackingInactive,
+    CaptureGap,
+    AgentSilent,
+    ContainerDown,
+    Budget80,
+    Budget100,
+    ExchangeRateMissing,
+    StoreRegression,
+}
+
+impl Rule {
+    pub const ALL: [Rule; 8] = [
+        Rule::TrackingInactive,
+        Rule::CaptureGap,
+        Rule::AgentSilent,
+        Rule::ContainerDown,
+        Rule::Budget80,
+        Rule::Budget100,
+        Rule::ExchangeRateMissing,
+        Rule::StoreRegression,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::TrackingInactive => "tracking_inactive",
+            Rule::CaptureGap => "capture_gap",
+            Rule::AgentSilent => "agent_silent",
+            Rule::ContainerDown => "container_down",
+            Rule::Budget80 => "budget_80",
+            Rule::Budget100 => "budget_100",
+            Rule::ExchangeRateMissing => "exchange_rate_missing",
+            Rule::StoreRegression => "store_regression",
+        }
+    }
+
+    pub fn severity(self) -> &'static str {
+        match self {
+            Rule::TrackingInactive | Rule::CaptureGap | Rule::Budget100 => "critical",
+            Rule::AgentSilent | Rule::ContainerDown | Rule::StoreRegression => "warning",
+            Rule::Budget80 | Rule::ExchangeRateMissing => "info",
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Rule {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Rule::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Rule::ALL.iter().map(|r| r.name()).collect();
+                format!("`{s}` is not a rule; the rules are {}", names.join(", "))
+            })
+    }
+}
+
+/// A rule's finding for one tenant (or host, or the fleet) in this cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub rule: Rule,
+    pub tenant: Option<String>,
+    /// Identify the alert: `alertname`, `tenant`, and what else tells two apart.
+    pub labels: BTreeMap<String, String>,
+    /// One line naming the tenant, the cause and the money at stake.
+    pub summary: String,
+    pub description: String,
+}
+
+impl Candidate {
+    pub fn new(
+        rule: Rule,
+        tenant: Option<&str>,
+        extra: &[(&str, String)],
+        summary: String,
+        description: String,
+    ) -> Self {
+        let mut labels = BTreeMap::new();
+        labels.insert("alertname".to_string(), rule.name().to_string());
+        labels.insert("severity".to_string(), rule.severity().to_string());
+        if let Some(t) = tenant {
+            labels.insert("tenant".to_string(), t.to_string());
+        }
+        for (k, v) in extra {
+            labels.insert((*k).to_string(), v.clone());
+        }
+        Candidate {
+            rule,
+            tenant: tenant.map(str::to_string),
+            labels,
+            summary,
+            description,
+        }
+    }
+
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.labels)
+    }
+}
+
+/// A stable hash of the labels (Alertmanager's notion of one alert).
+pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
+    let mut h = Sha256::new();
+    for (k, v) in labels {
+        h.update(k.as_bytes());
+        h.update([0xff]);
+        h.update(v.as_bytes());
+        h.update([0xfe]);
+    }
+    crate::spec::hex(&h.finalize()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_depends_on_labels_only() {
+        let a = Candidate::new(
+            Rule::CaptureGap,
+            Some("t1"),
+            &[("window", "day".into())],
+            "x".into(),
+            String::new(),
+        );
+        let b = Candidate::new(
+            Rule::CaptureGap,
+            Some("t1"),
+            &[("window", "day".into())],
+            "y".into(),
+            "z".into(),
+        );
+        let c = Candidate::new(
+            Rule::CaptureGap,
+            Some("t1"),
+            &[("window", "month".into())],
+            "x".into(),
+            String::new(),
+        );
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+        assert_eq!("budget_80".parse::<Rule>().unwrap(), Rule::Budget80);
+        assert!("budget"
+            .parse::<Rule>()
+            .unwrap_err()
+            .contains("tracking_inactive"));
+    }
+}

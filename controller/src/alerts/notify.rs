@@ -1,0 +1,300 @@
+//! Notifications: what each kind of receiver is sent, and delivery with retries.
+//!
+//! Each change of an alert is queued once per receiver (`alert_notifications`, also
+//! the delivery log). Each receiver has its own sender loop, so one that is down
+//! never holds up another; a failed send is retried with exponential back-off up
+//! to `retry_max`, and given up after `give_up_after`.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use super::config::{AlertsConfig, Receiver, ReceiverKind};
+use super::lifecycle::{Alert, State};
+use crate::store::alerts::Delivery;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("HTTP {0}")]
+    Status(u16),
+    #[error("{0}")]
+    Http(String),
+    #[error("SMTP: {0}")]
+    Smtp(String),
+    #[error("receiver misconfigured: {0}")]
+    Config(String),
+}
+
+const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+fn alert_json(a: &Alert, status: State, external_url: &str) -> Value {
+    json!({
+        "status": status.as_str(),
+        "labels": a.labels,
+        "annotations": {"summary": a.summary, "description": a.description},
+        "startsAt": a.fired_at.unwrap_or(a.active_since).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        "endsAt": match (status, a.resolved_at) {
+            (State::Resolved, Some(t)) => t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            _ => ZERO_TIME.to_string(),
+        },
+        "generatorURL": format!("{}/alerts", external_url.trim_end_matches('/')),
+        "fingerprint": a.fingerprint,
+    })
+}
+
+/// What `receiver` is sent about `a`.
+pub fn payload(receiver: &Receiver, a: &Alert, status: State, config: &AlertsConfig) -> Value {
+    let headline = format!(
+        "[{}] {}: {}",
+        status.as_str().to_uppercase(),
+        a.rule.name(),
+        a.summary
+    );
+    match &receiver.kind {
+        ReceiverKind::Webhook { .. } => json!({
+            "version": "4",
+            "groupKey": format!("{{}}:{{alertname=\"{}\"}}", a.rule.name()),
+            "truncatedAlerts": 0,
+            "status": status.as_str(),
+            "receiver": receiver.name,
+            "groupLabels": {"alertname": a.rule.name()},
+            "commonLabels": a.labels,
+            "commonAnnotations": {"summary": a.summary, "description": a.description},
+            "externalURL": config.external_url,
+            "alerts": [alert_json(a, status, &config.external_url)],
+        }),
+        ReceiverKind::Slack { .. } => {
+            let icon = if status == State::Firing {
+                ":red_circle:"
+            } else {
+                ":large_green_circle:"
+            };
+            json!({"text": format!("{icon} {headline}\n{}", a.description)})
+        }
+        ReceiverKind::Email { .. } => json!({
+            "subject": headline,
+            "body": format!(
+                "{}\n\nrule: {}\nstatus: {}\nlabels: {}\nsince: {}\n\n{}\n\nmai-fleet: {}/alerts\n",
+                a.summary,
+                a.rule.name(),
+                status.as_str(),
+                serde_json::to_string(&a.labels).unwrap_or_default(),
+                a.fired_at.unwrap_or(a.active_since).format("%Y-%m-%d %H:%M:%S UTC"),
+                a.description,
+                config.external_url.trim_end_matches('/')
+            ),
+        }),
+    }
+}
+
+async fn send(
+    receiver: &Receiver,
+    payload: &Value,
+    http: &reqwest::Client,
+) -> Result<(), SendError> {
+    match &receiver.kind {
+        ReceiverKind::Webhook { url } | ReceiverKind::Slack { url } => {
+            let res = http
+                .post(url)
+                .json(payload)
+                .send()
+                .await
+                // The URL may carry a token (Slack's do): only the error's kind is kept.
+                .map_err(|e| {
+                    SendError::Http(if e.is_timeout() {
+                        "timed out".into()
+                    } else if e.is_connect() {
+                        "cannot connect".into()
+                    } else {
+                        "request failed".into()
+                    })
+                })?;
+            let status = res.status().as_u16();
+            if (200..300).contains(&status) {
+                Ok(())
+            } else {
+                Err(SendError::Status(status))
+            }
+        }
+        ReceiverKind::Email {
+            smtp,
+            from,
+            to,
+            username,
+            password_env,
+        } => {
+            send_email(
+                smtp,
+                from,
+                to,
+                username.as_deref(),
+                password_env.as_deref(),
+                payload,
+            )
+            .await
+        }
+    }
+}
+
+async fn send_email(
+    smtp: &str,
+    from: &str,
+    to: &[String],
+    username: Option<&str>,
+    password_env: Option<&str>,
+    payload: &Value,
+) -> Result<(), SendError> {
+    use lettre::message::header::ContentType;
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+    let (scheme, rest) = smtp
+        .split_once("://")
+        .ok_or_else(|| SendError::Config(format!("`{smtp}` is not smtp://host:port")))?;
+    let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
+        Some((h, p)) => (
+            h.to_string(),
+            p.parse::<u16>()
+                .map_err(|_| SendError::Config(format!("bad port in `{smtp}`")))?,
+        ),
+        None => (
+            rest.trim_end_matches('/').to_string(),
+            if scheme == "smtps" { 465 } else { 25 },
+        ),
+    };
+    let builder = match scheme {
+        "smtp" => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&host),
+        "smtps" => AsyncSmtpTransport::<Tokio1Executor>::relay(&host)
+            .map_err(|e| SendError::Smtp(e.to_string()))?,
+        "smtp+starttls" => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&host)
+            .map_err(|e| SendError::Smtp(e.to_string()))?,
+        _ => {
+            return Err(SendError::Config(format!(
+                "scheme `{scheme}`: use smtp, smtp+starttls or smtps"
+            )))
+        }
+    };
+    let mut builder = builder.port(port).timeout(Some(Duration::from_secs(10)));
+    if let Some(user) = username {
+        let password = password_env
+            .and_then(|v| std::env::var(v).ok())
+            .unwrap_or_default();
+        builder = builder.credentials(Credentials::new(user.to_string(), password));
+    }
+    let mut message = Message::builder()
+        .from(
+            from.parse()
+                .map_err(|e| SendError::Config(format!("from `{from}`: {e}")))?,
+        )
+        .subject(payload["subject"].as_str().unwrap_or("mai-fleet alert"))
+        .header(ContentType::TEXT_PLAIN);
+    for t in to {
+        message = message.to(t
+            .parse()
+            .map_err(|e| SendError::Config(format!("to `{t}`: {e}")))?);
+    }
+    let message = message
+        .body(payload["body"].as_str().unwrap_or_default().to_string())
+        .map_err(|e| SendError::Smtp(e.to_string()))?;
+    builder
+        .build()
+        .send(message)
+        .await
+        .map_err(|e| SendError::Smtp(e.to_string()))?;
+    Ok(())
+}
+
+/// When a notification that failed `attempts` times is tried again (None: give up).
+pub fn retry_in(attempts: i32, age: Duration, config: &AlertsConfig) -> Option<Duration> {
+    if age >= config.give_up_after {
+        return None;
+    }
+    let backoff = Duration::from_secs(1u64 << attempts.clamp(0, 16));
+    Some(backoff.min(config.retry_max))
+}
+
+/// Sends every due notification of one receiver once; how many went out.
+pub async fn deliver_due(
+    store: &Store,
+    config: &AlertsConfig,
+    receiver: &Receiver,
+    http: &reqwest::Client,
+) -> Result<usize, StoreError> {
+    let mut sent = 0;
+    let due: Vec<Delivery> = store.due_notifications(&receiver.name, 50).await?;
+    for n in due {
+        match send(receiver, &n.payload, http).await {
+            Ok(()) => {
+                store.mark_sent(n.id).await?;
+                sent += 1;
+            }
+            Err(e) => {
+                let age = (Utc::now() - n.created_at).to_std().unwrap_or_default();
+                let retry = retry_in(n.attempts + 1, age, config);
+                eprintln!(
+                    "alerts: receiver {}: notification #{} failed ({e}); {}",
+                    receiver.name,
+                    n.id,
+                    retry.map_or("giving up".to_string(), |r| format!(
+                        "retrying in {}s",
+                        r.as_secs()
+                    ))
+                );
+                store
+                    .mark_failed(n.id, &e.to_string(), retry.map(|r| r.as_secs_f64()))
+                    .await?;
+            }
+        }
+    }
+    Ok(sent)
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .user_agent(concat!("mai-fleet/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
+}
+
+/// One sender loop per receiver, for as long as the server runs.
+pub fn spawn_senders(store: Store, config: std::sync::Arc<AlertsConfig>) {
+    for receiver in config.receivers.clone() {
+        let (store, config) = (store.clone(), std::sync::Arc::clone(&config));
+        tokio::spawn(async move {
+            let http = http_client();
+            loop {
+                match deliver_due(&store, &config, &receiver, &http).await {
+                    Ok(_) => {}
+                    Err(e) => eprintln!("alerts: receiver {}: {e}", receiver.name),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_doubles_to_the_cap_and_gives_up() {
+        let c = AlertsConfig::parse("t", "retry_max: 30s\ngive_up_after: 1h\n").unwrap();
+        assert_eq!(
+            retry_in(1, Duration::ZERO, &c),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            retry_in(3, Duration::ZERO, &c),
+            Some(Duration::from_secs(8))
+        );
+        assert_eq!(
+            retry_in(10, Duration::ZERO, &c),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(retry_in(2, Duration::from_secs(3600), &c), None);
+    }
+}
