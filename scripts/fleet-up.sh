@@ -67,5 +67,5 @@ echo "billing: DATABASE_URL=$DATABASE_URL $controller billing $(date +%Y-%m)"
 echo "dashboard: http://$listen/  user admin, password in $creds (log: $run/serve.log)"
 curl -fsS "http://$listen/healthz" >/dev/null && echo "  /healthz ok" || echo "  dashboard not answering; see $run/serve.log"
 echo "NBP rates come from ${MAI_FLEET_NBP_URL:-https://api.nbp.pl/api}; without them amounts show in USD only"
-echo "not built yet: alerts (issue 5); see docs/status.md"
+echo "alerts: $controller alerts list (receivers: MAI_FLEET_ALERT_WEBHOOK_URL etc., docs/alerts.md)"
 exit $status

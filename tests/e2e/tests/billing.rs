@@ -237,6 +237,7 @@ fn month_billed_from_real_tenants_agrees_everywhere_and_closes() {
         "/hosts",
         &format!("/tenants/{t1}"),
         "/fleet/rows",
+        "/alerts",
     ] {
         let r = http_full(port, "GET", path, None, &[]).unwrap();
         assert_eq!(r.status, 303, "{path} without a session");
@@ -248,6 +249,7 @@ fn month_billed_from_real_tenants_agrees_everywhere_and_closes() {
     for path in [
         "/api/v1/fleet",
         "/api/v1/hosts",
+        "/api/v1/alerts",
         "/api/v1/billing",
         "/billing.csv",
         "/billing.json",
@@ -506,6 +508,7 @@ fn month_billed_from_real_tenants_agrees_everywhere_and_closes() {
         "per-user breakdown adds up to the month"
     );
     assert_eq!(tenant_api["days"].as_array().unwrap().len(), 30);
+    assert_eq!(s.get("/alerts").status, 200);
     let hosts = s.get("/hosts");
     assert!(hosts.body.contains(&format!("{}-a", f.name)));
     let metrics = http_full(port, "GET", "/metrics", None, &[]).unwrap();
@@ -543,6 +546,7 @@ fn month_billed_from_real_tenants_agrees_everywhere_and_closes() {
                 &format!("/tenants/{t1}?month={month}"),
                 &format!("/billing?month={month}"),
                 "/hosts",
+                "/alerts",
             ])
             .env("MAI_FLEET_SESSION", &s.cookie)
             .status()
