@@ -92,21 +92,7 @@ fn main() {
     let rows = psql(&db_url, "SELECT (SELECT count(*) FROM usage_daily) + (SELECT count(*) FROM usage_user_daily) + (SELECT count(*) FROM usage_model_daily)");
     println!("bench-web: {TENANTS} tenants x {DAYS} days x 20 users x 8 models: {rows} usage rows loaded in {:.1}s", started.elapsed().as_secs_f64());
 
-    let first = Server(
-        Command::new(&controller)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{PORT}"),
-                "--no-rate-sync",
-            ])
-            .env("DATABASE_URL", &db_url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| fail(&e.to_string())),
-    );
-    wait_healthy();
+    let first = start_server(&controller, &db_url, None);
     let (_, session) = login(PORT, "bench", PASSWORD);
     let session = session.unwrap_or_else(|| fail("login failed"));
     let cookie = format!("mai_session={}", session.cookie);
@@ -217,22 +203,7 @@ fn main() {
         .collect();
     let mut all_ok = true;
     for cache in ["off", "5s"] {
-        let server = Server(
-            Command::new(&controller)
-                .args([
-                    "serve",
-                    "--listen",
-                    &format!("127.0.0.1:{PORT}"),
-                    "--no-rate-sync",
-                ])
-                .env("DATABASE_URL", &db_url)
-                .env("MAI_FLEET_PAGE_CACHE", cache)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| fail(&e.to_string())),
-        );
-        wait_healthy();
+        let server = start_server(&controller, &db_url, Some(cache));
         for ((name, path, _), sql) in pages.iter().zip(&sql_ms) {
             let page = http_full(PORT, "GET", path, None, &[("Cookie", &cookie)])
                 .unwrap_or_else(|| fail("page"));
@@ -257,6 +228,27 @@ fn main() {
         "\ngoals (default cache): p99 <= 50 ms at 16 connections; page alone <= 2x its SQL bare in psql: {}",
         if all_ok { "met" } else { "NOT met" }
     );
+}
+
+/// `controller serve` on [`PORT`], answering; `cache` sets `MAI_FLEET_PAGE_CACHE`.
+fn start_server(controller: &std::path::Path, db_url: &str, cache: Option<&str>) -> Server {
+    let mut cmd = Command::new(controller);
+    cmd.args([
+        "serve",
+        "--listen",
+        &format!("127.0.0.1:{PORT}"),
+        "--no-rate-sync",
+        "--no-alerts",
+    ])
+    .env("DATABASE_URL", db_url)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    if let Some(c) = cache {
+        cmd.env("MAI_FLEET_PAGE_CACHE", c);
+    }
+    let server = Server(cmd.spawn().unwrap_or_else(|e| fail(&e.to_string())));
+    wait_healthy();
+    server
 }
 
 fn wait_healthy() {

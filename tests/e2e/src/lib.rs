@@ -273,6 +273,28 @@ impl Fleet {
         psql(&self.database_url, sql)
     }
 
+    /// The agent of host entry `host` (`a`, `b`) against this fleet's database.
+    pub fn agent_command(&self, host: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin_dir().join("agent"));
+        cmd.arg("--host")
+            .arg(format!("{}-{host}", self.name))
+            .args(args)
+            .env("DATABASE_URL", &self.database_url)
+            .env("MAI_FLEET_SPOOL_DIR", self.dir.join("spool"));
+        cmd
+    }
+
+    /// One agent cycle that must succeed; its log.
+    pub fn agent_once(&self, host: &str) -> String {
+        let out = self
+            .agent_command(host, &["--once"])
+            .output()
+            .expect("run agent");
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "agent --once failed: {text}");
+        text
+    }
+
     fn remove_containers(&self) {
         remove_containers_labelled(&format!("mai-fleet.fleet={}", self.name));
     }
@@ -298,6 +320,17 @@ impl Drop for Fleet {
         let _ = Command::new("psql")
             .args([&self.admin_url, "-qAtc", &drop_roles])
             .output();
+    }
+}
+
+/// A process of the test's (agent, server) killed when dropped, so that a failing
+/// test leaves none behind.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

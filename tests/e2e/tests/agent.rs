@@ -1,43 +1,16 @@
 //! The agent against real tenant containers and PostgreSQL (issue 3, first part).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mai_fleet_e2e::{bin_dir, chat, require_services, Fleet};
+use mai_fleet_e2e::{chat, require_services, Fleet, Running};
 
 const DEV: &str = "mai-fleet/tenant:dev";
 
-fn agent(f: &Fleet, host: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(bin_dir().join("agent"));
-    cmd.arg("--host")
-        .arg(format!("{}-{host}", f.name))
-        .args(args)
-        .env("DATABASE_URL", &f.database_url)
-        .env("MAI_FLEET_SPOOL_DIR", f.dir.join("spool"));
-    cmd
-}
-
-fn agent_once(f: &Fleet, host: &str) -> String {
-    let out = agent(f, host, &["--once"]).output().expect("run agent");
-    let text = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "agent --once failed: {text}");
-    text
-}
-
-/// An agent process killed when dropped, so that a failing test leaves none behind.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spawn_agent(f: &Fleet, host: &str) -> Running {
     Running(
-        agent(f, host, &["--interval", "300ms"])
+        f.agent_command(host, &["--interval", "300ms"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -139,7 +112,8 @@ fn usage_is_mirrored_exactly_through_agent_kills_and_a_database_outage() {
         agents[victim] = spawn_agent(&f, if victim == 0 { "a" } else { "b" });
     }
     // The database away for a cycle: the cycle fails, nothing moves, nothing is lost.
-    let down = agent(&f, "a", &["--once"])
+    let down = f
+        .agent_command("a", &["--once"])
         .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
         .output()
         .unwrap();
@@ -162,8 +136,8 @@ fn usage_is_mirrored_exactly_through_agent_kills_and_a_database_outage() {
         .unwrap()
         .status
         .success());
-    agent_once(&f, "a");
-    agent_once(&f, "b");
+    f.agent_once("a");
+    f.agent_once("b");
     for (id, host) in [(&a, "a"), (&b, "a"), (&c, "b")] {
         let store = store_sums(
             &f.data_root(host).join(id).join("data"),
@@ -228,7 +202,7 @@ fn tenant_started_by_hand_without_its_org_env_is_reported_inactive() {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let log = agent_once(&f, "a");
+    let log = f.agent_once("a");
     assert!(log.contains("1 inactive"), "{log}");
     let row = f.psql(&format!("SELECT tracking, in_spec, store_status, array_to_string(reasons, ' / ') FROM tenant_health WHERE tenant_id = '{id}'"));
     assert!(row.starts_with("inactive|f|ok|"), "{row}");
@@ -275,7 +249,7 @@ fn store_reset_keeps_fleet_history_and_is_recorded() {
     for user in ["anna", "piotr", "ewa"] {
         chat(f.base_port, user, "openai/gpt-4o-mini").expect("chat");
     }
-    agent_once(&f, "a");
+    f.agent_once("a");
     let before = fleet_sums(&f, &id);
     assert_eq!(before.len(), 5, "{before:?}");
 
@@ -284,7 +258,7 @@ fn store_reset_keeps_fleet_history_and_is_recorded() {
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch("DELETE FROM client_daily_usage; DELETE FROM client_user_daily_usage; DELETE FROM client_model_daily_usage;").unwrap();
     drop(conn);
-    let log = agent_once(&f, "a");
+    let log = f.agent_once("a");
     assert!(log.contains("regression"), "{log}");
     assert_eq!(fleet_sums(&f, &id), before, "the fleet keeps its history");
     let detail = f.psql(&format!("SELECT string_agg(store_table || ': ' || detail, ' / ' ORDER BY store_table) FROM store_regressions WHERE tenant_id = '{id}'"));
@@ -293,7 +267,7 @@ fn store_reset_keeps_fleet_history_and_is_recorded() {
         "{detail}"
     );
     // Seen again next cycle: recorded once.
-    agent_once(&f, "a");
+    f.agent_once("a");
     assert_eq!(f.psql("SELECT count(*) FROM store_regressions"), "3");
 }
 
@@ -334,7 +308,7 @@ fn host_credentials_confine_an_agent_to_its_own_tenants() {
     );
 
     let with = |url: &str, host: &str| {
-        agent(&f, host, &["--once"])
+        f.agent_command(host, &["--once"])
             .env("DATABASE_URL", url)
             .output()
             .unwrap()
@@ -451,7 +425,7 @@ fn postgres_away_loses_nothing_the_spool_delivers_in_order() {
     let interval = format!("{}s", mai_fleet_e2e::seconds("INTERVAL", 1).as_secs());
     let log = f.dir.join("agent.log");
     let agent_proc = Running(
-        agent(&f, "a", &["--interval", &interval])
+        f.agent_command("a", &["--interval", &interval])
             .env("DATABASE_URL", &pg.url)
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -479,7 +453,8 @@ fn postgres_away_loses_nothing_the_spool_delivers_in_order() {
         .unwrap()
         .status
         .success());
-    let last = agent(&f, "a", &["--once"])
+    let last = &f
+        .agent_command("a", &["--once"])
         .env("DATABASE_URL", &pg.url)
         .output()
         .unwrap();
@@ -565,7 +540,7 @@ fn day_rollover_does_not_carry_yesterdays_live_counter_into_today() {
     );
     let before = chat(f.base_port, "anna", "openai/gpt-4o-mini").expect("chat before midnight");
     chat(f.base_port, "anna", "openai/gpt-4o-mini").expect("chat before midnight");
-    agent_once(&f, "a");
+    f.agent_once("a");
     let (day1, live1): (String, String) = {
         let row = f.psql(&format!("SELECT counter_date || '|' || today_tokens FROM usage_live_counters WHERE tenant_id = '{id}'"));
         let (d, t) = row.split_once('|').unwrap();
@@ -578,7 +553,7 @@ fn day_rollover_does_not_carry_yesterdays_live_counter_into_today() {
 
     std::thread::sleep(Duration::from_secs(9).saturating_sub(started.elapsed()));
     let after = chat(f.base_port, "piotr", "deepseek/deepseek-chat").expect("chat after midnight");
-    agent_once(&f, "a");
+    f.agent_once("a");
     let row = f.psql(&format!("SELECT counter_date || '|' || today_tokens || '|' || today_requests FROM usage_live_counters WHERE tenant_id = '{id}'"));
     let parts: Vec<&str> = row.split('|').collect();
     assert_ne!(parts[0], day1, "the live counter moved to the new day");

@@ -6,33 +6,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mai_fleet_e2e::fakes::{FakeOpenRouter, FakeSmtp, FakeWebhook};
-use mai_fleet_e2e::{bin_dir, chat, require_services, Fleet, KEY_A, KEY_B};
+use mai_fleet_e2e::{chat, require_services, Fleet, Running, KEY_A, KEY_B};
 use serde_json::Value;
 
 const DEV: &str = "mai-fleet/tenant:dev";
-
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn agent_once(f: &Fleet, host: &str) {
-    let out = Command::new(bin_dir().join("agent"))
-        .args(["--host", &format!("{}-{host}", f.name), "--once"])
-        .env("DATABASE_URL", &f.database_url)
-        .env("MAI_FLEET_SPOOL_DIR", f.dir.join("spool"))
-        .output()
-        .expect("run agent");
-    assert!(
-        out.status.success(),
-        "agent --once: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn write(f: &Fleet, name: &str, text: &str) -> PathBuf {
     let p = f.dir.join(name);
@@ -147,7 +124,7 @@ fn seeds_incident_fires_once_per_receiver_and_resolves_once_and_capture_gap_is_s
     or.set(KEY_A, "10.000000");
     or.set(KEY_B, "5.000000");
     chat(f.base_port + 1, "ewa", "openai/gpt-4o-mini").unwrap();
-    agent_once(&f, "a");
+    f.agent_once("a");
     let first = evaluate(&f, &config, Some(&spec), Some(&or));
     assert_eq!(first["snapshots"], 2, "both keys polled");
     assert!(
@@ -217,7 +194,7 @@ fn seeds_incident_fires_once_per_receiver_and_resolves_once_and_capture_gap_is_s
     let recorded = store_raw(&t2_data) - before;
     assert!(recorded > 0.05, "t2 recorded {recorded}");
     or.set(KEY_B, &format!("{:.6}", 5.0 + 2.0 * recorded));
-    agent_once(&f, "a");
+    f.agent_once("a");
 
     let mut cycles = 0;
     while cycles < 2 && state_of(&f, "tracking_inactive", &t1).as_deref() != Some("firing") {
@@ -294,7 +271,7 @@ fn seeds_incident_fires_once_per_receiver_and_resolves_once_and_capture_gap_is_s
     // Fixed by apply: one resolved notification per receiver.
     f.apply_ok(&spec, &[]);
     assert!(f.wait_health(f.base_port).is_some());
-    agent_once(&f, "a");
+    f.agent_once("a");
     evaluate(&f, &config, Some(&spec), Some(&or));
     evaluate(&f, &config, Some(&spec), Some(&or));
     assert_eq!(
@@ -367,7 +344,7 @@ fn repeats_wait_for_the_interval_silences_suppress_and_budgets_fire_once_a_month
     for _ in 0..300 {
         chat(f.base_port, "ola", "anthropic/claude-3.5-sonnet").unwrap();
     }
-    agent_once(&f, "a");
+    f.agent_once("a");
     let month = f.psql("SELECT to_char(now() AT TIME ZONE 'Europe/Warsaw', 'YYYY-MM')");
     let billing: Value = serde_json::from_str(
         &f.controller(&["billing", &month, "--output", "json"])
@@ -417,7 +394,7 @@ fn repeats_wait_for_the_interval_silences_suppress_and_budgets_fire_once_a_month
         .unwrap()
         .status
         .success());
-    agent_once(&f, "a");
+    f.agent_once("a");
     for _ in 0..30 {
         evaluate(&f, &steady, None, None);
     }

@@ -3,40 +3,17 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use chrono::{Datelike, Months, NaiveDate, Weekday};
 use mai_fleet_e2e::dashboard::{form_value, login, Session};
 use mai_fleet_e2e::nbp::FakeNbp;
-use mai_fleet_e2e::{bin_dir, chat, http_full, require_services, Fleet, KEYS};
+use mai_fleet_e2e::{chat, http_full, require_services, Fleet, Running, KEYS};
 use serde_json::Value;
 
 const DEV: &str = "mai-fleet/tenant:dev";
 const PASSWORD: &str = "e2e-password-123";
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn agent_once(f: &Fleet, host: &str) {
-    let out = Command::new(bin_dir().join("agent"))
-        .args(["--host", &format!("{}-{host}", f.name), "--once"])
-        .env("DATABASE_URL", &f.database_url)
-        .env("MAI_FLEET_SPOOL_DIR", f.dir.join("spool"))
-        .output()
-        .expect("run agent");
-    assert!(
-        out.status.success(),
-        "agent --once: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A decimal string as an integer count of 10^-places.
 fn units(s: &str, places: u32) -> i128 {
@@ -183,8 +160,8 @@ fn month_billed_from_real_tenants_agrees_everywhere_and_closes() {
         );
     }
     chat(f.base_port, "anna", "openai/gpt-4o-mini").expect("chat today");
-    agent_once(&f, "a");
-    agent_once(&f, "b");
+    f.agent_once("a");
+    f.agent_once("b");
 
     let today = chrono::Utc::now().date_naive();
     let month_first = today.with_day(1).unwrap() - Months::new(1);
@@ -586,7 +563,7 @@ fn month_billed_from_real_tenants_agrees_everywhere_and_closes() {
     let before = store_month(&data("a", &t1), month_first, month_last);
     f.apply_ok(&f.write_spec(&spec_text(14)), &[]);
     assert!(f.wait_health(f.base_port).is_some());
-    agent_once(&f, "a");
+    f.agent_once("a");
     let after = store_month(&data("a", &t1), month_first, month_last);
     assert!(after.0 > before.0, "late usage landed in the month");
     let late: Value = serde_json::from_str(
