@@ -102,6 +102,9 @@ pub fn reconcile(
     config: &AlertsConfig,
 ) -> Step {
     let mut step = Step::default();
+    // With nobody to tell, an alert is not marked as told: once a receiver is
+    // configured, what fires is sent.
+    let can_notify = !config.receivers.is_empty();
     let mut by_fp: HashMap<String, &Alert> =
         open.iter().map(|a| (a.fingerprint.clone(), a)).collect();
     let mut seen = std::collections::HashSet::new();
@@ -164,7 +167,7 @@ pub fn reconcile(
                     (Some(State::Firing), _, None) => false,
                     _ => true,
                 };
-                if due {
+                if due && can_notify {
                     a.last_notified_at = Some(now);
                     a.notified_state = Some(State::Firing);
                     step.notify.push((a.clone(), State::Firing));
@@ -189,7 +192,7 @@ pub fn reconcile(
         });
         let told_firing = a.notified_state == Some(State::Firing);
         let silenced = silences.iter().any(|s| s.matches(&a));
-        if from == State::Firing && told_firing && config.send_resolved && !silenced {
+        if from == State::Firing && told_firing && config.send_resolved && !silenced && can_notify {
             a.last_notified_at = Some(now);
             a.notified_state = Some(State::Resolved);
             step.notify.push((a.clone(), State::Resolved));
@@ -205,7 +208,21 @@ mod tests {
     use chrono::Duration;
 
     fn config(yaml: &str) -> AlertsConfig {
-        AlertsConfig::parse("test", yaml).unwrap()
+        let receiver = "receivers:\n  - name: ops\n    webhook: { url: \"http://127.0.0.1:9/\" }\n";
+        AlertsConfig::parse("test", &format!("{yaml}{receiver}")).unwrap()
+    }
+
+    #[test]
+    fn without_receivers_nothing_counts_as_told() {
+        let t0 = Utc::now();
+        let mut open = Vec::new();
+        let c = [cand(Rule::TrackingInactive, "t1")];
+        let none = AlertsConfig::parse("test", "").unwrap();
+        let s = run(&mut open, &c, &[], t0, &none);
+        assert!(s.notify.is_empty());
+        assert_eq!(open[0].notified_state, None);
+        let s = run(&mut open, &c, &[], t0 + Duration::seconds(60), &config(""));
+        assert_eq!(s.notify.len(), 1, "sent once a receiver exists");
     }
 
     fn cand(rule: Rule, tenant: &str) -> Candidate {
