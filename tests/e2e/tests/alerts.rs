@@ -447,7 +447,7 @@ fn webhook_down_for_two_minutes_gets_the_notification_after_and_email_is_not_del
     if !require_services() {
         return;
     }
-    let outage = mai_fleet_e2e::seconds("MAI_FLEET_E2E_WEBHOOK_OUTAGE", 120);
+    let outage = mai_fleet_e2e::seconds("WEBHOOK_OUTAGE", 120);
     let f = Fleet::new("alerts3");
     assert_eq!(f.controller(&["migrate"]).code, 0);
     let hook = FakeWebhook::start(f.base_port + 12);
