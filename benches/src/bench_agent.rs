@@ -43,15 +43,7 @@ fn main() {
     let stores: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(200);
     let admin = std::env::var("MAI_FLEET_PG_ADMIN_URL")
         .unwrap_or_else(|_| fail("MAI_FLEET_PG_ADMIN_URL is not set: . scripts/postgres.sh"));
-    let db_url = format!(
-        "{}/mai_fleet_bench_agent",
-        admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b)
-    );
-    psql(
-        &admin,
-        "DROP DATABASE IF EXISTS mai_fleet_bench_agent WITH (FORCE)",
-    );
-    psql(&admin, "CREATE DATABASE mai_fleet_bench_agent");
+    let db_url = mai_fleet_e2e::fresh_database(&admin, "mai_fleet_bench_agent");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -330,19 +322,6 @@ fn peak_rss_kb() -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
         .unwrap_or(0.0)
-}
-
-fn psql(url: &str, sql: &str) {
-    let out = std::process::Command::new("psql")
-        .args([url, "-qAtc", sql])
-        .output()
-        .unwrap_or_else(|e| fail(&e.to_string()));
-    if !out.status.success() {
-        fail(&format!(
-            "psql {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
 }
 
 fn fail(msg: &str) -> ! {

@@ -37,15 +37,7 @@ fn main() {
     );
     for tenants in [100usize, 1000] {
         let db = format!("mai_fleet_bench_alerts_{tenants}");
-        psql(
-            &admin,
-            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
-        );
-        psql(&admin, &format!("CREATE DATABASE {db}"));
-        let url = format!(
-            "{}/{db}",
-            admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b)
-        );
+        let url = mai_fleet_e2e::fresh_database(&admin, &db);
         rt.block_on(async {
             let store = mai_fleet::store::Store::connect(&url)
                 .await

@@ -46,15 +46,7 @@ fn main() {
     let admin = std::env::var("MAI_FLEET_PG_ADMIN_URL")
         .unwrap_or_else(|_| fail("MAI_FLEET_PG_ADMIN_URL is not set: . scripts/postgres.sh"));
     let wrk = which("wrk").unwrap_or_else(|| fail("wrk is not installed: apt-get install wrk"));
-    let db_url = format!(
-        "{}/mai_fleet_bench_web",
-        admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b)
-    );
-    psql(
-        &admin,
-        "DROP DATABASE IF EXISTS mai_fleet_bench_web WITH (FORCE)",
-    );
-    psql(&admin, "CREATE DATABASE mai_fleet_bench_web");
+    let db_url = mai_fleet_e2e::fresh_database(&admin, "mai_fleet_bench_web");
     // Next to this binary: target/release.
     let controller = std::env::current_exe()
         .ok()

@@ -199,12 +199,12 @@ impl AlertsConfig {
             env("MAI_FLEET_ALERT_CRON").or(f.evaluation_cron),
             env("MAI_FLEET_ALERT_INTERVAL").or(f.evaluation_interval),
         ) {
-            (Some(c), _) => Evaluation::Cron(Box::new(
-                crate::rates::schedule::parse_cron(&c).map_err(|detail| ConfigError::Invalid {
+            (Some(c), _) => Evaluation::Cron(Box::new(crate::schedule::parse_cron(&c).map_err(
+                |detail| ConfigError::Invalid {
                     path: path.to_string(),
                     detail: format!("evaluation_cron: {detail}"),
-                })?,
-            )),
+                },
+            )?)),
             (None, Some(i)) => Evaluation::Every(dur(path, "evaluation_interval", &i)?),
             (None, None) => Evaluation::Every(Duration::from_secs(60)),
         };

@@ -92,11 +92,9 @@ pub async fn run_schedule(store: Store, config: Arc<AlertsConfig>, table: RateTa
         }
         let wait = match &config.evaluation {
             Evaluation::Every(d) => *d,
-            Evaluation::Cron(s) => s
-                .upcoming(Utc)
-                .next()
-                .and_then(|t| (t - Utc::now()).to_std().ok())
-                .unwrap_or(Duration::from_secs(60)),
+            Evaluation::Cron(s) => {
+                crate::schedule::until_next(s, Utc).unwrap_or(Duration::from_secs(60))
+            }
         };
         tokio::time::sleep(wait).await;
     }

@@ -251,20 +251,12 @@ pub async fn deliver_due(
     Ok(sent)
 }
 
-pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .user_agent(concat!("mai-fleet/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_default()
-}
-
 /// One sender loop per receiver, for as long as the server runs.
 pub fn spawn_senders(store: Store, config: std::sync::Arc<AlertsConfig>) {
     for receiver in config.receivers.clone() {
         let (store, config) = (store.clone(), std::sync::Arc::clone(&config));
         tokio::spawn(async move {
-            let http = http_client();
+            let http = crate::http::client();
             loop {
                 match deliver_due(&store, &config, &receiver, &http).await {
                     Ok(_) => {}

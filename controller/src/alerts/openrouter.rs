@@ -79,7 +79,7 @@ impl Poller {
             .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
         Poller {
             base_url: base_url.trim_end_matches('/').to_string(),
-            http: super::notify::http_client(),
+            http: crate::http::client(),
             keys: spec
                 .tenants
                 .iter()

@@ -213,28 +213,23 @@ fn budgets(
         let Some(limit) = r.monthly_limit_usd.filter(|l| *l > Decimal::ZERO) else {
             continue;
         };
-        let month = r.today.format("%Y-%m").to_string();
         let used = r.month_client_cost;
-        for (rule, share) in [
-            (Rule::Budget80, Decimal::new(8, 1)),
-            (Rule::Budget100, Decimal::ONE),
-        ] {
-            if used >= limit * share {
-                out.push(Candidate::new(
-                    rule,
-                    Some(&r.tenant),
-                    &[("month", month.clone()), ("source", "monthly_limit".into())],
-                    format!(
-                        "{}: client cost {} this month is {} % of its monthly limit {}",
-                        r.tenant,
-                        format_usd(used),
-                        (used * Decimal::from(100) / limit).round(),
-                        format_usd(limit)
-                    ),
-                    String::new(),
-                ));
-            }
-        }
+        let summary = format!(
+            "{}: client cost {} this month is {} % of its monthly limit {}",
+            r.tenant,
+            format_usd(used),
+            (used * Decimal::from(100) / limit).round(),
+            format_usd(limit)
+        );
+        push_budget(
+            out,
+            &r.tenant,
+            r.today.format("%Y-%m").to_string(),
+            "monthly_limit",
+            used,
+            limit,
+            &summary,
+        );
     }
     for l in ledgers {
         let (Some(limit), Some(remaining)) = (
@@ -244,26 +239,48 @@ fn budgets(
             continue;
         };
         let used = limit - remaining;
-        let month = l.polled_at.format("%Y-%m").to_string();
-        for (rule, share) in [
-            (Rule::Budget80, Decimal::new(8, 1)),
-            (Rule::Budget100, Decimal::ONE),
-        ] {
-            if used >= limit * share {
-                out.push(Candidate::new(
-                    rule,
-                    Some(&l.tenant),
-                    &[("month", month.clone()), ("source", "key_limit".into())],
-                    format!(
-                        "{}: its OpenRouter key has used {} of its {} limit ({} left); at the limit the client's chats fail",
-                        l.tenant,
-                        format_usd(used),
-                        format_usd(limit),
-                        format_usd(remaining)
-                    ),
-                    String::new(),
-                ));
-            }
+        let summary = format!(
+            "{}: its OpenRouter key has used {} of its {} limit ({} left); at the limit the client's chats fail",
+            l.tenant,
+            format_usd(used),
+            format_usd(limit),
+            format_usd(remaining)
+        );
+        push_budget(
+            out,
+            &l.tenant,
+            l.polled_at.format("%Y-%m").to_string(),
+            "key_limit",
+            used,
+            limit,
+            &summary,
+        );
+    }
+}
+
+/// budget_80 and budget_100 for one limit; the month is a label, so each fires
+/// once a month.
+fn push_budget(
+    out: &mut Vec<Candidate>,
+    tenant: &str,
+    month: String,
+    source: &str,
+    used: Decimal,
+    limit: Decimal,
+    summary: &str,
+) {
+    for (rule, share) in [
+        (Rule::Budget80, Decimal::new(8, 1)),
+        (Rule::Budget100, Decimal::ONE),
+    ] {
+        if used >= limit * share {
+            out.push(Candidate::new(
+                rule,
+                Some(tenant),
+                &[("month", month.clone()), ("source", source.to_string())],
+                summary.to_string(),
+                String::new(),
+            ));
         }
     }
 }

@@ -428,14 +428,14 @@ pub async fn close_month(
             next: month.next().first_day(),
         });
     }
-    if let Some(c) = store.month_close(month.first_day()).await? {
+    let mut report = month_report(store, month, table, today).await?;
+    if let Some(c) = report.closed {
         return Err(BillingError::AlreadyClosed {
             month,
             closed_at: c.closed_at.format("%Y-%m-%d %H:%M UTC").to_string(),
             closed_by: c.closed_by,
         });
     }
-    let report = month_report(store, month, table, today).await?;
     let frozen: Vec<ClosedLine> = report
         .lines
         .iter()
@@ -452,15 +452,16 @@ pub async fn close_month(
             client_cost_pln: l.client_cost_pln,
         })
         .collect();
-    if !store
-        .close_month(month.first_day(), closed_by, table.code(), &frozen)
-        .await?
-    {
-        return Err(BillingError::AlreadyClosed {
-            month,
-            closed_at: "just now".into(),
-            closed_by: "another controller".into(),
-        });
-    }
-    month_report(store, month, table, today).await
+    // The frozen lines are this report's lines: it only needs its close.
+    report.closed = Some(
+        store
+            .close_month(month.first_day(), closed_by, table.code(), &frozen)
+            .await?
+            .ok_or_else(|| BillingError::AlreadyClosed {
+                month,
+                closed_at: "just now".into(),
+                closed_by: "another controller".into(),
+            })?,
+    );
+    Ok(report)
 }

@@ -29,6 +29,14 @@ impl Month {
         Month(self.0.checked_sub_months(Months::new(1)).unwrap_or(self.0))
     }
 
+    /// `text` as a month; none (or empty): this month in Warsaw.
+    pub fn parse_or_current(text: Option<&str>) -> Result<Self, String> {
+        match text.map(str::trim).filter(|m| !m.is_empty()) {
+            Some(m) => m.parse(),
+            None => Ok(Month::of(super::fleet_today())),
+        }
+    }
+
     pub fn contains(self, day: NaiveDate) -> bool {
         Month::of(day) == self
     }

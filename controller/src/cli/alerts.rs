@@ -180,7 +180,7 @@ pub async fn run(cmd: AlertsCommand) -> anyhow::Result<ExitCode> {
                 polled = Poller::from_spec(&spec).poll_all(&store).await;
             }
             let report = evaluate::run_cycle(&store, &config, table).await?;
-            let http = notify::http_client();
+            let http = mai_fleet::http::client();
             let mut sent = 0;
             // Receivers one after another here; `serve` gives each its own loop.
             for r in &config.receivers {

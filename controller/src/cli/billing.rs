@@ -128,10 +128,7 @@ fn rate_table(text: &str) -> anyhow::Result<RateTable> {
 }
 
 fn month(text: Option<&str>) -> anyhow::Result<Month> {
-    match text {
-        Some(m) => m.parse().map_err(anyhow::Error::msg),
-        None => Ok(Month::of(fleet_today())),
-    }
+    Month::parse_or_current(text).map_err(anyhow::Error::msg)
 }
 
 pub async fn billing(args: BillingArgs) -> anyhow::Result<ExitCode> {

@@ -1,8 +1,6 @@
 //! The NBP web API (`../shared/reference/nbp-api.md`): `GET
 //! /exchangerates/rates/{table}/usd/{start}/{end}/`, JSON, 404 for "no table".
 
-use std::time::Duration;
-
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -71,11 +69,7 @@ impl NbpClient {
     }
 
     pub fn new(base_url: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .user_agent(concat!("mai-fleet/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+        let http = crate::http::client();
         Self {
             base_url: base_url.trim_end_matches('/').to_string(),
             http,

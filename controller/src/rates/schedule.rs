@@ -2,12 +2,11 @@
 //! shortly after each table's publication on business days, with later retries the
 //! same morning (a late table is not missed until the next day).
 
-use std::str::FromStr;
-use std::time::Duration;
-
 use chrono::{NaiveDate, Utc};
 use chrono_tz::Europe::Warsaw;
 use cron::Schedule;
+
+use crate::schedule::{parse_cron, until_next};
 
 use super::nbp::{NbpClient, NbpError};
 use super::RateTable;
@@ -40,18 +39,6 @@ pub fn schedule_for(table: RateTable) -> Result<Schedule, String> {
         .filter(|v| !v.trim().is_empty())
         .unwrap_or_else(|| default.to_string());
     parse_cron(&text).map_err(|e| format!("{var}=`{text}`: {e}"))
-}
-
-pub fn parse_cron(text: &str) -> Result<Schedule, String> {
-    let fields = text.split_whitespace().count();
-    let full = if fields == 5 {
-        format!("0 {text}")
-    } else {
-        text.to_string()
-    };
-    Schedule::from_str(&full).map_err(|e| {
-        format!("not a cron expression ({e}); e.g. `20 8 * * Mon-Fri` for 08:20 on business days")
-    })
 }
 
 /// Fetches `table` from `from` to `to` and stores what NBP published; the attempt
@@ -110,12 +97,9 @@ pub async fn run(store: Store, nbp: NbpClient, table: RateTable, schedule: Sched
             Ok(n) => eprintln!("rates: NBP table {table}: {n} rate(s) stored"),
             Err(e) => eprintln!("rates: NBP table {table}: {e}"),
         }
-        let Some(next) = schedule.upcoming(Warsaw).next() else {
+        let Some(wait) = until_next(&schedule, Warsaw) else {
             return;
         };
-        let wait = (next.with_timezone(&Utc) - Utc::now())
-            .to_std()
-            .unwrap_or(Duration::from_secs(1));
         tokio::time::sleep(wait).await;
     }
 }

@@ -192,27 +192,27 @@ impl Store {
         .await?)
     }
 
-    /// Freezes a month's lines. Closing twice is refused by the primary key; the
-    /// caller says so in words.
+    /// Freezes a month's lines; None when it was already closed (the primary key
+    /// refuses a second close; the caller says so in words).
     pub async fn close_month(
         &self,
         month: NaiveDate,
         closed_by: &str,
         rate_table: &str,
         lines: &[ClosedLine],
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Close>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO billing_closes (month, closed_by, rate_table) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        let close: Option<Close> = sqlx::query_as(
+            "INSERT INTO billing_closes (month, closed_by, rate_table) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING
+             RETURNING closed_at, closed_by, rate_table",
         )
         .bind(month)
         .bind(closed_by)
         .bind(rate_table)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            return Ok(false);
+        .fetch_optional(&mut *tx)
+        .await?;
+        if close.is_none() {
+            return Ok(None);
         }
         for l in lines {
             sqlx::query(
@@ -235,6 +235,6 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(close)
     }
 }

@@ -23,10 +23,7 @@ pub struct MonthQuery {
 }
 
 pub fn parse_month(q: Option<&str>) -> Result<Month, WebError> {
-    match q.filter(|m| !m.is_empty()) {
-        Some(m) => m.parse().map_err(WebError::BadRequest),
-        None => Ok(Month::of(fleet_today())),
-    }
+    Month::parse_or_current(q).map_err(WebError::BadRequest)
 }
 
 #[derive(Clone)]

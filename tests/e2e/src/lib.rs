@@ -116,13 +116,7 @@ impl Fleet {
         // client sockets would collide with them; the pid spreads runs apart.
         let base_port = 20000 + (std::process::id() % 30) as u16 * 400 + block * 20;
         let admin_url = std::env::var("MAI_FLEET_PG_ADMIN_URL").expect("MAI_FLEET_PG_ADMIN_URL");
-        let db = name.replace('-', "_");
-        psql(&admin_url, &format!("DROP DATABASE IF EXISTS {db}"));
-        psql(&admin_url, &format!("CREATE DATABASE {db}"));
-        let database_url = format!(
-            "{}/{db}",
-            admin_url.rsplit_once('/').expect("url with a database").0
-        );
+        let database_url = fresh_database(&admin_url, &name.replace('-', "_"));
         let fleet = Self {
             name,
             dir,
@@ -273,6 +267,50 @@ impl Fleet {
         psql(&self.database_url, sql)
     }
 
+    /// Starts tenant `id`'s container by hand on host entry `host`, with this
+    /// fleet's labels but no spec hash and only the `env` given (the seeds'
+    /// incident); its data directory is the one apply would use.
+    pub fn start_by_hand(
+        &self,
+        id: &str,
+        host: &str,
+        port: Option<u16>,
+        env: &[String],
+    ) -> PathBuf {
+        let data = self.data_root(host).join(id).join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        let mut cmd = Command::new("docker");
+        cmd.args(["run", "-d", "--name", &format!("mai-{id}")]);
+        if let Some(p) = port {
+            cmd.args(["-p", &format!("{p}:8080")]);
+        }
+        cmd.args([
+            "--label",
+            "mai-fleet.managed=true",
+            "--label",
+            &format!("mai-fleet.tenant={id}"),
+        ])
+        .args(["--label", &format!("mai-fleet.host={}-{host}", self.name)])
+        .args(["--label", &format!("mai-fleet.fleet={}", self.name)]);
+        for e in env {
+            cmd.args(["-e", e]);
+        }
+        let out = cmd
+            .args([
+                "-v",
+                &format!("{}:/app/backend/data", data.display()),
+                "mai-fleet/tenant:dev",
+            ])
+            .output()
+            .expect("docker run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        data
+    }
+
     /// The agent of host entry `host` (`a`, `b`) against this fleet's database.
     pub fn agent_command(&self, host: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin_dir().join("agent"));
@@ -321,6 +359,17 @@ impl Drop for Fleet {
             .args([&self.admin_url, "-qAtc", &drop_roles])
             .output();
     }
+}
+
+/// Drops and recreates database `db` on the server of `admin_url`; its URL.
+pub fn fresh_database(admin_url: &str, db: &str) -> String {
+    psql(
+        admin_url,
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    );
+    psql(admin_url, &format!("CREATE DATABASE {db}"));
+    let server = admin_url.rsplit_once('/').map_or(admin_url, |(s, _)| s);
+    format!("{server}/{db}")
 }
 
 /// A process of the test's (agent, server) killed when dropped, so that a failing

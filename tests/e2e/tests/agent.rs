@@ -165,36 +165,15 @@ fn tenant_started_by_hand_without_its_org_env_is_reported_inactive() {
     let f = Fleet::new("byhand");
     assert_eq!(f.controller(&["migrate"]).code, 0);
     let id = f.id("x");
-    let data = f.data_root("a").join(&id).join("data");
-    std::fs::create_dir_all(&data).unwrap();
     // The seeds' incident: started by hand, OPENROUTER_EXTERNAL_USER forgotten.
-    let run = Command::new("docker")
-        .args(["run", "-d", "--name", &format!("mai-{id}")])
-        .args([
-            "--label",
-            "mai-fleet.managed=true",
-            "--label",
-            &format!("mai-fleet.tenant={id}"),
-        ])
-        .args([
-            "--label",
-            &format!("mai-fleet.host={}-a", f.name),
-            "--label",
-            &format!("mai-fleet.fleet={}", f.name),
-        ])
-        .args([
-            "-e",
-            "ORGANIZATION_NAME=Kancelaria",
-            "-e",
-            &format!("OPENROUTER_API_KEY={}", mai_fleet_e2e::KEY_A),
-        ])
-        .args(["-v", &format!("{}:/app/backend/data", data.display()), DEV])
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    let data = f.start_by_hand(
+        &id,
+        "a",
+        None,
+        &[
+            "ORGANIZATION_NAME=Kancelaria".into(),
+            format!("OPENROUTER_API_KEY={}", mai_fleet_e2e::KEY_A),
+        ],
     );
     for _ in 0..50 {
         if data.join("webui.db").exists() {

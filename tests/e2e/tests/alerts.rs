@@ -135,49 +135,21 @@ fn seeds_incident_fires_once_per_receiver_and_resolves_once_and_capture_gap_is_s
 
     // The seeds' incident: t1's container started by hand without OPENROUTER_EXTERNAL_USER.
     let name = format!("mai-{t1}");
-    let data = f.data_root("a").join(&t1).join("data");
     assert!(Command::new("docker")
         .args(["rm", "-f", &name])
         .output()
         .unwrap()
         .status
         .success());
-    let run = Command::new("docker")
-        .args([
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "-p",
-            &format!("{}:8080", f.base_port),
-        ])
-        .args([
-            "--label",
-            "mai-fleet.managed=true",
-            "--label",
-            &format!("mai-fleet.tenant={t1}"),
-        ])
-        .args([
-            "--label",
-            &format!("mai-fleet.host={}-a", f.name),
-            "--label",
-            &format!("mai-fleet.fleet={}", f.name),
-        ])
-        .args([
-            "-e",
-            "ORGANIZATION_NAME=Klient",
-            "-e",
-            &format!("OPENROUTER_API_KEY={KEY_A}"),
-            "-e",
-            "TZ=Europe/Warsaw",
-        ])
-        .args(["-v", &format!("{}:/app/backend/data", data.display()), DEV])
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    f.start_by_hand(
+        &t1,
+        "a",
+        Some(f.base_port),
+        &[
+            "ORGANIZATION_NAME=Klient".into(),
+            format!("OPENROUTER_API_KEY={KEY_A}"),
+            "TZ=Europe/Warsaw".into(),
+        ],
     );
     assert!(f.wait_health(f.base_port).is_some());
     for _ in 0..3 {
