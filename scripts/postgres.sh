@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Starts a throwaway PostgreSQL for the demo and the tests, from the OS packages,
 # unless DATABASE_URL is already set. Source it:  . scripts/postgres.sh
-# It exports DATABASE_URL (database mai_fleet) and MAI_FLEET_PG_ADMIN_URL (database
-# postgres, for tests that create their own databases).
+# It exports DATABASE_URL (database mai_fleet, as its owner role mai_fleet, which is
+# not a superuser: docs/security.md) and MAI_FLEET_PG_ADMIN_URL (the superuser, for
+# tests that create their own databases and roles).
 # Local use only: the postgres superuser is trusted on 127.0.0.1 (other roles need
 # their password); data under $MAI_FLEET_PGDATA.
 if [ -n "${DATABASE_URL:-}" ]; then
@@ -40,9 +41,23 @@ else
     -o "-p $port -k /tmp -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off" start >/dev/null
 fi
 export MAI_FLEET_PG_ADMIN_URL="postgres://postgres@127.0.0.1:$port/postgres"
-export DATABASE_URL="postgres://postgres@127.0.0.1:$port/mai_fleet"
-if ! psql "$MAI_FLEET_PG_ADMIN_URL" -Atqc "SELECT 1 FROM pg_database WHERE datname = 'mai_fleet'" | grep -q 1; then
-  psql "$MAI_FLEET_PG_ADMIN_URL" -qc "CREATE DATABASE mai_fleet" >/dev/null
+# The controller's role: owns the fleet database, may create the agents' roles, and
+# is no superuser. Its password is made once and kept owner-only beside the data.
+pwfile="${pgdata%/}.owner-password"
+if [ ! -s "$pwfile" ]; then
+  (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$pwfile")
 fi
+owner_pw=$(cat "$pwfile")
+psql "$MAI_FLEET_PG_ADMIN_URL" -qAt -v ON_ERROR_STOP=1 >/dev/null <<SQL
+DO \$\$ BEGIN CREATE ROLE mai_fleet LOGIN CREATEROLE NOSUPERUSER;
+EXCEPTION WHEN duplicate_object THEN NULL; END \$\$;
+ALTER ROLE mai_fleet LOGIN CREATEROLE NOSUPERUSER PASSWORD '$owner_pw';
+SQL
+if ! psql "$MAI_FLEET_PG_ADMIN_URL" -Atqc "SELECT 1 FROM pg_database WHERE datname = 'mai_fleet'" | grep -q 1; then
+  psql "$MAI_FLEET_PG_ADMIN_URL" -qc "CREATE DATABASE mai_fleet OWNER mai_fleet" >/dev/null
+fi
+# A database made by an earlier version of this script belonged to the superuser.
+psql "$MAI_FLEET_PG_ADMIN_URL" -qc "ALTER DATABASE mai_fleet OWNER TO mai_fleet" >/dev/null
+export DATABASE_URL="postgres://mai_fleet:$owner_pw@127.0.0.1:$port/mai_fleet"
 set +e
 echo "postgres.sh: PostgreSQL on 127.0.0.1:$port (data in $pgdata)" >&2

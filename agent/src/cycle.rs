@@ -6,6 +6,8 @@
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -31,6 +33,9 @@ pub struct CycleReport {
     pub database_away: bool,
     pub inactive: Vec<String>,
     pub errors: Vec<String>,
+    /// What was refused or set aside without failing the cycle: containers whose
+    /// labels name no tenant, spooled batches that could not be read.
+    pub warnings: Vec<String>,
     pub elapsed_ms: u64,
 }
 
@@ -43,6 +48,21 @@ pub struct Memory {
     known: HashMap<String, HashMap<String, Watermark>>,
     /// Tenant id -> spec hash the last apply wanted, from the last cycle that could ask.
     desired: HashMap<String, String>,
+    /// What one store read may cost.
+    budget: reader::Budget,
+    /// Reads abandoned past their budget (a file that blocks the opener), by tenant:
+    /// set when the read thread ends. Such a store is not read again before then, so
+    /// a hostile tenant holds at most one thread of the agent.
+    stuck: HashMap<String, Arc<AtomicBool>>,
+}
+
+impl Memory {
+    pub fn with_budget(budget: reader::Budget) -> Self {
+        Self {
+            budget,
+            ..Self::default()
+        }
+    }
 }
 
 struct Seen {
@@ -78,7 +98,18 @@ pub async fn run(
 ) -> anyhow::Result<CycleReport> {
     let started = Instant::now();
     let containers = discover::tenant_containers(docker, host).await?;
+    // A label is anybody's who can start a container here: one that names no valid
+    // tenant id never becomes a path (spool file, data directory) or a row.
+    let (containers, refused): (Vec<_>, Vec<_>) = containers
+        .into_iter()
+        .partition(|c| mai_fleet::spec::check_tenant_id(&c.tenant).is_ok());
     let mut report = sync_tenants(sink, one_per_tenant(containers), memory, spool).await?;
+    for c in refused {
+        report.warnings.push(format!(
+            "container {} ignored: its tenant label {:?} is not a tenant id",
+            c.container, c.tenant
+        ));
+    }
     report.elapsed_ms = started.elapsed().as_millis() as u64;
     if !report.database_away {
         sink.heartbeat(
@@ -109,7 +140,17 @@ pub async fn sync_tenants(
 
     if let Some(sp) = spool.as_mut() {
         for path in sp.pending() {
-            let batch = Spool::load(&path)?;
+            let batch = match Spool::load(&path) {
+                Ok(b) => b,
+                // Retrying would fail the same way every cycle: kept for a person.
+                Err(e) => {
+                    sp.set_aside(&path)?;
+                    report
+                        .warnings
+                        .push(format!("{e}; set aside as .rejected"));
+                    continue;
+                }
+            };
             match sink
                 .ship(
                     &batch.tenant,
@@ -202,13 +243,7 @@ pub async fn sync_tenants(
             .map(|(t, w)| (t.clone(), w.updated_at))
             .collect();
         let org = c.org_id.clone().unwrap_or_default();
-        // SQLite reads block: keep them off the async workers.
-        let path = db.clone();
-        let snapshot = tokio::task::spawn_blocking(move || match path {
-            Some(p) => reader::read(&p, &org, &since),
-            None => Err(reader::ReadError::Missing("(no data mount)".into())),
-        })
-        .await?;
+        let snapshot = read_store(memory, &c.tenant, db.clone(), org, since).await;
         let store = StoreState::of(&snapshot, c.data_dir.is_some());
         let health = health::assess(&c, in_spec, &store);
         note_inactive(&mut report, &health);
@@ -283,6 +318,52 @@ pub async fn sync_tenants(
         }
     }
     Ok(report)
+}
+
+/// Reads a store off the async workers, within its budget. SQLite interrupts itself
+/// past the budget; what it cannot interrupt (an open(2) that blocks) is abandoned a
+/// little later and the thread remembered, so that the tenant is skipped until it ends.
+async fn read_store(
+    memory: &mut Memory,
+    tenant: &str,
+    db: Option<std::path::PathBuf>,
+    org: String,
+    since: HashMap<String, i64>,
+) -> Result<reader::Snapshot, reader::ReadError> {
+    let abandoned = || {
+        reader::ReadError::Refused(
+            "a read of this store did not finish within its budget and was abandoned (the file blocks its reader?)"
+                .into(),
+        )
+    };
+    if let Some(done) = memory.stuck.get(tenant) {
+        if !done.load(Ordering::SeqCst) {
+            return Err(abandoned());
+        }
+        memory.stuck.remove(tenant);
+    }
+    let Some(path) = db else {
+        return Err(reader::ReadError::Missing("(no data mount)".into()));
+    };
+    let budget = memory.budget;
+    let done = Arc::new(AtomicBool::new(false));
+    let finished = Arc::clone(&done);
+    let task = tokio::task::spawn_blocking(move || {
+        let r = reader::read(&path, &org, &since, &budget);
+        finished.store(true, Ordering::SeqCst);
+        r
+    });
+    let grace = budget.time + std::time::Duration::from_secs(5);
+    match tokio::time::timeout(grace, task).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(join)) => Err(reader::ReadError::Unreadable(format!(
+            "the read failed: {join}"
+        ))),
+        Err(_) => {
+            memory.stuck.insert(tenant.to_string(), done);
+            Err(abandoned())
+        }
+    }
 }
 
 fn remember(

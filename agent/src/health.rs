@@ -14,6 +14,8 @@ use crate::reader::{ReadError, Snapshot};
 pub enum StoreState {
     Read {
         variant: String,
+        /// Rows refused this read, and why.
+        refused: Option<String>,
         org_row_present: bool,
         last_usage_change: Option<i64>,
         live_counter_date: Option<NaiveDate>,
@@ -27,6 +29,7 @@ impl StoreState {
         match result {
             Ok(s) => StoreState::Read {
                 variant: s.variant.clone(),
+                refused: s.refused_reason(),
                 org_row_present: s.org_row_present,
                 last_usage_change: s.last_usage_change(),
                 live_counter_date: s.live.as_ref().map(|l| l.counter_date),
@@ -37,6 +40,7 @@ impl StoreState {
             ),
             Err(e @ ReadError::Missing(_)) => StoreState::Failed("missing", e.to_string()),
             Err(e @ ReadError::Unreadable(_)) => StoreState::Failed("unreadable", e.to_string()),
+            Err(e @ ReadError::Refused(_)) => StoreState::Failed("refused", e.to_string()),
             Err(e @ ReadError::UnknownSchema(_)) => {
                 StoreState::Failed("unknown_schema", e.to_string())
             }
@@ -54,7 +58,7 @@ pub struct Health {
     /// Whether the container is the one the last apply wanted (spec hash matches).
     pub in_spec: bool,
     pub env_missing: Vec<String>,
-    /// ok, missing, unreadable, unknown_schema, no_data_mount
+    /// ok, missing, unreadable, unknown_schema, refused, no_data_mount
     pub store_status: String,
     pub schema_variant: Option<String>,
     pub org_row_present: Option<bool>,
@@ -86,16 +90,22 @@ pub fn assess(c: &TenantContainer, in_spec: bool, store: &StoreState) -> Health 
     let (store_status, variant, org_row, last_change, live_date) = match store {
         StoreState::Read {
             variant,
+            refused,
             org_row_present,
             last_usage_change,
             live_counter_date,
-        } => (
+        } => {
+            if let Some(r) = refused {
+                reasons.push(r.clone());
+            }
+            (
             "ok",
             Some(variant.clone()),
             Some(*org_row_present),
             *last_usage_change,
             *live_counter_date,
-        ),
+        )
+        }
         StoreState::Failed(status, reason) => {
             reasons.push(reason.clone());
             (*status, None, None, None, None)

@@ -46,6 +46,12 @@ struct Args {
     /// Most the spool may hold, in MiB; past it the store itself keeps the rows
     #[arg(long, default_value_t = 256)]
     spool_max_mb: u64,
+    /// Longest one tenant's store may take to read; past it the read is refused
+    #[arg(long, default_value = "10s", value_parser = mai_fleet::duration::parse)]
+    store_read_budget: Duration,
+    /// Most rows changed since the last sync that one read of a table may load
+    #[arg(long, default_value_t = 200_000)]
+    store_max_rows: i64,
 }
 
 fn main() -> ExitCode {
@@ -60,13 +66,16 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(args)) {
+    let code = match runtime.block_on(run(args)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("agent: error: {e:#}");
             ExitCode::from(1)
         }
-    }
+    };
+    // A store read abandoned past its budget may still hold a thread: do not wait for it.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -80,21 +89,35 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .context("connect to the Docker engine")?;
     let sink = sink::Sink::connect(&args.database_url, &args.host).await?;
     let mut stop = std::pin::pin!(shutdown());
-    let mut memory = cycle::Memory::default();
+    let mut memory = cycle::Memory::with_budget(mai_fleet_agent::reader::Budget {
+        time: args.store_read_budget,
+        max_rows: args.store_max_rows,
+        ..Default::default()
+    });
     let spool_dir = args.spool_dir.join(&args.host);
     let mut spool = Some(
         spool::Spool::open(&spool_dir, args.spool_max_mb << 20)
             .with_context(|| format!("opening the spool in {}", spool_dir.display()))?,
     );
     loop {
-        match cycle::run(&docker, &sink, &args.host, &mut memory, &mut spool).await {
+        // SIGTERM in the middle of a cycle drops it: each tenant's rows and watermarks
+        // commit together (or spool atomically), so what was not committed is read
+        // again from the store by the next agent.
+        let result = tokio::select! {
+            r = cycle::run(&docker, &sink, &args.host, &mut memory, &mut spool) => r,
+            _ = &mut stop => {
+                eprintln!("agent[{}]: stopping in the middle of a cycle; nothing committed is lost", args.host);
+                return Ok(ExitCode::SUCCESS);
+            }
+        };
+        match result {
             Ok(r) => {
                 eprintln!(
                     "agent[{}]: cycle {} ms: {} tenant(s), {} store(s) read, {} row(s) changed, {} regression(s), {} inactive, {} spooled, {} delivered from spool{}, {} error(s)",
                     args.host, r.elapsed_ms, r.tenants, r.stores_read, r.rows_changed, r.regressions, r.inactive.len(),
                     r.spooled, r.unspooled, if r.database_away { ", POSTGRES AWAY" } else { "" }, r.errors.len()
                 );
-                for line in r.inactive.iter().chain(&r.errors) {
+                for line in r.inactive.iter().chain(&r.warnings).chain(&r.errors) {
                     eprintln!("agent[{}]:   {line}", args.host);
                 }
                 if args.once {

@@ -1,4 +1,4 @@
-//! Source: a tenant's SQLite usage store (shared/reference/mai-usage-store.md), read
+//! Source: a tenant's SQLite usage store (docs/agent.md, "The usage store"), read
 //! without ever writing it, locking it for writing or blocking the app: opened
 //! read-only with `query_only`, all tables read in one read transaction (a consistent
 //! snapshot in WAL and rollback-journal modes alike).
@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use chrono::NaiveDate;
-use rusqlite::types::Value;
+use rusqlite::limits::Limit;
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use rust_decimal::prelude::FromPrimitive;
 use rust_decimal::Decimal;
@@ -100,12 +101,57 @@ pub enum ReadError {
     Unreadable(String),
     #[error("usage store of an unknown schema: {0}")]
     UnknownSchema(String),
+    /// The store is not something the agent may open or read within its budget: the
+    /// tenant owns the file, and so its shape.
+    #[error("usage store refused: {0}")]
+    Refused(String),
 }
 
 impl From<rusqlite::Error> for ReadError {
     fn from(e: rusqlite::Error) -> Self {
-        ReadError::Unreadable(e.to_string())
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::TooBig) => ReadError::Refused(
+                "a value in a usage table is too big (longer than a usage row may hold)".into(),
+            ),
+            Some(rusqlite::ErrorCode::OperationInterrupted) => ReadError::Refused(
+                "reading took longer than the store read budget (a view, a huge table?)".into(),
+            ),
+            _ => ReadError::Unreadable(e.to_string()),
+        }
     }
+}
+
+/// What one store read may cost the agent: every tenant of the host is read by the
+/// same agent in the same cycle, so one store cannot be allowed to take it all.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// Wall time of the whole read; SQLite is interrupted past it.
+    pub time: std::time::Duration,
+    /// Rows changed since the watermark, per table, that one read may load.
+    pub max_rows: i64,
+    /// Largest string or blob SQLite will hand over (ids, names, dates are short).
+    pub max_value_bytes: i32,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self {
+            time: std::time::Duration::from_secs(10),
+            max_rows: 200_000,
+            max_value_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// Bounds of one store row (one organization, day, user or model). Beyond them a row
+/// is refused, never shipped; migration 0007 makes the database refuse the same.
+pub mod bounds {
+    pub const MAX_TOKENS: i64 = 1_000_000_000_000;
+    pub const MAX_REQUESTS: i64 = 1_000_000_000;
+    /// USD.
+    pub const MAX_COST: i64 = 1_000_000;
+    /// A row stamped further ahead than this is from a clock (or a hand) that lies.
+    pub const MAX_CLOCK_SKEW_S: i64 = 3600;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,14 +223,73 @@ pub struct Snapshot {
     pub generations: Vec<GenerationRow>,
     /// Rows of the tenant's organization per table, now.
     pub row_counts: HashMap<String, i64>,
-    /// Highest `updated_at` (or its table's equivalent) per table, now.
+    /// Highest `updated_at` (or its table's equivalent) per table, now, among rows
+    /// not stamped in the future.
     pub max_updated: HashMap<String, i64>,
+    /// Rows read but refused (out of bounds, not numbers, dated in the future): how
+    /// many, and the first few reasons.
+    pub refused_rows: u64,
+    pub refused_examples: Vec<String>,
 }
 
 impl Snapshot {
     pub fn last_usage_change(&self) -> Option<i64> {
         self.max_updated.get(DAILY).copied().filter(|t| *t > 0)
     }
+
+    /// What health says of the refused rows, if any.
+    pub fn refused_reason(&self) -> Option<String> {
+        (self.refused_rows > 0).then(|| {
+            format!(
+                "{} row(s) refused, not shipped: {}",
+                self.refused_rows,
+                self.refused_examples.join("; ")
+            )
+        })
+    }
+
+    fn refuse(&mut self, table: &str, key: &str, why: String) {
+        self.refused_rows += 1;
+        if self.refused_examples.len() < 5 {
+            self.refused_examples.push(format!("{table} {key}: {why}"));
+        }
+    }
+}
+
+/// Refuses what SQLite must never open: anything but a regular file (a FIFO blocks
+/// the opener forever, a device reads without end) and symbolic links (out of the
+/// tenant's directory, into another tenant's store). The journal files SQLite opens
+/// beside the database are checked too.
+fn check_files(path: &Path) -> Result<(), ReadError> {
+    let dir_ok = path
+        .parent()
+        .and_then(|d| std::fs::symlink_metadata(d).ok())
+        .is_some_and(|m| m.is_dir());
+    if !dir_ok {
+        return Err(ReadError::Missing(path.display().to_string()));
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let file = format!("{}{suffix}", path.display());
+        let meta = match std::fs::symlink_metadata(&file) {
+            Ok(m) => m,
+            Err(_) if suffix.is_empty() => return Err(ReadError::Missing(file)),
+            Err(_) => continue,
+        };
+        let name = Path::new(&file)
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        if meta.file_type().is_symlink() {
+            return Err(ReadError::Refused(format!(
+                "{name} is a symbolic link; the agent reads only the tenant's own regular file"
+            )));
+        }
+        if !meta.is_file() {
+            return Err(ReadError::Refused(format!(
+                "{name} is not a regular file (a FIFO, a device or a directory)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// How far before a watermark rows are read again: a row updated in the boundary
@@ -198,14 +303,22 @@ pub fn read(
     path: &Path,
     org: &str,
     watermarks: &HashMap<String, i64>,
+    budget: &Budget,
 ) -> Result<Snapshot, ReadError> {
-    if !path.exists() {
-        return Err(ReadError::Missing(path.display().to_string()));
-    }
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    check_files(path)?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW;
     let mut conn = Connection::open_with_flags(path, flags)?;
+    conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, budget.max_value_bytes)?;
+    let deadline = std::time::Instant::now() + budget.time;
+    // Called every few thousand VM steps: true interrupts the statement.
+    conn.progress_handler(10_000, Some(move || std::time::Instant::now() > deadline));
     conn.busy_timeout(std::time::Duration::from_millis(2000))?;
     conn.pragma_update(None, "query_only", true)?;
+    // Functions with side effects never run from the tenant's schema (views,
+    // defaults, generated columns).
+    conn.pragma_update(None, "trusted_schema", false)?;
     let tx = conn.transaction()?;
     let (variant, has_live, has_generations) = schema_variant(&tx)?;
     let wm = |table: &str| {
@@ -213,6 +326,10 @@ pub fn read(
             .get(table)
             .map_or(i64::MIN, |w| w.saturating_sub(WATERMARK_MARGIN_S))
     };
+    let now = chrono::Utc::now();
+    let horizon = now.timestamp() + bounds::MAX_CLOCK_SKEW_S;
+    // Usage dates are the tenant's local days: a day or two ahead of UTC at most.
+    let last_day = now.date_naive() + chrono::Days::new(2);
     let mut snap = Snapshot {
         variant,
         ..Snapshot::default()
@@ -222,119 +339,264 @@ pub fn read(
         [org],
         |r| r.get(0),
     )?;
-    for table in [DAILY, USER, MODEL] {
-        let (count, max): (i64, Option<i64>) = tx.query_row(
-            &format!("SELECT COUNT(*), MAX(updated_at) FROM {table} WHERE client_org_id = ?1"),
-            [org],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+    let mut tables = vec![(DAILY, "updated_at"), (USER, "updated_at"), (MODEL, "updated_at")];
+    if has_generations {
+        tables.push((GENERATIONS, "processed_at"));
+    }
+    for (table, stamp) in &tables {
+        let (count, max, changed): (i64, Option<i64>, i64) = tx.query_row(
+            &format!(
+                "SELECT COUNT(*), MAX(CASE WHEN typeof({stamp}) = 'integer' AND {stamp} <= ?2 THEN {stamp} END),
+                        COUNT(CASE WHEN {stamp} >= ?3 THEN 1 END)
+                 FROM {table} WHERE client_org_id = ?1"
+            ),
+            rusqlite::params![org, horizon, wm(table)],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?;
+        if changed > budget.max_rows {
+            return Err(ReadError::Refused(format!(
+                "{table}: {changed} rows changed since the last sync, more than the {} rows one read may load",
+                budget.max_rows
+            )));
+        }
         snap.row_counts.insert(table.to_string(), count);
         snap.max_updated.insert(table.to_string(), max.unwrap_or(0));
     }
+    let check = Check {
+        horizon,
+        last_day,
+    };
+
     let mut stmt = tx.prepare(&format!(
-        "SELECT usage_date, client_org_id, total_tokens, total_requests, raw_cost, markup_cost, primary_model, unique_users, updated_at
+        "SELECT usage_date, client_org_id, total_tokens, total_requests, raw_cost, markup_cost, primary_model, unique_users, updated_at, id
          FROM {DAILY} WHERE client_org_id = ?1 AND updated_at >= ?2"
     ))?;
-    snap.daily = stmt
-        .query_map(rusqlite::params![org, wm(DAILY)], |r| {
+    let mut rows = stmt.query(rusqlite::params![org, wm(DAILY)])?;
+    while let Some(r) = rows.next()? {
+        let key = text_of(r.get_ref(9)?);
+        match (|| {
             Ok(DailyRow {
-                usage_date: date(r.get(0)?)?,
+                usage_date: check.date(r.get_ref(0)?)?,
                 client_org_id: r.get(1)?,
-                total_tokens: r.get(2)?,
-                total_requests: r.get(3)?,
-                raw_cost: money(r.get(4)?)?,
-                markup_cost: money(r.get(5)?)?,
+                total_tokens: check.count(r.get_ref(2)?, bounds::MAX_TOKENS, "total_tokens")?,
+                total_requests: check.count(r.get_ref(3)?, bounds::MAX_REQUESTS, "total_requests")?,
+                raw_cost: check.money(r.get_ref(4)?, "raw_cost")?,
+                markup_cost: check.money(r.get_ref(5)?, "markup_cost")?,
                 primary_model: r.get(6)?,
-                unique_users: r.get::<_, Option<i32>>(7)?.unwrap_or(0),
-                updated_at: r.get(8)?,
+                unique_users: check.count(r.get_ref(7)?, i32::MAX.into(), "unique_users")? as i32,
+                updated_at: check.stamp(r.get_ref(8)?)?,
             })
-        })?
-        .collect::<Result<_, _>>()?;
+        })() {
+            Ok(row) => snap.daily.push(row),
+            Err(RowError::Refused(why)) => snap.refuse(DAILY, &key, why),
+            Err(RowError::Sqlite(e)) => return Err(e.into()),
+        }
+    }
+    drop(rows);
     let mut stmt = tx.prepare(&format!(
-        "SELECT user_id, usage_date, openrouter_user_id, total_tokens, total_requests, raw_cost, markup_cost, updated_at
+        "SELECT user_id, usage_date, openrouter_user_id, total_tokens, total_requests, raw_cost, markup_cost, updated_at, id
          FROM {USER} WHERE client_org_id = ?1 AND updated_at >= ?2"
     ))?;
-    snap.user = stmt
-        .query_map(rusqlite::params![org, wm(USER)], |r| {
+    let mut rows = stmt.query(rusqlite::params![org, wm(USER)])?;
+    while let Some(r) = rows.next()? {
+        let key = text_of(r.get_ref(8)?);
+        match (|| {
             Ok(UserRow {
                 user_id: r.get(0)?,
-                usage_date: date(r.get(1)?)?,
+                usage_date: check.date(r.get_ref(1)?)?,
                 openrouter_user_id: r.get(2)?,
-                total_tokens: r.get(3)?,
-                total_requests: r.get(4)?,
-                raw_cost: money(r.get(5)?)?,
-                markup_cost: money(r.get(6)?)?,
-                updated_at: r.get(7)?,
+                total_tokens: check.count(r.get_ref(3)?, bounds::MAX_TOKENS, "total_tokens")?,
+                total_requests: check.count(r.get_ref(4)?, bounds::MAX_REQUESTS, "total_requests")?,
+                raw_cost: check.money(r.get_ref(5)?, "raw_cost")?,
+                markup_cost: check.money(r.get_ref(6)?, "markup_cost")?,
+                updated_at: check.stamp(r.get_ref(7)?)?,
             })
-        })?
-        .collect::<Result<_, _>>()?;
+        })() {
+            Ok(row) => snap.user.push(row),
+            Err(RowError::Refused(why)) => snap.refuse(USER, &key, why),
+            Err(RowError::Sqlite(e)) => return Err(e.into()),
+        }
+    }
+    drop(rows);
     let mut stmt = tx.prepare(&format!(
-        "SELECT model_name, usage_date, provider, total_tokens, total_requests, raw_cost, markup_cost, updated_at
+        "SELECT model_name, usage_date, provider, total_tokens, total_requests, raw_cost, markup_cost, updated_at, id
          FROM {MODEL} WHERE client_org_id = ?1 AND updated_at >= ?2"
     ))?;
-    snap.model = stmt
-        .query_map(rusqlite::params![org, wm(MODEL)], |r| {
+    let mut rows = stmt.query(rusqlite::params![org, wm(MODEL)])?;
+    while let Some(r) = rows.next()? {
+        let key = text_of(r.get_ref(8)?);
+        match (|| {
             Ok(ModelRow {
                 model_name: r.get(0)?,
-                usage_date: date(r.get(1)?)?,
+                usage_date: check.date(r.get_ref(1)?)?,
                 provider: r.get(2)?,
-                total_tokens: r.get(3)?,
-                total_requests: r.get(4)?,
-                raw_cost: money(r.get(5)?)?,
-                markup_cost: money(r.get(6)?)?,
-                updated_at: r.get(7)?,
+                total_tokens: check.count(r.get_ref(3)?, bounds::MAX_TOKENS, "total_tokens")?,
+                total_requests: check.count(r.get_ref(4)?, bounds::MAX_REQUESTS, "total_requests")?,
+                raw_cost: check.money(r.get_ref(5)?, "raw_cost")?,
+                markup_cost: check.money(r.get_ref(6)?, "markup_cost")?,
+                updated_at: check.stamp(r.get_ref(7)?)?,
             })
-        })?
-        .collect::<Result<_, _>>()?;
+        })() {
+            Ok(row) => snap.model.push(row),
+            Err(RowError::Refused(why)) => snap.refuse(MODEL, &key, why),
+            Err(RowError::Sqlite(e)) => return Err(e.into()),
+        }
+    }
+    drop(rows);
+    drop(stmt);
     if has_live {
         // "current_date" quoted: unquoted it is SQLite's CURRENT_DATE, not the column.
         let mut stmt = tx.prepare(&format!(
             "SELECT \"current_date\", today_tokens, today_requests, today_raw_cost, today_markup_cost, last_updated
-             FROM {LIVE} WHERE client_org_id = ?1"
+             FROM {LIVE} WHERE client_org_id = ?1 LIMIT 1"
         ))?;
         // Always read (one row): health reports its date; the sink ignores an old one.
-        snap.live = stmt
-            .query_map(rusqlite::params![org], |r| {
+        let mut rows = stmt.query(rusqlite::params![org])?;
+        if let Some(r) = rows.next()? {
+            match (|| {
                 Ok(LiveRow {
-                    counter_date: date(r.get(0)?)?,
-                    today_tokens: r.get(1)?,
-                    today_requests: r.get(2)?,
-                    today_raw_cost: money(r.get(3)?)?,
-                    today_markup_cost: money(r.get(4)?)?,
-                    last_updated: r.get(5)?,
+                    counter_date: check.date(r.get_ref(0)?)?,
+                    today_tokens: check.count(r.get_ref(1)?, bounds::MAX_TOKENS, "today_tokens")?,
+                    today_requests: check.count(r.get_ref(2)?, bounds::MAX_REQUESTS, "today_requests")?,
+                    today_raw_cost: check.money(r.get_ref(3)?, "today_raw_cost")?,
+                    today_markup_cost: check.money(r.get_ref(4)?, "today_markup_cost")?,
+                    last_updated: check.stamp(r.get_ref(5)?)?,
                 })
-            })?
-            .next()
-            .transpose()?;
+            })() {
+                Ok(row) => snap.live = Some(row),
+                Err(RowError::Refused(why)) => snap.refuse(LIVE, org, why),
+                Err(RowError::Sqlite(e)) => return Err(e.into()),
+            }
+        }
     }
     if has_generations {
-        let (count, max): (i64, Option<i64>) = tx.query_row(
-            &format!(
-                "SELECT COUNT(*), MAX(processed_at) FROM {GENERATIONS} WHERE client_org_id = ?1"
-            ),
-            [org],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?;
-        snap.row_counts.insert(GENERATIONS.to_string(), count);
-        snap.max_updated
-            .insert(GENERATIONS.to_string(), max.unwrap_or(0));
         let mut stmt = tx.prepare(&format!(
             "SELECT id, generation_date, processed_at, total_cost, total_tokens
              FROM {GENERATIONS} WHERE client_org_id = ?1 AND processed_at >= ?2"
         ))?;
-        snap.generations = stmt
-            .query_map(rusqlite::params![org, wm(GENERATIONS)], |r| {
+        let mut rows = stmt.query(rusqlite::params![org, wm(GENERATIONS)])?;
+        while let Some(r) = rows.next()? {
+            let key = text_of(r.get_ref(0)?);
+            match (|| {
                 Ok(GenerationRow {
                     id: r.get(0)?,
-                    generation_date: date(r.get(1)?)?,
-                    processed_at: r.get(2)?,
-                    total_cost: money(r.get(3)?)?,
-                    total_tokens: r.get(4)?,
+                    generation_date: check.date(r.get_ref(1)?)?,
+                    processed_at: check.stamp(r.get_ref(2)?)?,
+                    total_cost: check.money(r.get_ref(3)?, "total_cost")?,
+                    total_tokens: check.count(r.get_ref(4)?, bounds::MAX_TOKENS, "total_tokens")?,
                 })
-            })?
-            .collect::<Result<_, _>>()?;
+            })() {
+                Ok(row) => snap.generations.push(row),
+                Err(RowError::Refused(why)) => snap.refuse(GENERATIONS, &key, why),
+                Err(RowError::Sqlite(e)) => return Err(e.into()),
+            }
+        }
     }
     Ok(snap)
+}
+
+/// Why one row was not taken: refused for its values, or SQLite failed (which fails
+/// the whole read).
+enum RowError {
+    Refused(String),
+    Sqlite(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for RowError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e {
+            // A column of another type than the app writes (text in a name column).
+            rusqlite::Error::FromSqlConversionFailure(_, t, _)
+            | rusqlite::Error::InvalidColumnType(_, _, t) => {
+                RowError::Refused(format!("a value of type {t} where the app writes another"))
+            }
+            e => RowError::Sqlite(e),
+        }
+    }
+}
+
+/// The checks every value of a row passes before it may leave the store.
+struct Check {
+    horizon: i64,
+    last_day: NaiveDate,
+}
+
+impl Check {
+    fn count(&self, v: ValueRef<'_>, max: i64, column: &str) -> Result<i64, RowError> {
+        match v {
+            ValueRef::Integer(n) if (0..=max).contains(&n) => Ok(n),
+            ValueRef::Null => Ok(0),
+            ValueRef::Integer(n) => Err(RowError::Refused(format!(
+                "{column} {n} is outside 0..={max}"
+            ))),
+            other => Err(RowError::Refused(format!(
+                "{column} is not a whole number ({})",
+                other.data_type()
+            ))),
+        }
+    }
+
+    /// REAL dollars to a decimal with the 6 places the app keeps.
+    fn money(&self, v: ValueRef<'_>, column: &str) -> Result<Decimal, RowError> {
+        let f = match v {
+            ValueRef::Real(f) => f,
+            ValueRef::Integer(n) => n as f64,
+            ValueRef::Null => 0.0,
+            other => {
+                return Err(RowError::Refused(format!(
+                    "{column} is not a number ({})",
+                    other.data_type()
+                )))
+            }
+        };
+        if !(0.0..=bounds::MAX_COST as f64).contains(&f) {
+            return Err(RowError::Refused(format!(
+                "{column} {f} USD is outside 0..={}",
+                bounds::MAX_COST
+            )));
+        }
+        Decimal::from_f64(f)
+            .map(|d| d.round_dp(6))
+            .ok_or_else(|| RowError::Refused(format!("{column} {f} is not an amount")))
+    }
+
+    fn stamp(&self, v: ValueRef<'_>) -> Result<i64, RowError> {
+        match v {
+            ValueRef::Integer(t) if t <= self.horizon => Ok(t),
+            ValueRef::Integer(t) => Err(RowError::Refused(format!(
+                "updated {t} is in the future (the tenant's clock, or a hand, lies)"
+            ))),
+            other => Err(RowError::Refused(format!(
+                "its time stamp is not a number ({})",
+                other.data_type()
+            ))),
+        }
+    }
+
+    /// DATE values are text `YYYY-MM-DD`; some writers append a time.
+    fn date(&self, v: ValueRef<'_>) -> Result<NaiveDate, RowError> {
+        let text = match v {
+            ValueRef::Text(t) => std::str::from_utf8(t).unwrap_or(""),
+            _ => "",
+        };
+        let day = NaiveDate::parse_from_str(text.get(..10).unwrap_or(text), "%Y-%m-%d")
+            .map_err(|_| RowError::Refused("its date is not a YYYY-MM-DD date".into()))?;
+        if day > self.last_day {
+            return Err(RowError::Refused(format!("its date {day} is in the future")));
+        }
+        Ok(day)
+    }
+}
+
+/// A row's key for a report, shortened: it is the tenant's text.
+fn text_of(v: ValueRef<'_>) -> String {
+    let s = match v {
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        ValueRef::Integer(n) => n.to_string(),
+        _ => String::from("?"),
+    };
+    let short: String = s.chars().take(40).filter(|c| !c.is_control()).collect();
+    format!("{short:?}")
 }
 
 /// Names the schema variant, or says what is missing.
@@ -344,6 +606,34 @@ fn schema_variant(conn: &Connection) -> Result<(String, bool, bool), ReadError> 
         let names = stmt.query_map([], |r| r.get::<_, String>(0))?.collect();
         names
     };
+    // Only plain tables are read: a view or a virtual table named like a usage table
+    // runs the tenant's code (a recursive view never ends).
+    for (table, _) in REQUIRED.iter().chain(OPTIONAL) {
+        let kind: Option<(String, String)> = conn
+            .query_row(
+                "SELECT type, coalesce(sql, '') FROM sqlite_schema WHERE name = ?1 COLLATE NOCASE",
+                [table],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        match kind {
+            Some((kind, _)) if kind != "table" => {
+                return Err(ReadError::Refused(format!(
+                    "{table} is a {kind}, not a table"
+                )))
+            }
+            Some((_, sql)) if sql.trim_start().to_ascii_uppercase().starts_with("CREATE VIRTUAL") => {
+                return Err(ReadError::Refused(format!(
+                    "{table} is a virtual table, not a table"
+                )))
+            }
+            _ => {}
+        }
+    }
     let mut problems = Vec::new();
     for (table, wanted) in REQUIRED {
         let have = columns(table)?;
@@ -394,29 +684,6 @@ fn schema_variant(conn: &Connection) -> Result<(String, bool, bool), ReadError> 
         variant.push_str("-no-generations");
     }
     Ok((variant, present[0], present[1]))
-}
-
-fn date(v: Value) -> rusqlite::Result<NaiveDate> {
-    let text = match &v {
-        Value::Text(t) => t.as_str(),
-        _ => "",
-    };
-    // DATE values are text `YYYY-MM-DD`; some writers append a time.
-    NaiveDate::parse_from_str(text.get(..10).unwrap_or(text), "%Y-%m-%d").map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-/// REAL dollars to a decimal with the 6 places the app keeps.
-fn money(v: Option<f64>) -> rusqlite::Result<Decimal> {
-    let f = v.unwrap_or(0.0);
-    Decimal::from_f64(f).map(|d| d.round_dp(6)).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Real,
-            format!("{f} is not a finite amount").into(),
-        )
-    })
 }
 
 #[cfg(test)]
@@ -478,7 +745,7 @@ mod tests {
     #[test]
     fn migration_variant_reads_only_the_tenants_org_with_exact_money() {
         let path = make("migration", mai_tenant::store::SCHEMA, ROWS);
-        let snap = read(&path, "org_a", &HashMap::new()).unwrap();
+        let snap = read(&path, "org_a", &HashMap::new(), &Budget::default()).unwrap();
         assert_eq!(snap.variant, "migration");
         assert!(snap.org_row_present);
         assert_eq!(snap.daily.len(), 2, "org_b's rows are not org_a's");
@@ -492,17 +759,17 @@ mod tests {
         assert_eq!(snap.max_updated[DAILY], 20);
         // Watermarks: only what changed since, from WATERMARK_MARGIN_S before.
         let since = HashMap::from([(DAILY.to_string(), 20 + WATERMARK_MARGIN_S)]);
-        let snap = read(&path, "org_a", &since).unwrap();
+        let snap = read(&path, "org_a", &since, &Budget::default()).unwrap();
         assert_eq!(snap.daily.len(), 1);
         assert_eq!(snap.daily[0].usage_date.to_string(), "2026-11-22");
-        assert!(read(&path, "org_x", &HashMap::new())
+        assert!(read(&path, "org_x", &HashMap::new(), &Budget::default())
             .is_ok_and(|s| !s.org_row_present && s.daily.is_empty()));
     }
 
     #[test]
     fn scripts_variant_with_foreign_keys_and_extra_tables_is_read() {
         let path = make("scripts", SCRIPTS_DDL, ROWS);
-        let snap = read(&path, "org_a", &HashMap::new()).unwrap();
+        let snap = read(&path, "org_a", &HashMap::new(), &Budget::default()).unwrap();
         assert_eq!(snap.variant, "scripts-no-generations");
         assert_eq!(snap.daily.len(), 2);
         assert_eq!(snap.user.len(), 1);
@@ -516,7 +783,7 @@ mod tests {
             "CREATE TABLE IF NOT EXISTS unused_live",
         );
         let path = make("nolive", &ddl, ROWS);
-        let snap = read(&path, "org_a", &HashMap::new()).unwrap();
+        let snap = read(&path, "org_a", &HashMap::new(), &Budget::default()).unwrap();
         assert_eq!(snap.variant, "migration-no-live-counters");
         assert!(snap.live.is_none());
     }
@@ -525,7 +792,7 @@ mod tests {
     fn unknown_schema_and_missing_store_say_what_is_wrong() {
         let ddl = mai_tenant::store::SCHEMA.replace("unique_users INTEGER NOT NULL,", "");
         let path = make("unknown", &ddl, "");
-        match read(&path, "org_a", &HashMap::new()) {
+        match read(&path, "org_a", &HashMap::new(), &Budget::default()) {
             Err(ReadError::UnknownSchema(what)) => assert!(
                 what.contains("client_daily_usage lacks unique_users"),
                 "{what}"
@@ -534,12 +801,41 @@ mod tests {
         }
         let empty = make("empty", "CREATE TABLE auth (id TEXT);", "");
         assert!(
-            matches!(read(&empty, "org_a", &HashMap::new()), Err(ReadError::UnknownSchema(w)) if w.contains("table client_daily_usage is missing"))
+            matches!(read(&empty, "org_a", &HashMap::new(), &Budget::default()), Err(ReadError::UnknownSchema(w)) if w.contains("table client_daily_usage is missing"))
         );
         assert!(matches!(
-            read(&temp_db("none"), "org_a", &HashMap::new()),
+            read(&temp_db("none"), "org_a", &HashMap::new(), &Budget::default()),
             Err(ReadError::Missing(_))
         ));
+    }
+
+    #[test]
+    fn the_time_budget_interrupts_a_read_and_says_so() {
+        let path = make("slow", mai_tenant::store::SCHEMA, ROWS);
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 300000)
+             INSERT INTO client_model_daily_usage (id, client_org_id, model_name, usage_date, total_tokens, total_requests, raw_cost, markup_cost, provider, created_at, updated_at)
+             SELECT 'x' || n, 'org_a', 'm' || n, '2026-11-22', 1, 1, 0.0, 0.0, NULL, 1, 1 FROM r",
+        )
+        .unwrap();
+        let tight = Budget {
+            time: std::time::Duration::from_millis(1),
+            max_rows: 1_000_000,
+            ..Budget::default()
+        };
+        match read(&path, "org_a", &HashMap::new(), &tight) {
+            Err(ReadError::Refused(why)) => assert!(why.contains("budget"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let few = Budget {
+            max_rows: 1000,
+            ..Budget::default()
+        };
+        match read(&path, "org_a", &HashMap::new(), &few) {
+            Err(ReadError::Refused(why)) => assert!(why.contains("300001 rows changed"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -550,7 +846,7 @@ mod tests {
         let writer = Connection::open(&path).unwrap();
         writer.execute_batch("BEGIN IMMEDIATE; UPDATE client_daily_usage SET total_tokens = 1 WHERE client_org_id = 'org_a';").unwrap();
         let started = std::time::Instant::now();
-        let snap = read(&path, "org_a", &HashMap::new()).unwrap();
+        let snap = read(&path, "org_a", &HashMap::new(), &Budget::default()).unwrap();
         assert!(
             started.elapsed() < std::time::Duration::from_millis(500),
             "the reader waited for the writer"

@@ -1,6 +1,8 @@
 //! Sink: the fleet Postgres. Each tenant's changes, watermarks, regressions and health
 //! go in one transaction, so a killed agent neither loses nor double-counts: the
 //! watermarks move only with the rows they cover, and upserts are idempotent.
+//! Every upsert also writes its `host`: a row left by the tenant's earlier host is
+//! taken over (row-level security lets the host the spec names see it, migration 0007).
 
 use std::collections::HashMap;
 
@@ -113,7 +115,7 @@ impl Sink {
         for (table, w) in watermarks_after(snap) {
             sqlx::query(
                 "INSERT INTO agent_watermarks (host, tenant_id, store_table, updated_at, row_count) VALUES ($5, $1, $2, $3, $4)
-                 ON CONFLICT (tenant_id, store_table) DO UPDATE SET updated_at = $3, row_count = $4",
+                 ON CONFLICT (tenant_id, store_table) DO UPDATE SET host = $5, updated_at = $3, row_count = $4",
             )
             .bind(tenant)
             .bind(table)
@@ -288,7 +290,7 @@ async fn upsert_daily(
              INSERT INTO usage_daily (host, tenant_id, usage_date, client_org_id, total_tokens, total_requests, raw_cost, markup_cost,
                  primary_model, unique_users, source_updated_at)
              SELECT $11, $1, i.* FROM incoming i WHERE i.usage_date NOT IN (SELECT usage_date FROM went_back)
-             ON CONFLICT (tenant_id, usage_date) DO UPDATE SET client_org_id = EXCLUDED.client_org_id,
+             ON CONFLICT (tenant_id, usage_date) DO UPDATE SET host = EXCLUDED.host, client_org_id = EXCLUDED.client_org_id,
                  total_tokens = EXCLUDED.total_tokens, total_requests = EXCLUDED.total_requests, raw_cost = EXCLUDED.raw_cost,
                  markup_cost = EXCLUDED.markup_cost, primary_model = EXCLUDED.primary_model, unique_users = EXCLUDED.unique_users,
                  source_updated_at = EXCLUDED.source_updated_at, synced_at = now()
@@ -335,7 +337,7 @@ async fn upsert_user(
              INSERT INTO usage_user_daily (host, tenant_id, user_id, usage_date, openrouter_user_id, total_tokens, total_requests,
                  raw_cost, markup_cost, source_updated_at)
              SELECT $10, $1, i.* FROM incoming i WHERE (i.user_id, i.usage_date) NOT IN (SELECT user_id, usage_date FROM went_back)
-             ON CONFLICT (tenant_id, user_id, usage_date) DO UPDATE SET openrouter_user_id = EXCLUDED.openrouter_user_id,
+             ON CONFLICT (tenant_id, user_id, usage_date) DO UPDATE SET host = EXCLUDED.host, openrouter_user_id = EXCLUDED.openrouter_user_id,
                  total_tokens = EXCLUDED.total_tokens, total_requests = EXCLUDED.total_requests, raw_cost = EXCLUDED.raw_cost,
                  markup_cost = EXCLUDED.markup_cost, source_updated_at = EXCLUDED.source_updated_at, synced_at = now()
              WHERE (usage_user_daily.total_tokens, usage_user_daily.total_requests, usage_user_daily.raw_cost,
@@ -382,7 +384,7 @@ async fn upsert_model(
              INSERT INTO usage_model_daily (host, tenant_id, model_name, usage_date, provider, total_tokens, total_requests,
                  raw_cost, markup_cost, source_updated_at)
              SELECT $10, $1, i.* FROM incoming i WHERE (i.model_name, i.usage_date) NOT IN (SELECT model_name, usage_date FROM went_back)
-             ON CONFLICT (tenant_id, model_name, usage_date) DO UPDATE SET provider = EXCLUDED.provider,
+             ON CONFLICT (tenant_id, model_name, usage_date) DO UPDATE SET host = EXCLUDED.host, provider = EXCLUDED.provider,
                  total_tokens = EXCLUDED.total_tokens, total_requests = EXCLUDED.total_requests, raw_cost = EXCLUDED.raw_cost,
                  markup_cost = EXCLUDED.markup_cost, source_updated_at = EXCLUDED.source_updated_at, synced_at = now()
              WHERE (usage_model_daily.total_tokens, usage_model_daily.total_requests, usage_model_daily.raw_cost,
@@ -417,7 +419,7 @@ async fn upsert_live(
         "INSERT INTO usage_live_counters (host, tenant_id, counter_date, today_tokens, today_requests, today_raw_cost,
              today_markup_cost, last_updated)
          VALUES ($8, $1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (tenant_id) DO UPDATE SET counter_date = $2, today_tokens = $3, today_requests = $4,
+         ON CONFLICT (tenant_id) DO UPDATE SET host = $8, counter_date = $2, today_tokens = $3, today_requests = $4,
              today_raw_cost = $5, today_markup_cost = $6, last_updated = $7, synced_at = now()
          WHERE usage_live_counters.last_updated < $7",
     )

@@ -180,7 +180,7 @@ fn child(phase: &str, dir: &Path, db_url: &str, stores: usize) {
                 let previous = watermarks.get(&c.tenant).cloned().unwrap_or_default();
                 let org = c.org_id.clone().unwrap_or_default();
                 let snap =
-                    reader::read(&dir.join(&c.tenant).join("webui.db"), &org, &HashMap::new());
+                    reader::read(&dir.join(&c.tenant).join("webui.db"), &org, &HashMap::new(), &reader::Budget::default());
                 let health = health::assess(c, true, &health::StoreState::of(&snap, true));
                 let snap = snap.unwrap_or_else(|e| fail(&e.to_string()));
                 rows += snap.daily.len() + snap.user.len() + snap.model.len();

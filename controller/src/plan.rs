@@ -19,7 +19,17 @@ pub const LABEL_SPEC_HASH: &str = "mai-fleet.spec-hash";
 /// Version of the canonical form hashed into `mai-fleet.spec-hash`. A controller that
 /// adds fields keeps hashing old containers in the version their label names, so an
 /// upgrade does not recreate the fleet (the Compose failure DESIGN.md warns of).
-pub const SPEC_HASH_VERSION: &str = "v1";
+///
+/// v2 (issue 9) added the confinement every tenant gets (capabilities, privileges,
+/// processes, network, published address): a v1 container runs unconfined, so the
+/// first apply after the upgrade replaces each tenant once, verified as any update.
+pub const SPEC_HASH_VERSION: &str = "v2";
+
+/// Limits a tenant gets when neither its spec nor the defaults name one: a tenant
+/// without limits can starve every other tenant of its host.
+pub const DEFAULT_MEMORY_BYTES: i64 = 2 << 30;
+pub const DEFAULT_NANO_CPUS: i64 = 1_000_000_000;
+pub const DEFAULT_PIDS_LIMIT: i64 = 512;
 
 /// Where the tenant's data directory is mounted inside the container.
 pub const DATA_MOUNT: &str = "/app/backend/data";
@@ -37,9 +47,20 @@ pub struct DesiredContainer {
     /// Holds the API key: never print it (`Debug` shows the names only).
     pub env: BTreeMap<String, String>,
     pub host_port: u16,
+    /// Host address the port is published on.
+    pub publish_address: String,
     pub data_dir: String,
-    pub memory_bytes: Option<i64>,
-    pub nano_cpus: Option<i64>,
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids_limit: i64,
+    /// Every capability is dropped: the app listens above 1024 and writes only its
+    /// data directory.
+    pub cap_drop: &'static [&'static str],
+    pub security_opt: &'static [&'static str],
+    /// The fleet's bridge network on the engine, made with inter-container traffic off:
+    /// no tenant reaches another's port (one network, not one per tenant: an engine
+    /// has address space for about thirty).
+    pub network: String,
     pub restart_policy: &'static str,
     #[serde(skip)]
     pub labels: BTreeMap<String, String>,
@@ -58,23 +79,36 @@ impl std::fmt::Debug for DesiredContainer {
     }
 }
 
+/// `mai-fleet-net-<fleet>`: the network the fleet's tenants share on an engine.
+pub fn network_name(fleet: &str) -> String {
+    format!("mai-fleet-net-{fleet}")
+}
+
 impl DesiredContainer {
     pub fn new(fleet: &str, host: &HostSpec, t: &TenantSpec) -> Self {
-        let nano_cpus = t.cpus.and_then(|c| {
-            (c * rust_decimal::Decimal::from(1_000_000_000u64))
-                .trunc()
-                .try_into()
-                .ok()
-        });
+        let nano_cpus = t
+            .cpus
+            .and_then(|c| {
+                (c * rust_decimal::Decimal::from(1_000_000_000u64))
+                    .trunc()
+                    .try_into()
+                    .ok()
+            })
+            .unwrap_or(DEFAULT_NANO_CPUS);
         let mut d = Self {
             tenant: t.id.clone(),
             name: t.container_name(),
             image: t.image.clone(),
             env: t.container_env(),
             host_port: t.port,
+            publish_address: host.publish_address.clone(),
             data_dir: format!("{}/{}/data", host.data_root, t.id),
-            memory_bytes: t.memory_bytes,
+            memory_bytes: t.memory_bytes.unwrap_or(DEFAULT_MEMORY_BYTES),
             nano_cpus,
+            pids_limit: t.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT),
+            cap_drop: &["ALL"],
+            security_opt: &["no-new-privileges"],
+            network: network_name(fleet),
             restart_policy: "unless-stopped",
             labels: BTreeMap::new(),
         };
@@ -89,7 +123,7 @@ impl DesiredContainer {
         d
     }
 
-    /// `v1-` + 32 hex digits of SHA-256 over the canonical JSON (fields in declaration
+    /// `v2-` + 32 hex digits of SHA-256 over the canonical JSON (fields in declaration
     /// order, env sorted). The key is inside, so a rotation recreates the container.
     pub fn spec_hash(&self) -> String {
         let canonical = serde_json::to_vec(self).unwrap_or_default();
@@ -248,11 +282,25 @@ pub fn plan_host(
         });
     }
     let mut by_tenant: BTreeMap<&str, Vec<&Observed>> = BTreeMap::new();
+    let mut actions = Vec::new();
     for o in &ours {
+        // Labels are anybody's who can start a container on the engine: an id that is
+        // not a tenant id (empty, `../x`) names no data directory of ours, and nothing
+        // is done to, or in the name of, that container.
+        if let Err(hint) = crate::spec::check_tenant_id(o.tenant()) {
+            actions.push(Action::Blocked {
+                tenant: o.tenant().to_string(),
+                reason: format!(
+                    "container {} has the tenant label {:?}, which is not a tenant id ({hint}); not touched, its data neither: remove it by hand",
+                    o.name,
+                    o.tenant()
+                ),
+            });
+            continue;
+        }
         by_tenant.entry(o.tenant()).or_default().push(o);
     }
 
-    let mut actions = Vec::new();
     for d in desired {
         let found = by_tenant.remove(d.tenant.as_str()).unwrap_or_default();
         let (current, leftovers): (Vec<&Observed>, Vec<&Observed>) =
@@ -336,6 +384,7 @@ mod tests {
             docker: "unix:///var/run/docker.sock".into(),
             data_root: "/srv/mai".into(),
             tls: None,
+            publish_address: "127.0.0.1".into(),
         }
     }
 
@@ -355,6 +404,8 @@ mod tests {
             env: BTreeMap::new(),
             memory_bytes: Some(1 << 30),
             cpus: None,
+            pids_limit: None,
+            secret_env: BTreeMap::new(),
             api_key: ApiKey::new(format!("sk-or-v1-{}", "ab".repeat(32))),
         }
     }
@@ -398,7 +449,7 @@ mod tests {
         let t = tenant("aa", "mai/app:1");
         let one = DesiredContainer::new("f", &h, &t).spec_hash();
         assert_eq!(one, DesiredContainer::new("f", &h, &t).spec_hash());
-        assert!(one.starts_with("v1-") && one.len() == 35, "{one}");
+        assert!(one.starts_with("v2-") && one.len() == 35, "{one}");
         let mut rotated = t.clone();
         rotated.api_key = ApiKey::new(format!("sk-or-v1-{}", "cd".repeat(32)));
         assert_ne!(one, DesiredContainer::new("f", &h, &rotated).spec_hash());
@@ -460,6 +511,23 @@ mod tests {
         let mine = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
         let p = plan_host("f", &h, &[mine], &[], &["mai-aa".to_string()], false).unwrap();
         assert_eq!(verbs(&p), ["blocked:aa"]);
+    }
+
+    #[test]
+    fn a_container_whose_tenant_label_is_not_a_tenant_id_is_refused_even_with_prune() {
+        let h = host();
+        let a = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
+        let mut obs = vec![observed(&a, "mai-aa", "running")];
+        for (name, label) in [("empty", ""), ("dots", "../x"), ("slash", "a/b")] {
+            let mut o = observed(&a, name, "running");
+            o.labels.insert(LABEL_TENANT.into(), label.into());
+            obs.push(o);
+        }
+        let p = plan_host("f", &h, std::slice::from_ref(&a), &obs, &[], true).unwrap();
+        assert_eq!(
+            verbs(&p),
+            ["blocked:", "blocked:../x", "blocked:a/b", "unchanged:aa"]
+        );
     }
 
     #[test]

@@ -315,6 +315,22 @@ impl AlertsConfig {
         }
         let mut seen = std::collections::HashSet::new();
         for r in &receivers {
+            if let ReceiverKind::Email {
+                smtp,
+                username: Some(_),
+                ..
+            } = &r.kind
+            {
+                if smtp.starts_with("smtp://") {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_string(),
+                        detail: format!(
+                            "receiver `{}` would send its SMTP password in plain text over {smtp}; use smtp+starttls:// or smtps://",
+                            r.name
+                        ),
+                    });
+                }
+            }
             if !seen.insert(r.name.clone()) {
                 return Err(ConfigError::Invalid {
                     path: path.to_string(),

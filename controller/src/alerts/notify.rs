@@ -29,11 +29,40 @@ pub enum SendError {
 
 const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 
+/// Longest summary or description sent: the text may quote a tenant's store.
+const MAX_TEXT: usize = 1000;
+
+/// Text a tenant may have written into (a store's error, its labels), made safe for
+/// a receiver: control characters go, length is bounded. Slack's markup is escaped
+/// separately ([`slack_escape`]).
+fn bounded(text: &str) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+        .collect();
+    if clean.chars().count() > MAX_TEXT {
+        let mut cut: String = clean.chars().take(MAX_TEXT).collect();
+        cut.push('…');
+        cut
+    } else {
+        clean
+    }
+}
+
+/// Slack reads `<!channel>`, `<@U…>` and links between `<` and `>`: as its docs ask,
+/// `&`, `<` and `>` are sent as entities, so no text of a tenant's can mention
+/// anybody or disguise a link.
+fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 fn alert_json(a: &Alert, status: State, external_url: &str) -> Value {
     json!({
         "status": status.as_str(),
         "labels": a.labels,
-        "annotations": {"summary": a.summary, "description": a.description},
+        "annotations": {"summary": bounded(&a.summary), "description": bounded(&a.description)},
         "startsAt": a.fired_at.unwrap_or(a.active_since).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "endsAt": match (status, a.resolved_at) {
             (State::Resolved, Some(t)) => t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -46,11 +75,13 @@ fn alert_json(a: &Alert, status: State, external_url: &str) -> Value {
 
 /// What `receiver` is sent about `a`.
 pub fn payload(receiver: &Receiver, a: &Alert, status: State, config: &AlertsConfig) -> Value {
+    let summary = bounded(&a.summary);
+    let description = bounded(&a.description);
     let headline = format!(
         "[{}] {}: {}",
         status.as_str().to_uppercase(),
         a.rule.name(),
-        a.summary
+        summary.replace('\n', " ")
     );
     match &receiver.kind {
         ReceiverKind::Webhook { .. } => json!({
@@ -61,7 +92,7 @@ pub fn payload(receiver: &Receiver, a: &Alert, status: State, config: &AlertsCon
             "receiver": receiver.name,
             "groupLabels": {"alertname": a.rule.name()},
             "commonLabels": a.labels,
-            "commonAnnotations": {"summary": a.summary, "description": a.description},
+            "commonAnnotations": {"summary": summary, "description": description},
             "externalURL": config.external_url,
             "alerts": [alert_json(a, status, &config.external_url)],
         }),
@@ -71,18 +102,18 @@ pub fn payload(receiver: &Receiver, a: &Alert, status: State, config: &AlertsCon
             } else {
                 ":large_green_circle:"
             };
-            json!({"text": format!("{icon} {headline}\n{}", a.description)})
+            json!({"text": slack_escape(&format!("{icon} {headline}\n{description}"))})
         }
         ReceiverKind::Email { .. } => json!({
             "subject": headline,
             "body": format!(
                 "{}\n\nrule: {}\nstatus: {}\nlabels: {}\nsince: {}\n\n{}\n\nmai-fleet: {}/alerts\n",
-                a.summary,
+                summary,
                 a.rule.name(),
                 status.as_str(),
                 serde_json::to_string(&a.labels).unwrap_or_default(),
                 a.fired_at.unwrap_or(a.active_since).format("%Y-%m-%d %H:%M:%S UTC"),
-                a.description,
+                description,
                 config.external_url.trim_end_matches('/')
             ),
         }),
@@ -178,6 +209,12 @@ async fn send_email(
     };
     let mut builder = builder.port(port).timeout(Some(Duration::from_secs(10)));
     if let Some(user) = username {
+        // Checked at configuration too; never a password in plain text.
+        if scheme == "smtp" {
+            return Err(SendError::Config(
+                "SMTP credentials over plain smtp://: use smtp+starttls:// or smtps://".into(),
+            ));
+        }
         let password = password_env
             .and_then(|v| std::env::var(v).ok())
             .unwrap_or_default();
@@ -288,5 +325,30 @@ mod tests {
             Some(Duration::from_secs(30))
         );
         assert_eq!(retry_in(2, Duration::from_secs(3600), &c), None);
+    }
+
+    /// Attack: a tenant's store error text that pings a whole Slack workspace, hides
+    /// a link, and floods the channel.
+    #[test]
+    fn tenant_text_cannot_mention_a_channel_nor_flood_a_receiver() {
+        let hostile = format!(
+            "<!channel> <@U123> <https://evil.example|your invoice> &amp;\u{7}{}",
+            "x".repeat(5000)
+        );
+        let text = slack_escape(&bounded(&hostile));
+        assert!(!text.contains('<') && !text.contains('>'), "{}", &text[..80]);
+        assert!(text.starts_with("&lt;!channel&gt; &lt;@U123&gt;"));
+        assert!(text.contains("&amp;amp;"));
+        assert!(!text.contains('\u{7}'));
+        assert!(text.chars().count() < 1100, "bounded");
+    }
+
+    #[test]
+    fn smtp_credentials_over_plain_text_are_refused() {
+        let yaml = "receivers:\n  - name: mail\n    email: { smtp: \"smtp://mail.example:25\", from: a@b.pl, to: [c@d.pl], username: u, password_env: P }\n";
+        let err = AlertsConfig::parse("alerts.yaml", yaml).unwrap_err().to_string();
+        assert!(err.contains("plain text") && err.contains("smtps://"), "{err}");
+        let ok = yaml.replace("smtp://", "smtp+starttls://");
+        assert!(AlertsConfig::parse("alerts.yaml", &ok).is_ok());
     }
 }

@@ -95,6 +95,22 @@ pub enum UserCommand {
         /// Read the password from standard input (first line), never from the command line
         #[arg(long, required = true)]
         password_stdin: bool,
+        /// viewer reads; admin also closes months, silences alerts and manages users
+        #[arg(long, value_parser = ["viewer", "admin"], default_value = "admin")]
+        role: String,
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
+    /// The dashboard's users, their roles and live sessions
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        output: super::OutputFormat,
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
+    /// Remove a user; their sessions end at once
+    Remove {
+        name: String,
         #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
         database_url: String,
     },
@@ -119,8 +135,43 @@ pub struct ServeArgs {
     /// Do not evaluate alert rules nor send notifications (another controller does)
     #[arg(long)]
     pub no_alerts: bool,
+    /// A file holding the bearer token `/metrics` asks for (owner-only); without it
+    /// (or MAI_FLEET_METRICS_TOKEN) `/metrics` is off
+    #[arg(long, env = "MAI_FLEET_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<std::path::PathBuf>,
+    /// Failed logins one client address may make: COUNT/WINDOW
+    #[arg(long, env = "MAI_FLEET_LOGIN_LIMIT_ADDRESS", default_value = "10/15m")]
+    pub login_limit_address: String,
+    /// Failed logins for one user name, from anywhere: COUNT/WINDOW
+    #[arg(long, env = "MAI_FLEET_LOGIN_LIMIT_USER", default_value = "50/15m")]
+    pub login_limit_user: String,
+    /// Reverse proxies (IP addresses, comma-separated) whose X-Forwarded-For is believed
+    #[arg(long, env = "MAI_FLEET_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// A session unused this long ends
+    #[arg(long, env = "MAI_FLEET_SESSION_IDLE", default_value = "30m", value_parser = mai_fleet::duration::parse)]
+    pub session_idle: std::time::Duration,
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
+}
+
+/// The metrics token from its file (refused when others may read it) or from
+/// MAI_FLEET_METRICS_TOKEN.
+fn metrics_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let token = match file {
+        Some(path) => Some(
+            mai_fleet::spec::read_secret_file(path).map_err(anyhow::Error::msg)?,
+        ),
+        None => std::env::var("MAI_FLEET_METRICS_TOKEN").ok(),
+    };
+    let token = token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+    if let Some(t) = &token {
+        anyhow::ensure!(
+            t.len() >= 16,
+            "the metrics token must have at least 16 characters"
+        );
+    }
+    Ok(token)
 }
 
 fn rate_table(text: &str) -> anyhow::Result<RateTable> {
@@ -302,11 +353,45 @@ pub async fn rates(cmd: RatesCommand) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
-    let UserCommand::Add {
-        name,
-        password_stdin: _,
-        database_url,
-    } = cmd;
+    let (name, role, database_url) = match cmd {
+        UserCommand::Add {
+            name,
+            password_stdin: _,
+            role,
+            database_url,
+        } => (name, role, database_url),
+        UserCommand::List {
+            output,
+            database_url,
+        } => {
+            let store = Store::connect(&database_url).await?;
+            store.migrate().await?;
+            let users = store.users().await?;
+            match output {
+                super::OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&users)?),
+                _ => {
+                    println!("{:<24} {:<7} {:<20} SESSIONS", "USER", "ROLE", "CREATED");
+                    for u in &users {
+                        println!(
+                            "{:<24} {:<7} {:<20} {}",
+                            u.name,
+                            u.role,
+                            u.created_at.format("%Y-%m-%d %H:%M UTC"),
+                            u.sessions
+                        );
+                    }
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        UserCommand::Remove { name, database_url } => {
+            let store = Store::connect(&database_url).await?;
+            store.migrate().await?;
+            anyhow::ensure!(store.remove_user(&name).await?, "no dashboard user {name}");
+            println!("dashboard user {name} removed; their sessions ended");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     mai_fleet::spec::name_label(&name)
         .map_err(|hint| anyhow::anyhow!("user name `{name}` is not valid: {hint}"))?;
     let mut input = String::new();
@@ -322,8 +407,9 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
     let store = Store::connect(&database_url).await?;
     store.migrate().await?;
     let created = store.put_user(&name, &hash).await?;
+    store.set_user_role(&name, &role).await?;
     eprintln!(
-        "dashboard user {name} {}",
+        "dashboard user {name} ({role}) {}",
         if created {
             "created"
         } else {
@@ -372,11 +458,29 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ));
         mai_fleet::alerts::notify::spawn_senders(store.clone(), config);
     }
+    let limit = |text: &str, what: &str| {
+        mai_fleet::web::throttle::Limit::parse(text)
+            .map_err(|e| anyhow::anyhow!("{what}: {e}"))
+    };
+    let security = mai_fleet::web::Security {
+        throttle: mai_fleet::web::throttle::LoginThrottle::new(mai_fleet::web::throttle::Limits {
+            per_address: limit(&args.login_limit_address, "--login-limit-address")?,
+            per_user: limit(&args.login_limit_user, "--login-limit-user")?,
+        }),
+        metrics_token: metrics_token(args.metrics_token_file.as_deref())?,
+        trusted_proxies: args.trusted_proxies.clone(),
+        idle_timeout: args.session_idle,
+        ..Default::default()
+    };
+    if security.metrics_token.is_none() {
+        eprintln!("serve: /metrics is off (set MAI_FLEET_METRICS_TOKEN_FILE to a file holding a bearer token)");
+    }
     let state = mai_fleet::web::AppState {
         store,
         rate_table: table,
         secure_cookies: args.secure_cookies,
         cache,
+        security: std::sync::Arc::new(security),
     };
     mai_fleet::web::serve(state, args.listen)
         .await

@@ -518,13 +518,14 @@ async fn create_container(
     d: &DesiredContainer,
     name: &str,
 ) -> Result<String, String> {
+    ensure_network(engine, d).await?;
     let port_key = format!("{APP_PORT}/tcp");
     let host_config = HostConfig {
         binds: Some(vec![format!("{}:{DATA_MOUNT}", d.data_dir)]),
         port_bindings: Some(HashMap::from([(
             port_key.clone(),
             Some(vec![PortBinding {
-                host_ip: None,
+                host_ip: Some(d.publish_address.clone()),
                 host_port: Some(d.host_port.to_string()),
             }]),
         )])),
@@ -532,8 +533,12 @@ async fn create_container(
             name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
             maximum_retry_count: None,
         }),
-        memory: d.memory_bytes,
-        nano_cpus: d.nano_cpus,
+        memory: Some(d.memory_bytes),
+        nano_cpus: Some(d.nano_cpus),
+        pids_limit: Some(d.pids_limit),
+        cap_drop: Some(d.cap_drop.iter().map(|c| c.to_string()).collect()),
+        security_opt: Some(d.security_opt.iter().map(|c| c.to_string()).collect()),
+        network_mode: Some(d.network.clone()),
         ..Default::default()
     };
     let body = ContainerCreateBody {
@@ -551,6 +556,50 @@ async fn create_container(
         .await
         .map(|r| r.id)
         .map_err(|e| format!("create failed: {e}"))
+}
+
+/// The fleet's bridge network, made once per engine, with inter-container traffic
+/// off (`enable_icc=false`): tenants reach the internet, not each other.
+async fn ensure_network(engine: &Engine, d: &DesiredContainer) -> Result<(), String> {
+    // Docker lets two networks share a name (and then refuses to attach to either):
+    // tenants, and host entries on one engine, are rolled out in parallel, so the
+    // check and the creation happen one at a time.
+    static MAKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one_at_a_time = MAKING.lock().await;
+    if engine
+        .docker
+        .inspect_network(&d.network, None::<bollard::query_parameters::InspectNetworkOptions>)
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+    let labels: HashMap<String, String> = d
+        .labels
+        .iter()
+        .filter(|(k, _)| [LABEL_MANAGED, crate::plan::LABEL_FLEET].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let request = bollard::models::NetworkCreateRequest {
+        name: d.network.clone(),
+        driver: Some("bridge".into()),
+        labels: Some(labels),
+        options: Some(HashMap::from([(
+            "com.docker.network.bridge.enable_icc".to_string(),
+            "false".to_string(),
+        )])),
+        ..Default::default()
+    };
+    match engine.docker.create_network(request).await {
+        Ok(_) => Ok(()),
+        // Made meanwhile by a concurrent apply: fine.
+        Err(_) if engine
+            .docker
+            .inspect_network(&d.network, None::<bollard::query_parameters::InspectNetworkOptions>)
+            .await
+            .is_ok() => Ok(()),
+        Err(e) => Err(format!("network {} could not be made: {e}", d.network)),
+    }
 }
 
 async fn ensure_image(
@@ -613,6 +662,11 @@ fn prepare_data_dir(engine: &Engine, d: &DesiredContainer) {
 }
 
 fn purge_or_keep_data(engine: &Engine, tenant: &str, purge: bool) -> String {
+    // The plan refuses such containers already; a path built from a label is checked
+    // once more where it is deleted.
+    if crate::spec::check_tenant_id(tenant).is_err() {
+        return format!("; data NOT purged: {tenant:?} is not a tenant id");
+    }
     let dir = format!("{}/{tenant}", engine.host.data_root);
     if !purge {
         return format!("; data kept in {dir}");

@@ -17,7 +17,7 @@ use super::{
 
 const TOP_KEYS: &[&str] = &["version", "fleet", "defaults", "hosts", "tenants"];
 const DEFAULTS_KEYS: &[&str] = &["image", "timezone", "markup_rate", "env", "resources"];
-const HOST_KEYS: &[&str] = &["name", "docker", "data_root", "tls"];
+const HOST_KEYS: &[&str] = &["name", "docker", "data_root", "tls", "publish_address"];
 const TLS_KEYS: &[&str] = &["ca", "cert", "key"];
 const TENANT_KEYS: &[&str] = &[
     "id",
@@ -34,7 +34,7 @@ const TENANT_KEYS: &[&str] = &[
 ];
 const OPENROUTER_KEYS: &[&str] = &["api_key"];
 const BILLING_KEYS: &[&str] = &["markup_rate", "monthly_limit_usd", "email", "nip"];
-const RESOURCES_KEYS: &[&str] = &["memory", "cpus"];
+const RESOURCES_KEYS: &[&str] = &["memory", "cpus", "pids"];
 /// Set by the controller from dedicated keys; `env:` may not set them either.
 const DERIVED_ENV: &[(&str, &str)] = &[
     ("TZ", "timezone"),
@@ -42,6 +42,22 @@ const DERIVED_ENV: &[(&str, &str)] = &[
 ];
 
 const DEFAULT_TIMEZONE: &str = "Europe/Warsaw";
+/// Tenant ports answer on the host's loopback only, for a reverse proxy in front.
+const DEFAULT_PUBLISH_ADDRESS: &str = "127.0.0.1";
+
+/// `tcp://127.0.0.1:2375`, `tcp://[::1]:2375`: an IP literal of the loopback range. A
+/// name (even `localhost…`) may resolve anywhere.
+fn loopback_literal(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("tcp://") else {
+        return false;
+    };
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    hostport
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| hostport.parse::<std::net::IpAddr>())
+        .is_ok_and(|ip| ip.is_loopback())
+}
 
 #[derive(Default)]
 struct Defaults {
@@ -49,8 +65,11 @@ struct Defaults {
     timezone: Option<String>,
     markup_rate: Option<Decimal>,
     env: BTreeMap<String, String>,
+    /// Names of `env` whose values came from `${env:}`/`${file:}`, with the reference.
+    secret_env: BTreeMap<String, String>,
     memory_bytes: Option<i64>,
     cpus: Option<Decimal>,
+    pids: Option<i64>,
 }
 
 struct Billing {
@@ -60,6 +79,14 @@ struct Billing {
     nip: Option<String>,
 }
 
+/// `resources:` of the defaults or of a tenant.
+#[derive(Default, Clone, Copy)]
+struct Resources {
+    memory: Option<i64>,
+    cpus: Option<Decimal>,
+    pids: Option<i64>,
+}
+
 /// A tenant's values that must be unique, with where they stand; kept for every
 /// tenant, valid or not, so that a duplicate is reported in the same run.
 struct Unique {
@@ -67,6 +94,8 @@ struct Unique {
     id: Option<(String, Pos)>,
     org_id: Option<(String, Pos)>,
     host_port: Option<(String, String, Pos)>,
+    /// The key's fingerprint: one key in two tenants would bill one client for both.
+    key: Option<(String, Pos)>,
 }
 
 pub struct Loader<'e> {
@@ -377,18 +406,26 @@ impl<'e> Loader<'e> {
             d.markup_rate = self.check(at, "defaults.markup_rate", m, checks::markup_rate(m));
         }
         if let Some(env) = map.get_node("env") {
-            d.env = self.env_map(env, "defaults.env");
+            (d.env, d.secret_env) = self.env_map(env, "defaults.env");
         }
         if let Some(res) = map.get_node("resources") {
-            (d.memory_bytes, d.cpus) = self.resources(res, "defaults.resources");
+            let r = self.resources(res, "defaults.resources");
+            (d.memory_bytes, d.cpus, d.pids) = (r.memory, r.cpus, r.pids);
         }
         d
     }
 
-    fn env_map(&mut self, node: &Node, what: &str) -> BTreeMap<String, String> {
+    /// The variables of an `env:` map, and those of them that are secrets (written as
+    /// `${env:}`/`${file:}`, resolved here) with their reference.
+    fn env_map(
+        &mut self,
+        node: &Node,
+        what: &str,
+    ) -> (BTreeMap<String, String>, BTreeMap<String, String>) {
         let mut env = BTreeMap::new();
+        let mut secrets = BTreeMap::new();
         let Some(map) = self.mapping(node, &format!("`{what}`")) else {
-            return env;
+            return (env, secrets);
         };
         for (key, value) in map.iter() {
             let name = key.as_str();
@@ -413,9 +450,22 @@ impl<'e> Loader<'e> {
                 continue;
             }
             match value {
-                Node::Scalar(s) => {
-                    env.insert(name.to_string(), s.as_str().to_string());
-                }
+                Node::Scalar(s) => match secret::parse_reference(s.as_str()) {
+                    Some(reference) => {
+                        match secret::resolve(&reference, &self.base_dir, self.env) {
+                            Ok(v) => {
+                                env.insert(name.to_string(), v);
+                                secrets.insert(name.to_string(), s.as_str().trim().to_string());
+                            }
+                            Err(problem) => {
+                                self.diag(pos(s.span()), format!("`{what}.{name}`: {problem}"), None)
+                            }
+                        }
+                    }
+                    None => {
+                        env.insert(name.to_string(), s.as_str().to_string());
+                    }
+                },
                 other => self.diag(
                     pos(other.span()),
                     format!("`{what}.{name}` must be a single value"),
@@ -423,12 +473,12 @@ impl<'e> Loader<'e> {
                 ),
             }
         }
-        env
+        (env, secrets)
     }
 
-    fn resources(&mut self, node: &Node, what: &str) -> (Option<i64>, Option<Decimal>) {
+    fn resources(&mut self, node: &Node, what: &str) -> Resources {
         let Some(map) = self.mapping(node, &format!("`{what}`")) else {
-            return (None, None);
+            return Resources::default();
         };
         self.keys(map, RESOURCES_KEYS, what);
         let memory = self
@@ -439,7 +489,18 @@ impl<'e> Loader<'e> {
         let cpus = self
             .scalar(map, "cpus", &format!("{what}.cpus"))
             .and_then(|(c, at)| self.check(at, &format!("{what}.cpus"), c, checks::cpus(c)));
-        (memory, cpus)
+        let pids = self
+            .scalar(map, "pids", &format!("{what}.pids"))
+            .and_then(|(p, at)| {
+                let n = p.parse::<i64>().ok().filter(|n| (16..=1_000_000).contains(n));
+                self.check(
+                    at,
+                    &format!("{what}.pids"),
+                    p,
+                    n.ok_or_else(|| "use a whole number of processes from 16 to 1000000".to_string()),
+                )
+            });
+        Resources { memory, cpus, pids }
     }
 
     fn hosts(&mut self, node: &Node) -> Vec<HostSpec> {
@@ -473,6 +534,17 @@ impl<'e> Loader<'e> {
                 "e.g. `data_root: /srv/mai-fleet`",
             );
             let tls = map.get_node("tls").and_then(|t| self.tls(t, &what));
+            let publish = match self.scalar(map, "publish_address", &format!("{what}.publish_address")) {
+                Some((a, at)) => self.check(
+                    at,
+                    &format!("{what}.publish_address"),
+                    a,
+                    a.parse::<std::net::IpAddr>().map(|_| ()).map_err(|_| {
+                        "an IP address: 127.0.0.1 (the default, behind a reverse proxy), a private address, or 0.0.0.0 for every interface".to_string()
+                    }),
+                ).map(|()| a.to_string()),
+                None => Some(DEFAULT_PUBLISH_ADDRESS.to_string()),
+            };
             if let Some((n, at)) = name {
                 if self
                     .check(at, "hosts.name", n, checks::name_label(n))
@@ -500,16 +572,12 @@ impl<'e> Loader<'e> {
                                 .into(),
                         ),
                     );
-                } else if d.starts_with("tcp://")
-                    && tls.is_none()
-                    && !d.starts_with("tcp://127.0.0.1")
-                    && !d.starts_with("tcp://localhost")
-                {
+                } else if d.starts_with("tcp://") && tls.is_none() && !loopback_literal(d) {
                     self.diag(
                         at,
                         format!("`{what}.docker` is a remote tcp:// endpoint without `tls`"),
                         Some(
-                            "add `tls: {ca, cert, key}` with the engine's client certificates"
+                            "add `tls: {ca, cert, key}` with the engine's client certificates (plain tcp:// only for a loopback address such as 127.0.0.1)"
                                 .into(),
                         ),
                     );
@@ -524,12 +592,15 @@ impl<'e> Loader<'e> {
                     );
                 }
             }
-            if let (Some((n, _)), Some((d, _)), Some((r, _))) = (name, docker, data_root) {
+            if let (Some((n, _)), Some((d, _)), Some((r, _)), Some(publish_address)) =
+                (name, docker, data_root, publish)
+            {
                 hosts.push(HostSpec {
                     name: n.to_string(),
                     docker: d.to_string(),
                     data_root: r.trim_end_matches('/').to_string(),
                     tls,
+                    publish_address,
                 });
             }
         }
@@ -673,12 +744,18 @@ impl<'e> Loader<'e> {
             )
         });
         let mut env = defaults.env.clone();
+        let mut secret_env = defaults.secret_env.clone();
         if let Some(node) = map.get_node("env") {
-            env.extend(self.env_map(node, "env"));
+            let (own, own_secrets) = self.env_map(node, "env");
+            for name in own.keys() {
+                secret_env.remove(name);
+            }
+            env.extend(own);
+            secret_env.extend(own_secrets);
         }
-        let (memory, cpus) = match map.get_node("resources") {
+        let res = match map.get_node("resources") {
             Some(node) => self.resources(node, "resources"),
-            None => (None, None),
+            None => Resources::default(),
         };
 
         self.unique.push(Unique {
@@ -688,6 +765,7 @@ impl<'e> Loader<'e> {
             host_port: host
                 .zip(port)
                 .map(|((h, _), (p, at))| (h.to_string(), p.to_string(), at)),
+            key: api_key.as_ref().map(|(k, at)| (k.fingerprint(), *at)),
         });
         if self.diags.len() > errors_before {
             return None;
@@ -705,13 +783,15 @@ impl<'e> Loader<'e> {
             nip: billing.nip,
             port: port_value?,
             env,
-            memory_bytes: memory.or(defaults.memory_bytes),
-            cpus: cpus.or(defaults.cpus),
-            api_key: api_key?,
+            memory_bytes: res.memory.or(defaults.memory_bytes),
+            cpus: res.cpus.or(defaults.cpus),
+            pids_limit: res.pids.or(defaults.pids),
+            secret_env,
+            api_key: api_key?.0,
         })
     }
 
-    fn api_key(&mut self, map: &MarkedMappingNode) -> Option<ApiKey> {
+    fn api_key(&mut self, map: &MarkedMappingNode) -> Option<(ApiKey, Pos)> {
         let Some(node) = map.get_node("openrouter") else {
             self.diag(pos(map.span()), "missing `openrouter.api_key`", Some("add `openrouter: { api_key: ${env:VAR} }`; without a key the app tracks nothing".into()));
             return None;
@@ -735,7 +815,7 @@ impl<'e> Loader<'e> {
         };
         match secret::resolve(&reference, &self.base_dir, self.env) {
             Ok(key) => match checks::openrouter_key(&key) {
-                Ok(()) => Some(ApiKey::new(key)),
+                Ok(()) => Some((ApiKey::new(key), at)),
                 Err(hint) => {
                     self.diag(
                         at,
@@ -797,6 +877,7 @@ impl<'e> Loader<'e> {
         let mut ids: HashMap<String, usize> = HashMap::new();
         let mut orgs: HashMap<String, usize> = HashMap::new();
         let mut ports: HashMap<(String, String), (usize, String)> = HashMap::new();
+        let mut keys: HashMap<String, (usize, String)> = HashMap::new();
         for u in std::mem::take(&mut self.unique) {
             self.tenant = Some(u.tenant.clone());
             if let Some((id, at)) = u.id {
@@ -814,6 +895,17 @@ impl<'e> Loader<'e> {
                         at,
                         format!("org_id `{org}` is used twice (first at line {line})"),
                         Some("two containers with one org id would mix two clients' usage".into()),
+                    );
+                }
+            }
+            if let Some((fingerprint, at)) = u.key {
+                if let Some((line, other)) =
+                    keys.insert(fingerprint, (at.line, u.tenant.clone()))
+                {
+                    self.diag(
+                        at,
+                        format!("this OpenRouter key is also tenant {other}'s (line {line})"),
+                        Some("give each tenant a key of its own: spend is told apart by key".into()),
                     );
                 }
             }

@@ -42,6 +42,8 @@ pub struct HostSpec {
     /// Tenant data lives in `<data_root>/<tenant id>/data` on that host.
     pub data_root: String,
     pub tls: Option<TlsFiles>,
+    /// The host address tenant ports are published on (default 127.0.0.1).
+    pub publish_address: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -68,15 +70,32 @@ pub struct TenantSpec {
     /// Host port published to the container's 8080.
     pub port: u16,
     /// Extra variables (defaults' `env` merged under the tenant's own).
+    #[serde(serialize_with = "secret::serialize_env_names")]
     pub env: BTreeMap<String, String>,
+    /// Which of `env` are secrets, with the `${env:}`/`${file:}` they came from: shown
+    /// and stored as that reference, never as the value.
+    pub secret_env: BTreeMap<String, String>,
     pub memory_bytes: Option<i64>,
     pub cpus: Option<Decimal>,
+    /// Most processes the container may run (fleet default when unset).
+    pub pids_limit: Option<i64>,
     pub api_key: ApiKey,
 }
 
 impl TenantSpec {
     pub fn container_name(&self) -> String {
         format!("mai-{}", self.id)
+    }
+
+    /// `env` as it may be stored and shown: secrets as their reference.
+    pub fn env_for_record(&self) -> BTreeMap<String, String> {
+        self.env
+            .iter()
+            .map(|(k, v)| {
+                let shown = self.secret_env.get(k).unwrap_or(v);
+                (k.clone(), shown.clone())
+            })
+            .collect()
     }
 
     /// The whole environment the container gets: the required variables, the ones
@@ -163,8 +182,8 @@ pub fn load_str(
     load::Loader::new(path, env).load(text)
 }
 
-pub use checks::name_label;
-pub use secret::{hex, random_bytes, EnvSource, ProcessEnv};
+pub use checks::{name_label, tenant_id as check_tenant_id};
+pub use secret::{hex, random_bytes, read_secret_file, EnvSource, ProcessEnv};
 
 #[cfg(test)]
 mod tests;

@@ -115,13 +115,28 @@ pub fn resolve(
                 "environment variable {name} is not set; export it before running the controller"
             )),
         },
-        Reference::File(p) => {
-            let path = base_dir.join(p);
-            std::fs::read_to_string(&path)
-                .map(|s| s.trim().to_string())
-                .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))
+        Reference::File(p) => read_secret_file(&base_dir.join(p)),
+    }
+}
+
+/// A secret kept in a file, trimmed. As ssh does with private keys, a file the group
+/// or others may read is refused: a secret anybody on the machine can read is no
+/// longer one. The error never holds the content.
+pub fn read_secret_file(path: &Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "secret file {} is readable by group or others (mode {mode:03o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ));
         }
     }
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))
 }
 
 /// Bytes from the kernel's CSPRNG, for passwords, salts and session tokens.
@@ -130,4 +145,13 @@ pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
     let mut buf = [0u8; N];
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf))?;
     Ok(buf)
+}
+
+/// Serializes an env map as its names only: values may be secrets, and the record
+/// of a tenant keeps them through [`super::TenantSpec::env_for_record`].
+pub fn serialize_env_names<S: serde::Serializer>(
+    env: &std::collections::BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(env.keys())
 }

@@ -191,6 +191,10 @@ fn file_secret_is_read_relative_to_the_spec() {
     let dir = std::env::temp_dir().join(format!("mai-fleet-spec-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("nowak.key"), format!("{KEY_A}\n")).unwrap();
+    // Owner-only, as a secret file must be.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("nowak.key"), std::fs::Permissions::from_mode(0o600))
+        .unwrap();
     let text = GOOD.replace("${env:KEY_A}", "${file:nowak.key}");
     let spec = load_str(&dir.join("tenants.yaml"), &text, &env()).expect("valid");
     assert_eq!(spec.tenants[0].api_key.expose(), KEY_A);
@@ -198,4 +202,68 @@ fn file_secret_is_read_relative_to_the_spec() {
     let err = load_str(&dir.join("tenants.yaml"), &missing, &env()).unwrap_err();
     assert!(err.to_string().contains("1 error"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Attack surface of the spec itself (issue 9): one key billed to two clients, a
+/// secret in a file everybody may read, a plain tcp:// engine behind a name.
+#[test]
+fn secrets_stay_secret_in_the_spec() {
+    let twice = GOOD.replace("${env:KEY_B}", "${env:KEY_A}");
+    let e = errors(&twice);
+    assert!(
+        e.iter().any(|d| d.message.contains("also tenant kancelaria-nowak's")
+            && d.tenant.as_deref() == Some("biuro-kowalski")),
+        "{e:?}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("mai-spec-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("key");
+    std::fs::write(&file, KEY_B).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let from_file = GOOD.replace("${env:KEY_B}", &format!("${{file:{}}}", file.display()));
+    let e = errors(&from_file);
+    assert!(
+        e.iter().any(|d| d.message.contains("readable by group or others")
+            && d.message.contains("chmod 600")),
+        "{e:?}"
+    );
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(load_str(Path::new("tenants.yaml"), &from_file, &env()).is_ok());
+
+    for (url, ok) in [
+        ("tcp://127.0.0.1:2375", true),
+        ("tcp://[::1]:2375", true),
+        ("tcp://localhost:2375", false),
+        ("tcp://localhost.evil.example:2375", false),
+        ("tcp://10.0.0.5:2375", false),
+    ] {
+        let text = GOOD.replace("unix:///var/run/docker.sock", url);
+        let r = load_str(Path::new("tenants.yaml"), &text, &env());
+        assert_eq!(r.is_ok(), ok, "{url}: {:?}", r.err());
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn env_values_from_references_are_stored_as_their_reference() {
+    let text = GOOD.replace(
+        "env: { LOG_LEVEL: DEBUG, EXTRA: \"x\" }",
+        "env: { LOG_LEVEL: DEBUG, SMTP_PASSWORD: \"${env:KEY_B}\" }",
+    );
+    let text = text.replace("${env:KEY_B}\" }\n    port: 3002", "${env:KEY_C}\" }\n    port: 3002");
+    let mut vars = env();
+    vars.insert(
+        "KEY_C".into(),
+        format!("sk-or-v1-{}", "c".repeat(64)),
+    );
+    let spec = load_str(Path::new("tenants.yaml"), &text, &vars).expect("valid");
+    let nowak = &spec.tenants[0];
+    assert_eq!(nowak.env["SMTP_PASSWORD"], KEY_B, "the container gets the value");
+    let record = nowak.env_for_record();
+    assert_eq!(record["SMTP_PASSWORD"], "${env:KEY_B}");
+    assert_eq!(record["LOG_LEVEL"], "DEBUG");
+    let json = serde_json::to_string(nowak).unwrap();
+    assert!(!json.contains(KEY_B) && !json.contains(KEY_A), "{json}");
 }

@@ -203,7 +203,7 @@ async fn upsert_tenant(
     let spec = json!({
         "name": t.name, "org_id": t.org_id, "host": t.host, "image": t.image,
         "timezone": t.timezone, "markup_rate": t.markup_rate, "monthly_limit_usd": t.monthly_limit_usd,
-        "email": t.email, "nip": t.nip, "port": t.port, "env": t.env,
+        "email": t.email, "nip": t.nip, "port": t.port, "env": t.env_for_record(),
         "memory_bytes": t.memory_bytes, "cpus": t.cpus, "api_key": t.api_key.masked(),
     });
     let previous_markup: Option<rust_decimal::Decimal> =

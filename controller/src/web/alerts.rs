@@ -135,6 +135,7 @@ pub async fn silence(
     Form(f): Form<SilenceForm>,
 ) -> Result<Response, WebError> {
     authed.check_csrf(&f.csrf)?;
+    authed.require_admin()?;
     let tenant = Some(f.tenant.trim()).filter(|t| !t.is_empty());
     let rule = match f.rule.trim() {
         "" => None,
@@ -171,6 +172,7 @@ pub async fn unsilence(
     Form(f): Form<UnsilenceForm>,
 ) -> Result<Response, WebError> {
     authed.check_csrf(&f.csrf)?;
+    authed.require_admin()?;
     if !state.store.end_silence(f.id).await? {
         return Err(WebError::NotFound(format!("no active silence #{}", f.id)));
     }

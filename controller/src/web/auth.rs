@@ -6,7 +6,9 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use askama::Template;
-use axum::extract::{FromRequestParts, Query, State};
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -25,6 +27,8 @@ const SESSION_TTL_S: i64 = 12 * 3600;
 pub struct Authed {
     pub user: String,
     pub csrf: String,
+    /// `viewer` reads; `admin` also closes months, silences alerts, manages users.
+    pub role: String,
 }
 
 impl FromRequestParts<AppState> for Authed {
@@ -34,7 +38,7 @@ impl FromRequestParts<AppState> for Authed {
         let session = match cookie(&parts.headers, SESSION_COOKIE) {
             Some(token) => state
                 .store
-                .session(&token_digest(&token))
+                .session(&token_digest(&token), state.security.idle_timeout.as_secs() as i64)
                 .await
                 .map_err(|e| WebError::from(e).into_response())?,
             None => None,
@@ -43,6 +47,7 @@ impl FromRequestParts<AppState> for Authed {
             Some(s) => Ok(Authed {
                 user: s.user_name,
                 csrf: s.csrf_token,
+                role: s.role,
             }),
             None if parts.uri.path().starts_with("/api/")
                 || parts.uri.path().ends_with(".csv")
@@ -64,6 +69,18 @@ impl FromRequestParts<AppState> for Authed {
 }
 
 impl Authed {
+    /// What only an admin may do.
+    pub fn require_admin(&self) -> Result<(), WebError> {
+        if self.role == "admin" {
+            Ok(())
+        } else {
+            Err(WebError::Forbidden(format!(
+                "user {} is a viewer; an admin may do this",
+                self.user
+            )))
+        }
+    }
+
     /// Forms carry the session's CSRF token; a form posted from elsewhere does not.
     pub fn check_csrf(&self, sent: &str) -> Result<(), WebError> {
         if constant_time_eq(self.csrf.as_bytes(), sent.as_bytes()) {
@@ -129,10 +146,20 @@ pub struct LoginForm {
 
 pub async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Result<Response, WebError> {
     let next = safe_next(f.next.as_deref());
+    let client = client_address(peer.ip(), &headers, &state.security.trusted_proxies);
+    let name = f.name.trim().to_string();
+    if let Err(wait) = state.security.throttle.check(client, &name) {
+        eprintln!(
+            "serve: login refused (too many failures) for user {:?} from {client}",
+            shown(&name)
+        );
+        return Err(WebError::TooManyAttempts(wait.as_secs().max(1)));
+    }
     let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
     if expected.is_empty() || !constant_time_eq(expected.as_bytes(), f.csrf.as_bytes()) {
         return login_form(
@@ -142,11 +169,22 @@ pub async fn login(
             StatusCode::FORBIDDEN,
         );
     }
-    let hash = state.store.user_password_hash(f.name.trim()).await?;
+    let hash = state.store.user_password_hash(&name).await?;
     // An unknown user costs the same work as a wrong password, and gets the same words.
-    let ok = verify_password(hash.as_deref().unwrap_or(DUMMY_HASH), &f.password) && hash.is_some();
-    if !ok {
-        eprintln!("serve: failed login");
+    // Argon2 takes tens of milliseconds of CPU: off the async workers.
+    let known = hash.is_some();
+    let password = f.password;
+    let verified = tokio::task::spawn_blocking(move || {
+        verify_password(hash.as_deref().unwrap_or(DUMMY_HASH), &password)
+    })
+    .await
+    .map_err(|e| WebError::Internal(format!("password check: {e}")))?;
+    if !(verified && known) {
+        state.security.throttle.failed(client, &name);
+        eprintln!(
+            "serve: failed login for user {:?} from {client}",
+            shown(&name)
+        );
         return login_form(
             &state,
             next,
@@ -159,7 +197,7 @@ pub async fn login(
         .store
         .create_session(
             &token_digest(&token),
-            f.name.trim(),
+            &name,
             &random_token()?,
             SESSION_TTL_S,
         )
@@ -233,12 +271,41 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Only a local path: a login link cannot send the user to another site.
+/// Only a local path: a login link cannot send the user to another site. Browsers
+/// drop tabs and newlines from URLs and read `\\` as `/`, so `/\t/evil` and `/\\evil`
+/// would be `//evil`: any control character, space or backslash refuses the path.
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\') =>
+        {
+            n.to_string()
+        }
         _ => "/".to_string(),
     }
+}
+
+/// The client's address: the peer's, or, behind a trusted reverse proxy, the last
+/// address that proxy saw in `X-Forwarded-For`.
+fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpAddr]) -> IpAddr {
+    if !trusted.contains(&peer) {
+        return peer;
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .next_back()
+        .unwrap_or(peer)
+}
+
+/// A user name as typed, for a log line: the typist controls it.
+fn shown(name: &str) -> String {
+    name.chars().take(64).collect()
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -293,6 +360,9 @@ mod tests {
         );
         assert_eq!(safe_next(Some("//evil.example/")), "/");
         assert_eq!(safe_next(Some("https://evil.example/")), "/");
+        assert_eq!(safe_next(Some("/\t/evil.example/")), "/");
+        assert_eq!(safe_next(Some("/\\evil.example/")), "/");
+        assert_eq!(safe_next(Some("/%0a/x")), "/%0a/x", "still a path here");
         assert_eq!(safe_next(None), "/");
     }
 }

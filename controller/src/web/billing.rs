@@ -191,6 +191,7 @@ pub async fn close(
     Form(f): Form<CloseForm>,
 ) -> Result<Response, WebError> {
     authed.check_csrf(&f.csrf)?;
+    authed.require_admin()?;
     let month = parse_month(Some(&f.month))?;
     bill::close_month(
         &state.store,

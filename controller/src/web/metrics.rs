@@ -1,5 +1,5 @@
-//! `/metrics` (Prometheus text format 0.0.4) and `/healthz`, both without login:
-//! they carry no key and no client's name beyond the tenant id.
+//! `/metrics` (Prometheus text format 0.0.4), behind a bearer token of its own, and
+//! `/healthz`, open: it says only whether the database answers.
 
 use std::fmt::Write;
 
@@ -39,7 +39,39 @@ fn family(out: &mut String, name: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Result<Response, WebError> {
+/// Whether the request carries the metrics bearer token (compared in constant time).
+fn bearer_ok(headers: &axum::http::HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|sent| {
+            let (a, b) = (sent.trim().as_bytes(), token.as_bytes());
+            a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        })
+}
+
+/// `/metrics` carries every client's money: only for the scraper holding the token
+/// (Prometheus' `authorization` scrape setting), and off when no token is set.
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, WebError> {
+    let Some(token) = state.security.metrics_token.as_deref() else {
+        return Ok((
+            StatusCode::NOT_FOUND,
+            "metrics are off: start serve with MAI_FLEET_METRICS_TOKEN_FILE\n",
+        )
+            .into_response());
+    };
+    if !bearer_ok(&headers, token) {
+        return Ok((
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
+            "metrics need Authorization: Bearer <token>\n",
+        )
+            .into_response());
+    }
     let store = &state.store;
     let rows = state
         .cache

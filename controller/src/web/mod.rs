@@ -11,6 +11,7 @@ mod fleet;
 mod hosts;
 mod metrics;
 mod tenants;
+pub mod throttle;
 mod view;
 
 use std::net::SocketAddr;
@@ -34,6 +35,35 @@ pub struct AppState {
     /// Mark cookies `Secure` (serve behind TLS).
     pub secure_cookies: bool,
     pub cache: std::sync::Arc<cache::PageCache>,
+    pub security: std::sync::Arc<Security>,
+}
+
+/// The dashboard's defences (docs/security.md), set at `serve`.
+pub struct Security {
+    pub throttle: throttle::LoginThrottle,
+    /// `/metrics` answers only with `Authorization: Bearer <token>`; off without one.
+    pub metrics_token: Option<String>,
+    /// Reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// A session unused this long ends.
+    pub idle_timeout: std::time::Duration,
+    /// How long a client may take to send a request's headers, and a request to be
+    /// answered.
+    pub header_timeout: std::time::Duration,
+    pub request_timeout: std::time::Duration,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self {
+            throttle: throttle::LoginThrottle::new(throttle::Limits::default()),
+            metrics_token: None,
+            trusted_proxies: Vec::new(),
+            idle_timeout: std::time::Duration::from_secs(30 * 60),
+            header_timeout: std::time::Duration::from_secs(10),
+            request_timeout: std::time::Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +74,8 @@ pub enum WebError {
     BadRequest(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error("too many failed logins; try again in {0} s")]
+    TooManyAttempts(u64),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -60,6 +92,7 @@ impl IntoResponse for WebError {
             WebError::NotFound(_) => StatusCode::NOT_FOUND,
             WebError::BadRequest(_) => StatusCode::BAD_REQUEST,
             WebError::Forbidden(_) => StatusCode::FORBIDDEN,
+            WebError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             WebError::Billing(
                 BillingError::AlreadyClosed { .. } | BillingError::NotEnded { .. },
             ) => StatusCode::CONFLICT,
@@ -71,12 +104,17 @@ impl IntoResponse for WebError {
         } else {
             self.to_string()
         };
-        (
+        let mut res = (
             status,
             [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
             message,
         )
-            .into_response()
+            .into_response();
+        if let WebError::TooManyAttempts(secs) = self {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
     }
 }
 
@@ -107,8 +145,41 @@ pub fn router(state: AppState) -> Router {
         .route("/logout", post(auth::logout))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(metrics::healthz))
+        .route("/static/fleet.js", get(fleet_script))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_timeout,
+        ))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// The fleet page's refresh, as a file: the CSP allows no inline script.
+async fn fleet_script() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        )],
+        include_str!("../../../templates/fleet.js"),
+    )
+        .into_response()
+}
+
+/// A request that takes longer than `request_timeout` is answered 503.
+async fn request_timeout(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(state.security.request_timeout, next.run(req)).await {
+        Ok(res) => res,
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the request took too long; try again\n",
+        )
+            .into_response(),
+    }
 }
 
 /// Pages are private and framed by nobody.
@@ -124,18 +195,60 @@ async fn security_headers(req: axum::extract::Request, next: axum::middleware::N
     );
     h.insert(
         "content-security-policy",
-        HeaderValue::from_static("default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; frame-ancestors 'none'"),
+        // No inline script: an injected <script> does not run. Inline style attributes
+        // (the limit bars) stay allowed: styles run no code.
+        HeaderValue::from_static("default-src 'self'; style-src 'self' 'unsafe-inline'; script-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"),
     );
     h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     res
 }
 
+/// Serves until SIGTERM/SIGINT. Each connection has `header_timeout` to send a
+/// request's headers (a client that trickles them, slowloris, is cut off).
 pub async fn serve(state: AppState, listen: SocketAddr) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+
     let listener = tokio::net::TcpListener::bind(listen).await?;
     eprintln!("serve: dashboard on http://{}", listener.local_addr()?);
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+    let header_timeout = state.security.header_timeout;
+    let app = router(state);
+    let mut stop = std::pin::pin!(shutdown_signal());
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // Out of file descriptors and the like: wait a little, go on.
+                Err(e) => {
+                    eprintln!("serve: accept: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let app = app.clone();
+        connections.spawn(async move {
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                app.clone().oneshot(req.map(axum::body::Body::new))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+    // In-flight requests get a moment to finish.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
 }
 
 async fn shutdown_signal() {

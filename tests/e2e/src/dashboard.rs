@@ -1,7 +1,7 @@
 //! A dashboard session as a browser holds it: log in through the form, keep the
 //! cookie, send the CSRF token with forms.
 
-use crate::{http_full, HttpResponse};
+use crate::{http_full, http_full_from, HttpResponse};
 
 pub struct Session {
     pub port: u16,
@@ -27,12 +27,23 @@ pub fn form_value(html: &str, name: &str) -> Option<String> {
 
 /// Posts the login form; the answer (303 with a session cookie, or 401).
 pub fn login(port: u16, user: &str, password: &str) -> (HttpResponse, Option<Session>) {
-    let form = http_full(port, "GET", "/login", None, &[]).expect("login page");
+    login_from(port, user, password, None)
+}
+
+/// [`login`] from a chosen loopback address.
+pub fn login_from(
+    port: u16,
+    user: &str,
+    password: &str,
+    from: Option<std::net::IpAddr>,
+) -> (HttpResponse, Option<Session>) {
+    let form = http_full_from(from, port, "GET", "/login", None, &[]).expect("login page");
     let csrf_cookie = set_cookie_value(&form, "mai_login_csrf").expect("login CSRF cookie");
     let csrf = form_value(&form.body, "csrf").expect("csrf field");
     let body = format!("name={user}&password={password}&csrf={csrf}&next=/");
     let cookie = format!("mai_login_csrf={csrf_cookie}");
-    let r = http_full(
+    let r = http_full_from(
+        from,
         port,
         "POST",
         "/login",

@@ -19,6 +19,13 @@ pub const KEY_B: &str = "sk-or-v1-b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2
 pub const KEY_C: &str = "sk-or-v1-c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3";
 pub const KEYS: [&str; 3] = [KEY_A, KEY_B, KEY_C];
 
+/// The key of tenant `i` in [`Fleet::spec`] (`E2E_KEY_<i>`): one of [`KEYS`], then
+/// keys of their own (one key may serve only one tenant).
+pub fn key(i: usize) -> String {
+    KEYS.get(i)
+        .map_or_else(|| format!("sk-or-v1-{i:064x}"), |k| k.to_string())
+}
+
 /// The repository's root (scripts, target/).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -187,8 +194,8 @@ impl Fleet {
         cmd.args(args)
             .env("DATABASE_URL", &self.database_url)
             .env("MAI_FLEET_ACTOR", "e2e@test");
-        for (i, key) in KEYS.iter().enumerate() {
-            cmd.env(format!("E2E_KEY_{i}"), key);
+        for i in 0..20 {
+            cmd.env(format!("E2E_KEY_{i}"), key(i));
         }
         cmd
     }
@@ -267,6 +274,14 @@ impl Fleet {
         psql(&self.database_url, sql)
     }
 
+    /// [`Fleet::psql`] as the server's superuser, for what the fleet's own owner role
+    /// may not do (an operator's database settings, catalogs of passwords).
+    pub fn psql_admin(&self, sql: &str) -> String {
+        let db = self.name.replace('-', "_");
+        let server = self.admin_url.rsplit_once('/').map_or(self.admin_url.as_str(), |(s, _)| s);
+        psql(&format!("{server}/{db}"), sql)
+    }
+
     /// Starts tenant `id`'s container by hand on host entry `host`, with this
     /// fleet's labels but no spec hash and only the `env` given (the seeds'
     /// incident); its data directory is the one apply would use.
@@ -335,6 +350,9 @@ impl Fleet {
 
     fn remove_containers(&self) {
         remove_containers_labelled(&format!("mai-fleet.fleet={}", self.name));
+        let _ = Command::new("docker")
+            .args(["network", "rm", &format!("mai-fleet-net-{}", self.name)])
+            .output();
     }
 }
 
@@ -361,14 +379,50 @@ impl Drop for Fleet {
     }
 }
 
-/// Drops and recreates database `db` on the server of `admin_url`; its URL.
+/// The role the tests' controllers work as: the owner of their databases, allowed to
+/// create the agents' roles, and not a superuser (docs/security.md). Made once per
+/// test process with a password of its own.
+pub const OWNER_ROLE: &str = "mai_fleet_e2e";
+
+fn owner_password(admin_url: &str) -> &'static str {
+    static PASSWORD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PASSWORD.get_or_init(|| {
+        let mut bytes = [0u8; 16];
+        std::io::Read::read_exact(
+            &mut std::fs::File::open("/dev/urandom").expect("/dev/urandom"),
+            &mut bytes,
+        )
+        .expect("random bytes");
+        let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        psql(
+            admin_url,
+            &format!(
+                "DO $$ BEGIN CREATE ROLE {OWNER_ROLE} LOGIN CREATEROLE NOSUPERUSER; \
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
+                 ALTER ROLE {OWNER_ROLE} LOGIN CREATEROLE NOSUPERUSER PASSWORD '{password}'"
+            ),
+        );
+        password
+    })
+}
+
+/// Drops and recreates database `db` on the server of `admin_url`, owned by
+/// [`OWNER_ROLE`]; its URL as that role.
 pub fn fresh_database(admin_url: &str, db: &str) -> String {
+    let password = owner_password(admin_url);
     psql(
         admin_url,
         &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
     );
-    psql(admin_url, &format!("CREATE DATABASE {db}"));
+    psql(admin_url, &format!("CREATE DATABASE {db} OWNER {OWNER_ROLE}"));
     let server = admin_url.rsplit_once('/').map_or(admin_url, |(s, _)| s);
+    let server = server
+        .split_once("://")
+        .map(|(scheme, rest)| {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            format!("{scheme}://{OWNER_ROLE}:{password}@{host}")
+        })
+        .unwrap_or_else(|| server.to_string());
     format!("{server}/{db}")
 }
 
@@ -464,8 +518,31 @@ pub fn http_full(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> Option<HttpResponse> {
+    http_full_from(None, port, method, path, body, headers)
+}
+
+/// [`http_full`] from a chosen loopback address (127.0.0.2, …): another client, as
+/// far as the server can tell.
+pub fn http_full_from(
+    from: Option<std::net::IpAddr>,
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Option<HttpResponse> {
     use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let server = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s: std::net::TcpStream = match from {
+        None => std::net::TcpStream::connect(server).ok()?,
+        Some(ip) => {
+            let socket =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+            socket.bind(&std::net::SocketAddr::new(ip, 0).into()).ok()?;
+            socket.connect(&server.into()).ok()?;
+            socket.into()
+        }
+    };
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .ok()?;
     let body = body.unwrap_or("");

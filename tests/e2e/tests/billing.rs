@@ -12,6 +12,8 @@ use mai_fleet_e2e::nbp::FakeNbp;
 use mai_fleet_e2e::{chat, http_full, require_services, Fleet, Running, KEYS};
 use serde_json::Value;
 
+/// The bearer token `/metrics` is served with here.
+const METRICS_TOKEN: &str = "e2e-metrics-token-0123456789";
 const DEV: &str = "mai-fleet/tenant:dev";
 const PASSWORD: &str = "e2e-password-123";
 
@@ -194,6 +196,7 @@ fn month_billed_from_real_tenants_agrees_everywhere_and_closes() {
             "--no-rate-sync",
         ])
         .env("MAI_FLEET_NBP_URL", nbp.url())
+        .env("MAI_FLEET_METRICS_TOKEN", METRICS_TOKEN)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -488,7 +491,8 @@ fn month_billed_from_real_tenants_agrees_everywhere_and_closes() {
     assert_eq!(s.get("/alerts").status, 200);
     let hosts = s.get("/hosts");
     assert!(hosts.body.contains(&format!("{}-a", f.name)));
-    let metrics = http_full(port, "GET", "/metrics", None, &[]).unwrap();
+    let bearer = format!("Bearer {METRICS_TOKEN}");
+    let metrics = http_full(port, "GET", "/metrics", None, &[("Authorization", &bearer)]).unwrap();
     assert!(
         metrics
             .body

@@ -36,6 +36,12 @@ struct App {
 }
 
 fn main() {
+    // `mai-tenant connect HOST:PORT`: whether this container can open a TCP connection
+    // there (the image has no shell or tools; the isolation test runs this with exec).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("connect") {
+        std::process::exit(probe_connect(args.get(2).map_or("", String::as_str)));
+    }
     let fault = std::env::var("MAI_TENANT_FAULT").unwrap_or_default();
     if fault == "crash" {
         eprintln!("mai-tenant: fatal: simulated start-up failure (MAI_TENANT_FAULT=crash)");
@@ -44,6 +50,24 @@ fn main() {
     if let Err(e) = run(fault == "uninit") {
         eprintln!("mai-tenant: fatal: {e}");
         std::process::exit(1);
+    }
+}
+
+fn probe_connect(target: &str) -> i32 {
+    use std::net::ToSocketAddrs;
+    let Some(addr) = target.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+        eprintln!("connect: bad address {target:?}");
+        return 2;
+    };
+    match std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
+        Ok(_) => {
+            println!("connected to {addr}");
+            0
+        }
+        Err(e) => {
+            println!("cannot connect to {addr}: {e}");
+            1
+        }
     }
 }
 
