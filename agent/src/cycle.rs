@@ -145,9 +145,7 @@ pub async fn sync_tenants(
                 // Retrying would fail the same way every cycle: kept for a person.
                 Err(e) => {
                     sp.set_aside(&path)?;
-                    report
-                        .warnings
-                        .push(format!("{e}; set aside as .rejected"));
+                    report.warnings.push(format!("{e}; set aside as .rejected"));
                     continue;
                 }
             };

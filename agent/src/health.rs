@@ -99,12 +99,12 @@ pub fn assess(c: &TenantContainer, in_spec: bool, store: &StoreState) -> Health 
                 reasons.push(r.clone());
             }
             (
-            "ok",
-            Some(variant.clone()),
-            Some(*org_row_present),
-            *last_usage_change,
-            *live_counter_date,
-        )
+                "ok",
+                Some(variant.clone()),
+                Some(*org_row_present),
+                *last_usage_change,
+                *live_counter_date,
+            )
         }
         StoreState::Failed(status, reason) => {
             reasons.push(reason.clone());

@@ -52,6 +52,9 @@ struct Args {
     /// Most rows changed since the last sync that one read of a table may load
     #[arg(long, default_value_t = 200_000)]
     store_max_rows: i64,
+    /// How far ahead of this host's clock a store's time stamps may be
+    #[arg(long, default_value = "1h", value_parser = mai_fleet::duration::parse)]
+    max_clock_skew: Duration,
 }
 
 fn main() -> ExitCode {
@@ -92,6 +95,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut memory = cycle::Memory::with_budget(mai_fleet_agent::reader::Budget {
         time: args.store_read_budget,
         max_rows: args.store_max_rows,
+        max_clock_skew: args.max_clock_skew,
         ..Default::default()
     });
     let spool_dir = args.spool_dir.join(&args.host);

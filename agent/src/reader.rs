@@ -131,6 +131,10 @@ pub struct Budget {
     pub max_rows: i64,
     /// Largest string or blob SQLite will hand over (ids, names, dates are short).
     pub max_value_bytes: i32,
+    /// How far ahead of the agent's clock a row's time stamp may be. A container
+    /// shares its host's clock, so beyond a little skew a stamp is a lie, and one in
+    /// the future would carry the watermark past every real row.
+    pub max_clock_skew: std::time::Duration,
 }
 
 impl Default for Budget {
@@ -139,6 +143,7 @@ impl Default for Budget {
             time: std::time::Duration::from_secs(10),
             max_rows: 200_000,
             max_value_bytes: 64 * 1024,
+            max_clock_skew: std::time::Duration::from_secs(3600),
         }
     }
 }
@@ -150,8 +155,6 @@ pub mod bounds {
     pub const MAX_REQUESTS: i64 = 1_000_000_000;
     /// USD.
     pub const MAX_COST: i64 = 1_000_000;
-    /// A row stamped further ahead than this is from a clock (or a hand) that lies.
-    pub const MAX_CLOCK_SKEW_S: i64 = 3600;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -327,9 +330,12 @@ pub fn read(
             .map_or(i64::MIN, |w| w.saturating_sub(WATERMARK_MARGIN_S))
     };
     let now = chrono::Utc::now();
-    let horizon = now.timestamp() + bounds::MAX_CLOCK_SKEW_S;
-    // Usage dates are the tenant's local days: a day or two ahead of UTC at most.
-    let last_day = now.date_naive() + chrono::Days::new(2);
+    let horizon = now
+        .timestamp()
+        .saturating_add(budget.max_clock_skew.as_secs() as i64);
+    // Usage dates are the tenant's local days: a day ahead of UTC at most, plus skew.
+    let last_day =
+        now.date_naive() + chrono::Days::new(2 + budget.max_clock_skew.as_secs() / 86_400);
     let mut snap = Snapshot {
         variant,
         ..Snapshot::default()
@@ -339,7 +345,11 @@ pub fn read(
         [org],
         |r| r.get(0),
     )?;
-    let mut tables = vec![(DAILY, "updated_at"), (USER, "updated_at"), (MODEL, "updated_at")];
+    let mut tables = vec![
+        (DAILY, "updated_at"),
+        (USER, "updated_at"),
+        (MODEL, "updated_at"),
+    ];
     if has_generations {
         tables.push((GENERATIONS, "processed_at"));
     }
@@ -362,10 +372,7 @@ pub fn read(
         snap.row_counts.insert(table.to_string(), count);
         snap.max_updated.insert(table.to_string(), max.unwrap_or(0));
     }
-    let check = Check {
-        horizon,
-        last_day,
-    };
+    let check = Check { horizon, last_day };
 
     let mut stmt = tx.prepare(&format!(
         "SELECT usage_date, client_org_id, total_tokens, total_requests, raw_cost, markup_cost, primary_model, unique_users, updated_at, id
@@ -379,7 +386,11 @@ pub fn read(
                 usage_date: check.date(r.get_ref(0)?)?,
                 client_org_id: r.get(1)?,
                 total_tokens: check.count(r.get_ref(2)?, bounds::MAX_TOKENS, "total_tokens")?,
-                total_requests: check.count(r.get_ref(3)?, bounds::MAX_REQUESTS, "total_requests")?,
+                total_requests: check.count(
+                    r.get_ref(3)?,
+                    bounds::MAX_REQUESTS,
+                    "total_requests",
+                )?,
                 raw_cost: check.money(r.get_ref(4)?, "raw_cost")?,
                 markup_cost: check.money(r.get_ref(5)?, "markup_cost")?,
                 primary_model: r.get(6)?,
@@ -406,7 +417,11 @@ pub fn read(
                 usage_date: check.date(r.get_ref(1)?)?,
                 openrouter_user_id: r.get(2)?,
                 total_tokens: check.count(r.get_ref(3)?, bounds::MAX_TOKENS, "total_tokens")?,
-                total_requests: check.count(r.get_ref(4)?, bounds::MAX_REQUESTS, "total_requests")?,
+                total_requests: check.count(
+                    r.get_ref(4)?,
+                    bounds::MAX_REQUESTS,
+                    "total_requests",
+                )?,
                 raw_cost: check.money(r.get_ref(5)?, "raw_cost")?,
                 markup_cost: check.money(r.get_ref(6)?, "markup_cost")?,
                 updated_at: check.stamp(r.get_ref(7)?)?,
@@ -431,7 +446,11 @@ pub fn read(
                 usage_date: check.date(r.get_ref(1)?)?,
                 provider: r.get(2)?,
                 total_tokens: check.count(r.get_ref(3)?, bounds::MAX_TOKENS, "total_tokens")?,
-                total_requests: check.count(r.get_ref(4)?, bounds::MAX_REQUESTS, "total_requests")?,
+                total_requests: check.count(
+                    r.get_ref(4)?,
+                    bounds::MAX_REQUESTS,
+                    "total_requests",
+                )?,
                 raw_cost: check.money(r.get_ref(5)?, "raw_cost")?,
                 markup_cost: check.money(r.get_ref(6)?, "markup_cost")?,
                 updated_at: check.stamp(r.get_ref(7)?)?,
@@ -457,7 +476,11 @@ pub fn read(
                 Ok(LiveRow {
                     counter_date: check.date(r.get_ref(0)?)?,
                     today_tokens: check.count(r.get_ref(1)?, bounds::MAX_TOKENS, "today_tokens")?,
-                    today_requests: check.count(r.get_ref(2)?, bounds::MAX_REQUESTS, "today_requests")?,
+                    today_requests: check.count(
+                        r.get_ref(2)?,
+                        bounds::MAX_REQUESTS,
+                        "today_requests",
+                    )?,
                     today_raw_cost: check.money(r.get_ref(3)?, "today_raw_cost")?,
                     today_markup_cost: check.money(r.get_ref(4)?, "today_markup_cost")?,
                     last_updated: check.stamp(r.get_ref(5)?)?,
@@ -582,7 +605,9 @@ impl Check {
         let day = NaiveDate::parse_from_str(text.get(..10).unwrap_or(text), "%Y-%m-%d")
             .map_err(|_| RowError::Refused("its date is not a YYYY-MM-DD date".into()))?;
         if day > self.last_day {
-            return Err(RowError::Refused(format!("its date {day} is in the future")));
+            return Err(RowError::Refused(format!(
+                "its date {day} is in the future"
+            )));
         }
         Ok(day)
     }
@@ -626,7 +651,12 @@ fn schema_variant(conn: &Connection) -> Result<(String, bool, bool), ReadError> 
                     "{table} is a {kind}, not a table"
                 )))
             }
-            Some((_, sql)) if sql.trim_start().to_ascii_uppercase().starts_with("CREATE VIRTUAL") => {
+            Some((_, sql))
+                if sql
+                    .trim_start()
+                    .to_ascii_uppercase()
+                    .starts_with("CREATE VIRTUAL") =>
+            {
                 return Err(ReadError::Refused(format!(
                     "{table} is a virtual table, not a table"
                 )))
@@ -804,7 +834,12 @@ mod tests {
             matches!(read(&empty, "org_a", &HashMap::new(), &Budget::default()), Err(ReadError::UnknownSchema(w)) if w.contains("table client_daily_usage is missing"))
         );
         assert!(matches!(
-            read(&temp_db("none"), "org_a", &HashMap::new(), &Budget::default()),
+            read(
+                &temp_db("none"),
+                "org_a",
+                &HashMap::new(),
+                &Budget::default()
+            ),
             Err(ReadError::Missing(_))
         ));
     }
