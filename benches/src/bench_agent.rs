@@ -6,7 +6,8 @@
 //! tenant app's schema. Phases, each in a child process so its peak RSS is its own:
 //! first full sync; a steady cycle after 5 % of the stores changed today's rows; the
 //! same cycle done naively (every store re-read in full and re-sent). The Docker
-//! discovery of a real cycle is not in these figures. Needs `MAI_FLEET_PG_ADMIN_URL`
+//! discovery of a real cycle is not in these figures. The phases run with the host's
+//! own agent credentials (row-level security in force). Needs `MAI_FLEET_PG_ADMIN_URL`
 //! (scripts/postgres.sh).
 
 use std::collections::HashMap;
@@ -48,7 +49,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap_or_else(|e| fail(&e.to_string()));
-    rt.block_on(async {
+    let agent_url = rt.block_on(async {
         let store = mai_fleet::store::Store::connect(&db_url)
             .await
             .unwrap_or_else(|e| fail(&e.to_string()));
@@ -56,6 +57,27 @@ fn main() {
             .migrate()
             .await
             .unwrap_or_else(|e| fail(&e.to_string()));
+        // The tenants placed on host `bench` as an apply would, so that the agent
+        // runs with its own credentials and row-level security is in the figures.
+        sqlx::query("INSERT INTO hosts (name, fleet, docker_url, data_root) VALUES ('bench', 'bench', 'unix:///var/run/docker.sock', '/tmp')")
+            .execute(&store.pool)
+            .await
+            .unwrap_or_else(|e| fail(&e.to_string()));
+        sqlx::query(
+            "INSERT INTO tenants (id, fleet, host, name, org_id, timezone, markup_rate, spec, spec_hash, key_fingerprint, key_masked)
+             SELECT 't' || i, 'bench', 'bench', 'T' || i, 'org_' || i, 'Europe/Warsaw', 1.3, '{}', '', '', '' FROM generate_series(0, $1 - 1) i",
+        )
+        .bind(stores as i32)
+        .execute(&store.pool)
+        .await
+        .unwrap_or_else(|e| fail(&e.to_string()));
+        let creds = store
+            .add_agent_host("bench", false)
+            .await
+            .unwrap_or_else(|e| fail(&e.to_string()));
+        let (scheme, rest) = db_url.split_once("://").unwrap_or(("postgres", &db_url));
+        let server = rest.rsplit_once('@').map_or(rest, |(_, s)| s);
+        format!("{scheme}://{}:{}@{server}", creds.role, creds.password)
     });
 
     let dir = std::env::temp_dir().join(format!("mai-fleet-bench-agent-{}", std::process::id()));
@@ -80,7 +102,7 @@ fn main() {
                 "--phase",
                 phase,
                 dir.to_str().unwrap_or_default(),
-                &db_url,
+                &agent_url,
                 &stores.to_string(),
             ])
             .output()
@@ -179,8 +201,12 @@ fn child(phase: &str, dir: &Path, db_url: &str, stores: usize) {
             for c in &containers {
                 let previous = watermarks.get(&c.tenant).cloned().unwrap_or_default();
                 let org = c.org_id.clone().unwrap_or_default();
-                let snap =
-                    reader::read(&dir.join(&c.tenant).join("webui.db"), &org, &HashMap::new(), &reader::Budget::default());
+                let snap = reader::read(
+                    &dir.join(&c.tenant).join("webui.db"),
+                    &org,
+                    &HashMap::new(),
+                    &reader::Budget::default(),
+                );
                 let health = health::assess(c, true, &health::StoreState::of(&snap, true));
                 let snap = snap.unwrap_or_else(|e| fail(&e.to_string()));
                 rows += snap.daily.len() + snap.user.len() + snap.model.len();
