@@ -130,7 +130,7 @@ fn table(rows: &[FleetRow], rate: Option<&Rate>, sort: String, dir: String) -> F
     let views = rows
         .iter()
         .map(|r| {
-            today_tokens += r.today_tokens;
+            today_tokens = r.today_tokens.saturating_add(today_tokens);
             today_cost += usd_micros(r.today_client_cost);
             month += usd_micros(r.month_client_cost);
             if let Some(rate) = rate {

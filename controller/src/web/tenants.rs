@@ -149,7 +149,10 @@ pub async fn page(
     let month = parse_month(q.month.as_deref())?;
     let d = load(&state, &id, month).await?;
     let rate = d.rate.as_ref();
-    let month_tokens: i64 = d.models.iter().map(|l| l.tokens).sum();
+    let month_tokens: i64 = d
+        .models
+        .iter()
+        .fold(0i64, |acc, l| acc.saturating_add(l.tokens));
     let month_client: rust_decimal::Decimal = d.models.iter().map(|l| l.client_cost).sum();
     let (month_client, month_pln) = usd_pln(month_client, rate);
     render(&TenantPage {

@@ -73,7 +73,7 @@ fn three_tenants_on_two_hosts_come_up_verified_and_recorded() {
         assert!(labels["mai-fleet.spec-hash"]
             .as_str()
             .unwrap()
-            .starts_with("v1-"));
+            .starts_with("v2-"));
         let hc = &info["HostConfig"];
         let data_dir = f.data_root(host).join(id).join("data");
         assert_eq!(
