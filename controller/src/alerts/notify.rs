@@ -336,7 +336,11 @@ mod tests {
             "x".repeat(5000)
         );
         let text = slack_escape(&bounded(&hostile));
-        assert!(!text.contains('<') && !text.contains('>'), "{}", &text[..80]);
+        assert!(
+            !text.contains('<') && !text.contains('>'),
+            "{}",
+            &text[..80]
+        );
         assert!(text.starts_with("&lt;!channel&gt; &lt;@U123&gt;"));
         assert!(text.contains("&amp;amp;"));
         assert!(!text.contains('\u{7}'));
@@ -346,8 +350,13 @@ mod tests {
     #[test]
     fn smtp_credentials_over_plain_text_are_refused() {
         let yaml = "receivers:\n  - name: mail\n    email: { smtp: \"smtp://mail.example:25\", from: a@b.pl, to: [c@d.pl], username: u, password_env: P }\n";
-        let err = AlertsConfig::parse("alerts.yaml", yaml).unwrap_err().to_string();
-        assert!(err.contains("plain text") && err.contains("smtps://"), "{err}");
+        let err = AlertsConfig::parse("alerts.yaml", yaml)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("plain text") && err.contains("smtps://"),
+            "{err}"
+        );
         let ok = yaml.replace("smtp://", "smtp+starttls://");
         assert!(AlertsConfig::parse("alerts.yaml", &ok).is_ok());
     }

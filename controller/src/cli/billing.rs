@@ -159,12 +159,12 @@ pub struct ServeArgs {
 /// MAI_FLEET_METRICS_TOKEN.
 fn metrics_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
     let token = match file {
-        Some(path) => Some(
-            mai_fleet::spec::read_secret_file(path).map_err(anyhow::Error::msg)?,
-        ),
+        Some(path) => Some(mai_fleet::spec::read_secret_file(path).map_err(anyhow::Error::msg)?),
         None => std::env::var("MAI_FLEET_METRICS_TOKEN").ok(),
     };
-    let token = token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+    let token = token
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
     if let Some(t) = &token {
         anyhow::ensure!(
             t.len() >= 16,
@@ -459,8 +459,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         mai_fleet::alerts::notify::spawn_senders(store.clone(), config);
     }
     let limit = |text: &str, what: &str| {
-        mai_fleet::web::throttle::Limit::parse(text)
-            .map_err(|e| anyhow::anyhow!("{what}: {e}"))
+        mai_fleet::web::throttle::Limit::parse(text).map_err(|e| anyhow::anyhow!("{what}: {e}"))
     };
     let security = mai_fleet::web::Security {
         throttle: mai_fleet::web::throttle::LoginThrottle::new(mai_fleet::web::throttle::Limits {

@@ -568,7 +568,10 @@ async fn ensure_network(engine: &Engine, d: &DesiredContainer) -> Result<(), Str
     let _one_at_a_time = MAKING.lock().await;
     if engine
         .docker
-        .inspect_network(&d.network, None::<bollard::query_parameters::InspectNetworkOptions>)
+        .inspect_network(
+            &d.network,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        )
         .await
         .is_ok()
     {
@@ -593,11 +596,18 @@ async fn ensure_network(engine: &Engine, d: &DesiredContainer) -> Result<(), Str
     match engine.docker.create_network(request).await {
         Ok(_) => Ok(()),
         // Made meanwhile by a concurrent apply: fine.
-        Err(_) if engine
-            .docker
-            .inspect_network(&d.network, None::<bollard::query_parameters::InspectNetworkOptions>)
-            .await
-            .is_ok() => Ok(()),
+        Err(_)
+            if engine
+                .docker
+                .inspect_network(
+                    &d.network,
+                    None::<bollard::query_parameters::InspectNetworkOptions>,
+                )
+                .await
+                .is_ok() =>
+        {
+            Ok(())
+        }
         Err(e) => Err(format!("network {} could not be made: {e}", d.network)),
     }
 }

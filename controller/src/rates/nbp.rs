@@ -1,4 +1,4 @@
-//! The NBP web API (`../shared/reference/nbp-api.md`): `GET
+//! The NBP web API (api.nbp.pl, docs/billing.md): `GET
 //! /exchangerates/rates/{table}/usd/{start}/{end}/`, JSON, 404 for "no table".
 
 use chrono::NaiveDate;

@@ -39,7 +39,7 @@ pub fn org_id(org: &str) -> Result<(), String> {
     }
 }
 
-/// `sk-or-v1-` followed by 64 lowercase hex digits (shared/reference/openrouter-api.md).
+/// `sk-or-v1-` followed by 64 lowercase hex digits (OpenRouter's key format).
 pub fn openrouter_key(key: &str) -> Result<(), String> {
     match key.strip_prefix("sk-or-v1-") {
         Some(hex) if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => Ok(()),

@@ -457,9 +457,11 @@ impl<'e> Loader<'e> {
                                 env.insert(name.to_string(), v);
                                 secrets.insert(name.to_string(), s.as_str().trim().to_string());
                             }
-                            Err(problem) => {
-                                self.diag(pos(s.span()), format!("`{what}.{name}`: {problem}"), None)
-                            }
+                            Err(problem) => self.diag(
+                                pos(s.span()),
+                                format!("`{what}.{name}`: {problem}"),
+                                None,
+                            ),
                         }
                     }
                     None => {
@@ -492,12 +494,17 @@ impl<'e> Loader<'e> {
         let pids = self
             .scalar(map, "pids", &format!("{what}.pids"))
             .and_then(|(p, at)| {
-                let n = p.parse::<i64>().ok().filter(|n| (16..=1_000_000).contains(n));
+                let n = p
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| (16..=1_000_000).contains(n));
                 self.check(
                     at,
                     &format!("{what}.pids"),
                     p,
-                    n.ok_or_else(|| "use a whole number of processes from 16 to 1000000".to_string()),
+                    n.ok_or_else(|| {
+                        "use a whole number of processes from 16 to 1000000".to_string()
+                    }),
                 )
             });
         Resources { memory, cpus, pids }
@@ -899,13 +906,13 @@ impl<'e> Loader<'e> {
                 }
             }
             if let Some((fingerprint, at)) = u.key {
-                if let Some((line, other)) =
-                    keys.insert(fingerprint, (at.line, u.tenant.clone()))
-                {
+                if let Some((line, other)) = keys.insert(fingerprint, (at.line, u.tenant.clone())) {
                     self.diag(
                         at,
                         format!("this OpenRouter key is also tenant {other}'s (line {line})"),
-                        Some("give each tenant a key of its own: spend is told apart by key".into()),
+                        Some(
+                            "give each tenant a key of its own: spend is told apart by key".into(),
+                        ),
                     );
                 }
             }

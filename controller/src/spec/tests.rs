@@ -193,8 +193,11 @@ fn file_secret_is_read_relative_to_the_spec() {
     std::fs::write(dir.join("nowak.key"), format!("{KEY_A}\n")).unwrap();
     // Owner-only, as a secret file must be.
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.join("nowak.key"), std::fs::Permissions::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(
+        dir.join("nowak.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     let text = GOOD.replace("${env:KEY_A}", "${file:nowak.key}");
     let spec = load_str(&dir.join("tenants.yaml"), &text, &env()).expect("valid");
     assert_eq!(spec.tenants[0].api_key.expose(), KEY_A);
@@ -211,8 +214,9 @@ fn secrets_stay_secret_in_the_spec() {
     let twice = GOOD.replace("${env:KEY_B}", "${env:KEY_A}");
     let e = errors(&twice);
     assert!(
-        e.iter().any(|d| d.message.contains("also tenant kancelaria-nowak's")
-            && d.tenant.as_deref() == Some("biuro-kowalski")),
+        e.iter()
+            .any(|d| d.message.contains("also tenant kancelaria-nowak's")
+                && d.tenant.as_deref() == Some("biuro-kowalski")),
         "{e:?}"
     );
 
@@ -225,8 +229,9 @@ fn secrets_stay_secret_in_the_spec() {
     let from_file = GOOD.replace("${env:KEY_B}", &format!("${{file:{}}}", file.display()));
     let e = errors(&from_file);
     assert!(
-        e.iter().any(|d| d.message.contains("readable by group or others")
-            && d.message.contains("chmod 600")),
+        e.iter()
+            .any(|d| d.message.contains("readable by group or others")
+                && d.message.contains("chmod 600")),
         "{e:?}"
     );
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -252,15 +257,18 @@ fn env_values_from_references_are_stored_as_their_reference() {
         "env: { LOG_LEVEL: DEBUG, EXTRA: \"x\" }",
         "env: { LOG_LEVEL: DEBUG, SMTP_PASSWORD: \"${env:KEY_B}\" }",
     );
-    let text = text.replace("${env:KEY_B}\" }\n    port: 3002", "${env:KEY_C}\" }\n    port: 3002");
-    let mut vars = env();
-    vars.insert(
-        "KEY_C".into(),
-        format!("sk-or-v1-{}", "c".repeat(64)),
+    let text = text.replace(
+        "${env:KEY_B}\" }\n    port: 3002",
+        "${env:KEY_C}\" }\n    port: 3002",
     );
+    let mut vars = env();
+    vars.insert("KEY_C".into(), format!("sk-or-v1-{}", "c".repeat(64)));
     let spec = load_str(Path::new("tenants.yaml"), &text, &vars).expect("valid");
     let nowak = &spec.tenants[0];
-    assert_eq!(nowak.env["SMTP_PASSWORD"], KEY_B, "the container gets the value");
+    assert_eq!(
+        nowak.env["SMTP_PASSWORD"], KEY_B,
+        "the container gets the value"
+    );
     let record = nowak.env_for_record();
     assert_eq!(record["SMTP_PASSWORD"], "${env:KEY_B}");
     assert_eq!(record["LOG_LEVEL"], "DEBUG");

@@ -94,10 +94,12 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         if session.as_ref().is_some_and(|s| s.idle_s > 60.0) {
-            sqlx::query("UPDATE dashboard_sessions SET last_seen_at = now() WHERE token_sha256 = $1")
-                .bind(token_sha256)
-                .execute(&self.pool)
-                .await?;
+            sqlx::query(
+                "UPDATE dashboard_sessions SET last_seen_at = now() WHERE token_sha256 = $1",
+            )
+            .bind(token_sha256)
+            .execute(&self.pool)
+            .await?;
         }
         Ok(session)
     }

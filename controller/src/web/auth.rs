@@ -38,7 +38,10 @@ impl FromRequestParts<AppState> for Authed {
         let session = match cookie(&parts.headers, SESSION_COOKIE) {
             Some(token) => state
                 .store
-                .session(&token_digest(&token), state.security.idle_timeout.as_secs() as i64)
+                .session(
+                    &token_digest(&token),
+                    state.security.idle_timeout.as_secs() as i64,
+                )
                 .await
                 .map_err(|e| WebError::from(e).into_response())?,
             None => None,
@@ -279,7 +282,9 @@ fn safe_next(next: Option<&str>) -> String {
         Some(n)
             if n.starts_with('/')
                 && !n.starts_with("//")
-                && !n.chars().any(|c| c.is_control() || c.is_whitespace() || c == '\\') =>
+                && !n
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace() || c == '\\') =>
         {
             n.to_string()
         }

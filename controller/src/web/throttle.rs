@@ -32,8 +32,7 @@ impl Limit {
             .ok()
             .filter(|n| *n > 0)
             .ok_or_else(|| format!("`{text}`: the count must be a whole number above 0"))?;
-        let window = crate::duration::parse(window.trim())
-            .map_err(|e| format!("`{text}`: {e}"))?;
+        let window = crate::duration::parse(window.trim()).map_err(|e| format!("`{text}`: {e}"))?;
         Ok(Self { max, window })
     }
 }
@@ -73,7 +72,10 @@ impl Window {
     /// When the key may try again, if it may not now.
     fn blocked(&mut self, key: &str, limit: Limit, now: Instant) -> Option<Duration> {
         let list = self.failures.get_mut(key)?;
-        while list.front().is_some_and(|t| now.duration_since(*t) >= limit.window) {
+        while list
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= limit.window)
+        {
             list.pop_front();
         }
         if list.is_empty() {
@@ -88,8 +90,10 @@ impl Window {
 
     fn fail(&mut self, key: &str, limit: Limit, now: Instant) {
         if self.failures.len() >= MAX_KEYS && !self.failures.contains_key(key) {
-            self.failures
-                .retain(|_, l| l.back().is_some_and(|t| now.duration_since(*t) < limit.window));
+            self.failures.retain(|_, l| {
+                l.back()
+                    .is_some_and(|t| now.duration_since(*t) < limit.window)
+            });
             if self.failures.len() >= MAX_KEYS {
                 return;
             }
@@ -121,7 +125,8 @@ impl LoginThrottle {
     /// `Err(retry after)` when this address or this user may not try now.
     pub fn check(&self, address: IpAddr, user: &str) -> Result<(), Duration> {
         let now = Instant::now();
-        let by_address = lock(&self.addresses).blocked(&address.to_string(), self.limits.per_address, now);
+        let by_address =
+            lock(&self.addresses).blocked(&address.to_string(), self.limits.per_address, now);
         let by_user = lock(&self.users).blocked(user, self.limits.per_user, now);
         match by_address.into_iter().chain(by_user).max() {
             Some(wait) => Err(wait.max(Duration::from_secs(1))),

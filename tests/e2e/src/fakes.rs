@@ -1,6 +1,5 @@
 //! Local stand-ins for the internet services alerts talk to, built from their
-//! documented contracts: OpenRouter's `GET /key` (`../shared/reference/
-//! openrouter-api.md`), a webhook receiver (Alertmanager's payload, also Slack's
+//! documented contracts: OpenRouter's `GET /key` (its API reference), a webhook receiver (Alertmanager's payload, also Slack's
 //! `{"text"}`), and an SMTP server that keeps what it is sent.
 
 use std::collections::HashMap;

@@ -278,7 +278,10 @@ impl Fleet {
     /// may not do (an operator's database settings, catalogs of passwords).
     pub fn psql_admin(&self, sql: &str) -> String {
         let db = self.name.replace('-', "_");
-        let server = self.admin_url.rsplit_once('/').map_or(self.admin_url.as_str(), |(s, _)| s);
+        let server = self
+            .admin_url
+            .rsplit_once('/')
+            .map_or(self.admin_url.as_str(), |(s, _)| s);
         psql(&format!("{server}/{db}"), sql)
     }
 
@@ -414,7 +417,10 @@ pub fn fresh_database(admin_url: &str, db: &str) -> String {
         admin_url,
         &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
     );
-    psql(admin_url, &format!("CREATE DATABASE {db} OWNER {OWNER_ROLE}"));
+    psql(
+        admin_url,
+        &format!("CREATE DATABASE {db} OWNER {OWNER_ROLE}"),
+    );
     let server = admin_url.rsplit_once('/').map_or(admin_url, |(s, _)| s);
     let server = server
         .split_once("://")

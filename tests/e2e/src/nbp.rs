@@ -1,4 +1,4 @@
-//! A local stand-in for the NBP API, built from `../shared/reference/nbp-api.md`:
+//! A local stand-in for the NBP API, built from its documented contract:
 //! `/exchangerates/rates/{a|c}/usd/{day}/` and `.../{start}/{end}/`, JSON, tables on
 //! business days only (weekends and the holidays given are 404 "Brak danych"), at
 //! most 93 days a range (400 beyond). It can be taken down (503) and back up.

@@ -98,7 +98,9 @@ fn agent_credentials_reach_nothing_beyond_their_own_hosts_rows() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "0", "B still sees none of A's rows");
     assert!(
-        lines.get(1).is_none_or(|who| who.is_empty() || *who == role_b),
+        lines
+            .get(1)
+            .is_none_or(|who| who.is_empty() || *who == role_b),
         "a pg_temp function ran as another role: {out}"
     );
     assert!(
@@ -122,11 +124,7 @@ fn agent_credentials_reach_nothing_beyond_their_own_hosts_rows() {
     // A row squatted before this boundary existed (written here as the owner) does
     // not block the tenant's rightful host once the spec places the tenant there.
     f.psql(&squat(&host_b, 1));
-    let spec = f.write_spec(&f.spec(&[
-        (&a, "a", DEV, ""),
-        (&b, "b", DEV, ""),
-        (&x, "a", DEV, ""),
-    ]));
+    let spec = f.write_spec(&f.spec(&[(&a, "a", DEV, ""), (&b, "b", DEV, ""), (&x, "a", DEV, "")]));
     f.apply_ok(&spec, &[]);
     chat(f.base_port + 2, "ola", "openai/gpt-4o-mini").expect("chat x");
     let out = agent_with(&f, &url_a, "a");
@@ -173,7 +171,8 @@ fn sqlite(db: &Path, sql: &str) {
 /// The usage schema of the app with its organization row, as a fresh store.
 fn fresh_store(db: &Path, org: &str) {
     let conn = rusqlite::Connection::open(db).expect("open");
-    conn.execute_batch(mai_tenant::store::SCHEMA).expect("schema");
+    conn.execute_batch(mai_tenant::store::SCHEMA)
+        .expect("schema");
     conn.execute(
         "INSERT INTO client_organizations (id, name, openrouter_api_key, markup_rate, is_active, created_at, updated_at) VALUES (?1, 'x', 'k', 1.3, 1, 1, 1)",
         [org],
@@ -287,7 +286,10 @@ fn hostile_tenant_stores_are_refused_and_the_other_tenants_still_ship() {
         elapsed < Duration::from_secs(30),
         "agent --once took {elapsed:?}: {log}"
     );
-    eprintln!("agent --once over {} hostile stores: {elapsed:?}", names.len() - 1);
+    eprintln!(
+        "agent --once over {} hostile stores: {elapsed:?}",
+        names.len() - 1
+    );
 
     // The good tenant shipped in the same cycle.
     let tokens = f.psql(&format!(
@@ -313,10 +315,7 @@ fn hostile_tenant_stores_are_refused_and_the_other_tenants_still_ship() {
         ("text", "too big"),
     ] {
         let h = health(n);
-        assert!(
-            !h.starts_with("ok") && h.contains(words),
-            "{n}: {h}\n{log}"
-        );
+        assert!(!h.starts_with("ok") && h.contains(words), "{n}: {h}\n{log}");
     }
     // Bad rows are refused and named; the good rows of the same store ship.
     let h = health("values");
@@ -389,7 +388,11 @@ fn a_corrupt_spool_file_is_set_aside_and_sigterm_stops_the_agent_promptly() {
     f.apply_ok(&spec, &[]);
     let spool = f.dir.join("spool").join(format!("{}-a", f.name));
     std::fs::create_dir_all(&spool).unwrap();
-    std::fs::write(spool.join(format!("00000000000000000000-{t}.json")), b"{not json").unwrap();
+    std::fs::write(
+        spool.join(format!("00000000000000000000-{t}.json")),
+        b"{not json",
+    )
+    .unwrap();
     let log = f.agent_once("a");
     assert!(log.contains("set aside"), "{log}");
     assert!(spool
@@ -461,7 +464,11 @@ fn purge_deletes_nothing_for_a_container_whose_tenant_label_is_not_a_tenant_id()
             .arg(DEV)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let spec = f.write_spec(&f.spec(&[(&a, "a", DEV, "")]));
     let r = f.apply(&spec, &["--prune", "--purge-data"]);
@@ -476,9 +483,7 @@ fn purge_deletes_nothing_for_a_container_whose_tenant_label_is_not_a_tenant_id()
     assert!(outside.join("data").join("keep").exists(), "{all}");
     assert!(!f.data_root("a").join(&b).exists(), "b, pruned, is purged");
     // The refused containers are still there for a person to look at.
-    assert!(f
-        .containers()
-        .contains(&format!("{}-empty", f.name)));
+    assert!(f.containers().contains(&format!("{}-empty", f.name)));
 }
 
 const PASSWORD: &str = "correct-horse-battery-staple";
@@ -558,8 +563,19 @@ fn the_dashboard_throttles_guessing_and_metrics_need_a_token() {
     assert_eq!(r.status, 303, "the right password from another address");
     assert!(session.is_some());
 
-    assert_eq!(http_full(port, "GET", "/metrics", None, &[]).unwrap().status, 401);
-    let wrong = http_full(port, "GET", "/metrics", None, &[("Authorization", "Bearer nope")]);
+    assert_eq!(
+        http_full(port, "GET", "/metrics", None, &[])
+            .unwrap()
+            .status,
+        401
+    );
+    let wrong = http_full(
+        port,
+        "GET",
+        "/metrics",
+        None,
+        &[("Authorization", "Bearer nope")],
+    );
     assert_eq!(wrong.unwrap().status, 401);
     let bearer = format!("Bearer {token}");
     let ok = http_full(port, "GET", "/metrics", None, &[("Authorization", &bearer)]).unwrap();
@@ -620,7 +636,13 @@ fn tenant_containers_are_confined_and_cannot_reach_each_other() {
     targets.push(format!("{gateway}:{}", f.base_port + 1));
     for target in targets {
         let out = Command::new("docker")
-            .args(["exec", &format!("mai-{a}"), "/mai-tenant", "connect", &target])
+            .args([
+                "exec",
+                &format!("mai-{a}"),
+                "/mai-tenant",
+                "connect",
+                &target,
+            ])
             .output()
             .unwrap();
         assert_eq!(

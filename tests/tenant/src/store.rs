@@ -1,5 +1,5 @@
 //! The tenant's SQLite usage store, in the "migration" variant of
-//! shared/reference/mai-usage-store.md (no foreign keys, `processed_generations`
+//! docs/agent.md's usage store (no foreign keys, `processed_generations`
 //! and `client_live_counters` present).
 
 use chrono::{Duration, Utc};
