@@ -55,15 +55,17 @@ echo $! >"$run/serve.pid"
 sleep 2
 
 echo
-echo "fleet database: $DATABASE_URL"
+# The URL holds the owner role's password: shown masked, set again by postgres.sh.
+shown_url=$(printf '%s' "$DATABASE_URL" | sed -E 's#//([^:/@]+):[^@]*@#//\1:***@#')
+echo "fleet database: $shown_url"
 echo "tenants:"
 docker ps --filter label=mai-fleet.managed=true --format '  {{.Names}}\t{{.Status}}\t{{.Ports}}'
 echo "agents (logs in $run/agent-*.log; stop: kill \$(cat $run/agent-*.pid)):"
 tail -qn 1 "$run"/agent-*.log | sed 's/^/  /'
 echo "usage in the fleet database:"
 psql "$DATABASE_URL" -qAt -F '  ' -c "SELECT '  ' || tenant_id, tracking, (SELECT coalesce(sum(total_tokens), 0) || ' tokens' FROM usage_daily u WHERE u.tenant_id = h.tenant_id) FROM tenant_health h ORDER BY 1"
-echo "look closer: DATABASE_URL=$DATABASE_URL $controller status   (or usage)"
-echo "billing: DATABASE_URL=$DATABASE_URL $controller billing $(date +%Y-%m)"
+echo "look closer: . scripts/postgres.sh; $controller status   (or usage)"
+echo "billing: . scripts/postgres.sh; $controller billing $(date +%Y-%m)"
 echo "dashboard: http://$listen/  user admin, password in $creds (log: $run/serve.log)"
 curl -fsS "http://$listen/healthz" >/dev/null && echo "  /healthz ok" || echo "  dashboard not answering; see $run/serve.log"
 echo "NBP rates come from ${MAI_FLEET_NBP_URL:-https://api.nbp.pl/api}; without them amounts show in USD only"
