@@ -566,15 +566,17 @@ async fn ensure_network(engine: &Engine, d: &DesiredContainer) -> Result<(), Str
     // check and the creation happen one at a time.
     static MAKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _one_at_a_time = MAKING.lock().await;
-    if engine
-        .docker
-        .inspect_network(
-            &d.network,
-            None::<bollard::query_parameters::InspectNetworkOptions>,
-        )
-        .await
-        .is_ok()
-    {
+    let exists = || async {
+        engine
+            .docker
+            .inspect_network(
+                &d.network,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+            .is_ok()
+    };
+    if exists().await {
         return Ok(());
     }
     let labels: HashMap<String, String> = d
@@ -596,18 +598,7 @@ async fn ensure_network(engine: &Engine, d: &DesiredContainer) -> Result<(), Str
     match engine.docker.create_network(request).await {
         Ok(_) => Ok(()),
         // Made meanwhile by a concurrent apply: fine.
-        Err(_)
-            if engine
-                .docker
-                .inspect_network(
-                    &d.network,
-                    None::<bollard::query_parameters::InspectNetworkOptions>,
-                )
-                .await
-                .is_ok() =>
-        {
-            Ok(())
-        }
+        Err(_) if exists().await => Ok(()),
         Err(e) => Err(format!("network {} could not be made: {e}", d.network)),
     }
 }

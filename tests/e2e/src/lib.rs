@@ -329,6 +329,49 @@ impl Fleet {
         data
     }
 
+    /// A dashboard user `name` with `password` (`controller user add`).
+    pub fn add_user(&self, name: &str, password: &str) {
+        use std::io::Write;
+        let mut child = self
+            .controller_command(&["user", "add", name, "--password-stdin"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("user add");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{password}\n").as_bytes())
+            .expect("password");
+        assert!(child.wait().expect("user add").success(), "user add");
+    }
+
+    /// `controller serve` on 127.0.0.1:`port` with `env`, once `/healthz` answers.
+    pub fn serve_dashboard(&self, port: u16, env: &[(&str, &str)]) -> Running {
+        let mut cmd = self.controller_command(&[
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--no-rate-sync",
+        ]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let server = Running(
+            cmd.stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("serve"),
+        );
+        for _ in 0..100 {
+            if http_full(port, "GET", "/healthz", None, &[]).is_some_and(|r| r.status == 200) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        server
+    }
+
     /// The agent of host entry `host` (`a`, `b`) against this fleet's database.
     pub fn agent_command(&self, host: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin_dir().join("agent"));

@@ -1,15 +1,14 @@
 //! Billing and the dashboard (issue 4) against real tenant containers, the agent,
 //! PostgreSQL and the controller's server, with a local fake of the NBP API.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use chrono::{Datelike, Months, NaiveDate, Weekday};
 use mai_fleet_e2e::dashboard::{form_value, login, Session};
 use mai_fleet_e2e::nbp::FakeNbp;
-use mai_fleet_e2e::{chat, http_full, require_services, Fleet, Running, KEYS};
+use mai_fleet_e2e::{chat, http_full, require_services, Fleet, KEYS};
 use serde_json::Value;
 
 /// The bearer token `/metrics` is served with here.
@@ -179,35 +178,14 @@ fn month_billed_from_real_tenants_agrees_everywhere_and_closes() {
 
     // The dashboard, and a user for it.
     let port = f.base_port + 10;
-    let mut add = f.controller_command(&["user", "add", "admin", "--password-stdin"]);
-    let mut child = add.stdin(Stdio::piped()).spawn().expect("user add");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{PASSWORD}\n").as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "user add");
-    let _server = Running(
-        f.controller_command(&[
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--no-rate-sync",
-        ])
-        .env("MAI_FLEET_NBP_URL", nbp.url())
-        .env("MAI_FLEET_METRICS_TOKEN", METRICS_TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("serve"),
+    f.add_user("admin", PASSWORD);
+    let _server = f.serve_dashboard(
+        port,
+        &[
+            ("MAI_FLEET_NBP_URL", &nbp.url()),
+            ("MAI_FLEET_METRICS_TOKEN", METRICS_TOKEN),
+        ],
     );
-    for _ in 0..100 {
-        if http_full(port, "GET", "/healthz", None, &[]).is_some_and(|r| r.status == 200) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let mut bodies = String::new();
 
     // Without a session: pages send to the login form, the API answers 401.

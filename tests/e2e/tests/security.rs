@@ -1,7 +1,6 @@
 //! Every trust boundary of docs/security.md attacked as an attacker would, against the
 //! real PostgreSQL and Docker engine. Each test names the attack it replays.
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -489,37 +488,8 @@ fn purge_deletes_nothing_for_a_container_whose_tenant_label_is_not_a_tenant_id()
 const PASSWORD: &str = "correct-horse-battery-staple";
 
 fn serve(f: &Fleet, port: u16, env: &[(&str, &str)]) -> Running {
-    let mut add = f.controller_command(&["user", "add", "admin", "--password-stdin"]);
-    let mut child = add.stdin(Stdio::piped()).spawn().expect("user add");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{PASSWORD}\n").as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success(), "user add");
-    let mut cmd = f.controller_command(&[
-        "serve",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--no-rate-sync",
-    ]);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let server = Running(
-        cmd.stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("serve"),
-    );
-    for _ in 0..100 {
-        if http_full(port, "GET", "/healthz", None, &[]).is_some_and(|r| r.status == 200) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    server
+    f.add_user("admin", PASSWORD);
+    f.serve_dashboard(port, env)
 }
 
 /// Attack: guessing passwords, reading every client's money off `/metrics`.
