@@ -102,7 +102,7 @@ pub async fn run(
     // tenant id never becomes a path (spool file, data directory) or a row.
     let (containers, refused): (Vec<_>, Vec<_>) = containers
         .into_iter()
-        .partition(|c| mai_fleet::spec::check_tenant_id(&c.tenant).is_ok());
+        .partition(|c| mai_fleet_core::check_tenant_id(&c.tenant).is_ok());
     let mut report = sync_tenants(sink, one_per_tenant(containers), memory, spool).await?;
     for c in refused {
         report.warnings.push(format!(
@@ -203,7 +203,10 @@ pub async fn sync_tenants(
             .desired
             .get(&c.tenant)
             .is_some_and(|h| *h == c.spec_hash);
-        let db = c.data_dir.as_ref().map(|d| d.join("webui.db"));
+        let db = c
+            .data_dir
+            .as_ref()
+            .map(|d| d.join(mai_fleet_core::contract::STORE_FILE));
         let print = db.as_deref().and_then(fingerprint);
         let unchanged = match (memory.seen.get(&c.tenant), &print) {
             (Some(seen), Some(p)) => seen.fingerprint == *p,
@@ -389,7 +392,7 @@ fn remember(
 }
 
 fn note_inactive(report: &mut CycleReport, health: &Health) {
-    if health.tracking == "inactive" {
+    if health.tracking == mai_fleet_core::Tracking::Inactive {
         report
             .inactive
             .push(format!("{}: {}", health.tenant, health.reasons.join("; ")));

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::Docker;
 use futures_util::StreamExt;
-use mai_fleet::plan::{DATA_MOUNT, LABEL_HOST, LABEL_MANAGED, LABEL_SPEC_HASH, LABEL_TENANT};
-use mai_fleet::spec::REQUIRED_ENV;
+use mai_fleet_core::contract::{labels, DATA_MOUNT, ORG_ENV, REQUIRED_ENV};
 
 /// What the agent needs of one tenant container. Holds no secret: env values are
 /// read only for `OPENROUTER_EXTERNAL_USER`, an id, never for the key.
@@ -40,8 +39,8 @@ pub async fn tenant_containers(
     let filters = std::collections::HashMap::from([(
         "label",
         vec![
-            format!("{LABEL_MANAGED}=true"),
-            format!("{LABEL_HOST}={host}"),
+            format!("{}=true", labels::MANAGED),
+            format!("{}={host}", labels::HOST),
         ],
     )]);
     let options = ListContainersOptionsBuilder::new()
@@ -72,7 +71,7 @@ pub async fn tenant_containers(
     for info in inspected {
         let info = info?;
         let config = info.config.unwrap_or_default();
-        let labels = config.labels.unwrap_or_default();
+        let found = config.labels.unwrap_or_default();
         let env: Vec<(String, String)> = config
             .env
             .unwrap_or_default()
@@ -93,7 +92,7 @@ pub async fn tenant_containers(
             .filter(|v| value(v).is_none())
             .map(|v| v.to_string())
             .collect();
-        let org_id = value("OPENROUTER_EXTERNAL_USER").map(str::to_string);
+        let org_id = value(ORG_ENV).map(str::to_string);
         let data_dir = info
             .mounts
             .unwrap_or_default()
@@ -103,7 +102,7 @@ pub async fn tenant_containers(
             .map(PathBuf::from);
         let state = info.state.unwrap_or_default();
         tenants.push(TenantContainer {
-            tenant: labels.get(LABEL_TENANT).cloned().unwrap_or_default(),
+            tenant: found.get(labels::TENANT).cloned().unwrap_or_default(),
             container: info
                 .name
                 .unwrap_or_default()
@@ -112,7 +111,7 @@ pub async fn tenant_containers(
             state: state.status.map(|s| s.to_string()).unwrap_or_default(),
             restart_count: info.restart_count.unwrap_or(0),
             started_at: state.started_at,
-            spec_hash: labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default(),
+            spec_hash: found.get(labels::SPEC_HASH).cloned().unwrap_or_default(),
             env_missing,
             org_id,
             data_dir,

@@ -3,6 +3,7 @@
 //! shows up here as `inactive` with the reasons, within one cycle.
 
 use chrono::NaiveDate;
+use mai_fleet_core::{StoreStatus, Tracking};
 use serde::{Deserialize, Serialize};
 
 use crate::discover::TenantContainer;
@@ -21,7 +22,7 @@ pub enum StoreState {
         live_counter_date: Option<NaiveDate>,
     },
     /// `store_status` and the reason.
-    Failed(&'static str, String),
+    Failed(StoreStatus, String),
 }
 
 impl StoreState {
@@ -35,14 +36,20 @@ impl StoreState {
                 live_counter_date: s.live.as_ref().map(|l| l.counter_date),
             },
             Err(ReadError::Missing(_)) if !has_data_mount => StoreState::Failed(
-                "no_data_mount",
+                StoreStatus::NoDataMount,
                 "no volume is mounted at the app's data directory".into(),
             ),
-            Err(e @ ReadError::Missing(_)) => StoreState::Failed("missing", e.to_string()),
-            Err(e @ ReadError::Unreadable(_)) => StoreState::Failed("unreadable", e.to_string()),
-            Err(e @ ReadError::Refused(_)) => StoreState::Failed("refused", e.to_string()),
+            Err(e @ ReadError::Missing(_)) => {
+                StoreState::Failed(StoreStatus::Missing, e.to_string())
+            }
+            Err(e @ ReadError::Unreadable(_)) => {
+                StoreState::Failed(StoreStatus::Unreadable, e.to_string())
+            }
+            Err(e @ ReadError::Refused(_)) => {
+                StoreState::Failed(StoreStatus::Refused, e.to_string())
+            }
             Err(e @ ReadError::UnknownSchema(_)) => {
-                StoreState::Failed("unknown_schema", e.to_string())
+                StoreState::Failed(StoreStatus::UnknownSchema, e.to_string())
             }
         }
     }
@@ -58,14 +65,12 @@ pub struct Health {
     /// Whether the container is the one the last apply wanted (spec hash matches).
     pub in_spec: bool,
     pub env_missing: Vec<String>,
-    /// ok, missing, unreadable, unknown_schema, refused, no_data_mount
-    pub store_status: String,
+    pub store_status: StoreStatus,
     pub schema_variant: Option<String>,
     pub org_row_present: Option<bool>,
     pub last_usage_change: Option<i64>,
     pub live_counter_date: Option<NaiveDate>,
-    /// `active` or `inactive`
-    pub tracking: String,
+    pub tracking: Tracking,
     pub reasons: Vec<String>,
 }
 
@@ -99,7 +104,7 @@ pub fn assess(c: &TenantContainer, in_spec: bool, store: &StoreState) -> Health 
                 reasons.push(r.clone());
             }
             (
-                "ok",
+                StoreStatus::Ok,
                 Some(variant.clone()),
                 Some(*org_row_present),
                 *last_usage_change,
@@ -128,17 +133,16 @@ pub fn assess(c: &TenantContainer, in_spec: bool, store: &StoreState) -> Health 
         started_at: c.started_at.clone(),
         in_spec,
         env_missing: c.env_missing.clone(),
-        store_status: store_status.to_string(),
+        store_status,
         schema_variant: variant,
         org_row_present: org_row,
         last_usage_change: last_change,
         live_counter_date: live_date,
         tracking: if reasons.is_empty() {
-            "active"
+            Tracking::Active
         } else {
-            "inactive"
-        }
-        .to_string(),
+            Tracking::Inactive
+        },
         reasons,
     }
 }

@@ -31,7 +31,7 @@ struct Args {
     )]
     docker: String,
     /// Time between cycles: 60s, 5s, 500ms
-    #[arg(long, default_value = "60s", value_parser = mai_fleet::duration::parse)]
+    #[arg(long, default_value = "60s", value_parser = mai_fleet_core::duration::parse)]
     interval: Duration,
     /// Run one cycle and exit (1 if it failed)
     #[arg(long)]
@@ -47,13 +47,13 @@ struct Args {
     #[arg(long, default_value_t = 256)]
     spool_max_mb: u64,
     /// Longest one tenant's store may take to read; past it the read is refused
-    #[arg(long, default_value = "10s", value_parser = mai_fleet::duration::parse)]
+    #[arg(long, default_value = "10s", value_parser = mai_fleet_core::duration::parse)]
     store_read_budget: Duration,
     /// Most rows changed since the last sync that one read of a table may load
     #[arg(long, default_value_t = 200_000)]
     store_max_rows: i64,
     /// How far ahead of this host's clock a store's time stamps may be
-    #[arg(long, default_value = "1h", value_parser = mai_fleet::duration::parse)]
+    #[arg(long, default_value = "1h", value_parser = mai_fleet_core::duration::parse)]
     max_clock_skew: Duration,
 }
 

@@ -5,7 +5,7 @@ pub mod alerts;
 pub mod apply;
 pub mod billing;
 pub mod docker;
-pub mod duration;
+pub use mai_fleet_core::duration;
 pub mod http;
 pub mod plan;
 pub mod rates;

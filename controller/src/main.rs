@@ -119,7 +119,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = mai_fleet::store::Store::connect(&database_url).await?;
             let tenants = store.tenant_status().await?;
             cli::print_status(&tenants, output)?;
-            let all_active = tenants.iter().all(|t| t.tracking == "active");
+            let all_active = tenants.iter().all(|t| t.tracking.is_active());
             Ok(ExitCode::from(if all_active { 0 } else { 3 }))
         }
     }

@@ -10,11 +10,12 @@ use sha2::{Digest, Sha256};
 
 use crate::spec::{HostSpec, TenantSpec};
 
-pub const LABEL_MANAGED: &str = "mai-fleet.managed";
-pub const LABEL_TENANT: &str = "mai-fleet.tenant";
-pub const LABEL_HOST: &str = "mai-fleet.host";
-pub const LABEL_FLEET: &str = "mai-fleet.fleet";
-pub const LABEL_SPEC_HASH: &str = "mai-fleet.spec-hash";
+// The container contract is the agent's too: defined once, in the core crate.
+pub use mai_fleet_core::contract::labels::{
+    FLEET as LABEL_FLEET, HOST as LABEL_HOST, MANAGED as LABEL_MANAGED,
+    SPEC_HASH as LABEL_SPEC_HASH, TENANT as LABEL_TENANT,
+};
+pub use mai_fleet_core::contract::{network_name, APP_PORT, DATA_MOUNT};
 
 /// Version of the canonical form hashed into `mai-fleet.spec-hash`. A controller that
 /// adds fields keeps hashing old containers in the version their label names, so an
@@ -30,10 +31,6 @@ pub const SPEC_HASH_VERSION: &str = "v2";
 pub const DEFAULT_MEMORY_BYTES: i64 = 2 << 30;
 pub const DEFAULT_NANO_CPUS: i64 = 1_000_000_000;
 pub const DEFAULT_PIDS_LIMIT: i64 = 512;
-
-/// Where the tenant's data directory is mounted inside the container.
-pub const DATA_MOUNT: &str = "/app/backend/data";
-pub const APP_PORT: u16 = 8080;
 
 /// Everything a tenant container is made of, derived from the spec. The Docker backend
 /// creates containers from this and nothing else, so the hash covers all of it.
@@ -77,11 +74,6 @@ impl std::fmt::Debug for DesiredContainer {
             .field("data_dir", &self.data_dir)
             .finish_non_exhaustive()
     }
-}
-
-/// `mai-fleet-net-<fleet>`: the network the fleet's tenants share on an engine.
-pub fn network_name(fleet: &str) -> String {
-    format!("mai-fleet-net-{fleet}")
 }
 
 impl DesiredContainer {

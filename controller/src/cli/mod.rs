@@ -142,7 +142,7 @@ pub fn print_status(tenants: &[TenantStatus], output: OutputFormat) -> anyhow::R
             t.host.clone().unwrap_or_default(),
             t.container.clone().unwrap_or_default(),
             t.container_state.clone().unwrap_or_default(),
-            t.tracking.clone(),
+            t.tracking.to_string(),
             if t.in_spec { "yes" } else { "NO" }.to_string(),
             age(t.last_data_age_s),
             age(t.agent_age_s),

@@ -3,27 +3,7 @@
 
 use rust_decimal::Decimal;
 
-/// Tenant ids become container names (`mai-<id>`) and label values.
-pub fn tenant_id(id: &str) -> Result<(), String> {
-    lowercase_name(id, 2, 40)
-}
-
-/// Host and fleet names: label values.
-pub fn name_label(name: &str) -> Result<(), String> {
-    lowercase_name(name, 1, 63)
-}
-
-fn lowercase_name(text: &str, min: usize, max: usize) -> Result<(), String> {
-    let ok = (min..=max).contains(&text.len())
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("use {min} to {max} characters of a-z, 0-9 and '-'"))
-    }
-}
+pub use mai_fleet_core::contract::{check_name_label as name_label, check_tenant_id as tenant_id};
 
 /// The organization id the app writes as `client_org_id` and sends to OpenRouter.
 pub fn org_id(org: &str) -> Result<(), String> {

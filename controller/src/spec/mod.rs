@@ -17,13 +17,7 @@ use serde::Serialize;
 
 pub use secret::ApiKey;
 
-/// Environment variables the app needs to track usage; a spec may not set them through
-/// `env:` (seed 000: a container without them tracked nothing for two days).
-pub const REQUIRED_ENV: [&str; 3] = [
-    "OPENROUTER_API_KEY",
-    "OPENROUTER_EXTERNAL_USER",
-    "ORGANIZATION_NAME",
-];
+pub use mai_fleet_core::contract::REQUIRED_ENV;
 
 /// The validated fleet, with defaults merged into every tenant.
 #[derive(Debug, Clone)]
@@ -84,7 +78,7 @@ pub struct TenantSpec {
 
 impl TenantSpec {
     pub fn container_name(&self) -> String {
-        format!("mai-{}", self.id)
+        mai_fleet_core::contract::container_name(&self.id)
     }
 
     /// `env` as it may be stored and shown: secrets as their reference.

@@ -141,8 +141,9 @@ impl Store {
         Ok(sqlx::query_as(
             "SELECT h.tenant_id AS tenant, h.host, h.reasons, t.markup_rate
              FROM tenant_health h LEFT JOIN tenants t ON t.id = h.tenant_id
-             WHERE h.tracking = 'inactive' AND coalesce(t.in_spec, TRUE)",
+             WHERE h.tracking = $1 AND coalesce(t.in_spec, TRUE)",
         )
+        .bind(mai_fleet_core::Tracking::Inactive)
         .fetch_all(&self.pool)
         .await?)
     }

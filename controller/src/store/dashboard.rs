@@ -15,7 +15,7 @@ pub struct FleetRow {
     pub in_spec: bool,
     pub container_state: Option<String>,
     /// `active`, `inactive`, or `unknown` (no agent has reported the tenant).
-    pub tracking: String,
+    pub tracking: mai_fleet_core::Tracking,
     pub reasons: Vec<String>,
     /// The tenant's own today (its timezone).
     pub today: NaiveDate,
@@ -57,7 +57,7 @@ pub struct TenantRecord {
 pub struct HealthChange {
     pub observed_at: DateTime<Utc>,
     pub host: String,
-    pub tracking: String,
+    pub tracking: mai_fleet_core::Tracking,
     pub reasons: Vec<String>,
 }
 
@@ -196,10 +196,11 @@ impl Store {
                     EXISTS (SELECT 1 FROM agent_roles r WHERE r.host = n.host) AS has_credentials,
                     (SELECT count(*) FROM tenants t WHERE t.in_spec AND t.host = n.host) AS tenants_in_spec,
                     (SELECT count(*) FROM tenant_health th WHERE th.host = n.host) AS tenants_reported,
-                    (SELECT count(*) FROM tenant_health th WHERE th.host = n.host AND th.tracking <> 'active') AS tenants_inactive
+                    (SELECT count(*) FROM tenant_health th WHERE th.host = n.host AND th.tracking <> $1) AS tenants_inactive
              FROM names n LEFT JOIN hosts h ON h.name = n.host LEFT JOIN agent_heartbeats a ON a.host = n.host
              ORDER BY n.host",
         )
+        .bind(mai_fleet_core::Tracking::Active)
         .fetch_all(&self.pool)
         .await?)
     }

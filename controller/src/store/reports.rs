@@ -24,7 +24,7 @@ pub struct TenantStatus {
     pub container: Option<String>,
     pub container_state: Option<String>,
     /// `active`, `inactive`, or `unknown` when no agent has reported the tenant.
-    pub tracking: String,
+    pub tracking: mai_fleet_core::Tracking,
     pub reasons: Vec<String>,
     /// In the spec of the last apply (false: a managed container started otherwise).
     pub in_spec: bool,

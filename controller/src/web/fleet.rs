@@ -26,7 +26,7 @@ pub struct RowView {
     pub tenant: String,
     pub host: String,
     pub state: String,
-    pub tracking: String,
+    pub tracking: mai_fleet_core::Tracking,
     pub reasons: String,
     pub in_spec: bool,
     pub today_tokens: String,
@@ -163,7 +163,7 @@ fn table(rows: &[FleetRow], rate: Option<&Rate>, sort: String, dir: String) -> F
                     .container_state
                     .clone()
                     .unwrap_or_else(|| "unknown".into()),
-                tracking: r.tracking.clone(),
+                tracking: r.tracking,
                 reasons: r.reasons.join("; "),
                 in_spec: r.in_spec,
                 today_tokens: format_count(r.today_tokens),
@@ -188,7 +188,7 @@ fn table(rows: &[FleetRow], rate: Option<&Rate>, sort: String, dir: String) -> F
         total_month_pln: rate
             .map(|_| crate::billing::money::format_pln(month_pln))
             .unwrap_or_default(),
-        inactive: rows.iter().filter(|r| r.tracking != "active").count(),
+        inactive: rows.iter().filter(|r| !r.tracking.is_active()).count(),
     }
 }
 

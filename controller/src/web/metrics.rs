@@ -110,7 +110,7 @@ pub async fn metrics(
         (
             "mai_fleet_tenant_tracking_active",
             "1 when the tenant's usage tracking is active, 0 when inactive or unknown.",
-            |r| Some(u8::from(r.tracking == "active").to_string()),
+            |r| Some(u8::from(r.tracking.is_active()).to_string()),
         ),
         (
             "mai_fleet_tenant_data_age_seconds",

@@ -106,7 +106,7 @@ pub struct Section {
 pub struct HealthView {
     pub at: String,
     pub host: String,
-    pub tracking: String,
+    pub tracking: mai_fleet_core::Tracking,
     pub reasons: String,
 }
 
@@ -201,7 +201,7 @@ pub async fn page(
             .map(|h| HealthView {
                 at: h.observed_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
                 host: h.host.clone(),
-                tracking: h.tracking.clone(),
+                tracking: h.tracking,
                 reasons: h.reasons.join("; "),
             })
             .collect(),

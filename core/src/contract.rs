@@ -1,0 +1,82 @@
+//! What a managed tenant container is, as both the controller (which creates it) and
+//! the agent (which finds and reads it) must see it.
+
+/// Labels on every managed container. The agent trusts none of their values: each
+/// is checked again where it is used (a tenant controls nothing here, but anyone with
+/// access to the engine may start a container carrying them).
+pub mod labels {
+    pub const MANAGED: &str = "mai-fleet.managed";
+    pub const TENANT: &str = "mai-fleet.tenant";
+    pub const HOST: &str = "mai-fleet.host";
+    pub const FLEET: &str = "mai-fleet.fleet";
+    pub const SPEC_HASH: &str = "mai-fleet.spec-hash";
+}
+
+/// Environment variables the app needs to track usage; a spec may not set them through
+/// `env:` (a container without them tracked nothing for two days).
+pub const REQUIRED_ENV: [&str; 3] = [
+    "OPENROUTER_API_KEY",
+    "OPENROUTER_EXTERNAL_USER",
+    "ORGANIZATION_NAME",
+];
+
+/// The variable holding the tenant's organization id (`client_org_id` in its store).
+pub const ORG_ENV: &str = "OPENROUTER_EXTERNAL_USER";
+
+/// The app's data directory inside the container; `webui.db` lives in it.
+pub const DATA_MOUNT: &str = "/app/backend/data";
+
+/// The usage store's file name in the data directory.
+pub const STORE_FILE: &str = "webui.db";
+
+/// The app's HTTP port inside the container.
+pub const APP_PORT: u16 = 8080;
+
+/// A tenant's container name.
+pub fn container_name(tenant: &str) -> String {
+    format!("mai-{tenant}")
+}
+
+/// A fleet's own bridge network.
+pub fn network_name(fleet: &str) -> String {
+    format!("mai-fleet-net-{fleet}")
+}
+
+/// Tenant ids become container names (`mai-<id>`), label values and directory names:
+/// anything else found in a label is refused before it is used.
+pub fn check_tenant_id(id: &str) -> Result<(), String> {
+    lowercase_name(id, 2, 40)
+}
+
+/// Host and fleet names: label values.
+pub fn check_name_label(name: &str) -> Result<(), String> {
+    lowercase_name(name, 1, 63)
+}
+
+fn lowercase_name(text: &str, min: usize, max: usize) -> Result<(), String> {
+    let ok = (min..=max).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("use {min} to {max} characters of a-z, 0-9 and '-'"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_could_escape_a_path_or_a_name_are_refused() {
+        assert!(check_tenant_id("kancelaria-nowak").is_ok());
+        for bad in ["", "a", "../x", "A-b", "x/y", "a b", &"x".repeat(41)] {
+            assert!(check_tenant_id(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_name_label("h").is_ok());
+        assert_eq!(container_name("acme"), "mai-acme");
+        assert_eq!(network_name("prod"), "mai-fleet-net-prod");
+    }
+}
