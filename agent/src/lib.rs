@@ -8,3 +8,4 @@ pub mod health;
 pub mod reader;
 pub mod sink;
 pub mod spool;
+pub mod tables;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use mai_fleet_core::log::Repeats;
 
 #[derive(Parser)]
 #[command(
@@ -55,24 +56,30 @@ struct Args {
     /// How far ahead of this host's clock a store's time stamps may be
     #[arg(long, default_value = "1h", value_parser = mai_fleet_core::duration::parse)]
     max_clock_skew: Duration,
+    #[command(flatten)]
+    log: mai_fleet_core::log::LogArgs,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(e) = mai_fleet_core::log::init(&args.log) {
+        eprintln!("agent: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("agent: cannot start the async runtime: {e}");
+            tracing::error!(error = %e, "cannot start the async runtime");
             return ExitCode::from(1);
         }
     };
     let code = match runtime.block_on(run(args)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("agent: error: {e:#}");
+            tracing::error!(error = format!("{e:#}"), "agent stopped");
             ExitCode::from(1)
         }
     };
@@ -103,27 +110,24 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         spool::Spool::open(&spool_dir, args.spool_max_mb << 20)
             .with_context(|| format!("opening the spool in {}", spool_dir.display()))?,
     );
+    // Failures that repeat every cycle (Postgres away, a broken tenant) are logged
+    // when they start, then once every few minutes, not once a cycle.
+    let repeats = Repeats::new(REPEAT_PERIOD);
+    let host = args.host.as_str();
     loop {
         // SIGTERM in the middle of a cycle drops it: each tenant's rows and watermarks
         // commit together (or spool atomically), so what was not committed is read
         // again from the store by the next agent.
         let result = tokio::select! {
-            r = cycle::run(&docker, &sink, &args.host, &mut memory, &mut spool) => r,
+            r = cycle::run(&docker, &sink, host, &mut memory, &mut spool) => r,
             _ = &mut stop => {
-                eprintln!("agent[{}]: stopping in the middle of a cycle; nothing committed is lost", args.host);
+                tracing::info!(host, "stopping in the middle of a cycle; nothing committed is lost");
                 return Ok(ExitCode::SUCCESS);
             }
         };
         match result {
             Ok(r) => {
-                eprintln!(
-                    "agent[{}]: cycle {} ms: {} tenant(s), {} store(s) read, {} row(s) changed, {} regression(s), {} inactive, {} spooled, {} delivered from spool{}, {} error(s)",
-                    args.host, r.elapsed_ms, r.tenants, r.stores_read, r.rows_changed, r.regressions, r.inactive.len(),
-                    r.spooled, r.unspooled, if r.database_away { ", POSTGRES AWAY" } else { "" }, r.errors.len()
-                );
-                for line in r.inactive.iter().chain(&r.warnings).chain(&r.errors) {
-                    eprintln!("agent[{}]:   {line}", args.host);
-                }
+                log_cycle(host, &r, &repeats);
                 if args.once {
                     let ok = r.errors.is_empty() && !r.database_away;
                     return Ok(ExitCode::from(if ok { 0 } else { 1 }));
@@ -132,7 +136,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             // Postgres or Docker away: nothing moved, so nothing is lost; the next
             // cycle reads again from the last committed watermarks.
             Err(e) => {
-                eprintln!("agent[{}]: cycle failed: {e:#}", args.host);
+                if let Some(held_back) = repeats.check("cycle") {
+                    tracing::warn!(host, held_back, error = format!("{e:#}"), "cycle failed");
+                }
                 if args.once {
                     return Ok(ExitCode::from(1));
                 }
@@ -141,6 +147,58 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         tokio::select! {
             _ = tokio::time::sleep(args.interval) => {}
             _ = &mut stop => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+/// How often a failure that persists is logged again.
+const REPEAT_PERIOD: Duration = Duration::from_secs(300);
+
+/// One line a cycle with its figures as fields; what went wrong as warnings, each
+/// rate-limited by its text (a tenant that stays broken is not logged every cycle).
+fn log_cycle(host: &str, r: &cycle::CycleReport, repeats: &Repeats) {
+    tracing::info!(
+        host,
+        elapsed_ms = r.elapsed_ms,
+        tenants = r.tenants,
+        stores_read = r.stores_read,
+        rows_changed = r.rows_changed,
+        regressions = r.regressions,
+        inactive = r.inactive.len(),
+        spooled = r.spooled,
+        unspooled = r.unspooled,
+        database_away = r.database_away,
+        errors = r.errors.len(),
+        "cycle"
+    );
+    if r.database_away {
+        if let Some(held_back) = repeats.check("database") {
+            tracing::warn!(
+                host,
+                held_back,
+                "the fleet database cannot be reached; batches wait in the spool"
+            );
+        }
+    } else if repeats.clear("database") {
+        tracing::info!(
+            host,
+            unspooled = r.unspooled,
+            "the fleet database is reachable again"
+        );
+    }
+    for line in &r.inactive {
+        if let Some(held_back) = repeats.check(line) {
+            tracing::warn!(host, held_back, "tracking inactive: {line}");
+        }
+    }
+    for line in &r.warnings {
+        if let Some(held_back) = repeats.check(line) {
+            tracing::warn!(host, held_back, "{line}");
+        }
+    }
+    for line in &r.errors {
+        if let Some(held_back) = repeats.check(line) {
+            tracing::error!(host, held_back, "{line}");
         }
     }
 }

@@ -14,59 +14,27 @@ use rust_decimal::prelude::FromPrimitive;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-pub const DAILY: &str = "client_daily_usage";
-pub const USER: &str = "client_user_daily_usage";
-pub const MODEL: &str = "client_model_daily_usage";
+use crate::tables::{store_required, store_select, UsageTable};
+pub use crate::tables::{DailyRow, ModelRow, UserRow};
+
+pub const DAILY: &str = DailyRow::STORE;
+pub const USER: &str = UserRow::STORE;
+pub const MODEL: &str = ModelRow::STORE;
 pub const LIVE: &str = "client_live_counters";
 pub const GENERATIONS: &str = "processed_generations";
 const ORGS: &str = "client_organizations";
 
-/// Columns the agent reads; a store lacking one is of an unknown schema.
-const REQUIRED: &[(&str, &[&str])] = &[
-    (
-        DAILY,
-        &[
-            "client_org_id",
-            "usage_date",
-            "total_tokens",
-            "total_requests",
-            "raw_cost",
-            "markup_cost",
-            "primary_model",
-            "unique_users",
-            "updated_at",
-        ],
-    ),
-    (
-        USER,
-        &[
-            "client_org_id",
-            "user_id",
-            "openrouter_user_id",
-            "usage_date",
-            "total_tokens",
-            "total_requests",
-            "raw_cost",
-            "markup_cost",
-            "updated_at",
-        ],
-    ),
-    (
-        MODEL,
-        &[
-            "client_org_id",
-            "model_name",
-            "usage_date",
-            "total_tokens",
-            "total_requests",
-            "raw_cost",
-            "markup_cost",
-            "provider",
-            "updated_at",
-        ],
-    ),
-    (ORGS, &["id"]),
-];
+/// Tables a store must have, with the columns the agent reads; a store lacking one is
+/// of an unknown schema.
+fn required() -> [(&'static str, Vec<&'static str>); 4] {
+    [
+        (DAILY, store_required::<DailyRow>()),
+        (USER, store_required::<UserRow>()),
+        (MODEL, store_required::<ModelRow>()),
+        (ORGS, vec!["id"]),
+    ]
+}
+
 const OPTIONAL: &[(&str, &[&str])] = &[
     (
         LIVE,
@@ -155,43 +123,6 @@ pub mod bounds {
     pub const MAX_REQUESTS: i64 = 1_000_000_000;
     /// USD.
     pub const MAX_COST: i64 = 1_000_000;
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DailyRow {
-    pub usage_date: NaiveDate,
-    pub client_org_id: String,
-    pub total_tokens: i64,
-    pub total_requests: i64,
-    pub raw_cost: Decimal,
-    pub markup_cost: Decimal,
-    pub primary_model: Option<String>,
-    pub unique_users: i32,
-    pub updated_at: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct UserRow {
-    pub user_id: String,
-    pub usage_date: NaiveDate,
-    pub openrouter_user_id: Option<String>,
-    pub total_tokens: i64,
-    pub total_requests: i64,
-    pub raw_cost: Decimal,
-    pub markup_cost: Decimal,
-    pub updated_at: i64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelRow {
-    pub model_name: String,
-    pub usage_date: NaiveDate,
-    pub provider: Option<String>,
-    pub total_tokens: i64,
-    pub total_requests: i64,
-    pub raw_cost: Decimal,
-    pub markup_cost: Decimal,
-    pub updated_at: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -373,106 +304,24 @@ pub fn read(
         snap.max_updated.insert(table.to_string(), max.unwrap_or(0));
     }
     let check = Check { horizon, last_day };
-
-    let mut stmt = tx.prepare(&format!(
-        "SELECT usage_date, client_org_id, total_tokens, total_requests, raw_cost, markup_cost, primary_model, unique_users, updated_at, id
-         FROM {DAILY} WHERE client_org_id = ?1 AND updated_at >= ?2"
-    ))?;
-    let mut rows = stmt.query(rusqlite::params![org, wm(DAILY)])?;
-    while let Some(r) = rows.next()? {
-        let key = text_of(r.get_ref(9)?);
-        match (|| {
-            Ok(DailyRow {
-                usage_date: check.date(r.get_ref(0)?)?,
-                client_org_id: r.get(1)?,
-                total_tokens: check.count(r.get_ref(2)?, bounds::MAX_TOKENS, "total_tokens")?,
-                total_requests: check.count(
-                    r.get_ref(3)?,
-                    bounds::MAX_REQUESTS,
-                    "total_requests",
-                )?,
-                raw_cost: check.money(r.get_ref(4)?, "raw_cost")?,
-                markup_cost: check.money(r.get_ref(5)?, "markup_cost")?,
-                primary_model: r.get(6)?,
-                unique_users: check.count(r.get_ref(7)?, i32::MAX.into(), "unique_users")? as i32,
-                updated_at: check.stamp(r.get_ref(8)?)?,
-            })
-        })() {
-            Ok(row) => snap.daily.push(row),
-            Err(RowError::Refused(why)) => snap.refuse(DAILY, &key, why),
-            Err(RowError::Sqlite(e)) => return Err(e.into()),
-        }
-    }
-    drop(rows);
-    let mut stmt = tx.prepare(&format!(
-        "SELECT user_id, usage_date, openrouter_user_id, total_tokens, total_requests, raw_cost, markup_cost, updated_at, id
-         FROM {USER} WHERE client_org_id = ?1 AND updated_at >= ?2"
-    ))?;
-    let mut rows = stmt.query(rusqlite::params![org, wm(USER)])?;
-    while let Some(r) = rows.next()? {
-        let key = text_of(r.get_ref(8)?);
-        match (|| {
-            Ok(UserRow {
-                user_id: r.get(0)?,
-                usage_date: check.date(r.get_ref(1)?)?,
-                openrouter_user_id: r.get(2)?,
-                total_tokens: check.count(r.get_ref(3)?, bounds::MAX_TOKENS, "total_tokens")?,
-                total_requests: check.count(
-                    r.get_ref(4)?,
-                    bounds::MAX_REQUESTS,
-                    "total_requests",
-                )?,
-                raw_cost: check.money(r.get_ref(5)?, "raw_cost")?,
-                markup_cost: check.money(r.get_ref(6)?, "markup_cost")?,
-                updated_at: check.stamp(r.get_ref(7)?)?,
-            })
-        })() {
-            Ok(row) => snap.user.push(row),
-            Err(RowError::Refused(why)) => snap.refuse(USER, &key, why),
-            Err(RowError::Sqlite(e)) => return Err(e.into()),
-        }
-    }
-    drop(rows);
-    let mut stmt = tx.prepare(&format!(
-        "SELECT model_name, usage_date, provider, total_tokens, total_requests, raw_cost, markup_cost, updated_at, id
-         FROM {MODEL} WHERE client_org_id = ?1 AND updated_at >= ?2"
-    ))?;
-    let mut rows = stmt.query(rusqlite::params![org, wm(MODEL)])?;
-    while let Some(r) = rows.next()? {
-        let key = text_of(r.get_ref(8)?);
-        match (|| {
-            Ok(ModelRow {
-                model_name: r.get(0)?,
-                usage_date: check.date(r.get_ref(1)?)?,
-                provider: r.get(2)?,
-                total_tokens: check.count(r.get_ref(3)?, bounds::MAX_TOKENS, "total_tokens")?,
-                total_requests: check.count(
-                    r.get_ref(4)?,
-                    bounds::MAX_REQUESTS,
-                    "total_requests",
-                )?,
-                raw_cost: check.money(r.get_ref(5)?, "raw_cost")?,
-                markup_cost: check.money(r.get_ref(6)?, "markup_cost")?,
-                updated_at: check.stamp(r.get_ref(7)?)?,
-            })
-        })() {
-            Ok(row) => snap.model.push(row),
-            Err(RowError::Refused(why)) => snap.refuse(MODEL, &key, why),
-            Err(RowError::Sqlite(e)) => return Err(e.into()),
-        }
-    }
-    drop(rows);
-    drop(stmt);
+    snap.daily = read_table::<DailyRow>(&tx, org, wm(DAILY), &check, &mut snap)?;
+    snap.user = read_table::<UserRow>(&tx, org, wm(USER), &check, &mut snap)?;
+    snap.model = read_table::<ModelRow>(&tx, org, wm(MODEL), &check, &mut snap)?;
     if has_live {
         // "current_date" quoted: unquoted it is SQLite's CURRENT_DATE, not the column.
-        let mut stmt = tx.prepare(&format!(
+        // Always read (one row): health reports its date; the sink ignores an old one.
+        let sql = format!(
             "SELECT \"current_date\", today_tokens, today_requests, today_raw_cost, today_markup_cost, last_updated
              FROM {LIVE} WHERE client_org_id = ?1 LIMIT 1"
-        ))?;
-        // Always read (one row): health reports its date; the sink ignores an old one.
-        let mut rows = stmt.query(rusqlite::params![org])?;
-        if let Some(r) = rows.next()? {
-            match (|| {
+        );
+        let live = collect(
+            &tx,
+            &sql,
+            rusqlite::params![org],
+            |_| org.to_string(),
+            LIVE,
+            &mut snap,
+            |r| {
                 Ok(LiveRow {
                     counter_date: check.date(r.get_ref(0)?)?,
                     today_tokens: check.count(r.get_ref(1)?, bounds::MAX_TOKENS, "today_tokens")?,
@@ -485,22 +334,24 @@ pub fn read(
                     today_markup_cost: check.money(r.get_ref(4)?, "today_markup_cost")?,
                     last_updated: check.stamp(r.get_ref(5)?)?,
                 })
-            })() {
-                Ok(row) => snap.live = Some(row),
-                Err(RowError::Refused(why)) => snap.refuse(LIVE, org, why),
-                Err(RowError::Sqlite(e)) => return Err(e.into()),
-            }
-        }
+            },
+        )?;
+        snap.live = live.into_iter().next();
     }
     if has_generations {
-        let mut stmt = tx.prepare(&format!(
+        let sql = format!(
             "SELECT id, generation_date, processed_at, total_cost, total_tokens
              FROM {GENERATIONS} WHERE client_org_id = ?1 AND processed_at >= ?2"
-        ))?;
-        let mut rows = stmt.query(rusqlite::params![org, wm(GENERATIONS)])?;
-        while let Some(r) = rows.next()? {
-            let key = text_of(r.get_ref(0)?);
-            match (|| {
+        );
+        let key = |r: &rusqlite::Row<'_>| r.get_ref(0).map_or_else(|_| "?".into(), text_of);
+        snap.generations = collect(
+            &tx,
+            &sql,
+            rusqlite::params![org, wm(GENERATIONS)],
+            key,
+            GENERATIONS,
+            &mut snap,
+            |r| {
                 Ok(GenerationRow {
                     id: r.get(0)?,
                     generation_date: check.date(r.get_ref(1)?)?,
@@ -508,19 +359,61 @@ pub fn read(
                     total_cost: check.money(r.get_ref(3)?, "total_cost")?,
                     total_tokens: check.count(r.get_ref(4)?, bounds::MAX_TOKENS, "total_tokens")?,
                 })
-            })() {
-                Ok(row) => snap.generations.push(row),
-                Err(RowError::Refused(why)) => snap.refuse(GENERATIONS, &key, why),
-                Err(RowError::Sqlite(e)) => return Err(e.into()),
-            }
-        }
+            },
+        )?;
     }
     Ok(snap)
 }
 
+/// The rows of one usage table changed since `since`, each checked; a refused row is
+/// counted and named in `snap`, the rest are returned.
+fn read_table<T: UsageTable>(
+    tx: &rusqlite::Transaction<'_>,
+    org: &str,
+    since: i64,
+    check: &Check,
+    snap: &mut Snapshot,
+) -> Result<Vec<T>, ReadError> {
+    let id = T::COLUMNS.len();
+    let key = |r: &rusqlite::Row<'_>| r.get_ref(id).map_or_else(|_| "?".into(), text_of);
+    collect(
+        tx,
+        &store_select::<T>(),
+        rusqlite::params![org, since],
+        key,
+        T::STORE,
+        snap,
+        |r| T::from_store(r, check),
+    )
+}
+
+/// Runs one store query and keeps the rows `row` accepts; refusals go to `snap`
+/// under `table` and the row's `key`. A failure of SQLite itself fails the read.
+fn collect<T>(
+    tx: &rusqlite::Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+    key: impl Fn(&rusqlite::Row<'_>) -> String,
+    table: &str,
+    snap: &mut Snapshot,
+    row: impl Fn(&rusqlite::Row<'_>) -> Result<T, RowError>,
+) -> Result<Vec<T>, ReadError> {
+    let mut stmt = tx.prepare(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        match row(r) {
+            Ok(v) => out.push(v),
+            Err(RowError::Refused(why)) => snap.refuse(table, &key(r), why),
+            Err(RowError::Sqlite(e)) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
 /// Why one row was not taken: refused for its values, or SQLite failed (which fails
 /// the whole read).
-enum RowError {
+pub enum RowError {
     Refused(String),
     Sqlite(rusqlite::Error),
 }
@@ -539,13 +432,13 @@ impl From<rusqlite::Error> for RowError {
 }
 
 /// The checks every value of a row passes before it may leave the store.
-struct Check {
+pub struct Check {
     horizon: i64,
     last_day: NaiveDate,
 }
 
 impl Check {
-    fn count(&self, v: ValueRef<'_>, max: i64, column: &str) -> Result<i64, RowError> {
+    pub fn count(&self, v: ValueRef<'_>, max: i64, column: &str) -> Result<i64, RowError> {
         match v {
             ValueRef::Integer(n) if (0..=max).contains(&n) => Ok(n),
             ValueRef::Null => Ok(0),
@@ -560,7 +453,7 @@ impl Check {
     }
 
     /// REAL dollars to a decimal with the 6 places the app keeps.
-    fn money(&self, v: ValueRef<'_>, column: &str) -> Result<Decimal, RowError> {
+    pub fn money(&self, v: ValueRef<'_>, column: &str) -> Result<Decimal, RowError> {
         let f = match v {
             ValueRef::Real(f) => f,
             ValueRef::Integer(n) => n as f64,
@@ -583,7 +476,7 @@ impl Check {
             .ok_or_else(|| RowError::Refused(format!("{column} {f} is not an amount")))
     }
 
-    fn stamp(&self, v: ValueRef<'_>) -> Result<i64, RowError> {
+    pub fn stamp(&self, v: ValueRef<'_>) -> Result<i64, RowError> {
         match v {
             ValueRef::Integer(t) if t <= self.horizon => Ok(t),
             ValueRef::Integer(t) => Err(RowError::Refused(format!(
@@ -597,7 +490,7 @@ impl Check {
     }
 
     /// DATE values are text `YYYY-MM-DD`; some writers append a time.
-    fn date(&self, v: ValueRef<'_>) -> Result<NaiveDate, RowError> {
+    pub fn date(&self, v: ValueRef<'_>) -> Result<NaiveDate, RowError> {
         let text = match v {
             ValueRef::Text(t) => std::str::from_utf8(t).unwrap_or(""),
             _ => "",
@@ -633,7 +526,12 @@ fn schema_variant(conn: &Connection) -> Result<(String, bool, bool), ReadError> 
     };
     // Only plain tables are read: a view or a virtual table named like a usage table
     // runs the tenant's code (a recursive view never ends).
-    for (table, _) in REQUIRED.iter().chain(OPTIONAL) {
+    let required = required();
+    for table in required
+        .iter()
+        .map(|(t, _)| *t)
+        .chain(OPTIONAL.iter().map(|(t, _)| *t))
+    {
         let kind: Option<(String, String)> = conn
             .query_row(
                 "SELECT type, coalesce(sql, '') FROM sqlite_schema WHERE name = ?1 COLLATE NOCASE",
@@ -665,7 +563,7 @@ fn schema_variant(conn: &Connection) -> Result<(String, bool, bool), ReadError> 
         }
     }
     let mut problems = Vec::new();
-    for (table, wanted) in REQUIRED {
+    for (table, wanted) in &required {
         let have = columns(table)?;
         if have.is_empty() {
             problems.push(format!("table {table} is missing"));

@@ -13,6 +13,60 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::health::Health;
 use crate::reader::{Snapshot, DAILY, MODEL, USER};
+use crate::tables::{DailyRow, ModelRow, UsageTable, UserRow};
+
+const DESIRED_SQL: &str = "SELECT id, spec_hash FROM tenants WHERE host = $1 AND in_spec";
+
+const WATERMARKS_SQL: &str = "SELECT tenant_id, store_table, updated_at, row_count FROM agent_watermarks WHERE tenant_id = ANY($1)";
+
+const WATERMARK_SQL: &str = "INSERT INTO agent_watermarks (host, tenant_id, store_table, updated_at, row_count) VALUES ($5, $1, $2, $3, $4)
+                 ON CONFLICT (tenant_id, store_table) DO UPDATE SET host = $5, updated_at = $3, row_count = $4";
+
+const REGRESSION_SQL: &str =
+    "INSERT INTO store_regressions (tenant_id, host, store_table, detail) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant_id, store_table, detail) DO NOTHING";
+
+const HEALTH_HISTORY_SQL: &str = "INSERT INTO tenant_health_history (tenant_id, host, tracking, reasons, snapshot)
+             SELECT $1, $2, $3, $4, $5
+             WHERE NOT EXISTS (SELECT 1 FROM tenant_health WHERE tenant_id = $1 AND tracking = $3 AND reasons = $4)";
+
+const HEALTH_SQL: &str = "INSERT INTO tenant_health (tenant_id, host, observed_at, container, container_state, restart_count, started_at,
+                 in_spec, env_missing, store_status, schema_variant, org_row_present, last_usage_change, live_counter_date,
+                 tracking, reasons)
+             VALUES ($1, $2, now(), $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             ON CONFLICT (tenant_id) DO UPDATE SET host = $2, observed_at = now(), container = $3, container_state = $4,
+                 restart_count = $5, started_at = $6, in_spec = $7, env_missing = $8, store_status = $9,
+                 schema_variant = $10, org_row_present = $11, last_usage_change = $12, live_counter_date = $13,
+                 tracking = $14, reasons = $15";
+
+const HEARTBEAT_SQL: &str = "INSERT INTO agent_heartbeats (host, agent_version, seen_at, cycle_ms, tenants, rows_shipped, errors)
+             VALUES ($1, $2, now(), $3, $4, $5, $6)
+             ON CONFLICT (host) DO UPDATE SET agent_version = $2, seen_at = now(), cycle_ms = $3, tenants = $4,
+                 rows_shipped = $5, errors = $6";
+
+const LIVE_SQL: &str = "INSERT INTO usage_live_counters (host, tenant_id, counter_date, today_tokens, today_requests, today_raw_cost,
+             today_markup_cost, last_updated)
+         VALUES ($8, $1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (tenant_id) DO UPDATE SET host = $8, counter_date = $2, today_tokens = $3, today_requests = $4,
+             today_raw_cost = $5, today_markup_cost = $6, last_updated = $7, synced_at = now()
+         WHERE usage_live_counters.last_updated < $7";
+
+const GENERATIONS_SQL: &str = "INSERT INTO usage_generations (host, tenant_id, generation_id, generation_date, processed_at, total_cost, total_tokens)
+         SELECT $7, $1, * FROM UNNEST($2::text[], $3::date[], $4::int8[], $5::numeric[], $6::int8[])
+         ON CONFLICT (tenant_id, generation_id) DO NOTHING";
+
+/// The statements besides the generated upserts.
+const STATEMENTS: [&str; 9] = [
+    DESIRED_SQL,
+    WATERMARKS_SQL,
+    WATERMARK_SQL,
+    REGRESSION_SQL,
+    HEALTH_HISTORY_SQL,
+    HEALTH_SQL,
+    HEARTBEAT_SQL,
+    LIVE_SQL,
+    GENERATIONS_SQL,
+];
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Watermark {
@@ -46,11 +100,10 @@ impl Sink {
 
     /// Tenant id -> spec hash of what the last apply wanted on this host.
     pub async fn desired(&self) -> Result<HashMap<String, String>, sqlx::Error> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT id, spec_hash FROM tenants WHERE host = $1 AND in_spec")
-                .bind(&self.host)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows: Vec<(String, String)> = sqlx::query_as(DESIRED_SQL)
+            .bind(&self.host)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.into_iter().collect())
     }
 
@@ -59,12 +112,10 @@ impl Sink {
         &self,
         tenants: &[String],
     ) -> Result<HashMap<String, HashMap<String, Watermark>>, sqlx::Error> {
-        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
-            "SELECT tenant_id, store_table, updated_at, row_count FROM agent_watermarks WHERE tenant_id = ANY($1)",
-        )
-        .bind(tenants)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(WATERMARKS_SQL)
+            .bind(tenants)
+            .fetch_all(&self.pool)
+            .await?;
         let mut out: HashMap<String, HashMap<String, Watermark>> = HashMap::new();
         for (tenant, table, updated_at, row_count) in rows {
             out.entry(tenant).or_default().insert(
@@ -89,15 +140,20 @@ impl Sink {
         let mut shipped = Shipped::default();
         let mut went_back: Vec<(&str, String)> = Vec::new();
 
-        let (n, back) = upsert_daily(&mut tx, &self.host, tenant, snap).await?;
-        shipped.rows_changed += n;
-        went_back.extend(back.into_iter().map(|k| (DAILY, k)));
-        let (n, back) = upsert_user(&mut tx, &self.host, tenant, snap).await?;
-        shipped.rows_changed += n;
-        went_back.extend(back.into_iter().map(|k| (USER, k)));
-        let (n, back) = upsert_model(&mut tx, &self.host, tenant, snap).await?;
-        shipped.rows_changed += n;
-        went_back.extend(back.into_iter().map(|k| (MODEL, k)));
+        for (table, (n, back)) in [
+            (
+                DAILY,
+                upsert(&mut tx, &self.host, tenant, &snap.daily).await?,
+            ),
+            (USER, upsert(&mut tx, &self.host, tenant, &snap.user).await?),
+            (
+                MODEL,
+                upsert(&mut tx, &self.host, tenant, &snap.model).await?,
+            ),
+        ] {
+            shipped.rows_changed += n;
+            went_back.extend(back.into_iter().map(|k| (table, k)));
+        }
         shipped.rows_changed += upsert_live(&mut tx, &self.host, tenant, snap).await?;
         shipped.rows_changed += insert_generations(&mut tx, &self.host, tenant, snap).await?;
 
@@ -113,17 +169,14 @@ impl Sink {
             }
         }
         for (table, w) in watermarks_after(snap) {
-            sqlx::query(
-                "INSERT INTO agent_watermarks (host, tenant_id, store_table, updated_at, row_count) VALUES ($5, $1, $2, $3, $4)
-                 ON CONFLICT (tenant_id, store_table) DO UPDATE SET host = $5, updated_at = $3, row_count = $4",
-            )
-            .bind(tenant)
-            .bind(table)
-            .bind(w.updated_at)
-            .bind(w.row_count)
-            .bind(&self.host)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(WATERMARK_SQL)
+                .bind(tenant)
+                .bind(table)
+                .bind(w.updated_at)
+                .bind(w.row_count)
+                .bind(&self.host)
+                .execute(&mut *tx)
+                .await?;
         }
         self.write_health(&mut tx, health).await?;
         tx.commit().await?;
@@ -144,16 +197,13 @@ impl Sink {
         table: &str,
         detail: &str,
     ) -> Result<usize, sqlx::Error> {
-        let r = sqlx::query(
-            "INSERT INTO store_regressions (tenant_id, host, store_table, detail) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (tenant_id, store_table, detail) DO NOTHING",
-        )
-        .bind(tenant)
-        .bind(&self.host)
-        .bind(table)
-        .bind(detail)
-        .execute(&mut **tx)
-        .await?;
+        let r = sqlx::query(REGRESSION_SQL)
+            .bind(tenant)
+            .bind(&self.host)
+            .bind(table)
+            .bind(detail)
+            .execute(&mut **tx)
+            .await?;
         Ok(r.rows_affected() as usize)
     }
 
@@ -163,45 +213,32 @@ impl Sink {
         h: &Health,
     ) -> Result<(), sqlx::Error> {
         // History keeps changes of the verdict, not every cycle.
-        sqlx::query(
-            "INSERT INTO tenant_health_history (tenant_id, host, tracking, reasons, snapshot)
-             SELECT $1, $2, $3, $4, $5
-             WHERE NOT EXISTS (SELECT 1 FROM tenant_health WHERE tenant_id = $1 AND tracking = $3 AND reasons = $4)",
-        )
-        .bind(&h.tenant)
-        .bind(&self.host)
-        .bind(&h.tracking)
-        .bind(&h.reasons)
-        .bind(serde_json::to_value(h).unwrap_or_default())
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO tenant_health (tenant_id, host, observed_at, container, container_state, restart_count, started_at,
-                 in_spec, env_missing, store_status, schema_variant, org_row_present, last_usage_change, live_counter_date,
-                 tracking, reasons)
-             VALUES ($1, $2, now(), $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-             ON CONFLICT (tenant_id) DO UPDATE SET host = $2, observed_at = now(), container = $3, container_state = $4,
-                 restart_count = $5, started_at = $6, in_spec = $7, env_missing = $8, store_status = $9,
-                 schema_variant = $10, org_row_present = $11, last_usage_change = $12, live_counter_date = $13,
-                 tracking = $14, reasons = $15",
-        )
-        .bind(&h.tenant)
-        .bind(&self.host)
-        .bind(&h.container)
-        .bind(&h.container_state)
-        .bind(h.restart_count)
-        .bind(&h.started_at)
-        .bind(h.in_spec)
-        .bind(&h.env_missing)
-        .bind(&h.store_status)
-        .bind(&h.schema_variant)
-        .bind(h.org_row_present)
-        .bind(h.last_usage_change)
-        .bind(h.live_counter_date)
-        .bind(&h.tracking)
-        .bind(&h.reasons)
-        .execute(&mut **tx)
-        .await?;
+        sqlx::query(HEALTH_HISTORY_SQL)
+            .bind(&h.tenant)
+            .bind(&self.host)
+            .bind(&h.tracking)
+            .bind(&h.reasons)
+            .bind(serde_json::to_value(h).unwrap_or_default())
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(HEALTH_SQL)
+            .bind(&h.tenant)
+            .bind(&self.host)
+            .bind(&h.container)
+            .bind(&h.container_state)
+            .bind(h.restart_count)
+            .bind(&h.started_at)
+            .bind(h.in_spec)
+            .bind(&h.env_missing)
+            .bind(&h.store_status)
+            .bind(&h.schema_variant)
+            .bind(h.org_row_present)
+            .bind(h.last_usage_change)
+            .bind(h.live_counter_date)
+            .bind(&h.tracking)
+            .bind(&h.reasons)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 
@@ -212,20 +249,15 @@ impl Sink {
         rows: u64,
         errors: usize,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO agent_heartbeats (host, agent_version, seen_at, cycle_ms, tenants, rows_shipped, errors)
-             VALUES ($1, $2, now(), $3, $4, $5, $6)
-             ON CONFLICT (host) DO UPDATE SET agent_version = $2, seen_at = now(), cycle_ms = $3, tenants = $4,
-                 rows_shipped = $5, errors = $6",
-        )
-        .bind(&self.host)
-        .bind(env!("CARGO_PKG_VERSION"))
-        .bind(cycle_ms as i64)
-        .bind(tenants as i32)
-        .bind(rows as i64)
-        .bind(errors as i32)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(HEARTBEAT_SQL)
+            .bind(&self.host)
+            .bind(env!("CARGO_PKG_VERSION"))
+            .bind(cycle_ms as i64)
+            .bind(tenants as i32)
+            .bind(rows as i64)
+            .bind(errors as i32)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 }
@@ -269,143 +301,34 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
 /// (not written: fleet history is never rewritten backwards).
 type Upserted = (u64, Vec<String>);
 
-async fn upsert_daily(
+async fn upsert<T: UsageTable>(
     tx: &mut Transaction<'_, Postgres>,
     host: &str,
     tenant: &str,
-    snap: &Snapshot,
+    rows: &[T],
 ) -> Result<Upserted, sqlx::Error> {
-    if snap.daily.is_empty() {
+    if rows.is_empty() {
         return Ok((0, Vec::new()));
     }
-    let rows = &snap.daily;
-    let (changed, back): (i64, Vec<String>) = sqlx::query_as(
-        "WITH incoming AS (
-             SELECT * FROM UNNEST($2::date[], $3::text[], $4::int8[], $5::int8[], $6::numeric[], $7::numeric[], $8::text[], $9::int4[], $10::int8[])
-                 AS i (usage_date, client_org_id, total_tokens, total_requests, raw_cost, markup_cost, primary_model, unique_users, updated_at)),
-         went_back AS (
-             SELECT i.usage_date FROM incoming i JOIN usage_daily u ON u.tenant_id = $1 AND u.usage_date = i.usage_date
-             WHERE i.total_tokens < u.total_tokens OR i.total_requests < u.total_requests OR i.raw_cost < u.raw_cost),
-         written AS (
-             INSERT INTO usage_daily (host, tenant_id, usage_date, client_org_id, total_tokens, total_requests, raw_cost, markup_cost,
-                 primary_model, unique_users, source_updated_at)
-             SELECT $11, $1, i.* FROM incoming i WHERE i.usage_date NOT IN (SELECT usage_date FROM went_back)
-             ON CONFLICT (tenant_id, usage_date) DO UPDATE SET host = EXCLUDED.host, client_org_id = EXCLUDED.client_org_id,
-                 total_tokens = EXCLUDED.total_tokens, total_requests = EXCLUDED.total_requests, raw_cost = EXCLUDED.raw_cost,
-                 markup_cost = EXCLUDED.markup_cost, primary_model = EXCLUDED.primary_model, unique_users = EXCLUDED.unique_users,
-                 source_updated_at = EXCLUDED.source_updated_at, synced_at = now()
-             WHERE (usage_daily.total_tokens, usage_daily.total_requests, usage_daily.raw_cost, usage_daily.markup_cost)
-                 IS DISTINCT FROM (EXCLUDED.total_tokens, EXCLUDED.total_requests, EXCLUDED.raw_cost, EXCLUDED.markup_cost)
-             RETURNING 1)
-         SELECT (SELECT count(*) FROM written), ARRAY(SELECT usage_date::text FROM went_back)",
-    )
-    .bind(tenant)
-    .bind(rows.iter().map(|r| r.usage_date).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.client_org_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.total_tokens).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.total_requests).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.raw_cost).collect::<Vec<Decimal>>())
-    .bind(rows.iter().map(|r| r.markup_cost).collect::<Vec<Decimal>>())
-    .bind(rows.iter().map(|r| r.primary_model.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.unique_users).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-    .bind(host)
-    .fetch_one(&mut **tx)
-    .await?;
+    // Built from the table descriptions alone, never from input.
+    let q = sqlx::query_as(sqlx::AssertSqlSafe(T::upsert_sql())).bind(tenant);
+    let (changed, back): (i64, Vec<String>) = T::bind_columns(rows, q)
+        .bind(host)
+        .fetch_one(&mut **tx)
+        .await?;
     Ok((changed as u64, back))
 }
 
-async fn upsert_user(
-    tx: &mut Transaction<'_, Postgres>,
-    host: &str,
-    tenant: &str,
-    snap: &Snapshot,
-) -> Result<Upserted, sqlx::Error> {
-    if snap.user.is_empty() {
-        return Ok((0, Vec::new()));
-    }
-    let rows = &snap.user;
-    let (changed, back): (i64, Vec<String>) = sqlx::query_as(
-        "WITH incoming AS (
-             SELECT * FROM UNNEST($2::text[], $3::date[], $4::text[], $5::int8[], $6::int8[], $7::numeric[], $8::numeric[], $9::int8[])
-                 AS i (user_id, usage_date, openrouter_user_id, total_tokens, total_requests, raw_cost, markup_cost, updated_at)),
-         went_back AS (
-             SELECT i.user_id, i.usage_date FROM incoming i
-             JOIN usage_user_daily u ON u.tenant_id = $1 AND u.user_id = i.user_id AND u.usage_date = i.usage_date
-             WHERE i.total_tokens < u.total_tokens OR i.total_requests < u.total_requests OR i.raw_cost < u.raw_cost),
-         written AS (
-             INSERT INTO usage_user_daily (host, tenant_id, user_id, usage_date, openrouter_user_id, total_tokens, total_requests,
-                 raw_cost, markup_cost, source_updated_at)
-             SELECT $10, $1, i.* FROM incoming i WHERE (i.user_id, i.usage_date) NOT IN (SELECT user_id, usage_date FROM went_back)
-             ON CONFLICT (tenant_id, user_id, usage_date) DO UPDATE SET host = EXCLUDED.host, openrouter_user_id = EXCLUDED.openrouter_user_id,
-                 total_tokens = EXCLUDED.total_tokens, total_requests = EXCLUDED.total_requests, raw_cost = EXCLUDED.raw_cost,
-                 markup_cost = EXCLUDED.markup_cost, source_updated_at = EXCLUDED.source_updated_at, synced_at = now()
-             WHERE (usage_user_daily.total_tokens, usage_user_daily.total_requests, usage_user_daily.raw_cost,
-                    usage_user_daily.markup_cost, usage_user_daily.openrouter_user_id)
-                 IS DISTINCT FROM (EXCLUDED.total_tokens, EXCLUDED.total_requests, EXCLUDED.raw_cost, EXCLUDED.markup_cost,
-                    EXCLUDED.openrouter_user_id)
-             RETURNING 1)
-         SELECT (SELECT count(*) FROM written), ARRAY(SELECT user_id || ' ' || usage_date::text FROM went_back)",
-    )
-    .bind(tenant)
-    .bind(rows.iter().map(|r| r.user_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.usage_date).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.openrouter_user_id.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.total_tokens).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.total_requests).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.raw_cost).collect::<Vec<Decimal>>())
-    .bind(rows.iter().map(|r| r.markup_cost).collect::<Vec<Decimal>>())
-    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-    .bind(host)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok((changed as u64, back))
-}
-
-async fn upsert_model(
-    tx: &mut Transaction<'_, Postgres>,
-    host: &str,
-    tenant: &str,
-    snap: &Snapshot,
-) -> Result<Upserted, sqlx::Error> {
-    if snap.model.is_empty() {
-        return Ok((0, Vec::new()));
-    }
-    let rows = &snap.model;
-    let (changed, back): (i64, Vec<String>) = sqlx::query_as(
-        "WITH incoming AS (
-             SELECT * FROM UNNEST($2::text[], $3::date[], $4::text[], $5::int8[], $6::int8[], $7::numeric[], $8::numeric[], $9::int8[])
-                 AS i (model_name, usage_date, provider, total_tokens, total_requests, raw_cost, markup_cost, updated_at)),
-         went_back AS (
-             SELECT i.model_name, i.usage_date FROM incoming i
-             JOIN usage_model_daily u ON u.tenant_id = $1 AND u.model_name = i.model_name AND u.usage_date = i.usage_date
-             WHERE i.total_tokens < u.total_tokens OR i.total_requests < u.total_requests OR i.raw_cost < u.raw_cost),
-         written AS (
-             INSERT INTO usage_model_daily (host, tenant_id, model_name, usage_date, provider, total_tokens, total_requests,
-                 raw_cost, markup_cost, source_updated_at)
-             SELECT $10, $1, i.* FROM incoming i WHERE (i.model_name, i.usage_date) NOT IN (SELECT model_name, usage_date FROM went_back)
-             ON CONFLICT (tenant_id, model_name, usage_date) DO UPDATE SET host = EXCLUDED.host, provider = EXCLUDED.provider,
-                 total_tokens = EXCLUDED.total_tokens, total_requests = EXCLUDED.total_requests, raw_cost = EXCLUDED.raw_cost,
-                 markup_cost = EXCLUDED.markup_cost, source_updated_at = EXCLUDED.source_updated_at, synced_at = now()
-             WHERE (usage_model_daily.total_tokens, usage_model_daily.total_requests, usage_model_daily.raw_cost,
-                    usage_model_daily.markup_cost)
-                 IS DISTINCT FROM (EXCLUDED.total_tokens, EXCLUDED.total_requests, EXCLUDED.raw_cost, EXCLUDED.markup_cost)
-             RETURNING 1)
-         SELECT (SELECT count(*) FROM written), ARRAY(SELECT model_name || ' ' || usage_date::text FROM went_back)",
-    )
-    .bind(tenant)
-    .bind(rows.iter().map(|r| r.model_name.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.usage_date).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.provider.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.total_tokens).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.total_requests).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.raw_cost).collect::<Vec<Decimal>>())
-    .bind(rows.iter().map(|r| r.markup_cost).collect::<Vec<Decimal>>())
-    .bind(rows.iter().map(|r| r.updated_at).collect::<Vec<_>>())
-    .bind(host)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok((changed as u64, back))
+/// Every statement the agent sends to the fleet Postgres, for a test that prepares
+/// each against a freshly migrated database.
+pub fn statements() -> Vec<String> {
+    let mut all = vec![
+        DailyRow::upsert_sql().to_string(),
+        UserRow::upsert_sql().to_string(),
+        ModelRow::upsert_sql().to_string(),
+    ];
+    all.extend(STATEMENTS.iter().map(|s| s.to_string()));
+    all
 }
 
 async fn upsert_live(
@@ -415,24 +338,17 @@ async fn upsert_live(
     snap: &Snapshot,
 ) -> Result<u64, sqlx::Error> {
     let Some(l) = &snap.live else { return Ok(0) };
-    let r = sqlx::query(
-        "INSERT INTO usage_live_counters (host, tenant_id, counter_date, today_tokens, today_requests, today_raw_cost,
-             today_markup_cost, last_updated)
-         VALUES ($8, $1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT (tenant_id) DO UPDATE SET host = $8, counter_date = $2, today_tokens = $3, today_requests = $4,
-             today_raw_cost = $5, today_markup_cost = $6, last_updated = $7, synced_at = now()
-         WHERE usage_live_counters.last_updated < $7",
-    )
-    .bind(tenant)
-    .bind(l.counter_date)
-    .bind(l.today_tokens)
-    .bind(l.today_requests)
-    .bind(l.today_raw_cost)
-    .bind(l.today_markup_cost)
-    .bind(l.last_updated)
-    .bind(host)
-    .execute(&mut **tx)
-    .await?;
+    let r = sqlx::query(LIVE_SQL)
+        .bind(tenant)
+        .bind(l.counter_date)
+        .bind(l.today_tokens)
+        .bind(l.today_requests)
+        .bind(l.today_raw_cost)
+        .bind(l.today_markup_cost)
+        .bind(l.last_updated)
+        .bind(host)
+        .execute(&mut **tx)
+        .await?;
     Ok(r.rows_affected())
 }
 
@@ -446,19 +362,15 @@ async fn insert_generations(
         return Ok(0);
     }
     let g = &snap.generations;
-    let r = sqlx::query(
-        "INSERT INTO usage_generations (host, tenant_id, generation_id, generation_date, processed_at, total_cost, total_tokens)
-         SELECT $7, $1, * FROM UNNEST($2::text[], $3::date[], $4::int8[], $5::numeric[], $6::int8[])
-         ON CONFLICT (tenant_id, generation_id) DO NOTHING",
-    )
-    .bind(tenant)
-    .bind(g.iter().map(|r| r.id.clone()).collect::<Vec<_>>())
-    .bind(g.iter().map(|r| r.generation_date).collect::<Vec<_>>())
-    .bind(g.iter().map(|r| r.processed_at).collect::<Vec<_>>())
-    .bind(g.iter().map(|r| r.total_cost).collect::<Vec<Decimal>>())
-    .bind(g.iter().map(|r| r.total_tokens).collect::<Vec<_>>())
-    .bind(host)
-    .execute(&mut **tx)
-    .await?;
+    let r = sqlx::query(GENERATIONS_SQL)
+        .bind(tenant)
+        .bind(g.iter().map(|r| r.id.clone()).collect::<Vec<_>>())
+        .bind(g.iter().map(|r| r.generation_date).collect::<Vec<_>>())
+        .bind(g.iter().map(|r| r.processed_at).collect::<Vec<_>>())
+        .bind(g.iter().map(|r| r.total_cost).collect::<Vec<Decimal>>())
+        .bind(g.iter().map(|r| r.total_tokens).collect::<Vec<_>>())
+        .bind(host)
+        .execute(&mut **tx)
+        .await?;
     Ok(r.rows_affected())
 }

@@ -119,7 +119,7 @@ fn usage_is_mirrored_exactly_through_agent_kills_and_a_database_outage() {
         .unwrap();
     assert!(!down.status.success());
     assert!(
-        String::from_utf8_lossy(&down.stderr).contains("POSTGRES AWAY"),
+        String::from_utf8_lossy(&down.stderr).contains("database_away=true"),
         "{}",
         String::from_utf8_lossy(&down.stderr)
     );
@@ -182,7 +182,7 @@ fn tenant_started_by_hand_without_its_org_env_is_reported_inactive() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let log = f.agent_once("a");
-    assert!(log.contains("1 inactive"), "{log}");
+    assert!(log.contains(" inactive=1 "), "{log}");
     let row = f.psql(&format!("SELECT tracking, in_spec, store_status, array_to_string(reasons, ' / ') FROM tenant_health WHERE tenant_id = '{id}'"));
     assert!(row.starts_with("inactive|f|ok|"), "{row}");
     assert!(
@@ -238,7 +238,7 @@ fn store_reset_keeps_fleet_history_and_is_recorded() {
     conn.execute_batch("DELETE FROM client_daily_usage; DELETE FROM client_user_daily_usage; DELETE FROM client_model_daily_usage;").unwrap();
     drop(conn);
     let log = f.agent_once("a");
-    assert!(log.contains("regression"), "{log}");
+    assert!(log.contains(" regressions=3 "), "{log}");
     assert_eq!(fleet_sums(&f, &id), before, "the fleet keeps its history");
     let detail = f.psql(&format!("SELECT string_agg(store_table || ': ' || detail, ' / ' ORDER BY store_table) FROM store_regressions WHERE tenant_id = '{id}'"));
     assert!(
@@ -404,7 +404,7 @@ fn postgres_away_loses_nothing_the_spool_delivers_in_order() {
     let interval = format!("{}s", mai_fleet_e2e::seconds("INTERVAL", 1).as_secs());
     let log = f.dir.join("agent.log");
     let agent_proc = Running(
-        f.agent_command("a", &["--interval", &interval])
+        f.agent_command("a", &["--interval", &interval, "--log-format", "json"])
             .env("DATABASE_URL", &pg.url)
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -443,17 +443,26 @@ fn postgres_away_loses_nothing_the_spool_delivers_in_order() {
         String::from_utf8_lossy(&last.stderr)
     );
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("POSTGRES AWAY"), "{text}");
-    let delivered: usize = text
+    // Every line of the log is one JSON object (--log-format json).
+    let lines: Vec<serde_json::Value> = text
         .lines()
-        .filter_map(|l| {
-            l.split(" delivered from spool")
-                .next()?
-                .rsplit(", ")
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["database_away"] == true), "{text}");
+    // The outage is logged when it starts and when it ends, not once a cycle.
+    let warnings = lines.iter().filter(|l| l["level"] == "WARN").count();
+    let cycles_away = lines.iter().filter(|l| l["database_away"] == true).count();
+    assert!(
+        (1..=2).contains(&warnings) && cycles_away > warnings,
+        "{warnings} warning(s) in {cycles_away} cycle(s) without the database:\n{text}"
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l["message"] == "the fleet database is reachable again"));
+    let delivered: usize = lines
+        .iter()
+        .filter_map(|l| l["unspooled"].as_u64())
+        .map(|n| n as usize)
         .sum();
     assert!(
         delivered >= spooled,
@@ -568,4 +577,26 @@ fn agent_once_skewed(f: &Fleet) {
         "agent --once failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Every statement the agent sends is checked against the schema the controller's
+/// migrations make: a column renamed in a migration fails here, not in production.
+#[test]
+fn every_agent_statement_prepares_against_a_freshly_migrated_database() {
+    if !require_services() {
+        return;
+    }
+    let f = Fleet::new("agent_statements");
+    let migrated = f.controller(&["migrate"]);
+    assert_eq!(migrated.code, 0, "{}", migrated.all());
+    let statements = mai_fleet_agent::sink::statements();
+    assert!(statements.len() >= 12, "{}", statements.len());
+    for sql in &statements {
+        if let Err(e) = mai_fleet_e2e::try_psql(&f.database_url, &format!("PREPARE s AS {sql}")) {
+            panic!("the agent's statement does not prepare: {e}\n{sql}");
+        }
+    }
+    // And the check can fail: a statement naming a column no migration made.
+    let wrong = statements[0].replace("unique_users", "unique_visitors");
+    assert!(mai_fleet_e2e::try_psql(&f.database_url, &format!("PREPARE s AS {wrong}")).is_err());
 }
