@@ -562,37 +562,33 @@ fn schema_variant(conn: &Connection) -> Result<(String, bool, bool), ReadError> 
             _ => {}
         }
     }
+    // A table: absent (None), or the wanted columns it lacks.
+    let lacking = |table: &str, wanted: &[&str]| -> Result<Option<Vec<String>>, rusqlite::Error> {
+        let have = columns(table)?;
+        Ok((!have.is_empty()).then(|| {
+            wanted
+                .iter()
+                .filter(|c| !have.iter().any(|h| h == *c))
+                .map(|c| c.to_string())
+                .collect()
+        }))
+    };
     let mut problems = Vec::new();
     for (table, wanted) in &required {
-        let have = columns(table)?;
-        if have.is_empty() {
-            problems.push(format!("table {table} is missing"));
-            continue;
-        }
-        let missing: Vec<&str> = wanted
-            .iter()
-            .copied()
-            .filter(|c| !have.iter().any(|h| h == c))
-            .collect();
-        if !missing.is_empty() {
-            problems.push(format!("{table} lacks {}", missing.join(", ")));
+        match lacking(table, wanted)? {
+            None => problems.push(format!("table {table} is missing")),
+            Some(missing) if !missing.is_empty() => {
+                problems.push(format!("{table} lacks {}", missing.join(", ")))
+            }
+            Some(_) => {}
         }
     }
     let mut present = [false; 2];
     for (i, (table, wanted)) in OPTIONAL.iter().enumerate() {
-        let have = columns(table)?;
-        if have.is_empty() {
-            continue;
-        }
-        let missing: Vec<&str> = wanted
-            .iter()
-            .copied()
-            .filter(|c| !have.iter().any(|h| h == c))
-            .collect();
-        if missing.is_empty() {
-            present[i] = true;
-        } else {
-            problems.push(format!("{table} lacks {}", missing.join(", ")));
+        match lacking(table, wanted)? {
+            None => {}
+            Some(missing) if missing.is_empty() => present[i] = true,
+            Some(missing) => problems.push(format!("{table} lacks {}", missing.join(", "))),
         }
     }
     if !problems.is_empty() {

@@ -83,7 +83,7 @@ fn sort_rows(rows: &mut [FleetRow], key: &str, desc: bool) {
     match key {
         "host" => rows.sort_by(|a, b| a.host.cmp(&b.host)),
         "state" => rows.sort_by(|a, b| a.container_state.cmp(&b.container_state)),
-        "tracking" => rows.sort_by(|a, b| a.tracking.cmp(&b.tracking)),
+        "tracking" => rows.sort_by_key(|a| a.tracking),
         "today_tokens" => rows.sort_by_key(|r| r.today_tokens),
         "today_cost" => rows.sort_by_key(|r| r.today_client_cost),
         "month_cost" => rows.sort_by_key(|r| r.month_client_cost),
