@@ -12,4 +12,5 @@ pub mod rates;
 pub mod schedule;
 pub mod spec;
 pub mod store;
+pub mod supervisor;
 pub mod web;

@@ -23,6 +23,18 @@ use mai_fleet::spec::{self, SpecError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log = match &cli.command {
+        Command::Serve(args) => args.log.clone(),
+        // Commands print for their user; the library's own events are warnings only.
+        _ => mai_fleet_core::log::LogArgs {
+            log_format: mai_fleet_core::log::LogFormat::Text,
+            filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        },
+    };
+    if let Err(e) = mai_fleet_core::log::init(&log) {
+        eprintln!("controller: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -66,7 +78,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rates(cmd) => cli::billing::rates(cmd).await,
         Command::User(cmd) => cli::billing::user(cmd).await,
         Command::Alerts(cmd) => cli::alerts::run(cmd).await,
-        Command::Serve(args) => cli::billing::serve(args).await,
+        Command::Serve(args) => cli::serve::run(args).await,
         Command::Migrate { database_url } => {
             let store = mai_fleet::store::Store::connect(&database_url).await?;
             store.migrate().await.context("controller migrate")?;

@@ -24,7 +24,11 @@ pub struct LogArgs {
     #[arg(long, env = "MAI_FLEET_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
     /// What to log, as RUST_LOG: `info`, `debug`, `info,sqlx=warn,mai_fleet::web=debug`
-    #[arg(long = "log", env = "RUST_LOG", default_value = "info")]
+    #[arg(
+        long = "log",
+        env = "RUST_LOG",
+        default_value = "info,sqlx::postgres::notice=warn"
+    )]
     pub filter: String,
 }
 
@@ -61,7 +65,23 @@ pub fn init(args: &LogArgs) -> Result<(), LogError> {
             .with_span_list(false)
             .try_init(),
     };
-    result.map_err(|_| LogError::Installed)
+    result.map_err(|_| LogError::Installed)?;
+    // A panic (a supervised job's, say) is an event like any other: one line, in the
+    // chosen format, not a bare backtrace on stderr.
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        tracing::error!(location = location.as_str(), "panic: {message}");
+    }));
+    Ok(())
 }
 
 /// Rate limit for a failure that repeats: the first occurrence of a key is logged,

@@ -76,26 +76,50 @@ pub async fn run_cycle(
 }
 
 /// Evaluates on the configured schedule for as long as the server runs.
-pub async fn run_schedule(store: Store, config: Arc<AlertsConfig>, table: RateTable) {
+pub async fn run_schedule(
+    store: Store,
+    config: Arc<AlertsConfig>,
+    table: RateTable,
+    ctx: crate::supervisor::JobContext,
+) -> Result<(), String> {
+    let failures = mai_fleet_core::log::Repeats::new(Duration::from_secs(300));
     loop {
         match run_cycle(&store, &config, table).await {
-            Ok(r) if r.transitions > 0 || r.notifications > 0 => eprintln!(
-                "alerts: cycle {} ms, {} queries: {} finding(s), {} change(s), {} notification(s) queued",
-                r.duration.as_millis(),
-                r.queries,
-                r.candidates,
-                r.transitions,
-                r.notifications
-            ),
-            Ok(_) => {}
-            Err(e) => eprintln!("alerts: evaluation failed: {e}"),
+            Ok(r) => {
+                failures.clear("evaluation");
+                let level_info = r.transitions > 0 || r.notifications > 0;
+                if level_info {
+                    tracing::info!(
+                        elapsed_ms = r.duration.as_millis() as u64,
+                        queries = r.queries,
+                        findings = r.candidates,
+                        changes = r.transitions,
+                        queued = r.notifications,
+                        "alert evaluation"
+                    );
+                } else {
+                    tracing::debug!(
+                        elapsed_ms = r.duration.as_millis() as u64,
+                        findings = r.candidates,
+                        "alert evaluation"
+                    );
+                }
+            }
+            Err(e) => {
+                if let Some(held_back) = failures.check("evaluation") {
+                    tracing::warn!(held_back, error = %e, "alert evaluation failed");
+                }
+            }
         }
+        ctx.beat();
         let wait = match &config.evaluation {
             Evaluation::Every(d) => *d,
             Evaluation::Cron(s) => {
                 crate::schedule::until_next(s, Utc).unwrap_or(Duration::from_secs(60))
             }
         };
-        tokio::time::sleep(wait).await;
+        if !ctx.sleep(wait).await {
+            return Ok(());
+        }
     }
 }

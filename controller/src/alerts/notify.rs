@@ -270,14 +270,15 @@ pub async fn deliver_due(
             Err(e) => {
                 let age = (Utc::now() - n.created_at).to_std().unwrap_or_default();
                 let retry = retry_in(n.attempts + 1, age, config);
-                eprintln!(
-                    "alerts: receiver {}: notification #{} failed ({e}); {}",
-                    receiver.name,
-                    n.id,
-                    retry.map_or("giving up".to_string(), |r| format!(
-                        "retrying in {}s",
-                        r.as_secs()
-                    ))
+                // Each notification backs off on its own: already rate-limited.
+                tracing::warn!(
+                    receiver = receiver.name.as_str(),
+                    notification = n.id,
+                    attempts = n.attempts + 1,
+                    error = %e,
+                    retry_in_s = retry.map(|r| r.as_secs()),
+                    "notification not delivered{}",
+                    if retry.is_none() { "; giving up" } else { "" }
                 );
                 store
                     .mark_failed(n.id, &e.to_string(), retry.map(|r| r.as_secs_f64()))
@@ -288,20 +289,37 @@ pub async fn deliver_due(
     Ok(sent)
 }
 
-/// One sender loop per receiver, for as long as the server runs.
-pub fn spawn_senders(store: Store, config: std::sync::Arc<AlertsConfig>) {
-    for receiver in config.receivers.clone() {
-        let (store, config) = (store.clone(), std::sync::Arc::clone(&config));
-        tokio::spawn(async move {
-            let http = crate::http::client();
-            loop {
-                match deliver_due(&store, &config, &receiver, &http).await {
-                    Ok(_) => {}
-                    Err(e) => eprintln!("alerts: receiver {}: {e}", receiver.name),
+/// One receiver's sender loop, for as long as the server runs: what is due is sent,
+/// every half second. A failure of the database is logged when it starts and then
+/// once every few minutes, not every round.
+pub async fn sender(
+    store: Store,
+    config: std::sync::Arc<AlertsConfig>,
+    receiver: Receiver,
+    ctx: crate::supervisor::JobContext,
+) -> Result<(), String> {
+    let http = crate::http::client();
+    let failures = mai_fleet_core::log::Repeats::new(Duration::from_secs(300));
+    loop {
+        match deliver_due(&store, &config, &receiver, &http).await {
+            Ok(_) => {
+                if failures.clear("store") {
+                    tracing::info!(
+                        receiver = receiver.name.as_str(),
+                        "notifications flow again"
+                    );
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-        });
+            Err(e) => {
+                if let Some(held_back) = failures.check("store") {
+                    tracing::warn!(receiver = receiver.name.as_str(), held_back, error = %e, "notifications not read");
+                }
+            }
+        }
+        ctx.beat();
+        if !ctx.sleep(Duration::from_millis(500)).await {
+            return Ok(());
+        }
     }
 }
 

@@ -152,7 +152,7 @@ impl Poller {
                     {
                         Ok(()) => stored += 1,
                         Err(e) => {
-                            eprintln!("openrouter: {tenant}: storing the snapshot failed: {e}")
+                            tracing::warn!(tenant = tenant.as_str(), error = %e, "storing an OpenRouter snapshot failed")
                         }
                     }
                 }
@@ -165,11 +165,14 @@ impl Poller {
                     };
                     self.backoff
                         .insert(tenant.clone(), (Instant::now() + wait, failures));
-                    // The key is named by its mask only.
-                    eprintln!(
-                        "openrouter: {tenant} (key {}): {e}; next try in {}s",
-                        key.masked(),
-                        wait.as_secs()
+                    // The key is named by its mask only. Each failure is followed by
+                    // a back-off of its own, so these are already rate-limited.
+                    tracing::warn!(
+                        tenant = tenant.as_str(),
+                        key = key.masked().as_str(),
+                        error = %e,
+                        retry_in_s = wait.as_secs(),
+                        "OpenRouter key not polled"
                     );
                 }
             }
@@ -179,12 +182,18 @@ impl Poller {
 
     /// Polls every `interval` (± 10 % jitter, so that several controllers or a
     /// restart do not ask in step) for as long as the server runs.
-    pub async fn run(mut self, store: Store, interval: Duration) {
+    pub async fn run(
+        mut self,
+        store: Store,
+        interval: Duration,
+        ctx: crate::supervisor::JobContext,
+    ) -> Result<(), String> {
         loop {
             let n = self.poll_all(&store).await;
             if n > 0 {
                 let _ = store.prune_snapshots().await;
             }
+            ctx.beat();
             let jitter = interval.as_millis() as u64 / 10;
             let offset = if jitter == 0 {
                 0
@@ -192,7 +201,9 @@ impl Poller {
                 u64::from(rand_u32()) % (2 * jitter)
             };
             let wait = interval.as_millis() as u64 - jitter + offset;
-            tokio::time::sleep(Duration::from_millis(wait.max(100))).await;
+            if !ctx.sleep(Duration::from_millis(wait.max(100))).await {
+                return Ok(());
+            }
         }
     }
 }

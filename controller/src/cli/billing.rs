@@ -1,7 +1,6 @@
 //! `controller billing`, `controller rates`, `controller user` and `controller serve`.
 
 use std::io::Read;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -13,7 +12,6 @@ use mai_fleet::billing::{self, fleet_today, Month, MonthReport};
 use mai_fleet::rates::nbp::NbpClient;
 use mai_fleet::rates::{schedule, RateTable};
 use mai_fleet::store::Store;
-use mai_fleet::web::cache::PageCache;
 
 use super::table;
 
@@ -116,65 +114,7 @@ pub enum UserCommand {
     },
 }
 
-#[derive(Args)]
-pub struct ServeArgs {
-    /// Address to listen on
-    #[arg(long, default_value = "127.0.0.1:8080", env = "MAI_FLEET_LISTEN")]
-    pub listen: SocketAddr,
-    /// Mark session cookies Secure (when served behind TLS)
-    #[arg(long, env = "MAI_FLEET_SECURE_COOKIES")]
-    pub secure_cookies: bool,
-    /// Do not fetch NBP rates on a schedule (another controller does)
-    #[arg(long)]
-    pub no_rate_sync: bool,
-    #[arg(long, env = "MAI_FLEET_RATE_TABLE", default_value = "C")]
-    pub rate_table: String,
-    /// The fleet spec whose tenants' keys are checked against OpenRouter (`GET /key`)
-    #[arg(long, env = "MAI_FLEET_SPEC")]
-    pub spec: Option<std::path::PathBuf>,
-    /// Do not evaluate alert rules nor send notifications (another controller does)
-    #[arg(long)]
-    pub no_alerts: bool,
-    /// A file holding the bearer token `/metrics` asks for (owner-only); without it
-    /// (or MAI_FLEET_METRICS_TOKEN) `/metrics` is off
-    #[arg(long, env = "MAI_FLEET_METRICS_TOKEN_FILE")]
-    pub metrics_token_file: Option<std::path::PathBuf>,
-    /// Failed logins one client address may make: COUNT/WINDOW
-    #[arg(long, env = "MAI_FLEET_LOGIN_LIMIT_ADDRESS", default_value = "10/15m")]
-    pub login_limit_address: String,
-    /// Failed logins for one user name, from anywhere: COUNT/WINDOW
-    #[arg(long, env = "MAI_FLEET_LOGIN_LIMIT_USER", default_value = "50/15m")]
-    pub login_limit_user: String,
-    /// Reverse proxies (IP addresses, comma-separated) whose X-Forwarded-For is believed
-    #[arg(long, env = "MAI_FLEET_TRUSTED_PROXIES", value_delimiter = ',')]
-    pub trusted_proxies: Vec<std::net::IpAddr>,
-    /// A session unused this long ends
-    #[arg(long, env = "MAI_FLEET_SESSION_IDLE", default_value = "30m", value_parser = mai_fleet::duration::parse)]
-    pub session_idle: std::time::Duration,
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
-}
-
-/// The metrics token from its file (refused when others may read it) or from
-/// MAI_FLEET_METRICS_TOKEN.
-fn metrics_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
-    let token = match file {
-        Some(path) => Some(mai_fleet::spec::read_secret_file(path).map_err(anyhow::Error::msg)?),
-        None => std::env::var("MAI_FLEET_METRICS_TOKEN").ok(),
-    };
-    let token = token
-        .map(|t| t.trim().to_string())
-        .filter(|t| !t.is_empty());
-    if let Some(t) = &token {
-        anyhow::ensure!(
-            t.len() >= 16,
-            "the metrics token must have at least 16 characters"
-        );
-    }
-    Ok(token)
-}
-
-fn rate_table(text: &str) -> anyhow::Result<RateTable> {
+pub(super) fn rate_table(text: &str) -> anyhow::Result<RateTable> {
     text.parse().map_err(anyhow::Error::msg)
 }
 
@@ -416,73 +356,5 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             "has a new password; their sessions ended"
         }
     );
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let table = rate_table(&args.rate_table)?;
-    let store = Store::connect_sized(&args.database_url, 8).await?;
-    store
-        .migrate()
-        .await
-        .context("migrating the fleet database before serving")?;
-    let ttl = PageCache::ttl_from_env().map_err(anyhow::Error::msg)?;
-    let cache = PageCache::new(ttl);
-    tokio::spawn(std::sync::Arc::clone(&cache).listen(store.pool.clone()));
-    if !args.no_rate_sync {
-        let schedule = schedule::schedule_for(table).map_err(anyhow::Error::msg)?;
-        tokio::spawn(schedule::run(
-            store.clone(),
-            NbpClient::from_env(),
-            table,
-            schedule,
-        ));
-    }
-    if !args.no_alerts {
-        let config = std::sync::Arc::new(mai_fleet::alerts::config::AlertsConfig::from_env()?);
-        if let Some(path) = &args.spec {
-            let spec = mai_fleet::spec::load(path)
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .context("loading the spec for the tenants' keys")?;
-            let interval = mai_fleet::alerts::openrouter::poll_interval_from_env()
-                .map_err(anyhow::Error::msg)?;
-            let poller = mai_fleet::alerts::openrouter::Poller::from_spec(&spec);
-            tokio::spawn(poller.run(store.clone(), interval));
-        } else {
-            eprintln!("serve: no --spec: OpenRouter's ledger is not polled (capture_gap and spend checks need it)");
-        }
-        tokio::spawn(mai_fleet::alerts::evaluate::run_schedule(
-            store.clone(),
-            std::sync::Arc::clone(&config),
-            table,
-        ));
-        mai_fleet::alerts::notify::spawn_senders(store.clone(), config);
-    }
-    let limit = |text: &str, what: &str| {
-        mai_fleet::web::throttle::Limit::parse(text).map_err(|e| anyhow::anyhow!("{what}: {e}"))
-    };
-    let security = mai_fleet::web::Security {
-        throttle: mai_fleet::web::throttle::LoginThrottle::new(mai_fleet::web::throttle::Limits {
-            per_address: limit(&args.login_limit_address, "--login-limit-address")?,
-            per_user: limit(&args.login_limit_user, "--login-limit-user")?,
-        }),
-        metrics_token: metrics_token(args.metrics_token_file.as_deref())?,
-        trusted_proxies: args.trusted_proxies.clone(),
-        idle_timeout: args.session_idle,
-        ..Default::default()
-    };
-    if security.metrics_token.is_none() {
-        eprintln!("serve: /metrics is off (set MAI_FLEET_METRICS_TOKEN_FILE to a file holding a bearer token)");
-    }
-    let state = mai_fleet::web::AppState {
-        store,
-        rate_table: table,
-        secure_cookies: args.secure_cookies,
-        cache,
-        security: std::sync::Arc::new(security),
-    };
-    mai_fleet::web::serve(state, args.listen)
-        .await
-        .with_context(|| format!("serving on {}", args.listen))?;
     Ok(ExitCode::SUCCESS)
 }

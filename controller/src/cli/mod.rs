@@ -3,6 +3,7 @@
 pub mod alerts;
 pub mod apply;
 pub mod billing;
+pub mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -86,7 +87,7 @@ pub enum Command {
     #[command(subcommand)]
     User(billing::UserCommand),
     /// The fleet dashboard, JSON API and /metrics over HTTP; fetches NBP rates on a schedule
-    Serve(billing::ServeArgs),
+    Serve(serve::ServeArgs),
     /// Every tenant's tracking (active/inactive and why), data age and agent (exit 0 all active, 3 not all, 1 error)
     Status {
         #[arg(long, value_enum, default_value_t)]

@@ -91,16 +91,25 @@ pub async fn sync_recent(
 
 /// Runs for as long as the server does: once at start, then on the schedule.
 /// Failures are recorded and logged; the dashboard shows the consequences.
-pub async fn run(store: Store, nbp: NbpClient, table: RateTable, schedule: Schedule) {
+pub async fn run(
+    store: Store,
+    nbp: NbpClient,
+    table: RateTable,
+    schedule: Schedule,
+    ctx: crate::supervisor::JobContext,
+) -> Result<(), String> {
     loop {
         match sync_recent(&store, &nbp, table).await {
-            Ok(n) => eprintln!("rates: NBP table {table}: {n} rate(s) stored"),
-            Err(e) => eprintln!("rates: NBP table {table}: {e}"),
+            Ok(n) => tracing::info!(table = table.code(), stored = n, "NBP rates fetched"),
+            Err(e) => tracing::warn!(table = table.code(), error = %e, "NBP rates not fetched"),
         }
+        ctx.beat();
         let Some(wait) = until_next(&schedule, Warsaw) else {
-            return;
+            return Err("the rate schedule has no next time".into());
         };
-        tokio::time::sleep(wait).await;
+        if !ctx.sleep(wait).await {
+            return Ok(());
+        }
     }
 }
 

@@ -157,10 +157,7 @@ pub async fn login(
     let client = client_address(peer.ip(), &headers, &state.security.trusted_proxies);
     let name = f.name.trim().to_string();
     if let Err(wait) = state.security.throttle.check(client, &name) {
-        eprintln!(
-            "serve: login refused (too many failures) for user {:?} from {client}",
-            shown(&name)
-        );
+        tracing::warn!(user = ?shown(&name), client = %client, "login refused: too many failures");
         return Err(WebError::TooManyAttempts(wait.as_secs().max(1)));
     }
     let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
@@ -184,10 +181,7 @@ pub async fn login(
     .map_err(|e| WebError::Internal(format!("password check: {e}")))?;
     if !(verified && known) {
         state.security.throttle.failed(client, &name);
-        eprintln!(
-            "serve: failed login for user {:?} from {client}",
-            shown(&name)
-        );
+        tracing::warn!(user = ?shown(&name), client = %client, "failed login");
         return login_form(
             &state,
             next,

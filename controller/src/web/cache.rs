@@ -92,28 +92,53 @@ impl PageCache {
 
     /// Listens for changes for as long as the server runs; reconnects after a lost
     /// connection (caching stays off until it is back).
-    pub async fn listen(self: Arc<Self>, pool: PgPool) {
+    pub async fn listen(
+        self: Arc<Self>,
+        pool: PgPool,
+        ctx: crate::supervisor::JobContext,
+    ) -> Result<(), String> {
         if self.ttl.is_zero() {
-            return;
+            ctx.cancelled().await;
+            return Ok(());
         }
+        let failures = mai_fleet_core::log::Repeats::new(Duration::from_secs(300));
         loop {
-            match PgListener::connect_with(&pool).await {
+            let connected = tokio::select! {
+                c = PgListener::connect_with(&pool) => c,
+                _ = ctx.cancelled() => return Ok(()),
+            };
+            match connected {
                 Ok(mut listener) => {
                     if listener.listen(CHANNEL).await.is_ok() {
+                        if failures.clear("listen") {
+                            tracing::info!("page cache on again");
+                        }
                         self.invalidate();
                         self.live.store(true, Ordering::SeqCst);
                         // Ok(None): the connection was lost and remade; notifications
                         // may have been missed in between.
-                        while listener.try_recv().await.is_ok() {
-                            self.invalidate();
+                        loop {
+                            tokio::select! {
+                                r = listener.try_recv() => match r {
+                                    Ok(_) => self.invalidate(),
+                                    Err(_) => break,
+                                },
+                                _ = ctx.cancelled() => return Ok(()),
+                            }
                         }
                     }
                 }
-                Err(e) => eprintln!("serve: page cache off, cannot listen for changes: {e}"),
+                Err(e) => {
+                    if let Some(held_back) = failures.check("listen") {
+                        tracing::warn!(held_back, error = %e, "page cache off: cannot listen for changes");
+                    }
+                }
             }
             self.live.store(false, Ordering::SeqCst);
             self.invalidate();
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            if !ctx.sleep(Duration::from_secs(1)).await {
+                return Ok(());
+            }
         }
     }
 }

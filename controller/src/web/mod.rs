@@ -14,8 +14,6 @@ mod tenants;
 pub mod throttle;
 mod view;
 
-use std::net::SocketAddr;
-
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -36,6 +34,8 @@ pub struct AppState {
     pub secure_cookies: bool,
     pub cache: std::sync::Arc<cache::PageCache>,
     pub security: std::sync::Arc<Security>,
+    /// The background jobs and the database as last seen, for `/healthz`.
+    pub health: std::sync::Arc<crate::supervisor::Health>,
 }
 
 /// The dashboard's defences (docs/security.md), set at `serve`.
@@ -99,7 +99,7 @@ impl IntoResponse for WebError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
-            eprintln!("serve: error: {self}");
+            tracing::error!(error = %self, "request failed");
             "internal error; the controller's log says what went wrong".to_string()
         } else {
             self.to_string()
@@ -151,7 +151,27 @@ pub fn router(state: AppState) -> Router {
             request_timeout,
         ))
         .layer(axum::middleware::from_fn(security_headers))
+        .layer(axum::middleware::from_fn(access_log))
         .with_state(state)
+}
+
+/// One line per request: method, path (without its query, which may carry a
+/// `next=`), status and latency. Target `mai_fleet::access`, so that it can be
+/// filtered on its own (`RUST_LOG=info,mai_fleet::access=warn`).
+async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().chars().take(200).collect::<String>();
+    let res = next.run(req).await;
+    tracing::info!(
+        target: "mai_fleet::access",
+        method = %method,
+        path = path.as_str(),
+        status = res.status().as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    res
 }
 
 /// The fleet page's refresh, as a file: the CSP allows no inline script.
@@ -203,17 +223,19 @@ async fn security_headers(req: axum::extract::Request, next: axum::middleware::N
     res
 }
 
-/// Serves until SIGTERM/SIGINT. Each connection has `header_timeout` to send a
+/// Serves until `stop` is cancelled. Each connection has `header_timeout` to send a
 /// request's headers (a client that trickles them, slowloris, is cut off).
-pub async fn serve(state: AppState, listen: SocketAddr) -> std::io::Result<()> {
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::ServiceExt;
 
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    eprintln!("serve: dashboard on http://{}", listener.local_addr()?);
     let header_timeout = state.security.header_timeout;
     let app = router(state);
-    let mut stop = std::pin::pin!(shutdown_signal());
+    let mut stop = std::pin::pin!(stop.cancelled());
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -221,7 +243,7 @@ pub async fn serve(state: AppState, listen: SocketAddr) -> std::io::Result<()> {
                 Ok(a) => a,
                 // Out of file descriptors and the like: wait a little, go on.
                 Err(e) => {
-                    eprintln!("serve: accept: {e}");
+                    tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 }
@@ -253,7 +275,8 @@ pub async fn serve(state: AppState, listen: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves at SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {
