@@ -1,13 +1,16 @@
-//! Plan and apply a whole fleet: every host observed and planned in parallel, then
-//! executed in parallel, host by host independent.
+//! The apply use case: a fleet's hosts observed and planned in parallel, then
+//! executed in parallel (hosts independent), recorded in the fleet database when one
+//! is given. The CLI, tests and benchmarks call [`run`]; they only render.
 
 use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
-use crate::docker::{self, DockerError, Engine, ExecuteOptions, Outcome, Progress};
+use crate::docker::{self, DockerError, Engine, ExecuteOptions, Outcome, Progress, Status};
 use crate::plan::{self, Action, DesiredContainer, PlanError};
-use crate::spec::FleetSpec;
+use crate::spec::{FleetSpec, TenantSpec};
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
@@ -15,6 +18,8 @@ pub enum FleetError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error("tenant {tenant}: host `{host}` is not in the spec")]
+    UnknownHost { tenant: String, host: String },
 }
 
 pub struct HostPlan {
@@ -22,10 +27,18 @@ pub struct HostPlan {
     pub actions: Vec<Action>,
 }
 
+/// A tenant of the spec and the container it wants: kept together, never matched up
+/// by position.
+#[derive(Clone)]
+pub struct DesiredTenant {
+    pub spec: TenantSpec,
+    pub container: DesiredContainer,
+}
+
 pub struct FleetPlan {
     pub hosts: Vec<HostPlan>,
     /// One per tenant of the spec, in spec order.
-    pub desired: Vec<DesiredContainer>,
+    pub desired: Vec<DesiredTenant>,
 }
 
 impl FleetPlan {
@@ -49,28 +62,41 @@ impl FleetPlan {
     }
 }
 
+/// Every tenant with its desired container; a tenant whose host the spec lacks is an
+/// error (validation makes it impossible; a dropped tenant must never pass silently).
+pub fn desired(spec: &FleetSpec) -> Result<Vec<DesiredTenant>, FleetError> {
+    spec.tenants
+        .iter()
+        .map(|t| {
+            let host = spec
+                .hosts
+                .iter()
+                .find(|h| h.name == t.host)
+                .ok_or_else(|| FleetError::UnknownHost {
+                    tenant: t.id.clone(),
+                    host: t.host.clone(),
+                })?;
+            Ok(DesiredTenant {
+                spec: t.clone(),
+                container: DesiredContainer::new(&spec.fleet, host, t),
+            })
+        })
+        .collect()
+}
+
 /// Connects to every host and plans it; any host that cannot be planned fails the
 /// whole plan (all such errors are returned), so that nothing is half-applied.
 pub async fn plan_fleet(spec: &FleetSpec, prune: bool) -> Result<FleetPlan, Vec<FleetError>> {
-    let desired: Vec<DesiredContainer> = spec
-        .tenants
-        .iter()
-        .filter_map(|t| {
-            let host = spec.hosts.iter().find(|h| h.name == t.host)?;
-            Some(DesiredContainer::new(&spec.fleet, host, t))
-        })
-        .collect();
+    let desired = desired(spec).map_err(|e| vec![e])?;
     let planned = join_all(spec.hosts.iter().map(|host| {
         let desired = &desired;
         async move {
             let engine = Engine::connect(host).await?;
             let (observed, others) = engine.observe().await?;
-            let mine: Vec<DesiredContainer> = spec
-                .tenants
+            let mine: Vec<DesiredContainer> = desired
                 .iter()
-                .zip(desired)
-                .filter(|(t, _)| t.host == host.name)
-                .map(|(_, d)| d.clone())
+                .filter(|d| d.spec.host == host.name)
+                .map(|d| d.container.clone())
                 .collect();
             let actions = plan::plan_host(&spec.fleet, host, &mine, &observed, &others, prune)?;
             Ok::<_, FleetError>(HostPlan { engine, actions })
@@ -104,4 +130,158 @@ pub async fn apply_fleet(
     )
     .await;
     per_host.into_iter().flatten().collect()
+}
+
+/// How an apply runs.
+pub struct ApplyOptions {
+    /// Remove managed containers of the fleet that are not in the spec.
+    pub prune: bool,
+    /// Plan only.
+    pub dry_run: bool,
+    pub execute: ExecuteOptions,
+    /// Who applies, as recorded.
+    pub actor: String,
+}
+
+/// Where an apply is recorded: the fleet database, and its URL for the session that
+/// holds the fleet's apply lock.
+pub struct Recorder<'a> {
+    pub store: &'a Store,
+    pub database_url: &'a str,
+}
+
+/// Told what happens as it happens: the plan once made (with the run's id when
+/// recorded), then each step of each tenant.
+pub struct Hooks<'a> {
+    pub planned: &'a (dyn Fn(&FleetSpec, &FleetPlan, Option<i64>) + Sync),
+    pub step: &'a Progress,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Some hosts could not be observed or planned; nothing was changed.
+    #[error("{} host(s) could not be planned; nothing was changed", .0.len())]
+    Plan(Vec<FleetError>),
+    /// The apply could not be recorded before it began; nothing was changed.
+    #[error("the apply cannot be recorded; nothing was changed: {0}")]
+    Record(#[source] StoreError),
+    /// The containers were changed but the results could not be recorded.
+    #[error("recording apply run #{run_id}: {source}")]
+    Finish {
+        run_id: i64,
+        outcomes: Vec<Outcome>,
+        #[source]
+        source: StoreError,
+    },
+}
+
+pub struct ApplyReport {
+    pub plan: FleetPlan,
+    /// Sorted by host, then tenant. Empty for a dry run.
+    pub outcomes: Vec<Outcome>,
+    pub run_id: Option<i64>,
+    /// The run's recorded status (`ok`, `partial`, …).
+    pub recorded: Option<&'static str>,
+    pub elapsed: Duration,
+    pub dry_run: bool,
+}
+
+impl ApplyReport {
+    /// Whether every tenant ended ok.
+    pub fn all_ok(&self) -> bool {
+        self.outcomes.iter().all(|o| o.status == Status::Ok)
+    }
+}
+
+/// lock → plan → record the plan → execute → record the results. With a recorder,
+/// an apply that cannot be recorded does not start; the fleet's apply lock is held
+/// throughout.
+pub async fn run(
+    spec: &FleetSpec,
+    opts: &ApplyOptions,
+    recorder: Option<&Recorder<'_>>,
+    hooks: &Hooks<'_>,
+) -> Result<ApplyReport, ApplyError> {
+    let lock = match recorder {
+        Some(r) => {
+            r.store.migrate().await.map_err(ApplyError::Record)?;
+            Some(
+                r.store
+                    .lock_fleet(r.database_url, &spec.fleet)
+                    .await
+                    .map_err(ApplyError::Record)?,
+            )
+        }
+        None => None,
+    };
+    let plan = plan_fleet(spec, opts.prune)
+        .await
+        .map_err(ApplyError::Plan)?;
+    if opts.dry_run {
+        (hooks.planned)(spec, &plan, None);
+        return Ok(ApplyReport {
+            plan,
+            outcomes: Vec::new(),
+            run_id: None,
+            recorded: None,
+            elapsed: Duration::ZERO,
+            dry_run: true,
+        });
+    }
+    let run_id = match recorder {
+        Some(r) => {
+            let e = &opts.execute;
+            let options = serde_json::json!({
+                "prune": opts.prune, "purge_data": e.purge_data, "parallel": e.parallel,
+                "max_failures": e.max_failures, "settle_ms": e.verify.settle.as_millis() as u64,
+                "verify_timeout_ms": e.verify.timeout.as_millis() as u64,
+            });
+            Some(
+                r.store
+                    .begin_run(
+                        spec,
+                        &opts.actor,
+                        &spec.source_sha256,
+                        options,
+                        plan.to_json(&spec.fleet),
+                    )
+                    .await
+                    .map_err(ApplyError::Record)?,
+            )
+        }
+        None => None,
+    };
+    (hooks.planned)(spec, &plan, run_id);
+    let started = Instant::now();
+    let mut outcomes = apply_fleet(&plan, &opts.execute, hooks.step).await;
+    outcomes.sort_by(|a, b| (&a.host, &a.tenant).cmp(&(&b.host, &b.tenant)));
+    let recorded = match (recorder, run_id) {
+        (Some(r), Some(id)) => {
+            let pairs: Vec<(&TenantSpec, &DesiredContainer)> = plan
+                .desired
+                .iter()
+                .map(|d| (&d.spec, &d.container))
+                .collect();
+            match r.store.finish_run(id, spec, &pairs, &outcomes).await {
+                Ok(status) => Some(status),
+                Err(source) => {
+                    return Err(ApplyError::Finish {
+                        run_id: id,
+                        outcomes,
+                        source,
+                    })
+                }
+            }
+        }
+        _ => None,
+    };
+    drop(lock);
+    Ok(ApplyReport {
+        plan,
+        outcomes,
+        run_id,
+        recorded,
+        elapsed: started.elapsed(),
+        dry_run: false,
+    })
 }

@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod apply;
 pub mod billing;
+pub mod crypto;
 pub mod docker;
 pub use mai_fleet_core::duration;
 pub mod http;

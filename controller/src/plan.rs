@@ -120,7 +120,7 @@ impl DesiredContainer {
     pub fn spec_hash(&self) -> String {
         let canonical = serde_json::to_vec(self).unwrap_or_default();
         let digest = Sha256::digest(&canonical);
-        format!("{SPEC_HASH_VERSION}-{}", crate::spec::hex(&digest[..16]))
+        format!("{SPEC_HASH_VERSION}-{}", crate::crypto::hex(&digest[..16]))
     }
 
     pub fn hash_label(&self) -> &str {

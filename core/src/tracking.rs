@@ -2,11 +2,6 @@
 //! read by the controller's pages, alerts and `status`. One enum each, one string
 //! mapping each (serde, Postgres and `Display` all go through `as_str`).
 
-use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Serialize};
-
 #[derive(Debug, thiserror::Error)]
 #[error("`{value}` is not a {what}")]
 pub struct UnknownValue {
@@ -14,13 +9,25 @@ pub struct UnknownValue {
     value: String,
 }
 
-/// Declares a string-valued enum with its one mapping, serde and sqlx (TEXT) support.
+impl UnknownValue {
+    /// `value` is kept short: it may be anybody's text.
+    pub fn new(what: &'static str, value: &str) -> Self {
+        Self {
+            what,
+            value: value.chars().take(40).collect(),
+        }
+    }
+}
+
+/// Declares a string-valued enum with its one string mapping (`as_str`), used by
+/// serde, sqlx (as TEXT), `FromStr` and `Display` alike.
+#[macro_export]
 macro_rules! text_enum {
-    ($(#[$meta:meta])* $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident, $what:literal { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, ::serde::Serialize, ::serde::Deserialize)]
         #[serde(try_from = "String", into = "&'static str")]
-        pub enum $name {
+        $vis enum $name {
             $($(#[$vmeta])* $variant),+
         }
 
@@ -34,19 +41,19 @@ macro_rules! text_enum {
             }
         }
 
-        impl FromStr for $name {
-            type Err = UnknownValue;
-            fn from_str(s: &str) -> Result<Self, UnknownValue> {
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::tracking::UnknownValue;
+            fn from_str(s: &str) -> Result<Self, $crate::tracking::UnknownValue> {
                 match s {
                     $($text => Ok($name::$variant),)+
-                    _ => Err(UnknownValue { what: $what, value: s.chars().take(40).collect() }),
+                    _ => Err($crate::tracking::UnknownValue::new($what, s)),
                 }
             }
         }
 
         impl TryFrom<String> for $name {
-            type Error = UnknownValue;
-            fn try_from(s: String) -> Result<Self, UnknownValue> {
+            type Error = $crate::tracking::UnknownValue;
+            fn try_from(s: String) -> Result<Self, $crate::tracking::UnknownValue> {
                 s.parse()
             }
         }
@@ -57,33 +64,33 @@ macro_rules! text_enum {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl sqlx::Type<sqlx::Postgres> for $name {
-            fn type_info() -> sqlx::postgres::PgTypeInfo {
-                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+        impl ::sqlx::Type<::sqlx::Postgres> for $name {
+            fn type_info() -> ::sqlx::postgres::PgTypeInfo {
+                <&str as ::sqlx::Type<::sqlx::Postgres>>::type_info()
             }
-            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
-                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            fn compatible(ty: &::sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as ::sqlx::Type<::sqlx::Postgres>>::compatible(ty)
             }
         }
 
-        impl<'q> sqlx::Encode<'q, sqlx::Postgres> for $name {
+        impl<'q> ::sqlx::Encode<'q, ::sqlx::Postgres> for $name {
             fn encode_by_ref(
                 &self,
-                buf: &mut sqlx::postgres::PgArgumentBuffer,
-            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-                <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.as_str(), buf)
+                buf: &mut ::sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<::sqlx::encode::IsNull, ::sqlx::error::BoxDynError> {
+                <&str as ::sqlx::Encode<::sqlx::Postgres>>::encode(self.as_str(), buf)
             }
         }
 
-        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $name {
-            fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
-                let text = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        impl<'r> ::sqlx::Decode<'r, ::sqlx::Postgres> for $name {
+            fn decode(value: ::sqlx::postgres::PgValueRef<'r>) -> Result<Self, ::sqlx::error::BoxDynError> {
+                let text = <&str as ::sqlx::Decode<::sqlx::Postgres>>::decode(value)?;
                 Ok(text.parse()?)
             }
         }
@@ -92,7 +99,7 @@ macro_rules! text_enum {
 
 text_enum! {
     /// Whether a tenant's usage is being recorded.
-    Tracking, "tracking state" {
+    pub enum Tracking, "tracking state" {
         /// Everything the agent checks is in order.
         Active = "active",
         /// Something stops usage from being recorded; the health's reasons say what.
@@ -104,7 +111,7 @@ text_enum! {
 
 text_enum! {
     /// What the agent found of a tenant's usage store.
-    StoreStatus, "store status" {
+    pub enum StoreStatus, "store status" {
         Ok = "ok",
         Missing = "missing",
         Unreadable = "unreadable",

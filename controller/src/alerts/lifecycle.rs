@@ -2,96 +2,13 @@
 //! reconcile function — desired (candidates) + observed (stored alerts, silences)
 //! → transitions and notifications.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 use super::config::AlertsConfig;
-use super::{Candidate, Rule};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Pending,
-    Firing,
-    Resolved,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Pending => "pending",
-            State::Firing => "firing",
-            State::Resolved => "resolved",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<State> {
-        match s {
-            "pending" => Some(State::Pending),
-            "firing" => Some(State::Firing),
-            "resolved" => Some(State::Resolved),
-            _ => None,
-        }
-    }
-}
-
-/// An alert as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Alert {
-    pub fingerprint: String,
-    pub rule: Rule,
-    pub tenant: Option<String>,
-    pub labels: BTreeMap<String, String>,
-    pub summary: String,
-    pub description: String,
-    pub state: State,
-    pub active_since: DateTime<Utc>,
-    pub fired_at: Option<DateTime<Utc>>,
-    pub resolved_at: Option<DateTime<Utc>>,
-    pub last_seen_at: DateTime<Utc>,
-    pub last_notified_at: Option<DateTime<Utc>>,
-    pub notified_state: Option<State>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Silence {
-    pub id: i64,
-    pub tenant: Option<String>,
-    pub rule: Option<Rule>,
-}
-
-impl Silence {
-    pub fn matches(&self, a: &Alert) -> bool {
-        self.tenant
-            .as_ref()
-            .is_none_or(|t| a.tenant.as_ref() == Some(t))
-            && self.rule.is_none_or(|r| r == a.rule)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Transition {
-    pub fingerprint: String,
-    pub rule: Rule,
-    pub tenant: Option<String>,
-    pub from: Option<State>,
-    pub to: State,
-    pub summary: String,
-}
-
-/// What one evaluation changes.
-#[derive(Debug, Default)]
-pub struct Step {
-    /// Every alert whose row changes (state, last seen, annotations, notification).
-    pub upserts: Vec<Alert>,
-    pub transitions: Vec<Transition>,
-    /// Alerts to tell the receivers about, as firing or resolved.
-    pub notify: Vec<(Alert, State)>,
-    /// Firing alerts kept quiet by a silence this cycle.
-    pub silenced: usize,
-}
+use super::Candidate;
+pub use crate::store::model::{Alert, Rule, Silence, State, Step, Transition};
 
 /// `open` are the stored alerts not resolved; `candidates` what the rules found now.
 pub fn reconcile(

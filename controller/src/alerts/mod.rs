@@ -13,79 +13,11 @@ pub mod notify;
 pub mod openrouter;
 pub mod rules;
 
+pub use crate::store::model::Rule;
+
 use std::collections::BTreeMap;
-use std::fmt;
-use std::str::FromStr;
 
-use serde::Serialize;
 use sha2::{Digest, Sha256};
-
-/// The rules, by the names alerts carry as `alertname`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Rule {
-    TrackingInactive,
-    CaptureGap,
-    AgentSilent,
-    ContainerDown,
-    Budget80,
-    Budget100,
-    ExchangeRateMissing,
-    StoreRegression,
-}
-
-impl Rule {
-    pub const ALL: [Rule; 8] = [
-        Rule::TrackingInactive,
-        Rule::CaptureGap,
-        Rule::AgentSilent,
-        Rule::ContainerDown,
-        Rule::Budget80,
-        Rule::Budget100,
-        Rule::ExchangeRateMissing,
-        Rule::StoreRegression,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Rule::TrackingInactive => "tracking_inactive",
-            Rule::CaptureGap => "capture_gap",
-            Rule::AgentSilent => "agent_silent",
-            Rule::ContainerDown => "container_down",
-            Rule::Budget80 => "budget_80",
-            Rule::Budget100 => "budget_100",
-            Rule::ExchangeRateMissing => "exchange_rate_missing",
-            Rule::StoreRegression => "store_regression",
-        }
-    }
-
-    pub fn severity(self) -> &'static str {
-        match self {
-            Rule::TrackingInactive | Rule::CaptureGap | Rule::Budget100 => "critical",
-            Rule::AgentSilent | Rule::ContainerDown | Rule::StoreRegression => "warning",
-            Rule::Budget80 | Rule::ExchangeRateMissing => "info",
-        }
-    }
-}
-
-impl fmt::Display for Rule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Rule {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Rule::ALL
-            .into_iter()
-            .find(|r| r.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = Rule::ALL.iter().map(|r| r.name()).collect();
-                format!("`{s}` is not a rule; the rules are {}", names.join(", "))
-            })
-    }
-}
 
 /// A rule's finding for one tenant (or host, or the fleet) in this cycle.
 #[derive(Debug, Clone, PartialEq)]
@@ -139,7 +71,7 @@ pub fn fingerprint(labels: &BTreeMap<String, String>) -> String {
         h.update(v.as_bytes());
         h.update([0xfe]);
     }
-    crate::spec::hex(&h.finalize()[..8])
+    crate::crypto::hex(&h.finalize()[..8])
 }
 
 #[cfg(test)]
@@ -175,6 +107,7 @@ mod tests {
         assert!("budget"
             .parse::<Rule>()
             .unwrap_err()
+            .to_string()
             .contains("tracking_inactive"));
     }
 }

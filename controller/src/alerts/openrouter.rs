@@ -209,7 +209,7 @@ impl Poller {
 }
 
 fn rand_u32() -> u32 {
-    crate::spec::random_bytes::<4>()
+    crate::crypto::random_bytes::<4>()
         .map(u32::from_le_bytes)
         .unwrap_or(0)
 }

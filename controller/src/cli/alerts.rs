@@ -10,9 +10,8 @@ use mai_fleet::alerts::config::AlertsConfig;
 use mai_fleet::alerts::openrouter::Poller;
 use mai_fleet::alerts::{evaluate, notify, Rule};
 use mai_fleet::rates::RateTable;
-use mai_fleet::store::Store;
 
-use super::{table, OutputFormat};
+use super::{out, outln, table, DatabaseArgs, OutputFormat};
 
 #[derive(Subcommand)]
 pub enum AlertsCommand {
@@ -20,10 +19,10 @@ pub enum AlertsCommand {
     List {
         #[arg(long)]
         all: bool,
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, default_value = "text", value_parser = OutputFormat::text_or_json())]
         output: OutputFormat,
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
+        #[command(flatten)]
+        db: DatabaseArgs,
     },
     /// Keep a tenant's alerts, a rule's, or a rule's for one tenant quiet for a while
     Silence {
@@ -36,16 +35,16 @@ pub enum AlertsCommand {
         duration: std::time::Duration,
         #[arg(long, default_value = "")]
         comment: String,
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, default_value = "text", value_parser = OutputFormat::text_or_json())]
         output: OutputFormat,
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
+        #[command(flatten)]
+        db: DatabaseArgs,
     },
     /// End a silence now
     Unsilence {
         id: i64,
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
+        #[command(flatten)]
+        db: DatabaseArgs,
     },
     /// One evaluation cycle now, then one delivery attempt per receiver (cron or tests)
     Evaluate {
@@ -54,19 +53,19 @@ pub enum AlertsCommand {
         spec: Option<PathBuf>,
         #[arg(long, env = "MAI_FLEET_RATE_TABLE", default_value = "C")]
         rate_table: String,
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, default_value = "text", value_parser = OutputFormat::text_or_json())]
         output: OutputFormat,
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
+        #[command(flatten)]
+        db: DatabaseArgs,
     },
     /// The delivery log: every notification, its receiver, attempts and last error
     Deliveries {
         #[arg(long, default_value_t = 50)]
         limit: i64,
-        #[arg(long, value_enum, default_value_t)]
+        #[arg(long, default_value = "text", value_parser = OutputFormat::text_or_json())]
         output: OutputFormat,
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
+        #[command(flatten)]
+        db: DatabaseArgs,
     },
 }
 
@@ -78,15 +77,11 @@ fn actor() -> String {
 
 pub async fn run(cmd: AlertsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        AlertsCommand::List {
-            all,
-            output,
-            database_url,
-        } => {
-            let store = Store::connect(&database_url).await?;
+        AlertsCommand::List { all, output, db } => {
+            let store = db.connect().await?;
             let alerts = store.alerts_listed(all).await?;
             if let OutputFormat::Json = output {
-                println!("{}", serde_json::to_string_pretty(&alerts)?);
+                outln!("{}", serde_json::to_string_pretty(&alerts)?)?;
             } else {
                 let mut rows = vec![["STATE", "RULE", "TENANT", "SINCE", "SUMMARY"]
                     .map(String::from)
@@ -106,7 +101,7 @@ pub async fn run(cmd: AlertsCommand) -> anyhow::Result<ExitCode> {
                             .to_string(),
                     ]);
                 }
-                print!("{}", table(&rows));
+                out!("{}", table(&rows))?;
             }
             let firing = alerts.iter().any(|a| a.state == "firing");
             Ok(ExitCode::from(if firing { 3 } else { 0 }))
@@ -117,7 +112,7 @@ pub async fn run(cmd: AlertsCommand) -> anyhow::Result<ExitCode> {
             duration,
             comment,
             output,
-            database_url,
+            db,
         } => {
             anyhow::ensure!(
                 tenant.is_some() || rule.is_some(),
@@ -127,8 +122,7 @@ pub async fn run(cmd: AlertsCommand) -> anyhow::Result<ExitCode> {
                 .map(|r| r.parse::<Rule>())
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
-            let store = Store::connect(&database_url).await?;
-            store.migrate().await?;
+            let store = db.migrated().await?;
             let s = store
                 .add_silence(
                     tenant.as_deref(),
@@ -139,8 +133,8 @@ pub async fn run(cmd: AlertsCommand) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
             match output {
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&s)?),
-                OutputFormat::Text => println!(
+                OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&s)?)?,
+                _ => outln!(
                     "silence #{} until {} ({}{})",
                     s.id,
                     s.expires_at.format("%Y-%m-%d %H:%M:%S UTC"),
@@ -152,12 +146,12 @@ pub async fn run(cmd: AlertsCommand) -> anyhow::Result<ExitCode> {
                         .as_deref()
                         .map(|r| format!(" rule {r}"))
                         .unwrap_or_default()
-                ),
+                )?,
             }
             Ok(ExitCode::SUCCESS)
         }
-        AlertsCommand::Unsilence { id, database_url } => {
-            let store = Store::connect(&database_url).await?;
+        AlertsCommand::Unsilence { id, db } => {
+            let store = db.connect().await?;
             anyhow::ensure!(store.end_silence(id).await?, "no active silence #{id}");
             eprintln!("silence #{id} ended");
             Ok(ExitCode::SUCCESS)
@@ -166,12 +160,11 @@ pub async fn run(cmd: AlertsCommand) -> anyhow::Result<ExitCode> {
             spec,
             rate_table,
             output,
-            database_url,
+            db,
         } => {
             let config = AlertsConfig::from_env()?;
             let table: RateTable = rate_table.parse().map_err(anyhow::Error::msg)?;
-            let store = Store::connect(&database_url).await?;
-            store.migrate().await?;
+            let store = db.migrated().await?;
             let mut polled = 0;
             if let Some(path) = spec {
                 let spec = mai_fleet::spec::load(&path)
@@ -187,13 +180,13 @@ pub async fn run(cmd: AlertsCommand) -> anyhow::Result<ExitCode> {
                 sent += notify::deliver_due(&store, &config, r, &http).await?;
             }
             match output {
-                OutputFormat::Json => println!(
+                OutputFormat::Json => outln!(
                     "{}",
                     serde_json::json!({"snapshots": polled, "duration_ms": report.duration.as_millis() as u64, "queries": report.queries,
                         "findings": report.candidates, "changes": report.transitions, "queued": report.notifications,
                         "silenced": report.silenced, "sent": sent})
-                ),
-                OutputFormat::Text => eprintln!(
+                )?,
+                _ => eprintln!(
                     "alerts: {} snapshot(s); cycle {} ms, {} queries: {} finding(s), {} change(s), {} queued, {} silenced, {} sent",
                     polled,
                     report.duration.as_millis(),
@@ -207,15 +200,11 @@ pub async fn run(cmd: AlertsCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        AlertsCommand::Deliveries {
-            limit,
-            output,
-            database_url,
-        } => {
-            let store = Store::connect(&database_url).await?;
+        AlertsCommand::Deliveries { limit, output, db } => {
+            let store = db.connect().await?;
             let log = store.deliveries(limit).await?;
             if let OutputFormat::Json = output {
-                println!("{}", serde_json::to_string_pretty(&log)?);
+                outln!("{}", serde_json::to_string_pretty(&log)?)?;
             } else {
                 let mut rows = vec![[
                     "ID",
@@ -239,7 +228,7 @@ pub async fn run(cmd: AlertsCommand) -> anyhow::Result<ExitCode> {
                         d.last_error.clone().unwrap_or_default(),
                     ]);
                 }
-                print!("{}", table(&rows));
+                out!("{}", table(&rows))?;
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -2,17 +2,17 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
-use sha2::{Digest, Sha256};
 
-use mai_fleet::apply::{apply_fleet, plan_fleet};
-use mai_fleet::docker::{status_word, ExecuteOptions, Outcome, Status, VerifyOptions};
+use mai_fleet::apply::{self, ApplyError, ApplyOptions, ApplyReport, FleetPlan, Hooks, Recorder};
+use mai_fleet::docker::{ExecuteOptions, Outcome, Status, VerifyOptions};
+use mai_fleet::spec::FleetSpec;
 use mai_fleet::store::Store;
 
-use super::{describe, print_plan, report_fleet_errors, table, OutputFormat};
+use super::plan::{describe, print_plan};
+use super::{out, outln, report_fleet_errors, table, OutputFormat};
 use mai_fleet::duration::parse as parse_duration;
 
 #[derive(Args)]
@@ -45,68 +45,79 @@ pub struct ApplyArgs {
     /// Fleet database to record the apply in; without it nothing is recorded
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, default_value = "text", value_parser = OutputFormat::text_or_json())]
     pub output: OutputFormat,
 }
 
 pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
-    let Some(spec) = crate::load_or_report(&args.file, args.output) else {
+    let Some(spec) = super::load_or_report(&args.file, args.output) else {
         return Ok(ExitCode::from(1));
     };
-    let spec_text =
-        std::fs::read(&args.file).with_context(|| format!("read {}", args.file.display()))?;
-    let spec_sha = mai_fleet::spec::hex(&Sha256::digest(&spec_text));
-
-    // Record-keeping is set up before anything changes: an apply that cannot be
-    // recorded when a database is configured does not run.
-    let recording = match &args.database_url {
-        Some(url) => {
-            let store = Store::connect(url).await?;
-            store.migrate().await?;
-            let lock = store.lock_fleet(url, &spec.fleet).await?;
-            Some((store, lock))
-        }
+    let store = match &args.database_url {
+        Some(url) => Some(Store::connect(url).await?),
         None => None,
     };
-
-    let plan = match plan_fleet(&spec, args.prune).await {
-        Ok(p) => p,
-        Err(errors) => return Ok(report_fleet_errors(&errors)),
+    let recorder = match (&store, &args.database_url) {
+        (Some(store), Some(url)) => Some(Recorder {
+            store,
+            database_url: url,
+        }),
+        _ => None,
     };
-    if args.dry_run {
-        print_plan(&spec, &plan, args.output)?;
-        eprintln!("dry run: nothing was changed");
+    let opts = ApplyOptions {
+        prune: args.prune,
+        dry_run: args.dry_run,
+        execute: ExecuteOptions {
+            parallel: usize::from(args.parallel),
+            verify: VerifyOptions {
+                settle: args.settle,
+                timeout: args.verify_timeout,
+                ..VerifyOptions::default()
+            },
+            stop_timeout_s: args.stop_timeout,
+            purge_data: args.purge_data,
+            max_failures: args.max_failures,
+        },
+        actor: actor(),
+    };
+    let (output, dry_run) = (args.output, args.dry_run);
+    let planned = move |spec: &FleetSpec, plan: &FleetPlan, run_id: Option<i64>| {
+        if dry_run {
+            // A failure to print is a broken pipe: nothing to tell anyone.
+            let _ = print_plan(spec, plan, output);
+            eprintln!("dry run: nothing was changed");
+            return;
+        }
+        announce(spec, plan, run_id);
+    };
+    let step = |host: &str, tenant: &str, msg: &str| {
+        eprintln!("  {host}/{tenant}: {msg}");
+    };
+    let hooks = Hooks {
+        planned: &planned,
+        step: &step,
+    };
+    let report = match apply::run(&spec, &opts, recorder.as_ref(), &hooks).await {
+        Ok(r) => r,
+        Err(ApplyError::Plan(errors)) => return Ok(report_fleet_errors(&errors)),
+        Err(e @ ApplyError::Finish { .. }) => return Err(e.into()),
+        Err(ApplyError::Record(e)) => return Err(e.into()),
+    };
+    if report.dry_run {
         return Ok(ExitCode::SUCCESS);
     }
+    print_report(&report, args.output)?;
+    Ok(ExitCode::from(if report.all_ok() { 0 } else { 3 }))
+}
 
-    let run_id = match &recording {
-        Some((store, _)) => {
-            let options = serde_json::json!({
-                "prune": args.prune, "purge_data": args.purge_data, "parallel": args.parallel,
-                "max_failures": args.max_failures, "settle_ms": args.settle.as_millis() as u64,
-                "verify_timeout_ms": args.verify_timeout.as_millis() as u64,
-            });
-            Some(
-                store
-                    .begin_run(
-                        &spec,
-                        &actor(),
-                        &spec_sha,
-                        options,
-                        plan.to_json(&spec.fleet),
-                    )
-                    .await?,
-            )
-        }
-        None => None,
-    };
-
-    let total_changes = plan.changes();
+/// What is about to change, before it changes.
+fn announce(spec: &FleetSpec, plan: &FleetPlan, run_id: Option<i64>) {
     eprintln!(
-        "applying fleet `{}`: {} host(s), {} tenant(s), {total_changes} change(s){}",
+        "applying fleet `{}`: {} host(s), {} tenant(s), {} change(s){}",
         spec.fleet,
         spec.hosts.len(),
         spec.tenants.len(),
+        plan.changes(),
         run_id
             .map(|id| format!(", apply run #{id}"))
             .unwrap_or_default()
@@ -122,41 +133,19 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let started = Instant::now();
-    let opts = ExecuteOptions {
-        parallel: usize::from(args.parallel),
-        verify: VerifyOptions {
-            settle: args.settle,
-            timeout: args.verify_timeout,
-            ..VerifyOptions::default()
-        },
-        stop_timeout_s: args.stop_timeout,
-        purge_data: args.purge_data,
-        max_failures: args.max_failures,
-    };
-    let progress = |host: &str, tenant: &str, msg: &str| {
-        eprintln!("  {host}/{tenant}: {msg}");
-    };
-    let mut outcomes = apply_fleet(&plan, &opts, &progress).await;
-    outcomes.sort_by(|a, b| (&a.host, &a.tenant).cmp(&(&b.host, &b.tenant)));
-
-    let recorded = match (&recording, run_id) {
-        (Some((store, _)), Some(id)) => Some(
-            store
-                .finish_run(id, &spec, &plan.desired, &outcomes)
-                .await
-                .with_context(|| format!("recording apply run #{id}"))?,
-        ),
-        _ => None,
-    };
-    drop(recording);
-
-    report(&outcomes, args.output, started.elapsed(), run_id, recorded)?;
-    let failed = outcomes.iter().any(|o| o.status != Status::Ok);
-    Ok(ExitCode::from(if failed { 3 } else { 0 }))
 }
 
-fn report(
+fn print_report(report: &ApplyReport, output: OutputFormat) -> anyhow::Result<()> {
+    report_outcomes(
+        &report.outcomes,
+        output,
+        report.elapsed,
+        report.run_id,
+        report.recorded,
+    )
+}
+
+fn report_outcomes(
     outcomes: &[Outcome],
     output: OutputFormat,
     elapsed: Duration,
@@ -165,14 +154,14 @@ fn report(
 ) -> anyhow::Result<()> {
     let count = |s: Status| outcomes.iter().filter(|o| o.status == s).count();
     match output {
-        OutputFormat::Json => println!(
+        OutputFormat::Json => outln!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "run_id": run_id, "status": recorded, "elapsed_ms": elapsed.as_millis() as u64,
                 "results": outcomes,
             }))?
-        ),
-        OutputFormat::Text => {
+        )?,
+        _ => {
             let mut rows = vec![["HOST", "TENANT", "ACTION", "RESULT", "TIME", "DETAIL"]
                 .map(String::from)
                 .to_vec()];
@@ -181,20 +170,20 @@ fn report(
                     o.host.clone(),
                     o.tenant.clone(),
                     o.action.to_string(),
-                    status_word(o.status).to_string(),
+                    o.status.word(),
                     format!("{:.1}s", o.duration_ms as f64 / 1000.0),
                     o.detail.clone(),
                 ]);
             }
-            print!("{}", table(&rows));
-            println!(
+            out!("{}", table(&rows))?;
+            outln!(
                 "{} ok, {} rolled back, {} failed, {} skipped in {:.1}s",
                 count(Status::Ok),
                 count(Status::RolledBack),
                 count(Status::Failed),
                 count(Status::Skipped),
                 elapsed.as_secs_f64()
-            );
+            )?;
         }
     }
     match run_id {

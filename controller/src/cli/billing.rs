@@ -1,27 +1,15 @@
-//! `controller billing`, `controller rates`, `controller user` and `controller serve`.
+//! `controller billing [MONTH]` and `billing close MONTH`: per tenant and month in USD
+//! and PLN, as a table, JSON or CSV.
 
-use std::io::Read;
 use std::process::ExitCode;
 
-use anyhow::Context;
-use chrono::NaiveDate;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 
 use mai_fleet::billing::money::{format_count, format_pln, format_usd};
 use mai_fleet::billing::{self, fleet_today, Month, MonthReport};
-use mai_fleet::rates::nbp::NbpClient;
-use mai_fleet::rates::{schedule, RateTable};
-use mai_fleet::store::Store;
+use mai_fleet::rates::RateTable;
 
-use super::table;
-
-#[derive(Clone, Copy, ValueEnum, Default)]
-pub enum BillingOutput {
-    #[default]
-    Table,
-    Json,
-    Csv,
-}
+use super::{out, outln, table, DatabaseArgs, OutputFormat};
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -31,7 +19,7 @@ pub struct BillingArgs {
     /// The month, YYYY-MM (default: this month, Warsaw time)
     pub month: Option<String>,
     #[arg(long, value_enum, default_value_t)]
-    pub output: BillingOutput,
+    pub output: OutputFormat,
     #[command(flatten)]
     pub common: BillingCommon,
 }
@@ -41,8 +29,8 @@ pub struct BillingCommon {
     /// NBP table for PLN: C (ask, default) or A (mid)
     #[arg(long, env = "MAI_FLEET_RATE_TABLE", default_value = "C")]
     pub rate_table: String,
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    #[command(flatten)]
+    pub db: DatabaseArgs,
 }
 
 #[derive(Subcommand)]
@@ -51,66 +39,9 @@ pub enum BillingCommand {
     Close {
         month: String,
         #[arg(long, value_enum, default_value_t)]
-        output: BillingOutput,
+        output: OutputFormat,
         #[command(flatten)]
         common: BillingCommon,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum RatesCommand {
-    /// Fetch NBP tables for a range of days (any length; 93 days per request)
-    Sync {
-        #[arg(long)]
-        from: NaiveDate,
-        /// Last day (default: today)
-        #[arg(long)]
-        to: Option<NaiveDate>,
-        #[arg(long, env = "MAI_FLEET_RATE_TABLE", default_value = "C")]
-        table: String,
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
-    },
-    /// The rate a day uses (its table or the last before it, 7 days back at most)
-    Show {
-        /// The day (default: today, Warsaw)
-        #[arg(long)]
-        date: Option<NaiveDate>,
-        #[arg(long, env = "MAI_FLEET_RATE_TABLE", default_value = "C")]
-        table: String,
-        #[arg(long, value_enum, default_value_t)]
-        output: super::OutputFormat,
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
-    },
-}
-
-#[derive(Subcommand)]
-pub enum UserCommand {
-    /// Create a dashboard user, or set a new password (ends their sessions)
-    Add {
-        name: String,
-        /// Read the password from standard input (first line), never from the command line
-        #[arg(long, required = true)]
-        password_stdin: bool,
-        /// viewer reads; admin also closes months, silences alerts and manages users
-        #[arg(long, value_parser = ["viewer", "admin"], default_value = "admin")]
-        role: String,
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
-    },
-    /// The dashboard's users, their roles and live sessions
-    List {
-        #[arg(long, value_enum, default_value_t)]
-        output: super::OutputFormat,
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
-    },
-    /// Remove a user; their sessions end at once
-    Remove {
-        name: String,
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
     },
 }
 
@@ -122,15 +53,14 @@ fn month(text: Option<&str>) -> anyhow::Result<Month> {
     Month::parse_or_current(text).map_err(anyhow::Error::msg)
 }
 
-pub async fn billing(args: BillingArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: BillingArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         Some(BillingCommand::Close {
             month: m,
             output,
             common,
         }) => {
-            let store = Store::connect(&common.database_url).await?;
-            store.migrate().await?;
+            let store = common.db.migrated().await?;
             let actor = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
             let report = billing::close_month(
                 &store,
@@ -149,7 +79,7 @@ pub async fn billing(args: BillingArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         None => {
-            let store = Store::connect(&args.common.database_url).await?;
+            let store = args.common.db.connect().await?;
             let report = billing::month_report(
                 &store,
                 month(args.month.as_deref())?,
@@ -163,11 +93,11 @@ pub async fn billing(args: BillingArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn print_report(r: &MonthReport, output: BillingOutput) -> anyhow::Result<()> {
+fn print_report(r: &MonthReport, output: OutputFormat) -> anyhow::Result<()> {
     match output {
-        BillingOutput::Json => println!("{}", serde_json::to_string_pretty(&r.to_json())?),
-        BillingOutput::Csv => print!("{}", r.to_csv()),
-        BillingOutput::Table => {
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&r.to_json())?)?,
+        OutputFormat::Csv => out!("{}", r.to_csv())?,
+        OutputFormat::Text => {
             let mut rows = vec![[
                 "TENANT",
                 "TOKENS",
@@ -213,9 +143,9 @@ fn print_report(r: &MonthReport, output: BillingOutput) -> anyhow::Result<()> {
                     .unwrap_or_else(|| "-".into()),
                 String::new(),
             ]);
-            print!("{}", table(&rows));
+            out!("{}", table(&rows))?;
             match (&r.rate, &r.notice) {
-                (Some(rate), _) => println!(
+                (Some(rate), _) => outln!(
                     "{}{}: PLN at {} of {} ({}), for {}",
                     r.month,
                     r.closed
@@ -226,135 +156,11 @@ fn print_report(r: &MonthReport, output: BillingOutput) -> anyhow::Result<()> {
                     rate.effective_date,
                     rate.table_no,
                     r.rate_day
-                ),
-                (None, Some(n)) => println!("{}: {n}", r.month),
+                )?,
+                (None, Some(n)) => outln!("{}: {n}", r.month)?,
                 (None, None) => {}
             }
         }
     }
     Ok(())
-}
-
-pub async fn rates(cmd: RatesCommand) -> anyhow::Result<ExitCode> {
-    match cmd {
-        RatesCommand::Sync {
-            from,
-            to,
-            table,
-            database_url,
-        } => {
-            let table = rate_table(&table)?;
-            let to = to.unwrap_or_else(fleet_today);
-            anyhow::ensure!(from <= to, "--from {from} is after --to {to}");
-            let store = Store::connect(&database_url).await?;
-            store.migrate().await?;
-            let nbp = NbpClient::from_env();
-            let n = schedule::sync_range(&store, &nbp, table, from, to)
-                .await
-                .with_context(|| format!("NBP table {table} from {from} to {to}"))?;
-            eprintln!(
-                "NBP table {table}: {n} rate(s) from {from} to {to} stored (from {})",
-                nbp.base_url()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        RatesCommand::Show {
-            date,
-            table,
-            output,
-            database_url,
-        } => {
-            let table = rate_table(&table)?;
-            let day = date.unwrap_or_else(fleet_today);
-            let store = Store::connect(&database_url).await?;
-            let rate = store.rate_on(table, day).await?;
-            match output {
-                super::OutputFormat::Json => println!(
-                    "{}",
-                    serde_json::json!({"date": day, "table": table.code(), "rate": rate})
-                ),
-                super::OutputFormat::Text => match &rate {
-                    Some(r) => println!(
-                        "{day}: {} PLN/USD ({}, table {} of {})",
-                        r.rate,
-                        table.describe(),
-                        r.table_no,
-                        r.effective_date
-                    ),
-                    None => println!(
-                        "{day}: no {} rate for this day or the 7 days before it",
-                        table.describe()
-                    ),
-                },
-            }
-            Ok(ExitCode::from(if rate.is_some() { 0 } else { 3 }))
-        }
-    }
-}
-
-pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
-    let (name, role, database_url) = match cmd {
-        UserCommand::Add {
-            name,
-            password_stdin: _,
-            role,
-            database_url,
-        } => (name, role, database_url),
-        UserCommand::List {
-            output,
-            database_url,
-        } => {
-            let store = Store::connect(&database_url).await?;
-            store.migrate().await?;
-            let users = store.users().await?;
-            match output {
-                super::OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&users)?),
-                _ => {
-                    println!("{:<24} {:<7} {:<20} SESSIONS", "USER", "ROLE", "CREATED");
-                    for u in &users {
-                        println!(
-                            "{:<24} {:<7} {:<20} {}",
-                            u.name,
-                            u.role,
-                            u.created_at.format("%Y-%m-%d %H:%M UTC"),
-                            u.sessions
-                        );
-                    }
-                }
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
-        UserCommand::Remove { name, database_url } => {
-            let store = Store::connect(&database_url).await?;
-            store.migrate().await?;
-            anyhow::ensure!(store.remove_user(&name).await?, "no dashboard user {name}");
-            println!("dashboard user {name} removed; their sessions ended");
-            return Ok(ExitCode::SUCCESS);
-        }
-    };
-    mai_fleet::spec::name_label(&name)
-        .map_err(|hint| anyhow::anyhow!("user name `{name}` is not valid: {hint}"))?;
-    let mut input = String::new();
-    std::io::stdin()
-        .read_to_string(&mut input)
-        .context("reading the password from standard input")?;
-    let password = input.lines().next().unwrap_or("").to_string();
-    anyhow::ensure!(
-        password.chars().count() >= 12,
-        "the password must have at least 12 characters"
-    );
-    let hash = mai_fleet::web::hash_password(&password).map_err(anyhow::Error::msg)?;
-    let store = Store::connect(&database_url).await?;
-    store.migrate().await?;
-    let created = store.put_user(&name, &hash).await?;
-    store.set_user_role(&name, &role).await?;
-    eprintln!(
-        "dashboard user {name} ({role}) {}",
-        if created {
-            "created"
-        } else {
-            "has a new password; their sessions ended"
-        }
-    );
-    Ok(ExitCode::SUCCESS)
 }

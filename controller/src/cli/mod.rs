@@ -1,189 +1,163 @@
-//! Command-line arguments and the human and JSON renderings of results.
+//! The `controller` command line: one module per command, each an `Args` (or a
+//! subcommand enum) and a `run` that calls the library and renders what it returns.
+//! Tables and JSON go to stdout, progress and errors to stderr.
 
 pub mod alerts;
 pub mod apply;
 pub mod billing;
+pub mod docs;
+pub mod host;
+pub mod migrate;
+pub mod plan;
+pub mod rates;
 pub mod serve;
+pub mod status;
+pub mod usage;
+pub mod user;
+pub mod validate;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::builder::TypedValueParser;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use mai_fleet::apply::{FleetError, FleetPlan};
-use mai_fleet::plan::Action;
-use mai_fleet::spec::{FleetSpec, SpecError};
-use mai_fleet::store::reports::{TenantStatus, UsageDay};
+use mai_fleet::apply::FleetError;
+use mai_fleet::spec::{self, FleetSpec, SpecError};
+use mai_fleet::store::Store;
+
+/// `println!` that hands a failed write (a closed pipe: `controller … | head`) back
+/// to the caller instead of panicking; `main` ends such a run quietly.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+/// `print!` that returns its write error, as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+pub(crate) use {out, outln};
 
 #[derive(Parser)]
 #[command(
     name = "controller",
     version,
-    about = "mai-fleet controller: tenant containers of the mAI app on Docker hosts"
+    about = "mai-fleet controller: tenant containers of the mAI app on Docker hosts",
+    after_help = "Exit codes and every command: docs/cli.md"
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum, Default)]
-pub enum OutputFormat {
-    #[default]
-    Text,
-    Json,
-}
-
 #[derive(Subcommand)]
 pub enum Command {
     /// Check a fleet spec: every error at once, each with file:line:col (exit 0 valid, 1 invalid, 2 unreadable)
-    Validate {
-        file: PathBuf,
-        #[arg(long, value_enum, default_value_t)]
-        output: OutputFormat,
-    },
+    Validate(validate::Args),
     /// Show what apply would change (exit 0 nothing to change, 2 changes pending, 1 error)
-    Plan {
-        file: PathBuf,
-        /// Plan removal of managed containers that are not in the spec
-        #[arg(long)]
-        prune: bool,
-        #[arg(long, value_enum, default_value_t)]
-        output: OutputFormat,
-    },
+    Plan(plan::Args),
     /// Create, update and verify tenant containers (exit 0 ok, 3 some tenants failed, 1 error)
     Apply(apply::ApplyArgs),
     /// Create or upgrade the fleet database schema
-    Migrate {
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
-    },
+    Migrate(migrate::Args),
     /// Agent credentials of a host: `host add NAME` prints them once
     #[command(subcommand)]
-    Host(HostCommand),
+    Host(host::HostCommand),
     /// Usage per tenant per day as the agents recorded it
-    Usage {
-        /// First day, YYYY-MM-DD (default: 30 days ago)
-        #[arg(long)]
-        from: Option<chrono::NaiveDate>,
-        /// Last day, YYYY-MM-DD (default: today)
-        #[arg(long)]
-        to: Option<chrono::NaiveDate>,
-        #[arg(long)]
-        tenant: Option<String>,
-        #[arg(long, value_enum, default_value_t)]
-        output: OutputFormat,
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
-    },
+    Usage(usage::Args),
     /// Billing per tenant for a month in USD and PLN; `billing close MONTH` freezes it
     Billing(billing::BillingArgs),
     /// NBP exchange rates: `rates sync --from D` backfills, `rates show` tells a day's rate
     #[command(subcommand)]
-    Rates(billing::RatesCommand),
+    Rates(rates::RatesCommand),
     /// Alerts: `list`, `silence`, `unsilence`, `evaluate` (one cycle), `deliveries`
     #[command(subcommand)]
     Alerts(alerts::AlertsCommand),
-    /// Dashboard users: `user add NAME --password-stdin`
+    /// Dashboard users: `user add NAME --password-stdin`, `user list`, `user remove`
     #[command(subcommand)]
-    User(billing::UserCommand),
-    /// The fleet dashboard, JSON API and /metrics over HTTP; fetches NBP rates on a schedule
+    User(user::UserCommand),
+    /// The fleet dashboard, JSON API and /metrics over HTTP, with the scheduled jobs
     Serve(serve::ServeArgs),
     /// Every tenant's tracking (active/inactive and why), data age and agent (exit 0 all active, 3 not all, 1 error)
-    Status {
-        #[arg(long, value_enum, default_value_t)]
-        output: OutputFormat,
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
-    },
+    Status(status::Args),
+    /// Shell completions (bash, zsh, fish, elvish, powershell) on stdout
+    Completions(docs::CompletionsArgs),
+    /// The manual page (roff) on stdout (`controller man | man -l -`), or one per command with --dir
+    Man(docs::ManArgs),
 }
 
-pub fn print_usage(days: &[UsageDay], output: OutputFormat) -> anyhow::Result<()> {
-    if let OutputFormat::Json = output {
-        println!("{}", serde_json::to_string_pretty(days)?);
-        return Ok(());
-    }
-    let mut rows = vec![["TENANT", "DATE", "TOKENS", "REQUESTS", "RAW COST (USD)"]
-        .map(String::from)
-        .to_vec()];
-    for d in days {
-        rows.push(vec![
-            d.tenant.clone(),
-            d.date.to_string(),
-            d.tokens.to_string(),
-            d.requests.to_string(),
-            d.raw_cost.to_string(),
-        ]);
-    }
-    print!("{}", table(&rows));
-    Ok(())
+/// How a command renders its result. Every command takes `text` and `json`;
+/// `billing` also `csv` (and calls its text a table).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    #[default]
+    #[value(alias = "table")]
+    Text,
+    Json,
+    Csv,
 }
 
-pub fn print_status(tenants: &[TenantStatus], output: OutputFormat) -> anyhow::Result<()> {
-    if let OutputFormat::Json = output {
-        println!("{}", serde_json::to_string_pretty(tenants)?);
-        return Ok(());
+impl OutputFormat {
+    /// For `value_parser`: text or json only.
+    pub fn text_or_json() -> impl clap::builder::TypedValueParser<Value = OutputFormat> {
+        clap::builder::PossibleValuesParser::new(["text", "json"]).map(|s: String| Self::named(&s))
     }
-    let age = |s: Option<i64>| s.map_or("-".to_string(), |s| format!("{s}s"));
-    let mut rows = vec![[
-        "TENANT",
-        "HOST",
-        "CONTAINER",
-        "STATE",
-        "TRACKING",
-        "IN SPEC",
-        "DATA AGE",
-        "AGENT AGE",
-        "REASONS",
-    ]
-    .map(String::from)
-    .to_vec()];
-    for t in tenants {
-        rows.push(vec![
-            t.tenant.clone(),
-            t.host.clone().unwrap_or_default(),
-            t.container.clone().unwrap_or_default(),
-            t.container_state.clone().unwrap_or_default(),
-            t.tracking.to_string(),
-            if t.in_spec { "yes" } else { "NO" }.to_string(),
-            age(t.last_data_age_s),
-            age(t.agent_age_s),
-            t.reasons.join("; "),
-        ]);
+
+    fn named(s: &str) -> Self {
+        match s {
+            "json" => OutputFormat::Json,
+            "csv" => OutputFormat::Csv,
+            _ => OutputFormat::Text,
+        }
     }
-    print!("{}", table(&rows));
-    Ok(())
 }
 
-#[derive(Subcommand)]
-pub enum HostCommand {
-    /// Create the database role of NAME's agent (confined to NAME's tenants) and print its DATABASE_URL once
-    Add {
-        name: String,
-        /// Give an existing host's agent a new password (the old one stops working)
-        #[arg(long)]
-        rotate: bool,
-        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-        database_url: String,
-    },
+/// The fleet database, as every command that needs it takes it.
+#[derive(Args, Clone)]
+pub struct DatabaseArgs {
+    /// The fleet database (postgres://…; `?sslmode=verify-full` for TLS)
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
 }
 
-/// The controller's database URL with the agent's role and password in place of its
-/// own credentials.
-pub fn agent_url(controller_url: &str, role: &str, password: &str) -> String {
-    let (scheme, rest) = controller_url
-        .split_once("://")
-        .unwrap_or(("postgres", controller_url));
-    let location = rest.rsplit_once('@').map_or(rest, |(_, l)| l);
-    format!("{scheme}://{role}:{password}@{location}")
+impl DatabaseArgs {
+    /// Connected, the schema as it is (for commands that only read).
+    pub async fn connect(&self) -> anyhow::Result<Store> {
+        Ok(Store::connect(&self.database_url).await?)
+    }
+
+    /// Connected and migrated (for commands that write).
+    pub async fn migrated(&self) -> anyhow::Result<Store> {
+        let store = self.connect().await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+}
+
+/// Loads a spec for plan/apply; on error prints every problem and returns None.
+pub fn load_or_report(file: &Path, output: OutputFormat) -> Option<FleetSpec> {
+    match spec::load(file) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            report_spec_error(file, &e, output);
+            None
+        }
+    }
 }
 
 pub fn report_spec_error(file: &Path, e: &SpecError, output: OutputFormat) {
-    match (e, output) {
-        (SpecError::Invalid { diagnostics, .. }, OutputFormat::Json) => println!(
+    // A closed stdout is no error worth telling anyone about.
+    let _ = match (e, output) {
+        (SpecError::Invalid { diagnostics, .. }, OutputFormat::Json) => outln!(
             "{}",
             serde_json::json!({"valid": false, "file": file.display().to_string(), "errors": diagnostics})
         ),
-        (SpecError::Invalid { diagnostics, .. }, OutputFormat::Text) => {
+        (SpecError::Invalid { diagnostics, .. }, _) => {
             for d in diagnostics {
                 eprintln!("{d}");
             }
@@ -192,13 +166,17 @@ pub fn report_spec_error(file: &Path, e: &SpecError, output: OutputFormat) {
                 file.display(),
                 diagnostics.len()
             );
+            Ok(())
         }
-        (SpecError::Unreadable { .. }, OutputFormat::Json) => println!(
+        (SpecError::Unreadable { .. }, OutputFormat::Json) => outln!(
             "{}",
             serde_json::json!({"valid": false, "file": file.display().to_string(), "unreadable": e.to_string()})
         ),
-        (SpecError::Unreadable { .. }, OutputFormat::Text) => eprintln!("controller: {e}"),
-    }
+        (SpecError::Unreadable { .. }, _) => {
+            eprintln!("controller: {e}");
+            Ok(())
+        }
+    };
 }
 
 pub fn report_fleet_errors(errors: &[FleetError]) -> ExitCode {
@@ -228,73 +206,6 @@ pub fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-pub fn describe(action: &Action) -> String {
-    match action {
-        Action::Create { desired, .. } => {
-            format!("new container {} from {}", desired.name, desired.image)
-        }
-        Action::Update {
-            desired, previous, ..
-        } => {
-            if previous.image != desired.image {
-                format!("image {} -> {}", previous.image, desired.image)
-            } else {
-                format!(
-                    "spec changed ({} -> {})",
-                    previous.spec_hash(),
-                    desired.hash_label()
-                )
-            }
-        }
-        Action::Start { current, .. } => format!("{} is {}; start it", current.name, current.state),
-        Action::Unchanged { current, .. } => format!("{} running", current.name),
-        Action::RemoveLeftover { container, .. } => {
-            format!("leftover {} of an interrupted apply", container.name)
-        }
-        Action::Remove { container, .. } => {
-            format!("{} is not in the spec (data kept)", container.name)
-        }
-        Action::Orphan { container, .. } => format!(
-            "{} is not in the spec; kept (--prune removes it)",
-            container.name
-        ),
-        Action::Blocked { reason, .. } => reason.clone(),
-    }
-}
-
-pub fn print_plan(spec: &FleetSpec, plan: &FleetPlan, output: OutputFormat) -> anyhow::Result<()> {
-    if let OutputFormat::Json = output {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&plan.to_json(&spec.fleet))?
-        );
-        return Ok(());
-    }
-    let mut rows = vec![vec![
-        "HOST".into(),
-        "TENANT".into(),
-        "ACTION".into(),
-        "DETAIL".into(),
-    ]];
-    for h in &plan.hosts {
-        for a in &h.actions {
-            rows.push(vec![
-                h.engine.host.name.clone(),
-                a.tenant().to_string(),
-                a.verb().to_string(),
-                describe(a),
-            ]);
-        }
-    }
-    print!("{}", table(&rows));
-    println!(
-        "fleet `{}`: {} change(s) pending",
-        spec.fleet,
-        plan.changes()
-    );
-    Ok(())
-}
-
 /// Left-aligned columns, two spaces apart; the last column is not padded.
 pub fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
@@ -321,23 +232,10 @@ pub fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn agent_url_replaces_credentials() {
-        assert_eq!(
-            agent_url(
-                "postgres://admin:pw@db.example:5432/fleet?sslmode=require",
-                "mai_agent_a",
-                "s3"
-            ),
-            "postgres://mai_agent_a:s3@db.example:5432/fleet?sslmode=require"
-        );
-        assert_eq!(
-            agent_url("postgres://127.0.0.1/fleet", "r", "p"),
-            "postgres://r:p@127.0.0.1/fleet"
-        );
-    }
+/// Whether an error is a write to a closed stdout (the reader went away).
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -63,7 +63,7 @@ pub struct ServeArgs {
 /// MAI_FLEET_METRICS_TOKEN.
 fn metrics_token(file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
     let token = match file {
-        Some(path) => Some(mai_fleet::spec::read_secret_file(path).map_err(anyhow::Error::msg)?),
+        Some(path) => Some(mai_fleet::crypto::read_secret_file(path).map_err(anyhow::Error::msg)?),
         None => std::env::var("MAI_FLEET_METRICS_TOKEN").ok(),
     };
     let token = token

@@ -223,6 +223,7 @@ impl<'e> Loader<'e> {
         self.unique_tenant_values();
         Some(FleetSpec {
             file: PathBuf::from(&self.file),
+            source_sha256: String::new(),
             fleet,
             hosts,
             tenants,

@@ -23,6 +23,8 @@ pub use mai_fleet_core::contract::REQUIRED_ENV;
 #[derive(Debug, Clone)]
 pub struct FleetSpec {
     pub file: PathBuf,
+    /// SHA-256 of the bytes this spec was parsed from (recorded with each apply).
+    pub source_sha256: String,
     pub fleet: String,
     pub hosts: Vec<HostSpec>,
     pub tenants: Vec<TenantSpec>,
@@ -173,11 +175,16 @@ pub fn load_str(
     text: &str,
     env: &dyn secret::EnvSource,
 ) -> Result<FleetSpec, SpecError> {
-    load::Loader::new(path, env).load(text)
+    // Windows editors start a UTF-8 file with a byte-order mark; it is no key. It
+    // stands before line 1, column 1, so no position moves.
+    let body = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut spec = load::Loader::new(path, env).load(body)?;
+    spec.source_sha256 = crate::crypto::sha256_hex(text.as_bytes());
+    Ok(spec)
 }
 
 pub use checks::{name_label, tenant_id as check_tenant_id};
-pub use secret::{hex, random_bytes, read_secret_file, EnvSource, ProcessEnv};
+pub use secret::{EnvSource, ProcessEnv};
 
 #[cfg(test)]
 mod tests;

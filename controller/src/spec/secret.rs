@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
+use crate::crypto::sha256_hex;
 
 /// Where `${env:…}` looks; tests pass their own so they need not touch the process env.
 pub trait EnvSource: Sync {
@@ -55,7 +55,7 @@ impl ApiKey {
 
     /// A SHA-256 of the key, to tell a rotation apart without storing the key.
     pub fn fingerprint(&self) -> String {
-        hex(&Sha256::digest(self.0.as_bytes()))
+        sha256_hex(self.0.as_bytes())
     }
 }
 
@@ -75,14 +75,6 @@ impl serde::Serialize for ApiKey {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.masked())
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 /// A reference to a secret as written in the spec.
@@ -115,36 +107,8 @@ pub fn resolve(
                 "environment variable {name} is not set; export it before running the controller"
             )),
         },
-        Reference::File(p) => read_secret_file(&base_dir.join(p)),
+        Reference::File(p) => crate::crypto::read_secret_file(&base_dir.join(p)),
     }
-}
-
-/// A secret kept in a file, trimmed. As ssh does with private keys, a file the group
-/// or others may read is refused: a secret anybody on the machine can read is no
-/// longer one. The error never holds the content.
-pub fn read_secret_file(path: &Path) -> Result<String, String> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(format!(
-                "secret file {} is readable by group or others (mode {mode:03o}); run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            ));
-        }
-    }
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))
-}
-
-/// Bytes from the kernel's CSPRNG, for passwords, salts and session tokens.
-pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
-    use std::io::Read;
-    let mut buf = [0u8; N];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf))?;
-    Ok(buf)
 }
 
 /// Serializes an env map as its names only: values may be secrets, and the record

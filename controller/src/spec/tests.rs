@@ -275,3 +275,25 @@ fn env_values_from_references_are_stored_as_their_reference() {
     let json = serde_json::to_string(nowak).unwrap();
     assert!(!json.contains(KEY_B) && !json.contains(KEY_A), "{json}");
 }
+
+/// Issue 13: Windows editors write a byte-order mark; it was reported as an unknown
+/// key `\u{feff}version`.
+#[test]
+fn a_byte_order_mark_is_accepted_and_positions_do_not_move() {
+    let with_bom = format!("\u{feff}{GOOD}");
+    let spec = load_str(Path::new("tenants.yaml"), &with_bom, &env()).expect("a BOM is no key");
+    assert_eq!(spec.fleet, "mai-production");
+    let plain = load_str(Path::new("tenants.yaml"), GOOD, &env()).unwrap();
+    assert_ne!(
+        spec.source_sha256, plain.source_sha256,
+        "the hash is of the bytes as read"
+    );
+    let bad = "\u{feff}version: 1\nfleet: x\nbogus: 1\nhosts: []\ntenants: []\n";
+    let diags = errors(bad);
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.line == 3 && d.column == 1 && d.message.contains("bogus")),
+        "{diags:?}"
+    );
+}

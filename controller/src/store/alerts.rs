@@ -8,9 +8,8 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::model::{Alert, Rule, Silence, State, Step};
 use super::{Store, StoreError};
-use crate::alerts::lifecycle::{Alert, Silence, State, Step};
-use crate::alerts::Rule;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct InactiveTenant {
@@ -125,13 +124,13 @@ impl AlertRow {
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
-            state: State::parse(&self.state)?,
+            state: self.state.parse().ok()?,
             active_since: self.active_since,
             fired_at: self.fired_at,
             resolved_at: self.resolved_at,
             last_seen_at: self.last_seen_at,
             last_notified_at: self.last_notified_at,
-            notified_state: self.notified_state.as_deref().and_then(State::parse),
+            notified_state: self.notified_state.as_deref().and_then(|s| s.parse().ok()),
         })
     }
 }

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
-use crate::spec::random_bytes;
+use crate::crypto::random_bytes;
 
 use super::{Store, StoreError};
 
@@ -31,7 +31,7 @@ impl Store {
         rotate: bool,
     ) -> Result<AgentCredentials, StoreError> {
         let role = role_name(host);
-        let password = crate::spec::hex(&random_bytes::<24>().map_err(StoreError::Random)?);
+        let password = crate::crypto::hex(&random_bytes::<24>().map_err(StoreError::Random)?);
         let verifier = scram_verifier(
             &password,
             &random_bytes::<16>().map_err(StoreError::Random)?,

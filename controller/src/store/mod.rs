@@ -5,6 +5,7 @@ pub mod alerts;
 pub mod billing;
 pub mod dashboard;
 pub mod hosts;
+pub mod model;
 pub mod rates;
 pub mod reports;
 pub mod users;
@@ -13,9 +14,9 @@ use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
-use crate::docker::{Outcome, Status};
 use crate::plan::DesiredContainer;
 use crate::spec::{FleetSpec, TenantSpec};
+use model::{Outcome, Status};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -136,7 +137,7 @@ impl Store {
         &self,
         run_id: i64,
         spec: &FleetSpec,
-        desired: &[DesiredContainer],
+        desired: &[(&TenantSpec, &DesiredContainer)],
         outcomes: &[Outcome],
     ) -> Result<&'static str, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -149,7 +150,7 @@ impl Store {
             .bind(&o.host)
             .bind(&o.tenant)
             .bind(o.action)
-            .bind(status_text(o.status))
+            .bind(o.status)
             .bind(&o.detail)
             .bind(&o.container)
             .bind(o.duration_ms as i64)
@@ -169,7 +170,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        for (t, d) in spec.tenants.iter().zip(desired) {
+        for (t, d) in desired {
             upsert_tenant(&mut tx, &spec.fleet, t, d, run_id).await?;
         }
         let ids: Vec<&str> = spec.tenants.iter().map(|t| t.id.as_str()).collect();
@@ -249,15 +250,6 @@ async fn upsert_tenant(
     Ok(())
 }
 
-pub fn status_text(s: Status) -> &'static str {
-    match s {
-        Status::Ok => "ok",
-        Status::RolledBack => "rolled_back",
-        Status::Failed => "failed",
-        Status::Skipped => "skipped",
-    }
-}
-
 fn run_status(outcomes: &[Outcome]) -> &'static str {
     let bad = outcomes.iter().filter(|o| o.status != Status::Ok).count();
     match bad {
@@ -270,7 +262,7 @@ fn run_status(outcomes: &[Outcome]) -> &'static str {
 fn summary(outcomes: &[Outcome]) -> Value {
     let mut counts = serde_json::Map::new();
     for o in outcomes {
-        let key = format!("{}_{}", o.action, status_text(o.status));
+        let key = format!("{}_{}", o.action, o.status);
         let n = counts.get(&key).and_then(Value::as_u64).unwrap_or(0);
         counts.insert(key, json!(n + 1));
     }

@@ -139,7 +139,10 @@ pub async fn silence(
     let tenant = Some(f.tenant.trim()).filter(|t| !t.is_empty());
     let rule = match f.rule.trim() {
         "" => None,
-        r => Some(r.parse::<Rule>().map_err(WebError::BadRequest)?),
+        r => Some(
+            r.parse::<Rule>()
+                .map_err(|e| WebError::BadRequest(e.to_string()))?,
+        ),
     };
     if tenant.is_none() && rule.is_none() {
         return Err(WebError::BadRequest(

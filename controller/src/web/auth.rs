@@ -17,7 +17,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::{render, AppState, WebError};
-use crate::spec::{hex, random_bytes};
+use crate::crypto::{hex, random_bytes};
 
 pub const SESSION_COOKIE: &str = "mai_session";
 const LOGIN_CSRF_COOKIE: &str = "mai_login_csrf";
