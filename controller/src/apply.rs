@@ -92,7 +92,8 @@ pub async fn plan_fleet(spec: &FleetSpec, prune: bool) -> Result<FleetPlan, Vec<
         let desired = &desired;
         async move {
             let engine = Engine::connect(host).await?;
-            let (observed, others) = engine.observe().await?;
+            let (mut observed, others) = engine.observe().await?;
+            engine.inspect_runtimes(&mut observed, &host.name).await?;
             let mine: Vec<DesiredContainer> = desired
                 .iter()
                 .filter(|d| d.spec.host == host.name)

@@ -37,17 +37,15 @@ pub fn describe(action: &Action) -> String {
         Action::Create { desired, .. } => {
             format!("new container {} from {}", desired.name, desired.image)
         }
-        Action::Update {
-            desired, previous, ..
-        } => {
-            if previous.image != desired.image {
-                format!("image {} -> {}", previous.image, desired.image)
-            } else {
+        Action::Update { changes, drift, .. } => {
+            let list: Vec<String> = changes.iter().map(ToString::to_string).collect();
+            if *drift {
                 format!(
-                    "spec changed ({} -> {})",
-                    previous.spec_hash(),
-                    desired.hash_label()
+                    "drift: the container differs from its spec: {}",
+                    list.join("; ")
                 )
+            } else {
+                list.join("; ")
             }
         }
         Action::Start { current, .. } => format!("{} is {}; start it", current.name, current.state),

@@ -11,10 +11,10 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
 };
 use bollard::Docker;
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 
 use super::DockerError;
-use crate::plan::{DesiredContainer, Observed, APP_PORT, DATA_MOUNT, LABEL_MANAGED};
+use crate::plan::{DesiredContainer, Observed, Runtime, APP_PORT, LABEL_MANAGED};
 use crate::spec::HostSpec;
 
 /// A connected engine and what the controller needs to reach its tenants.
@@ -115,12 +115,72 @@ impl Engine {
                     image: c.image.unwrap_or_default(),
                     state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                     labels,
+                    runtime: None,
                 });
             } else {
                 others.push(name);
             }
         }
         Ok((managed, others))
+    }
+
+    /// Fills in what each container of `host` runs (the containers a plan of that
+    /// host compares with the spec): inspected 16 at a time, each image once. A
+    /// container gone in between keeps no runtime, and is planned by its labels.
+    pub async fn inspect_runtimes(
+        &self,
+        observed: &mut [Observed],
+        host: &str,
+    ) -> Result<(), DockerError> {
+        let wanted: Vec<(usize, String)> = observed
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.host() == host)
+            .map(|(i, o)| (i, o.id.clone()))
+            .collect();
+        let inspected: Vec<_> = futures_util::stream::iter(wanted)
+            .map(|(i, id)| async move { (i, self.docker.inspect_container(&id, None).await) })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let mut found = Vec::new();
+        for (i, result) in inspected {
+            match result {
+                Ok(info) => found.push((i, info)),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(e) => return Err(self.api_err("inspect a container")(e)),
+            }
+        }
+        let mut images: Vec<String> = found.iter().filter_map(|(_, c)| c.image.clone()).collect();
+        images.sort();
+        images.dedup();
+        let image_env: HashMap<String, Vec<String>> = futures_util::stream::iter(images)
+            .map(|image| async move {
+                let env = self
+                    .docker
+                    .inspect_image(&image)
+                    .await
+                    .ok()
+                    .and_then(|i| i.config)
+                    .and_then(|c| c.env)
+                    .unwrap_or_default();
+                (image, env)
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        for (i, info) in found {
+            let own = info
+                .image
+                .as_ref()
+                .and_then(|image| image_env.get(image))
+                .cloned()
+                .unwrap_or_default();
+            observed[i].runtime = Some(runtime_of(info, &own));
+        }
+        Ok(())
     }
 }
 
@@ -132,7 +192,7 @@ pub(super) async fn create_container(
     ensure_network(engine, d).await?;
     let port_key = format!("{APP_PORT}/tcp");
     let host_config = HostConfig {
-        binds: Some(vec![format!("{}:{DATA_MOUNT}", d.data_dir)]),
+        binds: Some(vec![d.mount()]),
         port_bindings: Some(HashMap::from([(
             port_key.clone(),
             Some(vec![PortBinding {
@@ -254,4 +314,57 @@ pub(super) async fn remove(engine: &Engine, id: &str) -> Result<(), DockerError>
         .remove_container(id, Some(options))
         .await
         .map_err(engine.api_err(format!("remove container {}", &id[..12.min(id.len())])))
+}
+
+/// A container's inspection as the plan compares it. Variables its image sets, with
+/// the image's value, are the image's, not the spec's: left out.
+fn runtime_of(info: bollard::models::ContainerInspectResponse, image_env: &[String]) -> Runtime {
+    let config = info.config.unwrap_or_default();
+    let host = info.host_config.unwrap_or_default();
+    let env = config
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|kv| !image_env.contains(kv))
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    let ports = host
+        .port_bindings
+        .and_then(|p| p.get(&format!("{APP_PORT}/tcp")).cloned().flatten())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|b| {
+            format!(
+                "{}:{}",
+                b.host_ip.unwrap_or_default(),
+                b.host_port.unwrap_or_default()
+            )
+        })
+        .collect();
+    Runtime {
+        image: config.image.unwrap_or_default(),
+        env,
+        binds: host.binds.unwrap_or_default(),
+        memory_bytes: host.memory.unwrap_or(0),
+        nano_cpus: host.nano_cpus.unwrap_or(0),
+        pids_limit: host.pids_limit.unwrap_or(0),
+        ports,
+        restart_policy: host
+            .restart_policy
+            .and_then(|r| r.name)
+            .map(|n| n.to_string())
+            .unwrap_or_default(),
+        cap_drop: host.cap_drop.unwrap_or_default(),
+        security_opt: host.security_opt.unwrap_or_default(),
+        network: host.network_mode.unwrap_or_default(),
+        labels: config
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("mai-fleet."))
+            .collect(),
+    }
 }

@@ -58,8 +58,10 @@ pub(super) async fn update(
     say: &(dyn Fn(&str) + Sync),
 ) -> Done {
     let docker = &engine.docker;
-    // An interrupted apply may have left the wanted container renamed away: restore it.
-    if previous.spec_hash() == d.hash_label() {
+    // An interrupted apply may have left the wanted container parked under another
+    // name: restore it. (A container under its own name with the wanted hash is one
+    // that drifted: it is replaced like any update.)
+    if previous.spec_hash() == d.hash_label() && previous.name != d.name {
         say("restoring the container an interrupted apply left");
         if let Err(e) = rename(engine, &previous.id, &d.name).await {
             return (Status::Failed, e, None);

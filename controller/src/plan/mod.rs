@@ -3,12 +3,16 @@
 //! Pure: no Docker here, so every case is unit-tested without an engine. The Docker
 //! backend ([`crate::docker`]) only executes what this decides.
 
-use std::collections::{BTreeMap, HashMap};
+mod drift;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::spec::{HostSpec, TenantSpec};
+
+pub use drift::{changes, Change, ChangeKind, Runtime};
 
 // The container contract is the agent's too: defined once, in the core crate.
 pub use mai_fleet_core::contract::labels::{
@@ -61,6 +65,10 @@ pub struct DesiredContainer {
     pub restart_policy: &'static str,
     #[serde(skip)]
     pub labels: BTreeMap<String, String>,
+    /// Names of the variables whose values are secrets (the key, `${env:}`/`${file:}`
+    /// values): a plan shows that they change, never their values.
+    #[serde(skip)]
+    pub secret_env: BTreeSet<String>,
 }
 
 /// Shows env names only: values include the API key.
@@ -103,6 +111,12 @@ impl DesiredContainer {
             network: network_name(fleet),
             restart_policy: "unless-stopped",
             labels: BTreeMap::new(),
+            secret_env: t
+                .secret_env
+                .keys()
+                .cloned()
+                .chain(["OPENROUTER_API_KEY".to_string()])
+                .collect(),
         };
         let hash = d.spec_hash();
         d.labels = BTreeMap::from([
@@ -126,6 +140,11 @@ impl DesiredContainer {
     pub fn hash_label(&self) -> &str {
         self.labels.get(LABEL_SPEC_HASH).map_or("", String::as_str)
     }
+
+    /// The data directory's bind mount, as the engine reports it.
+    pub fn mount(&self) -> String {
+        format!("{}:{DATA_MOUNT}", self.data_dir)
+    }
 }
 
 /// A container found on an engine with `mai-fleet.managed=true`.
@@ -137,6 +156,10 @@ pub struct Observed {
     /// Docker's state: created, running, restarting, exited, paused, dead …
     pub state: String,
     pub labels: HashMap<String, String>,
+    /// What it runs, when it was inspected (the containers of the host being
+    /// planned are); never serialized: it holds the environment.
+    #[serde(skip)]
+    pub runtime: Option<Runtime>,
 }
 
 impl Observed {
@@ -169,13 +192,19 @@ pub enum Action {
         desired: Box<DesiredContainer>,
         tenant: String,
     },
-    /// The spec changed: start a new container, keep the previous one stopped until
-    /// the new one is verified, roll back to it if verification fails.
+    /// The spec changed, or the container drifted from it: start a new container,
+    /// keep the previous one stopped until the new one is verified, roll back to it
+    /// if verification fails.
     Update {
         #[serde(skip)]
         desired: Box<DesiredContainer>,
         tenant: String,
         previous: Observed,
+        /// What changes, field by field.
+        changes: Vec<Change>,
+        /// The spec is the one the container was made from, but the container is not
+        /// what it says (changed or replaced by hand).
+        drift: bool,
     },
     /// Same spec, not running (stopped by hand, or an apply interrupted after create).
     Start {
@@ -317,6 +346,8 @@ pub fn plan_host(
                     desired: Box::new(d.clone()),
                     tenant: tenant.clone(),
                     previous: (*prev).clone(),
+                    changes: update_changes(d, prev),
+                    drift: false,
                 },
                 None => Action::Create {
                     desired: Box::new(d.clone()),
@@ -327,7 +358,24 @@ pub fn plan_host(
                 desired: Box::new(d.clone()),
                 tenant: tenant.clone(),
                 previous: (*cur).clone(),
+                changes: update_changes(d, cur),
+                drift: false,
             },
+            // The label says this spec; the container says otherwise.
+            Some(cur)
+                if cur
+                    .runtime
+                    .as_ref()
+                    .is_some_and(|r| !changes(d, r).is_empty()) =>
+            {
+                Action::Update {
+                    desired: Box::new(d.clone()),
+                    tenant: tenant.clone(),
+                    previous: (*cur).clone(),
+                    changes: update_changes(d, cur),
+                    drift: true,
+                }
+            }
             Some(cur) if cur.state != "running" => Action::Start {
                 tenant: tenant.clone(),
                 current: (*cur).clone(),
@@ -363,6 +411,21 @@ pub fn plan_host(
         }
     }
     Ok(actions)
+}
+
+/// What an update of `previous` to `d` changes: the fields that differ, or the
+/// hashes when no field the engine reports does.
+fn update_changes(d: &DesiredContainer, previous: &Observed) -> Vec<Change> {
+    let found = previous
+        .runtime
+        .as_ref()
+        .map(|r| changes(d, r))
+        .unwrap_or_default();
+    if found.is_empty() {
+        vec![drift::hash_change(previous.spec_hash(), d.hash_label())]
+    } else {
+        found
+    }
 }
 
 #[cfg(test)]
@@ -409,6 +472,7 @@ mod tests {
             image: d.image.clone(),
             state: state.into(),
             labels: d.labels.clone().into_iter().collect(),
+            runtime: None,
         }
     }
 
@@ -532,5 +596,131 @@ mod tests {
         let b = DesiredContainer::new("f", &other_host, &tenant("bb", "mai/app:1"));
         let obs = vec![observed(&b, "mai-bb", "running")];
         assert!(plan_host("f", &h, &[], &obs, &[], true).unwrap().is_empty());
+    }
+
+    /// What the engine reports of a container made exactly from `d`.
+    fn runtime_of(d: &DesiredContainer) -> Runtime {
+        Runtime {
+            image: d.image.clone(),
+            env: d.env.clone(),
+            binds: vec![d.mount()],
+            memory_bytes: d.memory_bytes,
+            nano_cpus: d.nano_cpus,
+            pids_limit: d.pids_limit,
+            ports: vec![format!("{}:{}", d.publish_address, d.host_port)],
+            restart_policy: d.restart_policy.to_string(),
+            cap_drop: d.cap_drop.iter().map(|c| c.to_string()).collect(),
+            security_opt: d.security_opt.iter().map(|c| c.to_string()).collect(),
+            network: d.network.clone(),
+            labels: d.labels.clone(),
+        }
+    }
+
+    fn update_of(actions: &[Action]) -> (&[Change], bool) {
+        match actions.last() {
+            Some(Action::Update { changes, drift, .. }) => (changes, *drift),
+            other => panic!("not an update: {other:?}"),
+        }
+    }
+
+    /// Issue 13: a container replaced by hand with the old labels copied (spec hash
+    /// included) but without OPENROUTER_EXTERNAL_USER was planned as unchanged.
+    #[test]
+    fn a_container_that_differs_from_its_spec_hash_is_an_update_naming_what_differs() {
+        let h = host();
+        let d = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
+        let mut o = observed(&d, "mai-aa", "running");
+        o.runtime = Some(runtime_of(&d));
+        let p = plan_host(
+            "f",
+            &h,
+            std::slice::from_ref(&d),
+            std::slice::from_ref(&o),
+            &[],
+            false,
+        )
+        .unwrap();
+        assert_eq!(verbs(&p), ["unchanged:aa"], "what the spec says: no change");
+
+        let mut by_hand = runtime_of(&d);
+        by_hand.env.remove("OPENROUTER_EXTERNAL_USER");
+        by_hand.env.insert("DEBUG_HACK".into(), "1".into());
+        by_hand.memory_bytes = 0;
+        by_hand.cap_drop.clear();
+        o.runtime = Some(by_hand);
+        let p = plan_host(
+            "f",
+            &h,
+            std::slice::from_ref(&d),
+            std::slice::from_ref(&o),
+            &[],
+            false,
+        )
+        .unwrap();
+        let (changes, drift) = update_of(&p);
+        assert!(drift);
+        let shown: Vec<String> = changes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "env DEBUG_HACK removed",
+                "env OPENROUTER_EXTERNAL_USER added (aa_org)",
+                "memory 0m -> 1024m",
+                "cap_drop (none) -> ALL",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_changed_spec_lists_its_changes_and_never_a_secret_value() {
+        let h = host();
+        let mut t = tenant("aa", "mai/app:1");
+        let old = DesiredContainer::new("f", &h, &t);
+        t.image = "mai/app:2".into();
+        t.env.insert("LOG_LEVEL".into(), "DEBUG".into());
+        t.env
+            .insert("SMTP_PASSWORD".into(), "hunter2-secret".into());
+        t.secret_env
+            .insert("SMTP_PASSWORD".into(), "${env:SMTP_PASSWORD}".into());
+        t.api_key = ApiKey::new(format!("sk-or-v1-{}", "cd".repeat(32)));
+        t.port = 3002;
+        let new = DesiredContainer::new("f", &h, &t);
+        let mut o = observed(&old, "mai-aa", "running");
+        o.runtime = Some(runtime_of(&old));
+        let p = plan_host("f", &h, std::slice::from_ref(&new), &[o], &[], false).unwrap();
+        let (changes, drift) = update_of(&p);
+        assert!(!drift, "the spec changed; the container did not drift");
+        let shown: Vec<String> = changes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "image mai/app:1 -> mai/app:2",
+                "env LOG_LEVEL added (DEBUG)",
+                "env OPENROUTER_API_KEY changed (secret)",
+                "env SMTP_PASSWORD added",
+                "port 127.0.0.1:3001 -> 127.0.0.1:3002",
+            ]
+        );
+        let json = serde_json::to_string(changes).unwrap();
+        assert!(
+            !json.contains("hunter2") && !json.contains("cdcd") && !json.contains("abab"),
+            "{json}"
+        );
+        assert!(
+            json.contains(r#""field":"env","name":"SMTP_PASSWORD","change":"added","secret":true"#),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn without_an_inspection_an_update_names_the_hashes() {
+        let h = host();
+        let old = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
+        let new = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:2"));
+        let o = observed(&old, "mai-aa", "running");
+        let p = plan_host("f", &h, &[new], &[o], &[], false).unwrap();
+        let (changes, _) = update_of(&p);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].field, "spec_hash");
     }
 }

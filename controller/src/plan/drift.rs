@@ -1,0 +1,238 @@
+//! Drift: what a container actually runs against what the spec wants, field by field.
+//! The spec-hash label says only that a container was made from some spec; a
+//! container replaced by hand may carry the label and still lack a variable (the
+//! incident mai-fleet exists for), so the plan compares what the engine reports.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+
+use super::{DesiredContainer, LABEL_SPEC_HASH};
+
+/// What a container runs, from its inspection. `env` holds secrets: it is never
+/// serialized and `Debug` shows names only.
+#[derive(Clone, Default, PartialEq)]
+pub struct Runtime {
+    pub image: String,
+    /// The container's environment less what its image sets by itself.
+    pub env: BTreeMap<String, String>,
+    pub binds: Vec<String>,
+    pub memory_bytes: i64,
+    pub nano_cpus: i64,
+    pub pids_limit: i64,
+    /// `address:port` of every binding of the app port.
+    pub ports: Vec<String>,
+    pub restart_policy: String,
+    pub cap_drop: Vec<String>,
+    pub security_opt: Vec<String>,
+    pub network: String,
+    /// The `mai-fleet.*` labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("image", &self.image)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    /// Apply adds it (the container lacks it).
+    Added,
+    /// Apply removes it (the spec does not have it).
+    Removed,
+    Changed,
+}
+
+/// One field that apply changes. Values of secrets are never held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    /// `image`, `env`, `memory`, `cpus`, `pids`, `port`, `mount`, `restart_policy`,
+    /// `cap_drop`, `security_opt`, `network`, `label`, `spec_hash`.
+    pub field: &'static str,
+    /// The variable's or label's name, for `env` and `label`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub change: ChangeKind,
+    /// What the container has now (absent for secrets and for what it lacks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// What apply sets (absent for secrets and for what it removes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// The value is a secret: shown as neither `from` nor `to`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.field)?;
+        if let Some(n) = &self.name {
+            write!(f, " {n}")?;
+        }
+        match (self.change, &self.from, &self.to) {
+            (ChangeKind::Added, _, Some(to)) => write!(f, " added ({to})"),
+            (ChangeKind::Added, _, None) => f.write_str(" added"),
+            (ChangeKind::Removed, _, _) => f.write_str(" removed"),
+            (ChangeKind::Changed, Some(from), Some(to)) => {
+                let from = if from.is_empty() { "(none)" } else { from };
+                write!(f, " {from} -> {to}")
+            }
+            (ChangeKind::Changed, None, Some(to)) => write!(f, " changed (-> {to})"),
+            (ChangeKind::Changed, _, _) if self.secret => f.write_str(" changed (secret)"),
+            (ChangeKind::Changed, _, _) => f.write_str(" changed"),
+        }
+    }
+}
+
+fn changed(field: &'static str, from: String, to: String) -> Change {
+    Change {
+        field,
+        name: None,
+        change: ChangeKind::Changed,
+        from: Some(from),
+        to: Some(to),
+        secret: false,
+    }
+}
+
+fn mib(bytes: i64) -> String {
+    format!("{}m", bytes / (1 << 20))
+}
+
+fn cpus(nano: i64) -> String {
+    let whole = nano / 1_000_000_000;
+    let frac = nano % 1_000_000_000;
+    if frac == 0 {
+        whole.to_string()
+    } else {
+        format!("{whole}.{}", format!("{frac:09}").trim_end_matches('0'))
+    }
+}
+
+/// Every field in which `runtime` differs from `desired`, in a fixed order. Empty:
+/// the container is what the spec wants.
+pub fn changes(desired: &DesiredContainer, runtime: &Runtime) -> Vec<Change> {
+    let mut out = Vec::new();
+    if runtime.image != desired.image {
+        out.push(changed(
+            "image",
+            runtime.image.clone(),
+            desired.image.clone(),
+        ));
+    }
+    out.extend(env_changes(desired, runtime));
+    let scalar = [
+        (
+            "memory",
+            mib(runtime.memory_bytes),
+            mib(desired.memory_bytes),
+        ),
+        ("cpus", cpus(runtime.nano_cpus), cpus(desired.nano_cpus)),
+        (
+            "pids",
+            runtime.pids_limit.to_string(),
+            desired.pids_limit.to_string(),
+        ),
+        (
+            "restart_policy",
+            runtime.restart_policy.clone(),
+            desired.restart_policy.to_string(),
+        ),
+        ("network", runtime.network.clone(), desired.network.clone()),
+    ];
+    for (field, from, to) in scalar {
+        if from != to {
+            out.push(changed(field, from, to));
+        }
+    }
+    let port = vec![format!("{}:{}", desired.publish_address, desired.host_port)];
+    if runtime.ports != port {
+        out.push(changed("port", runtime.ports.join(","), port.join(",")));
+    }
+    let mount = vec![desired.mount()];
+    if runtime.binds != mount {
+        out.push(changed("mount", runtime.binds.join(","), mount.join(",")));
+    }
+    let lists = [
+        ("cap_drop", &runtime.cap_drop, desired.cap_drop),
+        ("security_opt", &runtime.security_opt, desired.security_opt),
+    ];
+    for (field, have, want) in lists {
+        if have.iter().map(String::as_str).ne(want.iter().copied()) {
+            out.push(changed(field, have.join(","), want.join(",")));
+        }
+    }
+    let names: BTreeSet<&String> = desired
+        .labels
+        .keys()
+        .chain(runtime.labels.keys())
+        .filter(|k| k.as_str() != LABEL_SPEC_HASH)
+        .collect();
+    for name in names {
+        let (have, want) = (runtime.labels.get(name), desired.labels.get(name));
+        if have != want {
+            out.push(Change {
+                field: "label",
+                name: Some(name.clone()),
+                change: match (have, want) {
+                    (None, _) => ChangeKind::Added,
+                    (_, None) => ChangeKind::Removed,
+                    _ => ChangeKind::Changed,
+                },
+                from: have.cloned(),
+                to: want.cloned(),
+                secret: false,
+            });
+        }
+    }
+    out
+}
+
+/// Changes of the environment, by name. A secret's value (the key, a `${env:}` or
+/// `${file:}` variable) is neither shown nor kept; the container's current value of
+/// any variable is never shown (it may have been a secret before).
+fn env_changes(desired: &DesiredContainer, runtime: &Runtime) -> Vec<Change> {
+    let names: BTreeSet<&String> = desired.env.keys().chain(runtime.env.keys()).collect();
+    let mut out = Vec::new();
+    for name in names {
+        let (have, want) = (runtime.env.get(name), desired.env.get(name));
+        if have == want {
+            continue;
+        }
+        let secret = desired.secret_env.contains(name);
+        out.push(Change {
+            field: "env",
+            name: Some(name.clone()),
+            change: match (have, want) {
+                (None, _) => ChangeKind::Added,
+                (_, None) => ChangeKind::Removed,
+                _ => ChangeKind::Changed,
+            },
+            from: None,
+            to: want.filter(|_| !secret).cloned(),
+            secret,
+        });
+    }
+    out
+}
+
+/// What an update changes when the hash says the spec changed but no field shows it
+/// (a field the engine does not report): the hashes themselves.
+pub fn hash_change(from: &str, to: &str) -> Change {
+    Change {
+        field: "spec_hash",
+        name: None,
+        change: ChangeKind::Changed,
+        from: Some(from.to_string()),
+        to: Some(to.to_string()),
+        secret: false,
+    }
+}
