@@ -190,40 +190,13 @@ impl Snapshot {
     }
 }
 
-/// Refuses what SQLite must never open: anything but a regular file (a FIFO blocks
-/// the opener forever, a device reads without end) and symbolic links (out of the
-/// tenant's directory, into another tenant's store). The journal files SQLite opens
-/// beside the database are checked too.
+/// Refuses what SQLite must never open (core's `check_store_files`).
 fn check_files(path: &Path) -> Result<(), ReadError> {
-    let dir_ok = path
-        .parent()
-        .and_then(|d| std::fs::symlink_metadata(d).ok())
-        .is_some_and(|m| m.is_dir());
-    if !dir_ok {
-        return Err(ReadError::Missing(path.display().to_string()));
-    }
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let file = format!("{}{suffix}", path.display());
-        let meta = match std::fs::symlink_metadata(&file) {
-            Ok(m) => m,
-            Err(_) if suffix.is_empty() => return Err(ReadError::Missing(file)),
-            Err(_) => continue,
-        };
-        let name = Path::new(&file)
-            .file_name()
-            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        if meta.file_type().is_symlink() {
-            return Err(ReadError::Refused(format!(
-                "{name} is a symbolic link; the agent reads only the tenant's own regular file"
-            )));
-        }
-        if !meta.is_file() {
-            return Err(ReadError::Refused(format!(
-                "{name} is not a regular file (a FIFO, a device or a directory)"
-            )));
-        }
-    }
-    Ok(())
+    use mai_fleet_core::contract::{check_store_files, StoreFileError};
+    check_store_files(path).map_err(|e| match e {
+        StoreFileError::Missing(p) => ReadError::Missing(p),
+        refused => ReadError::Refused(refused.to_string()),
+    })
 }
 
 /// How far before a watermark rows are read again: a row updated in the boundary

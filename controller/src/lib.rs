@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod docker;
 pub use mai_fleet_core::duration;
 pub mod http;
+pub mod ops;
 pub mod plan;
 pub mod rates;
 pub mod schedule;

@@ -59,6 +59,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::User(cmd) => cli::user::run(cmd).await,
         Command::Serve(args) => cli::serve::run(args).await,
         Command::Status(args) => cli::status::run(args).await,
+        Command::Logs(args) => cli::logs::run(args).await,
+        Command::Restart(args) => cli::restart::run(args).await,
+        Command::Exec(args) => cli::exec::run(args).await,
+        Command::History(args) => cli::history::run(args).await,
+        Command::Rollback(args) => cli::rollback::run(args).await,
+        Command::Backup(args) => cli::backup::run(args).await,
+        Command::Restore(args) => cli::restore::run(args).await,
         Command::Completions(args) => cli::docs::completions(args),
         Command::Man(args) => cli::docs::man(args),
     }

@@ -65,6 +65,48 @@ fn lowercase_name(text: &str, min: usize, max: usize) -> Result<(), String> {
     }
 }
 
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreFileError {
+    #[error("usage store {0} does not exist")]
+    Missing(String),
+    #[error("{0} is a symbolic link; only the tenant's own regular file is read")]
+    Link(String),
+    #[error("{0} is not a regular file (a FIFO, a device or a directory)")]
+    NotAFile(String),
+}
+
+/// Refuses what SQLite must never open: anything but a regular file (a FIFO blocks
+/// the opener forever, a device reads without end) and symbolic links (out of the
+/// tenant's directory, into another tenant's store). The journal files SQLite opens
+/// beside the database are checked too. The store is the tenant's, so hostile.
+pub fn check_store_files(path: &std::path::Path) -> Result<(), StoreFileError> {
+    let dir_ok = path
+        .parent()
+        .and_then(|d| std::fs::symlink_metadata(d).ok())
+        .is_some_and(|m| m.is_dir());
+    if !dir_ok {
+        return Err(StoreFileError::Missing(path.display().to_string()));
+    }
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let file = format!("{}{suffix}", path.display());
+        let meta = match std::fs::symlink_metadata(&file) {
+            Ok(m) => m,
+            Err(_) if suffix.is_empty() => return Err(StoreFileError::Missing(file)),
+            Err(_) => continue,
+        };
+        let name = std::path::Path::new(&file)
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        if meta.file_type().is_symlink() {
+            return Err(StoreFileError::Link(name));
+        }
+        if !meta.is_file() {
+            return Err(StoreFileError::NotAFile(name));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,8 @@ struct RuleFile {
     enabled: Option<bool>,
     tolerance_percent: Option<Decimal>,
     tolerance_usd: Option<Decimal>,
+    /// backup_missing: the age past which a tenant's newest backup is too old.
+    max_age: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -130,6 +132,8 @@ pub struct AlertsConfig {
     pub external_url: String,
     pub capture_tolerance_percent: Decimal,
     pub capture_tolerance_usd: Decimal,
+    /// `backup_missing` fires for a tenant without a backup younger than this.
+    pub backup_max_age: Duration,
     pub rules: HashMap<Rule, RulePolicy>,
     pub receivers: Vec<Receiver>,
 }
@@ -143,7 +147,8 @@ fn default_policy(rule: Rule, repeat: Duration) -> RulePolicy {
         _ => (Duration::ZERO, Some(repeat)),
     };
     RulePolicy {
-        enabled: true,
+        // Without a backup directory the fleet takes no backups: nothing to miss.
+        enabled: rule != Rule::BackupMissing || env("MAI_FLEET_BACKUP_DIR").is_some(),
         for_,
         repeat,
     }
@@ -216,6 +221,8 @@ impl AlertsConfig {
             .iter()
             .map(|r| (*r, default_policy(*r, repeat)))
             .collect();
+        // Nightly backups, with two hours' grace.
+        let mut backup_max_age = Duration::from_secs(26 * 3600);
         let mut tol_pct = Decimal::from(2);
         let mut tol_usd = Decimal::new(5, 2);
         for (name, rf) in &f.rules {
@@ -238,6 +245,15 @@ impl AlertsConfig {
                 } else {
                     Some(dur(path, &format!("rules.{name}.repeat_interval"), r)?)
                 };
+            }
+            if let Some(a) = &rf.max_age {
+                if rule != Rule::BackupMissing {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_string(),
+                        detail: format!("rules.{name}: max_age applies to backup_missing only"),
+                    });
+                }
+                backup_max_age = dur(path, &format!("rules.{name}.max_age"), a)?;
             }
             if rule == Rule::CaptureGap {
                 tol_pct = rf.tolerance_percent.unwrap_or(tol_pct);
@@ -358,6 +374,7 @@ impl AlertsConfig {
                 .unwrap_or_else(|| "http://localhost:8080".into()),
             capture_tolerance_percent: tol_pct,
             capture_tolerance_usd: tol_usd,
+            backup_max_age,
             rules,
             receivers,
         })

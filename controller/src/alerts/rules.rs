@@ -79,6 +79,32 @@ pub async fn find(
             "A reset script or a restored backup: check the tenant's data directory.".into(),
         ));
     }
+    if config
+        .rules
+        .get(&Rule::BackupMissing)
+        .is_some_and(|p| p.enabled)
+    {
+        let max_age = config.backup_max_age;
+        for (tenant, newest) in store
+            .tenants_without_backup(max_age.as_secs() as i64)
+            .await?
+        {
+            let last = newest.map_or("never backed up".to_string(), |t| {
+                format!("newest backup {}", t.format("%Y-%m-%d %H:%M UTC"))
+            });
+            out.push(Candidate::new(
+                Rule::BackupMissing,
+                Some(&tenant),
+                &[],
+                format!(
+                    "{tenant}: no backup younger than {} ({last}): its conversations and usage store would be lost with the host",
+                    crate::duration::format(max_age)
+                ),
+                "`controller backup TENANT` takes one; `serve` takes them on MAI_FLEET_BACKUP_CRON.".into(),
+            ));
+        }
+        return Ok((out, 8));
+    }
     Ok((out, 7))
 }
 

@@ -78,7 +78,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             purge_data: args.purge_data,
             max_failures: args.max_failures,
         },
-        actor: actor(),
+        actor: super::actor(),
     };
     let (output, dry_run) = (args.output, args.dry_run);
     let planned = move |spec: &FleetSpec, plan: &FleetPlan, run_id: Option<i64>| {
@@ -191,20 +191,4 @@ fn report_outcomes(
         None => eprintln!("warning: DATABASE_URL is not set: this apply was not recorded"),
     }
     Ok(())
-}
-
-/// Who applied: `MAI_FLEET_ACTOR`, else user@machine.
-fn actor() -> String {
-    if let Ok(a) = std::env::var("MAI_FLEET_ACTOR") {
-        if !a.is_empty() {
-            return a;
-        }
-    }
-    let user = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown-host".into());
-    format!("{user}@{host}")
 }

@@ -4,12 +4,19 @@
 
 pub mod alerts;
 pub mod apply;
+pub mod backup;
 pub mod billing;
 pub mod docs;
+pub mod exec;
+pub mod history;
 pub mod host;
+pub mod logs;
 pub mod migrate;
 pub mod plan;
 pub mod rates;
+pub mod restart;
+pub mod restore;
+pub mod rollback;
 pub mod serve;
 pub mod status;
 pub mod usage;
@@ -85,6 +92,20 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Every tenant's tracking (active/inactive and why), data age and agent (exit 0 all active, 3 not all, 1 error)
     Status(status::Args),
+    /// A tenant's container output, secrets masked (`-f` follows)
+    Logs(logs::Args),
+    /// Restart a tenant's container and verify it as a launch (exit 0 verified, 3 not)
+    Restart(restart::Args),
+    /// Run a command in a tenant's container, recorded with who ran what (exits with its code)
+    Exec(exec::Args),
+    /// A tenant's applies and operations: images, spec hashes, who, result
+    History(history::Args),
+    /// Run a previous recorded revision of a tenant again, verified (exit 0 ok, 3 not)
+    Rollback(rollback::Args),
+    /// Back tenants' data up: a consistent copy of the usage store and the uploads
+    Backup(backup::Args),
+    /// Put a backup in place of a tenant's data, verified and recorded
+    Restore(restore::Args),
     /// Shell completions (bash, zsh, fish, elvish, powershell) on stdout
     Completions(docs::CompletionsArgs),
     /// The manual page (roff) on stdout (`controller man | man -l -`), or one per command with --dir
@@ -136,6 +157,59 @@ impl DatabaseArgs {
         let store = self.connect().await?;
         store.migrate().await?;
         Ok(store)
+    }
+}
+
+/// The fleet spec, for commands on one tenant: it names the tenant's host and engine.
+#[derive(Args, Clone)]
+pub struct SpecArgs {
+    /// The fleet spec
+    #[arg(long, env = "MAI_FLEET_SPEC", default_value = "tenants.yaml")]
+    pub spec: std::path::PathBuf,
+}
+
+impl SpecArgs {
+    /// The spec, or an error after every problem in it was printed.
+    pub fn load(&self) -> anyhow::Result<FleetSpec> {
+        load_or_report(&self.spec, OutputFormat::Text)
+            .ok_or_else(|| anyhow::anyhow!("{} is not a valid spec", self.spec.display()))
+    }
+}
+
+/// Who acts, as recorded: `MAI_FLEET_ACTOR`, else user@machine.
+pub fn actor() -> String {
+    if let Ok(a) = std::env::var("MAI_FLEET_ACTOR") {
+        if !a.is_empty() {
+            return a;
+        }
+    }
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("{user}@{host}")
+}
+
+/// The verification flags of commands that launch a tenant.
+#[derive(Args, Clone)]
+pub struct VerifyArgs {
+    /// How long the container must run without restarting to count as verified
+    #[arg(long, default_value = "2s", value_parser = mai_fleet::duration::parse)]
+    pub settle: std::time::Duration,
+    /// Give up verifying after this long
+    #[arg(long, default_value = "60s", value_parser = mai_fleet::duration::parse)]
+    pub verify_timeout: std::time::Duration,
+}
+
+impl VerifyArgs {
+    pub fn options(&self) -> mai_fleet::docker::VerifyOptions {
+        mai_fleet::docker::VerifyOptions {
+            settle: self.settle,
+            timeout: self.verify_timeout,
+            ..Default::default()
+        }
     }
 }
 

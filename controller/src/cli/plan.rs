@@ -17,6 +17,9 @@ pub struct Args {
     pub prune: bool,
     #[arg(long, default_value = "text", value_parser = OutputFormat::text_or_json())]
     pub output: OutputFormat,
+    /// The fleet database, to say which tenants run a rolled-back revision (optional)
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
 }
 
 /// Terraform's detailed exit codes: 0 nothing to change, 2 changes pending, 1 error.
@@ -28,8 +31,45 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(p) => p,
         Err(errors) => return Ok(report_fleet_errors(&errors)),
     };
-    print_plan(&spec, &plan, args.output)?;
+    let rolled_back = match &args.database_url {
+        Some(url) => rolled_back(url, &spec.fleet).await,
+        None => Vec::new(),
+    };
+    if let OutputFormat::Json = args.output {
+        let mut json = plan.to_json(&spec.fleet);
+        json["rolled_back"] = serde_json::to_value(&rolled_back)?;
+        outln!("{}", serde_json::to_string_pretty(&json)?)?;
+    } else {
+        print_plan(&spec, &plan, args.output)?;
+        for r in &rolled_back {
+            outln!(
+                "note: {} runs the revision of apply run #{} (`controller rollback`{}); apply puts the file's spec back",
+                r.tenant,
+                r.run_id,
+                match (&r.actor, r.at) {
+                    (Some(who), Some(at)) => format!(" by {who} on {}", at.format("%Y-%m-%d %H:%M UTC")),
+                    _ => String::new(),
+                }
+            )?;
+        }
+    }
     Ok(ExitCode::from(if plan.changes() == 0 { 0 } else { 2 }))
+}
+
+/// Tenants running a rolled-back revision; none when the database cannot say
+/// (the plan itself needs no database).
+async fn rolled_back(url: &str, fleet: &str) -> Vec<mai_fleet::store::operations::RolledBack> {
+    let found = async {
+        let store = mai_fleet::store::Store::connect(url).await?;
+        store.rolled_back(fleet).await
+    };
+    match found.await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("controller: note: rollbacks not checked: {e}");
+            Vec::new()
+        }
+    }
 }
 
 pub fn describe(action: &Action) -> String {

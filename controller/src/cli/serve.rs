@@ -120,6 +120,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if !args.no_alerts {
         spawn_alert_jobs(&mut jobs, &store, table, args.spec.as_deref())?;
     }
+    spawn_backup_job(&mut jobs, &store, args.spec.as_deref())?;
     let limit = |text: &str, what: &str| {
         mai_fleet::web::throttle::Limit::parse(text).map_err(|e| anyhow::anyhow!("{what}: {e}"))
     };
@@ -218,6 +219,48 @@ fn spawn_alert_jobs(
             )
         }));
     }
+    Ok(())
+}
+
+/// Backups on `MAI_FLEET_BACKUP_CRON` (default nightly) into `MAI_FLEET_BACKUP_DIR`,
+/// when that is set and `--spec` names the tenants.
+fn spawn_backup_job(
+    jobs: &mut Supervisor,
+    store: &Store,
+    spec: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use mai_fleet::ops::backup::{self, BackupOptions};
+    let Some(dir) = std::env::var_os("MAI_FLEET_BACKUP_DIR").filter(|d| !d.is_empty()) else {
+        return Ok(());
+    };
+    let Some(path) = spec else {
+        tracing::warn!(
+            "MAI_FLEET_BACKUP_DIR is set but no --spec names the tenants: no scheduled backups"
+        );
+        return Ok(());
+    };
+    let spec = mai_fleet::spec::load(path)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .context("loading the spec for the tenants to back up")?;
+    let cron =
+        std::env::var("MAI_FLEET_BACKUP_CRON").unwrap_or_else(|_| backup::DEFAULT_CRON.into());
+    let schedule = mai_fleet::schedule::parse_cron(&cron)
+        .map_err(|e| anyhow::anyhow!("MAI_FLEET_BACKUP_CRON=`{cron}`: {e}"))?;
+    let keep = match std::env::var("MAI_FLEET_BACKUP_KEEP") {
+        Ok(k) => k.parse().context("MAI_FLEET_BACKUP_KEEP")?,
+        Err(_) => 7,
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let store = store.clone();
+    jobs.spawn(Job::new("backups", None, move |ctx| {
+        let opts = BackupOptions {
+            dir: dir.clone(),
+            keep,
+            scheduled: true,
+            actor: "controller serve".into(),
+        };
+        backup::run_schedule(spec.clone(), store.clone(), opts, schedule.clone(), ctx)
+    }));
     Ok(())
 }
 

@@ -16,7 +16,7 @@ mod verify;
 
 pub use engine::Engine;
 pub use executor::execute;
-pub use verify::VerifyOptions;
+pub use verify::{last_logs, verify, VerifyOptions};
 // Apply results are persisted: the store defines them.
 pub use crate::store::model::{Outcome, Status};
 

@@ -183,6 +183,33 @@ pub fn load_str(
     Ok(spec)
 }
 
+/// A recorded environment (secrets as their `${env:}`/`${file:}` references, as
+/// [`TenantSpec::env_for_record`] keeps them) resolved again now, relative to the spec
+/// file `file`: the values, and which of them are secrets (name -> reference).
+#[allow(clippy::type_complexity)]
+pub fn resolve_recorded_env(
+    file: &Path,
+    recorded: &BTreeMap<String, String>,
+) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), String> {
+    let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut env = BTreeMap::new();
+    let mut secrets = BTreeMap::new();
+    for (name, value) in recorded {
+        match secret::parse_reference(value) {
+            Some(reference) => {
+                let resolved = secret::resolve(&reference, &base, &secret::ProcessEnv)
+                    .map_err(|e| format!("{name}: {e}"))?;
+                env.insert(name.clone(), resolved);
+                secrets.insert(name.clone(), value.clone());
+            }
+            None => {
+                env.insert(name.clone(), value.clone());
+            }
+        }
+    }
+    Ok((env, secrets))
+}
+
 pub use checks::{name_label, tenant_id as check_tenant_id};
 pub use secret::{EnvSource, ProcessEnv};
 

@@ -202,9 +202,32 @@ impl Store {
 
     pub async fn recent_regressions(&self) -> Result<Vec<Regression>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT tenant_id AS tenant, store_table, detected_at, detail FROM store_regressions
-             WHERE detected_at > now() - interval '24 hours'",
+            // A store restored on purpose (`controller restore`) goes back: what the
+            // agent sees of it in the day after raises nothing.
+            "SELECT tenant_id AS tenant, store_table, detected_at, detail FROM store_regressions s
+             WHERE detected_at > now() - interval '24 hours'
+               AND NOT EXISTS (SELECT 1 FROM tenant_restores r WHERE r.tenant_id = s.tenant_id
+                               AND s.detected_at >= r.restored_at AND s.detected_at < r.restored_at + interval '1 day')",
         )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Tenants of the spec applied more than `max_age_s` ago without a backup taken
+    /// since then: their newest backup (if any).
+    pub async fn tenants_without_backup(
+        &self,
+        max_age_s: i64,
+    ) -> Result<Vec<(String, Option<DateTime<Utc>>)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT t.id, b.taken_at FROM tenants t
+             LEFT JOIN LATERAL (SELECT taken_at FROM tenant_backups b WHERE b.tenant_id = t.id AND b.removed_at IS NULL
+                                ORDER BY taken_at DESC LIMIT 1) b ON TRUE
+             WHERE t.in_spec AND t.created_at < now() - make_interval(secs => $1)
+               AND (b.taken_at IS NULL OR b.taken_at < now() - make_interval(secs => $1))
+             ORDER BY t.id",
+        )
+        .bind(max_age_s as f64)
         .fetch_all(&self.pool)
         .await?)
     }

@@ -6,6 +6,7 @@ pub mod billing;
 pub mod dashboard;
 pub mod hosts;
 pub mod model;
+pub mod operations;
 pub mod rates;
 pub mod reports;
 pub mod users;
@@ -172,6 +173,12 @@ impl Store {
         }
         for (t, d) in desired {
             upsert_tenant(&mut tx, &spec.fleet, t, d, run_id).await?;
+            let launched = outcomes
+                .iter()
+                .find(|o| o.tenant == t.id && matches!(o.action, "create" | "update"));
+            if let Some(o) = launched {
+                operations::add_revision(&mut tx, run_id, t, d, o).await?;
+            }
         }
         let ids: Vec<&str> = spec.tenants.iter().map(|t| t.id.as_str()).collect();
         sqlx::query("UPDATE tenants SET in_spec = FALSE, updated_at = now() WHERE fleet = $1 AND in_spec AND NOT (id = ANY($2))")
@@ -206,13 +213,7 @@ async fn upsert_tenant(
     d: &DesiredContainer,
     run_id: i64,
 ) -> Result<(), StoreError> {
-    // The spec as the operator wrote it, resolved, minus the key.
-    let spec = json!({
-        "name": t.name, "org_id": t.org_id, "host": t.host, "image": t.image,
-        "timezone": t.timezone, "markup_rate": t.markup_rate, "monthly_limit_usd": t.monthly_limit_usd,
-        "email": t.email, "nip": t.nip, "port": t.port, "env": t.env_for_record(),
-        "memory_bytes": t.memory_bytes, "cpus": t.cpus, "api_key": t.api_key.masked(),
-    });
+    let spec = recorded_spec(t);
     let previous_markup: Option<rust_decimal::Decimal> =
         sqlx::query_scalar("SELECT markup_rate FROM tenants WHERE id = $1")
             .bind(&t.id)
@@ -223,7 +224,8 @@ async fn upsert_tenant(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (id) DO UPDATE SET fleet = $2, host = $3, name = $4, org_id = $5, timezone = $6,
              markup_rate = $7, monthly_limit_usd = $8, spec = $9, spec_hash = $10, key_fingerprint = $11,
-             key_masked = $12, in_spec = TRUE, updated_at = now()",
+             key_masked = $12, in_spec = TRUE, updated_at = now(),
+             rolled_back_to = NULL",
     )
     .bind(&t.id)
     .bind(fleet)
@@ -248,6 +250,18 @@ async fn upsert_tenant(
             .await?;
     }
     Ok(())
+}
+
+/// The spec as the operator wrote it, resolved, minus the key: secrets stay as their
+/// `${env:}`/`${file:}` references and the key as its mask.
+pub fn recorded_spec(t: &TenantSpec) -> Value {
+    json!({
+        "name": t.name, "org_id": t.org_id, "host": t.host, "image": t.image,
+        "timezone": t.timezone, "markup_rate": t.markup_rate, "monthly_limit_usd": t.monthly_limit_usd,
+        "email": t.email, "nip": t.nip, "port": t.port, "env": t.env_for_record(),
+        "memory_bytes": t.memory_bytes, "cpus": t.cpus, "pids_limit": t.pids_limit,
+        "api_key": t.api_key.masked(), "key_fingerprint": t.api_key.fingerprint(),
+    })
 }
 
 fn run_status(outcomes: &[Outcome]) -> &'static str {

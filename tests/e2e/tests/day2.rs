@@ -235,3 +235,358 @@ fn an_env_change_is_planned_by_name_and_a_secret_value_is_never_shown() {
         );
     }
 }
+
+fn spec_arg(spec: &Path) -> String {
+    spec.display().to_string()
+}
+
+/// `logs -f` follows, masking the key the app prints; `exec` runs and is recorded;
+/// a new image that verifies but is bad is rolled back with `rollback`, verified and
+/// recorded, and `plan` shows the tenant differing from the file.
+#[test]
+fn logs_follow_exec_is_recorded_and_a_bad_image_is_rolled_back() {
+    if !require_services() {
+        return;
+    }
+    let f = Fleet::new("tenantops");
+    let id = f.id("t1");
+    let spec = f.write_spec(&f.spec(&[(&id, "a", DEV, "LOG_LEVEL: DEBUG")]));
+    f.apply_ok(&spec, &[]);
+    assert!(f.wait_health(f.base_port).is_some());
+
+    // logs -f: a chat made after it started shows up, with the key masked.
+    let mut follow = f
+        .controller_command(&["logs", &id, "-f", "--tail", "0", "--spec", &spec_arg(&spec)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("logs -f");
+    let stdout = follow.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    mai_fleet_e2e::chat(f.base_port, "zofia", "openai/gpt-4o-mini").expect("chat");
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline
+        && !seen
+            .iter()
+            .any(|l: &String| l.contains("DEBUG: called OpenRouter"))
+    {
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            seen.push(line);
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        seen.iter().any(|l| l.contains("user=zofia")),
+        "followed: {seen:?}"
+    );
+    let key_line = seen
+        .iter()
+        .find(|l| l.contains("DEBUG: called OpenRouter"))
+        .expect("the key line");
+    assert!(
+        key_line.contains("•••") && !key_line.contains(&mai_fleet_e2e::key(0)),
+        "{key_line}"
+    );
+
+    // exec, recorded with who and what.
+    let exec = f.controller(&[
+        "exec",
+        &id,
+        "--spec",
+        &spec_arg(&spec),
+        "--",
+        "/mai-tenant",
+        "connect",
+        "127.0.0.1:8080",
+    ]);
+    assert_eq!(exec.code, 0, "{}", exec.all());
+    assert!(
+        exec.stdout.contains("connected to 127.0.0.1:8080"),
+        "{}",
+        exec.stdout
+    );
+    let failing = f.controller(&[
+        "exec",
+        &id,
+        "--spec",
+        &spec_arg(&spec),
+        "--",
+        "/mai-tenant",
+        "connect",
+        "127.0.0.1:1",
+    ]);
+    assert_eq!(
+        failing.code,
+        1,
+        "the command's own exit code: {}",
+        failing.all()
+    );
+    assert_eq!(
+        f.psql(&format!("SELECT string_agg(actor || ' ' || array_to_string(command, ' ') || ' -> ' || exit_code, ' | ' ORDER BY id) FROM tenant_operations WHERE tenant_id = '{id}' AND kind = 'exec'")),
+        "e2e@test /mai-tenant connect 127.0.0.1:8080 -> 0 | e2e@test /mai-tenant connect 127.0.0.1:1 -> 1"
+    );
+
+    // A new image that passes verification (the "bad" release), then the rollback.
+    let first_run = f.psql("SELECT max(id) FROM apply_runs");
+    f.write_spec(&f.spec(&[(&id, "a", "mai-fleet/tenant:dev2", "LOG_LEVEL: DEBUG")]));
+    f.apply_ok(&spec, &[]);
+    let image = || {
+        docker_json(&["inspect", &format!("mai-{id}")])[0]["Config"]["Image"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(image(), "mai-fleet/tenant:dev2");
+    let rollback = f.controller(&[
+        "rollback",
+        &id,
+        "--spec",
+        &spec_arg(&spec),
+        "--settle",
+        "1s",
+    ]);
+    assert_eq!(rollback.code, 0, "{}", rollback.all());
+    assert!(
+        rollback
+            .stderr
+            .contains(&format!("rollback to run #{first_run}")),
+        "{}",
+        rollback.stderr
+    );
+    assert_eq!(image(), DEV, "the previous image runs again");
+    assert!(f.wait_health(f.base_port).is_some(), "and serves");
+    let history: Vec<Value> =
+        serde_json::from_str(&f.controller(&["history", &id, "--output", "json"]).stdout).unwrap();
+    let kinds: Vec<String> = history
+        .iter()
+        .map(|h| {
+            format!(
+                "{} {} {}",
+                h["kind"].as_str().unwrap_or(""),
+                h["image"].as_str().unwrap_or("-"),
+                h["status"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(kinds[0], format!("rollback {DEV} ok"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"apply mai-fleet/tenant:dev2 ok".to_string()),
+        "{kinds:?}"
+    );
+    assert!(kinds.contains(&format!("apply {DEV} ok")), "{kinds:?}");
+    // The file is still the truth: plan shows the way back to it, and why.
+    let plan = f.controller(&["plan", &spec_arg(&spec)]);
+    assert_eq!(plan.code, 2, "{}", plan.all());
+    assert!(
+        plan.stdout
+            .contains(&format!("image {DEV} -> mai-fleet/tenant:dev2")),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains(&format!(
+            "note: {id} runs the revision of apply run #{first_run}"
+        )),
+        "{}",
+        plan.stdout
+    );
+    // A rollback to a run that never launched the tenant says which runs did.
+    let wrong = f.controller(&["rollback", &id, "--to", "99999", "--spec", &spec_arg(&spec)]);
+    assert_eq!(wrong.code, 1);
+    assert!(
+        wrong
+            .stderr
+            .contains("run #99999 did not launch this tenant"),
+        "{}",
+        wrong.stderr
+    );
+}
+
+fn store_tokens(data: &Path, org: &str) -> i64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        data.join("webui.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    conn.query_row(
+        "SELECT coalesce(sum(total_tokens), 0) FROM client_daily_usage WHERE client_org_id = ?1",
+        [org],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+fn fleet_tokens(f: &Fleet, tenant: &str) -> i64 {
+    f.psql(&format!(
+        "SELECT coalesce(sum(total_tokens), 0) FROM usage_daily WHERE tenant_id = '{tenant}'"
+    ))
+    .parse()
+    .unwrap()
+}
+
+/// A backup taken while the tenant writes under load is a sound SQLite file holding
+/// the store's sums of that moment; a restore then raises no `store_regression` and
+/// leaves the fleet's history as it was (a store reset by hand does raise it); a
+/// tenant never backed up raises `backup_missing`.
+#[test]
+fn a_backup_under_load_restores_without_a_regression_alert_and_missing_backups_alert() {
+    if !require_services() {
+        return;
+    }
+    let f = Fleet::new("backup");
+    let (a, b) = (f.id("a"), f.id("b"));
+    let load = "SIM_USAGE_PER_MIN: \"1200\"";
+    let spec = f.write_spec(&f.spec(&[(&a, "a", DEV, load), (&b, "a", DEV, "")]));
+    f.apply_ok(&spec, &[]);
+    assert!(f.wait_health(f.base_port).is_some());
+    let data = f.data_root("a").join(&a).join("data");
+    std::fs::create_dir_all(data.join("uploads/chat-1")).unwrap();
+    std::fs::write(
+        data.join("uploads/chat-1/report.pdf"),
+        b"%PDF-1.4 client file",
+    )
+    .unwrap();
+    std::fs::create_dir_all(data.join("cache/embeddings")).unwrap();
+    std::fs::write(data.join("cache/embeddings/x.bin"), vec![0u8; 4096]).unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    f.agent_once("a");
+    let backups = f.dir.join("backups");
+
+    let org = format!("org_{a}");
+    let before = store_tokens(&data, &org);
+    let out = f.controller(&[
+        "backup",
+        &a,
+        "--dir",
+        &backups.display().to_string(),
+        "--spec",
+        &spec_arg(&spec),
+        "--output",
+        "json",
+    ]);
+    let after = store_tokens(&data, &org);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let taken: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
+    let manifest = &taken[0]["manifest"];
+    let path = std::path::PathBuf::from(taken[0]["path"].as_str().unwrap());
+    assert!(
+        after > before,
+        "the tenant was writing during the backup ({before} -> {after})"
+    );
+    let tokens = manifest["tokens"].as_i64().unwrap();
+    assert!(
+        (before..=after).contains(&tokens),
+        "{before} <= {tokens} <= {after}"
+    );
+    let copy = rusqlite::Connection::open(path.join("webui.db")).unwrap();
+    let check: String = copy
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    drop(copy);
+    assert_eq!(
+        store_tokens(&path, &org),
+        tokens,
+        "the manifest's sums are the copy's"
+    );
+    assert!(
+        path.join("uploads/chat-1/report.pdf").is_file(),
+        "uploads are kept"
+    );
+    assert!(!path.join("cache").exists(), "caches are left out");
+
+    // More usage, then the restore: the store goes back to the backup.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    f.agent_once("a");
+    let fleet_before = fleet_tokens(&f, &a);
+    assert!(fleet_before > tokens);
+    let restored = f.controller(&[
+        "restore",
+        &a,
+        "--from",
+        &path.display().to_string(),
+        "--spec",
+        &spec_arg(&spec),
+        "--settle",
+        "1s",
+    ]);
+    assert_eq!(restored.code, 0, "{}", restored.all());
+    assert!(f.wait_health(f.base_port).is_some());
+    // b's store is reset by hand: that one is a regression to be told about.
+    let b_db = f.data_root("a").join(&b).join("data").join("webui.db");
+    mai_fleet_e2e::chat(f.base_port + 1, "jan", "openai/gpt-4o-mini").unwrap();
+    f.agent_once("a");
+    let conn = rusqlite::Connection::open(&b_db).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    conn.execute_batch("DELETE FROM client_daily_usage; DELETE FROM client_user_daily_usage; DELETE FROM client_model_daily_usage;").unwrap();
+    drop(conn);
+    f.agent_once("a");
+    assert!(
+        fleet_tokens(&f, &a) >= fleet_before,
+        "the fleet keeps its history"
+    );
+    let regressions = f.psql(&format!(
+        "SELECT count(*) FROM store_regressions WHERE tenant_id = '{a}'"
+    ));
+    assert_ne!(regressions, "0", "the agent did see the store go back");
+    let config = f.dir.join("alerts.yaml");
+    std::fs::write(
+        &config,
+        "rules:\n  exchange_rate_missing: { enabled: false }\n",
+    )
+    .unwrap();
+    // Both tenants were applied two days ago, as far as the rule can tell.
+    f.psql("UPDATE tenants SET created_at = now() - interval '2 days'");
+    let out = f
+        .controller_command(&["alerts", "evaluate"])
+        .env("MAI_FLEET_ALERTS_CONFIG", &config)
+        .env("MAI_FLEET_BACKUP_DIR", &backups)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        alert_state(&f, "store_regression", &a),
+        None,
+        "restored on purpose"
+    );
+    assert_eq!(
+        alert_state(&f, "store_regression", &b).as_deref(),
+        Some("firing"),
+        "reset by hand"
+    );
+    assert_eq!(
+        alert_state(&f, "backup_missing", &b).as_deref(),
+        Some("firing"),
+        "never backed up"
+    );
+    assert_eq!(
+        alert_state(&f, "backup_missing", &a),
+        None,
+        "backed up a minute ago"
+    );
+    let restores = f.psql(&format!(
+        "SELECT count(*) FROM tenant_restores WHERE tenant_id = '{a}'"
+    ));
+    assert_eq!(restores, "1");
+}

@@ -281,6 +281,18 @@ fn chat(
     let id = generation.unwrap_or_else(|| next_generation_id(app));
     let usage = Usage::priced(&id, user, &model, prompt_tokens, completion_tokens);
     record(app, &usage);
+    // Like many apps, a request line; at DEBUG, carelessly, the key it used (what
+    // `controller logs` must mask).
+    eprintln!(
+        "INFO: chat {id} user={user} model={model} tokens={}",
+        usage.total_tokens()
+    );
+    if std::env::var("LOG_LEVEL").is_ok_and(|l| l == "DEBUG") {
+        eprintln!(
+            "DEBUG: called OpenRouter with key {}",
+            std::env::var("OPENROUTER_API_KEY").unwrap_or_default()
+        );
+    }
     let usage_json = json!({
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,

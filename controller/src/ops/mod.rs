@@ -1,0 +1,388 @@
+//! Day-2 operations on one tenant: its logs, a verified restart, a recorded exec, a
+//! rollback to a revision an earlier apply launched, and backups of its data
+//! (`backup`). The spec file names the tenant's host and engine; the fleet database
+//! records who did what.
+
+pub mod backup;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicUsize;
+
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::query_parameters::{LogsOptionsBuilder, RestartContainerOptionsBuilder};
+use futures_util::{Stream, StreamExt};
+
+use crate::apply::{desired, DesiredTenant};
+use crate::docker::{self, DockerError, Engine, ExecuteOptions, Outcome, Progress, Status};
+use crate::plan::{changes, Action, DesiredContainer, Observed};
+use crate::spec::{FleetSpec, TenantSpec};
+use crate::store::operations::Revision;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("tenant `{0}` is not in the spec")]
+    UnknownTenant(String),
+    #[error(
+        "tenant {tenant} has no container {name} on host {host}; `controller apply` creates it"
+    )]
+    NoContainer {
+        tenant: String,
+        name: String,
+        host: String,
+    },
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+    #[error(transparent)]
+    Fleet(#[from] crate::apply::FleetError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("host {host}: {what}: {source}")]
+    Api {
+        host: String,
+        what: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("{0}")]
+    Revision(String),
+    #[error("backup: {0}")]
+    Backup(String),
+}
+
+/// A tenant of the spec, its engine and its container as found there.
+pub struct Located {
+    pub engine: Engine,
+    pub tenant: DesiredTenant,
+    pub container: Observed,
+}
+
+/// Connects to the tenant's engine and finds its container (`mai-<id>` with this
+/// fleet's and host's labels), with what it runs.
+pub async fn locate(spec: &FleetSpec, tenant: &str) -> Result<Located, OpsError> {
+    let wanted = desired(spec)?
+        .into_iter()
+        .find(|d| d.spec.id == tenant)
+        .ok_or_else(|| OpsError::UnknownTenant(tenant.to_string()))?;
+    let host = spec
+        .hosts
+        .iter()
+        .find(|h| h.name == wanted.spec.host)
+        .ok_or_else(|| OpsError::UnknownTenant(tenant.to_string()))?;
+    let engine = Engine::connect(host).await?;
+    let (mut observed, _) = engine.observe().await?;
+    engine.inspect_runtimes(&mut observed, &host.name).await?;
+    let name = wanted.container.name.clone();
+    let container = observed
+        .into_iter()
+        .find(|o| {
+            o.name == name
+                && o.host() == host.name
+                && o.fleet() == spec.fleet
+                && o.tenant() == tenant
+        })
+        .ok_or_else(|| OpsError::NoContainer {
+            tenant: tenant.to_string(),
+            name,
+            host: host.name.clone(),
+        })?;
+    Ok(Located {
+        engine,
+        tenant: wanted,
+        container,
+    })
+}
+
+/// Replaces every secret of a tenant (its key, its secret variables) in text the
+/// container printed: an app may log them.
+pub struct Masker {
+    secrets: Vec<String>,
+}
+
+impl Masker {
+    pub fn new(d: &DesiredContainer) -> Self {
+        let mut secrets: Vec<String> = d
+            .secret_env
+            .iter()
+            .filter_map(|name| d.env.get(name))
+            .filter(|v| v.len() >= 4)
+            .cloned()
+            .collect();
+        // Longest first: a secret that contains another is masked whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        Self { secrets }
+    }
+
+    pub fn mask(&self, text: &str) -> String {
+        self.secrets
+            .iter()
+            .fold(text.to_string(), |t, s| t.replace(s.as_str(), "•••"))
+    }
+}
+
+/// What `logs` asks of the engine.
+pub struct LogsOptions {
+    pub follow: bool,
+    /// Unix seconds.
+    pub since: Option<i64>,
+    pub tail: Option<String>,
+}
+
+/// The container's output, whole lines, masked. A line split across the engine's
+/// frames is joined first, so a secret cannot escape the mask by being cut in two.
+pub fn logs<'a>(
+    at: &'a Located,
+    opts: &LogsOptions,
+) -> impl Stream<Item = Result<String, OpsError>> + 'a {
+    let mut b = LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(true)
+        .follow(opts.follow)
+        .timestamps(false);
+    if let Some(s) = opts.since {
+        b = b.since(s as i32);
+    }
+    if let Some(t) = &opts.tail {
+        b = b.tail(t);
+    }
+    let masker = Masker::new(&at.tenant.container);
+    let host = at.engine.host.name.clone();
+    let raw = at.engine.docker.logs(&at.container.id, Some(b.build()));
+    let mut pending = String::new();
+    raw.map(Some)
+        .chain(futures_util::stream::iter([None]))
+        .flat_map(move |item| {
+            let lines: Vec<Result<String, OpsError>> = match item {
+                Some(Ok(chunk)) => {
+                    pending.push_str(&chunk.to_string());
+                    let mut out = Vec::new();
+                    while let Some(end) = pending.find('\n') {
+                        let line: String = pending.drain(..=end).collect();
+                        out.push(Ok(masker.mask(&line)));
+                    }
+                    out
+                }
+                Some(Err(source)) => vec![Err(OpsError::Api {
+                    host: host.clone(),
+                    what: "read the container's logs",
+                    source,
+                })],
+                None if pending.is_empty() => Vec::new(),
+                None => vec![Ok(masker.mask(&std::mem::take(&mut pending)))],
+            };
+            futures_util::stream::iter(lines)
+        })
+}
+
+/// Restarts the tenant's container and verifies it as a launch is verified.
+pub async fn restart(
+    at: &Located,
+    verify: &docker::VerifyOptions,
+    stop_timeout_s: i32,
+) -> Result<Result<String, String>, OpsError> {
+    let options = RestartContainerOptionsBuilder::new()
+        .t(stop_timeout_s)
+        .build();
+    at.engine
+        .docker
+        .restart_container(&at.container.id, Some(options))
+        .await
+        .map_err(|source| OpsError::Api {
+            host: at.engine.host.name.clone(),
+            what: "restart the container",
+            source,
+        })?;
+    let d = &at.tenant.container;
+    Ok(docker::verify(
+        &at.engine,
+        &at.container.id,
+        Some(d.host_port),
+        verify,
+        Some(d),
+    )
+    .await)
+}
+
+/// Runs `command` in the tenant's container, its output (masked) handed to `out`
+/// as it comes (`true` for stderr); the command's exit code.
+pub async fn exec(
+    at: &Located,
+    command: &[String],
+    out: &mut (dyn FnMut(bool, &str) + Send),
+) -> Result<i64, OpsError> {
+    let api = |what: &'static str| {
+        let host = at.engine.host.name.clone();
+        move |source| OpsError::Api { host, what, source }
+    };
+    let created = at
+        .engine
+        .docker
+        .create_exec(
+            &at.container.id,
+            CreateExecOptions::<String> {
+                cmd: Some(command.to_vec()),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(api("create the exec"))?;
+    let masker = Masker::new(&at.tenant.container);
+    if let StartExecResults::Attached { mut output, .. } = at
+        .engine
+        .docker
+        .start_exec(&created.id, None)
+        .await
+        .map_err(api("start the exec"))?
+    {
+        while let Some(chunk) = output.next().await {
+            let chunk = chunk.map_err(api("read the exec's output"))?;
+            let is_err = matches!(chunk, bollard::container::LogOutput::StdErr { .. });
+            out(is_err, &masker.mask(&chunk.to_string()));
+        }
+    }
+    let inspected = at
+        .engine
+        .docker
+        .inspect_exec(&created.id)
+        .await
+        .map_err(api("inspect the exec"))?;
+    Ok(inspected.exit_code.unwrap_or(-1))
+}
+
+/// The revision a rollback puts back: run `to` (which must have launched the
+/// tenant successfully), or else the newest successful one that differs from what
+/// runs now.
+pub fn rollback_target(
+    revisions: &[Revision],
+    running_hash: &str,
+    to: Option<i64>,
+) -> Result<Revision, String> {
+    let ok = |r: &&Revision| r.status == "ok";
+    let found = match to {
+        Some(run) => revisions.iter().filter(ok).find(|r| r.run_id == run),
+        None => revisions
+            .iter()
+            .filter(ok)
+            .find(|r| r.spec_hash != running_hash),
+    };
+    found.cloned().ok_or_else(|| {
+        let runs: Vec<String> = revisions
+            .iter()
+            .filter(ok)
+            .map(|r| format!("#{} ({})", r.run_id, r.image))
+            .collect();
+        let known = if runs.is_empty() {
+            "no apply has launched it successfully yet".to_string()
+        } else {
+            format!("runs that launched it: {}", runs.join(", "))
+        };
+        match to {
+            Some(run) => format!("run #{run} did not launch this tenant successfully; {known}"),
+            None => format!("no earlier revision differs from what runs now; {known}"),
+        }
+    })
+}
+
+/// The tenant as `revision` had it: image, environment and resources from the
+/// revision (secrets resolved again now); identity, port and key from the spec file
+/// (a key is never rolled back: an old one may be revoked).
+pub fn tenant_at(
+    spec: &FleetSpec,
+    current: &TenantSpec,
+    revision: &Revision,
+) -> Result<TenantSpec, String> {
+    let r = &revision.spec;
+    let mut t = current.clone();
+    t.image = r["image"]
+        .as_str()
+        .ok_or("the revision has no image")?
+        .to_string();
+    let recorded: BTreeMap<String, String> =
+        serde_json::from_value(r["env"].clone()).map_err(|e| format!("its env: {e}"))?;
+    let (env, secrets) = crate::spec::resolve_recorded_env(&spec.file, &recorded)?;
+    t.env = env;
+    t.secret_env = secrets;
+    t.memory_bytes = r["memory_bytes"].as_i64();
+    t.cpus = r["cpus"].as_str().and_then(|c| c.parse().ok());
+    t.pids_limit = r["pids_limit"].as_i64();
+    Ok(t)
+}
+
+/// Launches `t` in place of the tenant's container, verified, rolled back to the
+/// running container if verification fails (as an apply's update is).
+pub async fn launch_revision(
+    spec: &FleetSpec,
+    at: &Located,
+    t: &TenantSpec,
+    opts: &ExecuteOptions,
+    progress: &Progress,
+) -> Outcome {
+    let host = &at.engine.host;
+    let d = DesiredContainer::new(&spec.fleet, host, t);
+    let found = at
+        .container
+        .runtime
+        .as_ref()
+        .map(|r| changes(&d, r))
+        .unwrap_or_default();
+    let action = Action::Update {
+        desired: Box::new(d),
+        tenant: t.id.clone(),
+        previous: at.container.clone(),
+        changes: found,
+        drift: false,
+    };
+    let failures = AtomicUsize::new(0);
+    let mut outcomes = docker::execute(&at.engine, vec![action], opts, &failures, progress).await;
+    outcomes.pop().unwrap_or(Outcome {
+        host: host.name.clone(),
+        tenant: t.id.clone(),
+        action: "update",
+        status: Status::Failed,
+        detail: "nothing was executed".into(),
+        container: None,
+        duration_ms: 0,
+    })
+}
+
+/// Rolls `tenant` back to a revision and records it: the operation, and (when it
+/// took) that the tenant now runs that revision, which `plan` then reports.
+pub async fn rollback(
+    spec: &FleetSpec,
+    store: &Store,
+    tenant: &str,
+    to: Option<i64>,
+    actor: &str,
+    opts: &ExecuteOptions,
+    progress: &Progress,
+) -> Result<(Revision, Outcome), OpsError> {
+    let at = locate(spec, tenant).await?;
+    let revisions = store.revisions(tenant).await?;
+    let target =
+        rollback_target(&revisions, at.container.spec_hash(), to).map_err(OpsError::Revision)?;
+    let t = tenant_at(spec, &at.tenant.spec, &target).map_err(OpsError::Revision)?;
+    let op = store
+        .begin_operation(
+            tenant,
+            &at.engine.host.name,
+            actor,
+            "rollback",
+            None,
+            Some(target.run_id),
+        )
+        .await?;
+    let outcome = launch_revision(spec, &at, &t, opts, progress).await;
+    store
+        .finish_operation(op, outcome.status.as_str(), None, &outcome.detail)
+        .await?;
+    if outcome.status == Status::Ok {
+        let mut running = target.clone();
+        running.spec_hash = DesiredContainer::new(&spec.fleet, &at.engine.host, &t)
+            .hash_label()
+            .to_string();
+        store.record_rollback(&running).await?;
+    }
+    Ok((target, outcome))
+}
