@@ -43,14 +43,16 @@ fn main() {
 
     println!("bench-apply: engine {}, compose: {}, apply --parallel {parallel} --settle {settle} (defaults: 32, 2s)", docker_version(), compose.join(" "));
     println!(
-        "{:>5}  {:>13}  {:>13}  {:>13}  {:>13}  {:>11}  {:>11}",
+        "{:>5}  {:>13}  {:>13}  {:>13}  {:>13}  {:>13}  {:>11}  {:>11}  {:>13}",
         "N",
         "apply fresh",
         "compose fresh",
         "apply no-op",
+        "labels no-op",
         "compose no-op",
         "fresh ratio",
-        "no-op ratio"
+        "no-op ratio",
+        "labels ratio"
     );
     for n in sizes {
         let dir = work.join(format!("n{n}"));
@@ -63,7 +65,7 @@ fn main() {
         std::fs::write(&spec, spec_yaml(n, &dir.join("data-apply")))
             .unwrap_or_else(|e| fail(&e.to_string()));
         remove_containers_labelled("mai-fleet.fleet=bench");
-        let apply = |label: &str| {
+        let apply = |label: &str, extra: &[&str]| {
             let mut cmd = Command::new(&controller);
             cmd.args([
                 "apply",
@@ -73,14 +75,26 @@ fn main() {
                 "--settle",
                 &settle,
             ])
+            .args(extra)
             .env_remove("DATABASE_URL");
             for (i, k) in keys.iter().enumerate() {
                 cmd.env(format!("BENCH_KEY_{i}"), k);
             }
             timed(label, &mut cmd)
         };
-        let apply_fresh = apply("apply fresh");
-        let apply_noop = apply("apply no-op");
+        let apply_fresh = apply("apply fresh", &[]);
+        // What each container runs is compared with the spec (drift detection).
+        let apply_noop = apply("apply no-op", &[]);
+        // The spec-hash labels only, as before drift detection.
+        let labels_noop = apply("apply no-op --labels-only", &["--labels-only"]);
+        // Printed now: docker-compose v1 sometimes hangs at 100 services, and the
+        // figures of apply must survive that.
+        eprintln!(
+            "N={n}: apply fresh {:.2}s, apply no-op {:.3}s, labels-only no-op {:.3}s",
+            secs(apply_fresh),
+            secs(apply_noop),
+            secs(labels_noop)
+        );
         remove_containers_labelled("mai-fleet.fleet=bench");
 
         let compose_file = dir.join("docker-compose.yml");
@@ -116,16 +130,18 @@ fn main() {
         timed("compose down", &mut down);
 
         println!(
-            "{n:>5}  {:>12.2}s  {:>12.2}s  {:>12.3}s  {:>12.3}s  {:>10.2}x  {:>10.3}x",
+            "{n:>5}  {:>12.2}s  {:>12.2}s  {:>12.3}s  {:>12.3}s  {:>12.3}s  {:>10.2}x  {:>10.3}x  {:>12.3}x",
             secs(apply_fresh),
             secs(compose_fresh),
             secs(apply_noop),
+            secs(labels_noop),
             secs(compose_noop),
             secs(apply_fresh) / secs(compose_fresh),
             secs(apply_noop) / secs(compose_noop),
+            secs(labels_noop) / secs(compose_noop),
         );
     }
-    println!("ratio = apply time / compose time (below 1: apply is faster); apply fresh includes verification");
+    println!("ratio = apply time / compose time (below 1: apply is faster); apply fresh includes verification; apply no-op compares what every container runs (drift), labels no-op only the spec-hash labels");
     let _ = std::fs::remove_dir_all(&work);
 }
 

@@ -84,16 +84,32 @@ pub fn desired(spec: &FleetSpec) -> Result<Vec<DesiredTenant>, FleetError> {
         .collect()
 }
 
+/// How much of each container a plan looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Observe {
+    /// Labels and what each container runs (drift is an update).
+    #[default]
+    Full,
+    /// Labels only: one API call a host, blind to containers changed by hand.
+    LabelsOnly,
+}
+
 /// Connects to every host and plans it; any host that cannot be planned fails the
 /// whole plan (all such errors are returned), so that nothing is half-applied.
-pub async fn plan_fleet(spec: &FleetSpec, prune: bool) -> Result<FleetPlan, Vec<FleetError>> {
+pub async fn plan_fleet(
+    spec: &FleetSpec,
+    prune: bool,
+    observe: Observe,
+) -> Result<FleetPlan, Vec<FleetError>> {
     let desired = desired(spec).map_err(|e| vec![e])?;
     let planned = join_all(spec.hosts.iter().map(|host| {
         let desired = &desired;
         async move {
             let engine = Engine::connect(host).await?;
             let (mut observed, others) = engine.observe().await?;
-            engine.inspect_runtimes(&mut observed, &host.name).await?;
+            if observe == Observe::Full {
+                engine.inspect_runtimes(&mut observed, &host.name).await?;
+            }
             let mine: Vec<DesiredContainer> = desired
                 .iter()
                 .filter(|d| d.spec.host == host.name)
@@ -139,6 +155,7 @@ pub struct ApplyOptions {
     pub prune: bool,
     /// Plan only.
     pub dry_run: bool,
+    pub observe: Observe,
     pub execute: ExecuteOptions,
     /// Who applies, as recorded.
     pub actor: String,
@@ -215,7 +232,7 @@ pub async fn run(
         }
         None => None,
     };
-    let plan = plan_fleet(spec, opts.prune)
+    let plan = plan_fleet(spec, opts.prune, opts.observe)
         .await
         .map_err(ApplyError::Plan)?;
     if opts.dry_run {

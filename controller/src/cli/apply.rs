@@ -27,6 +27,10 @@ pub struct ApplyArgs {
     /// Show the plan and change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Compare containers by their spec-hash labels only, not by what they run:
+    /// fewer engine calls, but blind to containers changed by hand
+    #[arg(long)]
+    pub labels_only: bool,
     /// Tenants rolled out at once on each host
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub parallel: u16,
@@ -67,6 +71,11 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let opts = ApplyOptions {
         prune: args.prune,
         dry_run: args.dry_run,
+        observe: if args.labels_only {
+            apply::Observe::LabelsOnly
+        } else {
+            apply::Observe::Full
+        },
         execute: ExecuteOptions {
             parallel: usize::from(args.parallel),
             verify: VerifyOptions {

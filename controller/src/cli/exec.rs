@@ -6,31 +6,27 @@ use std::process::ExitCode;
 
 use mai_fleet::ops;
 
-use super::{actor, DatabaseArgs, SpecArgs};
+use super::{actor, TenantArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
-    pub tenant: String,
+    #[command(flatten)]
+    pub target: TenantArgs,
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
-    #[command(flatten)]
-    pub spec: SpecArgs,
-    #[command(flatten)]
-    pub db: DatabaseArgs,
 }
 
 /// Exits with the command's own exit code (1 when it could not run).
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let spec = args.spec.load()?;
-    let store = args.db.migrated().await?;
-    let at = ops::locate(&spec, &args.tenant).await?;
+    let (spec, store) = args.target.open().await?;
+    let at = ops::locate(&spec, &args.target.tenant).await?;
     // The record never holds the tenant's secrets, even typed on the command line.
     let masker = ops::Masker::new(&at.tenant.container);
     let recorded: Vec<String> = args.command.iter().map(|a| masker.mask(a)).collect();
     let op = store
         .begin_operation(
-            &args.tenant,
+            &args.target.tenant,
             &at.engine.host.name,
             &actor(),
             "exec",

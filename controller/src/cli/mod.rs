@@ -176,6 +176,24 @@ impl SpecArgs {
     }
 }
 
+/// What a command on one recorded tenant takes: the tenant, the spec that locates
+/// it, the database that records what is done.
+#[derive(Args, Clone)]
+pub struct TenantArgs {
+    pub tenant: String,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+}
+
+impl TenantArgs {
+    /// The spec and the migrated fleet database.
+    pub async fn open(&self) -> anyhow::Result<(FleetSpec, Store)> {
+        Ok((self.spec.load()?, self.db.migrated().await?))
+    }
+}
+
 /// Who acts, as recorded: `MAI_FLEET_ACTOR`, else user@machine.
 pub fn actor() -> String {
     if let Ok(a) = std::env::var("MAI_FLEET_ACTOR") {

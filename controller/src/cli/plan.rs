@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use mai_fleet::apply::{plan_fleet, FleetPlan};
+use mai_fleet::apply::{plan_fleet, FleetPlan, Observe};
 use mai_fleet::plan::Action;
 use mai_fleet::spec::FleetSpec;
 
@@ -15,6 +15,9 @@ pub struct Args {
     /// Plan removal of managed containers that are not in the spec
     #[arg(long)]
     pub prune: bool,
+    /// Compare containers by their spec-hash labels only (blind to hand changes)
+    #[arg(long)]
+    pub labels_only: bool,
     #[arg(long, default_value = "text", value_parser = OutputFormat::text_or_json())]
     pub output: OutputFormat,
     /// The fleet database, to say which tenants run a rolled-back revision (optional)
@@ -27,7 +30,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let Some(spec) = load_or_report(&args.file, args.output) else {
         return Ok(ExitCode::from(1));
     };
-    let plan = match plan_fleet(&spec, args.prune).await {
+    let observe = if args.labels_only {
+        Observe::LabelsOnly
+    } else {
+        Observe::Full
+    };
+    let plan = match plan_fleet(&spec, args.prune, observe).await {
         Ok(p) => p,
         Err(errors) => return Ok(report_fleet_errors(&errors)),
     };

@@ -4,30 +4,26 @@ use std::process::ExitCode;
 
 use mai_fleet::ops;
 
-use super::{actor, DatabaseArgs, SpecArgs, VerifyArgs};
+use super::{actor, TenantArgs, VerifyArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
-    pub tenant: String,
+    #[command(flatten)]
+    pub target: TenantArgs,
     /// Seconds the container gets to stop before it is killed
     #[arg(long, default_value_t = 10)]
     pub stop_timeout: i32,
     #[command(flatten)]
     pub verify: VerifyArgs,
-    #[command(flatten)]
-    pub spec: SpecArgs,
-    #[command(flatten)]
-    pub db: DatabaseArgs,
 }
 
 /// Exit 0 restarted and verified, 3 not verified.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let spec = args.spec.load()?;
-    let store = args.db.migrated().await?;
-    let at = ops::locate(&spec, &args.tenant).await?;
+    let (spec, store) = args.target.open().await?;
+    let at = ops::locate(&spec, &args.target.tenant).await?;
     let op = store
         .begin_operation(
-            &args.tenant,
+            &args.target.tenant,
             &at.engine.host.name,
             &actor(),
             "restart",
@@ -35,7 +31,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             None,
         )
         .await?;
-    eprintln!("{}/{}: restarting", at.engine.host.name, args.tenant);
+    eprintln!("{}/{}: restarting", at.engine.host.name, args.target.tenant);
     let verified = ops::restart(&at, &args.verify.options(), args.stop_timeout).await;
     let (status, detail, code) = match &verified {
         Ok(Ok(v)) => ("ok", v.clone(), 0),
@@ -48,7 +44,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     eprintln!(
         "{}/{}: {status}: {detail}",
-        at.engine.host.name, args.tenant
+        at.engine.host.name, args.target.tenant
     );
     Ok(ExitCode::from(code))
 }

@@ -6,32 +6,28 @@ use std::process::ExitCode;
 
 use mai_fleet::ops::backup;
 
-use super::{actor, DatabaseArgs, SpecArgs, VerifyArgs};
+use super::{actor, TenantArgs, VerifyArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
-    pub tenant: String,
+    #[command(flatten)]
+    pub target: TenantArgs,
     /// The backup directory (`<backup dir>/<tenant>/<time>`)
     #[arg(long)]
     pub from: std::path::PathBuf,
     #[command(flatten)]
     pub verify: VerifyArgs,
-    #[command(flatten)]
-    pub spec: SpecArgs,
-    #[command(flatten)]
-    pub db: DatabaseArgs,
 }
 
 /// Exit 0 restored and verified, 3 restored but not verified.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let spec = args.spec.load()?;
-    let store = args.db.migrated().await?;
+    let (spec, store) = args.target.open().await?;
     let from = std::fs::canonicalize(&args.from)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.from.display()))?;
     let r = backup::restore(
         &spec,
         &store,
-        &args.tenant,
+        &args.target.tenant,
         &from,
         &actor(),
         &args.verify.options(),
@@ -39,7 +35,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     .await?;
     eprintln!(
         "{}: restored from {} (taken {}, {} tokens); what it replaced is kept in {}",
-        args.tenant,
+        args.target.tenant,
         from.display(),
         r.manifest.taken_at.format("%Y-%m-%d %H:%M:%S UTC"),
         r.manifest.tokens,
@@ -47,11 +43,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     match r.verified {
         Ok(v) => {
-            eprintln!("{}: {v}", args.tenant);
+            eprintln!("{}: {v}", args.target.tenant);
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("{}: NOT VERIFIED: {e}", args.tenant);
+            eprintln!("{}: NOT VERIFIED: {e}", args.target.tenant);
             Ok(ExitCode::from(3))
         }
     }

@@ -7,28 +7,24 @@ use std::process::ExitCode;
 use mai_fleet::docker::{ExecuteOptions, Status};
 use mai_fleet::ops;
 
-use super::{actor, DatabaseArgs, SpecArgs, VerifyArgs};
+use super::{actor, TenantArgs, VerifyArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
-    pub tenant: String,
+    #[command(flatten)]
+    pub target: TenantArgs,
     /// The apply run whose revision to run (default: the newest that differs from
     /// what runs now); `controller history TENANT` lists them
     #[arg(long)]
     pub to: Option<i64>,
     #[command(flatten)]
     pub verify: VerifyArgs,
-    #[command(flatten)]
-    pub spec: SpecArgs,
-    #[command(flatten)]
-    pub db: DatabaseArgs,
 }
 
 /// Exit 0 the revision runs, verified; 3 it did not verify (the container that ran
 /// before serves again).
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let spec = args.spec.load()?;
-    let store = args.db.migrated().await?;
+    let (spec, store) = args.target.open().await?;
     let opts = ExecuteOptions {
         parallel: 1,
         verify: args.verify.options(),
@@ -37,11 +33,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_failures: None,
     };
     let step = |host: &str, tenant: &str, msg: &str| eprintln!("  {host}/{tenant}: {msg}");
-    let (revision, outcome) =
-        ops::rollback(&spec, &store, &args.tenant, args.to, &actor(), &opts, &step).await?;
+    let (revision, outcome) = ops::rollback(
+        &spec,
+        &store,
+        &args.target.tenant,
+        args.to,
+        &actor(),
+        &opts,
+        &step,
+    )
+    .await?;
     eprintln!(
         "{}: rollback to run #{} ({}): {} {}",
-        args.tenant,
+        args.target.tenant,
         revision.run_id,
         revision.image,
         outcome.status.word(),
@@ -50,7 +54,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if outcome.status == Status::Ok {
         eprintln!(
             "{} now differs from {}: `controller plan` shows it, and the next apply puts the file's spec back (change the file to keep this revision)",
-            args.tenant,
+            args.target.tenant,
             spec.file.display()
         );
     }

@@ -8,9 +8,11 @@
 //! hidden directory and renamed into place whole. The tenant's data directory is
 //! the tenant's: links, FIFOs and devices in it are never followed or read.
 //!
-//! Backups run on the controller's machine for tenants of a local (`unix://`)
-//! engine; a remote host's data directory is not reachable from here (see
-//! docs/day2.md).
+//! A tenant of a local (`unix://`) engine is copied from its data directory while it
+//! runs. A remote host's data directory is reached through its engine: the tenant
+//! is paused, its directory read with the archive API (a frozen copy, as at a power
+//! cut, which SQLite recovers from: the journals travel with the store), the tenant
+//! resumed, and the same online backup made from that copy here.
 
 use std::path::{Path, PathBuf};
 
@@ -73,15 +75,101 @@ fn err(e: impl std::fmt::Display) -> OpsError {
     OpsError::Backup(e.to_string())
 }
 
-/// Where a tenant's data lives on this machine; a remote engine's is not here.
-fn local_data_dir(at: &Located) -> Result<PathBuf, OpsError> {
-    if !at.engine.local {
-        return Err(OpsError::Backup(format!(
-            "tenant {} runs on host {} ({}): its data directory is on that server; backups of remote hosts are not built yet",
-            at.tenant.spec.id, at.engine.host.name, at.engine.host.docker
-        )));
+/// The app's data directory inside the container, which the archive API reads.
+const DATA_PATH: &str = mai_fleet_core::contract::DATA_MOUNT;
+
+fn api(at: &Located, what: &'static str) -> impl FnOnce(bollard::errors::Error) -> OpsError {
+    let host = at.engine.host.name.clone();
+    move |source| OpsError::Api { host, what, source }
+}
+
+/// The tenant's data directory as this machine can read it: the directory itself on
+/// a local engine; on a remote one, a frozen copy fetched into `scratch`.
+async fn readable_data(at: &Located, scratch: &Path) -> Result<PathBuf, OpsError> {
+    if at.engine.local {
+        return Ok(PathBuf::from(&at.tenant.container.data_dir));
     }
-    Ok(PathBuf::from(&at.tenant.container.data_dir))
+    let running = at.container.state == "running";
+    if running {
+        at.engine
+            .docker
+            .pause_container(&at.container.id)
+            .await
+            .map_err(api(at, "pause the tenant for its copy"))?;
+    }
+    if let Some(parent) = scratch.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    let tar_file = scratch.with_extension("tar");
+    let fetched = fetch_archive(at, &tar_file).await;
+    // Resumed whatever the copy did.
+    if running {
+        at.engine
+            .docker
+            .unpause_container(&at.container.id)
+            .await
+            .map_err(api(at, "resume the tenant after its copy"))?;
+    }
+    fetched?;
+    let (from, into) = (tar_file.clone(), scratch.to_path_buf());
+    let unpacked = tokio::task::spawn_blocking(move || unpack(&from, &into))
+        .await
+        .map_err(err)
+        .and_then(|r| r);
+    let _ = std::fs::remove_file(&tar_file);
+    unpacked?;
+    Ok(scratch.to_path_buf())
+}
+
+/// The data directory as a tar stream from the engine, into `file`.
+async fn fetch_archive(at: &Located, file: &Path) -> Result<(), OpsError> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    let options = bollard::query_parameters::DownloadFromContainerOptionsBuilder::new()
+        .path(DATA_PATH)
+        .build();
+    let mut out = std::fs::File::create(file).map_err(err)?;
+    let mut stream = at
+        .engine
+        .docker
+        .download_from_container(&at.container.id, Some(options));
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(api(at, "read the tenant's data directory"))?;
+        out.write_all(&chunk).map_err(err)?;
+    }
+    out.sync_all().map_err(err)
+}
+
+/// Unpacks an archive of the data directory (entries `data/…`) into `into`: regular
+/// files and directories only, never outside `into` (the archive holds the tenant's
+/// names).
+fn unpack(file: &Path, into: &Path) -> Result<(), OpsError> {
+    use std::path::Component;
+    std::fs::create_dir_all(into).map_err(err)?;
+    let mut archive = tar::Archive::new(std::fs::File::open(file).map_err(err)?);
+    for entry in archive.entries().map_err(err)? {
+        let mut entry = entry.map_err(err)?;
+        let kind = entry.header().entry_type();
+        let path = entry.path().map_err(err)?.into_owned();
+        // `data/uploads/x` -> `uploads/x`; anything but plain names is refused.
+        let mut parts = path.components();
+        parts.next();
+        let rel: PathBuf = parts.clone().collect();
+        if rel.as_os_str().is_empty() || !parts.all(|c| matches!(c, Component::Normal(_))) {
+            continue;
+        }
+        let dest = into.join(&rel);
+        if kind.is_dir() {
+            std::fs::create_dir_all(&dest).map_err(err)?;
+        } else if kind.is_file() {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(err)?;
+            }
+            let mut out = std::fs::File::create(&dest).map_err(err)?;
+            std::io::copy(&mut entry, &mut out).map_err(err)?;
+        }
+    }
+    Ok(())
 }
 
 /// Backs one tenant up and applies retention.
@@ -92,17 +180,27 @@ pub async fn backup(
     opts: &BackupOptions,
 ) -> Result<BackupReport, OpsError> {
     let at = locate(spec, tenant).await?;
-    let data = local_data_dir(&at)?;
     let host = at.engine.host.name.clone();
     let op = store
         .begin_operation(tenant, &host, &opts.actor, "backup", None, None)
         .await?;
     let target_root = opts.dir.join(tenant);
-    let (id, org) = (tenant.to_string(), at.tenant.spec.org_id.clone());
-    let taken = tokio::task::spawn_blocking(move || take(&data, &target_root, &id, &org))
-        .await
-        .map_err(err)
-        .and_then(|r| r);
+    let scratch = target_root.join(format!(".fetch-{}", std::process::id()));
+    let taken = match readable_data(&at, &scratch).await {
+        Ok(data) => {
+            let (id, org, root) = (
+                tenant.to_string(),
+                at.tenant.spec.org_id.clone(),
+                target_root.clone(),
+            );
+            tokio::task::spawn_blocking(move || take(&data, &root, &id, &org))
+                .await
+                .map_err(err)
+                .and_then(|r| r)
+        }
+        Err(e) => Err(e),
+    };
+    let _ = std::fs::remove_dir_all(&scratch);
     let (path, manifest) = match taken {
         Ok(t) => t,
         Err(e) => {
@@ -331,14 +429,9 @@ pub async fn restore(
         )));
     }
     let at = locate(spec, tenant).await?;
-    let data = local_data_dir(&at)?;
     let op = store
         .begin_operation(tenant, &at.engine.host.name, actor, "restore", None, None)
         .await?;
-    let api = |what: &'static str| {
-        let host = at.engine.host.name.clone();
-        move |source| OpsError::Api { host, what, source }
-    };
     let stop = bollard::query_parameters::StopContainerOptionsBuilder::new()
         .t(10)
         .build();
@@ -346,23 +439,35 @@ pub async fn restore(
         .docker
         .stop_container(&at.container.id, Some(stop))
         .await
-        .map_err(api("stop the tenant"))?;
-    let kept = data.join(format!(
-        ".pre-restore-{}",
-        Utc::now().format("%Y%m%dT%H%M%SZ")
-    ));
-    let swapped = swap_in(&data, from, &kept);
-    if let Err(e) = swapped {
-        let _ = at
-            .engine
-            .docker
-            .start_container(&at.container.id, None)
-            .await;
-        store
-            .finish_operation(op, "failed", None, &e.to_string())
-            .await?;
-        return Err(e);
-    }
+        .map_err(api(&at, "stop the tenant"))?;
+    let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
+    let place = if at.engine.local {
+        let data = PathBuf::from(&at.tenant.container.data_dir);
+        let kept = data.join(format!(".pre-restore-{stamp}"));
+        swap_in(&data, from, &kept).map(|()| Placed::Local { data, kept })
+    } else {
+        let kept = from
+            .parent()
+            .unwrap_or(from)
+            .join(format!(".pre-restore-{stamp}.tar"));
+        upload_in(&at, from, &kept)
+            .await
+            .map(|()| Placed::Remote { kept })
+    };
+    let placed = match place {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = at
+                .engine
+                .docker
+                .start_container(&at.container.id, None)
+                .await;
+            store
+                .finish_operation(op, "failed", None, &e.to_string())
+                .await?;
+            return Err(e);
+        }
+    };
     let backup_id = store
         .backups(tenant)
         .await?
@@ -377,7 +482,7 @@ pub async fn restore(
         .docker
         .start_container(&at.container.id, None)
         .await
-        .map_err(api("start the tenant"))?;
+        .map_err(api(&at, "start the tenant"))?;
     let d = &at.tenant.container;
     let mut verified = docker::verify(
         &at.engine,
@@ -397,7 +502,10 @@ pub async fn restore(
             .docker
             .stop_container(&at.container.id, Some(stop))
             .await;
-        let back = swap_back(&data, &kept);
+        let back = match &placed {
+            Placed::Local { data, kept } => swap_back(data, kept),
+            Placed::Remote { kept } => upload_archive(&at, kept, "/app/backend").await,
+        };
         let _ = at
             .engine
             .docker
@@ -407,7 +515,7 @@ pub async fn restore(
             Ok(()) => format!("{why}; the data it replaced was put back"),
             Err(e) => format!(
                 "{why}; putting the replaced data back failed ({e}): it is in {}",
-                kept.display()
+                placed.kept().display()
             ),
         });
     }
@@ -419,9 +527,94 @@ pub async fn restore(
     store.finish_operation(op, status, None, &detail).await?;
     Ok(RestoreReport {
         verified,
-        kept,
+        kept: placed.kept().to_path_buf(),
         manifest,
     })
+}
+
+/// Where a restore put the backup, and what it replaced.
+enum Placed {
+    /// The data directory here; the replaced entries moved into `kept` inside it.
+    Local { data: PathBuf, kept: PathBuf },
+    /// Uploaded through the engine; the replaced directory fetched into `kept` (a tar
+    /// beside the backup).
+    Remote { kept: PathBuf },
+}
+
+impl Placed {
+    fn kept(&self) -> &Path {
+        match self {
+            Placed::Local { kept, .. } | Placed::Remote { kept } => kept,
+        }
+    }
+}
+
+/// A remote tenant's data replaced through its engine (the tenant is stopped): what
+/// is there is fetched into `kept` first; then the backup goes in, with empty
+/// journals, so that a journal of the replaced store is never replayed onto it.
+async fn upload_in(at: &Located, from: &Path, kept: &Path) -> Result<(), OpsError> {
+    fetch_archive(at, kept).await?;
+    let (src, tar_file) = (from.to_path_buf(), kept.with_extension("upload.tar"));
+    let built = tar_file.clone();
+    tokio::task::spawn_blocking(move || pack(&src, &built))
+        .await
+        .map_err(err)
+        .and_then(|r| r)?;
+    let uploaded = upload_archive(at, &tar_file, DATA_PATH).await;
+    let _ = std::fs::remove_file(&tar_file);
+    uploaded
+}
+
+/// An archive of a backup as the data directory's content: every file but the
+/// manifest, and zero-length `-wal`, `-shm` and `-journal` beside the store.
+fn pack(from: &Path, file: &Path) -> Result<(), OpsError> {
+    let mut builder = tar::Builder::new(std::fs::File::create(file).map_err(err)?);
+    builder.follow_symlinks(false);
+    for entry in std::fs::read_dir(from).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let name = entry.file_name();
+        let meta = std::fs::symlink_metadata(entry.path()).map_err(err)?;
+        if name == "manifest.json" {
+            continue;
+        }
+        if meta.is_dir() {
+            builder.append_dir_all(&name, entry.path()).map_err(err)?;
+        } else if meta.is_file() {
+            builder
+                .append_path_with_name(entry.path(), &name)
+                .map_err(err)?;
+        }
+    }
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(0);
+        header.set_mode(0o600);
+        header.set_cksum();
+        builder
+            .append_data(
+                &mut header,
+                format!("{STORE_FILE}{suffix}"),
+                std::io::empty(),
+            )
+            .map_err(err)?;
+    }
+    builder.finish().map_err(err)
+}
+
+async fn upload_archive(at: &Located, file: &Path, path: &str) -> Result<(), OpsError> {
+    let bytes = std::fs::read(file).map_err(err)?;
+    let options = bollard::query_parameters::UploadToContainerOptionsBuilder::new()
+        .path(path)
+        .build();
+    at.engine
+        .docker
+        .upload_to_container(
+            &at.container.id,
+            Some(options),
+            bollard::body_full(bytes.into()),
+        )
+        .await
+        .map_err(api(at, "write the tenant's data directory"))
 }
 
 /// Undoes [`swap_in`]: the restored files go, what was kept comes back.

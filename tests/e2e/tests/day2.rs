@@ -590,3 +590,105 @@ fn a_backup_under_load_restores_without_a_regression_alert_and_missing_backups_a
     ));
     assert_eq!(restores, "1");
 }
+
+/// A tenant on a remote host (the local engine behind a TLS endpoint: to the
+/// controller a remote one, its data directory out of reach) is backed up and
+/// restored through its engine: paused for the copy and resumed, a sound copy of
+/// that moment; the restore puts it back with nothing of the replaced store's
+/// journals replayed onto it.
+#[test]
+fn a_remote_hosts_tenant_is_backed_up_and_restored_through_its_engine() {
+    if !require_services() {
+        return;
+    }
+    let f = Fleet::new("remotebackup");
+    let certs = f.dir.join("tls");
+    mai_fleet_e2e::tls::make_certs(&certs);
+    let port = f.base_port + 15;
+    let _proxy = mai_fleet_e2e::tls::start_proxy(&certs, port);
+    let a = f.id("a");
+    let load = "SIM_USAGE_PER_MIN: \"1200\"";
+    let spec = f.write_spec(&mai_fleet_e2e::tls::over_tls(
+        &f.spec(&[(&a, "a", DEV, load)]),
+        &certs,
+        port,
+        "client",
+    ));
+    f.apply_ok(&spec, &[]);
+    assert!(f.wait_health(f.base_port).is_some());
+    // The test can look at the directory; the controller goes through the engine.
+    let data = f.data_root("a").join(&a).join("data");
+    std::fs::create_dir_all(data.join("uploads")).unwrap();
+    std::fs::write(data.join("uploads/offer.txt"), b"oferta").unwrap();
+    std::fs::create_dir_all(data.join("cache")).unwrap();
+    std::fs::write(data.join("cache/tmp.bin"), b"cache").unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let backups = f.dir.join("backups");
+    let org = format!("org_{a}");
+    let before = store_tokens(&data, &org);
+    let out = f.controller(&[
+        "backup",
+        &a,
+        "--dir",
+        &backups.display().to_string(),
+        "--spec",
+        &spec_arg(&spec),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let after = store_tokens(&data, &org);
+    let taken: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
+    let path = std::path::PathBuf::from(taken[0]["path"].as_str().unwrap());
+    let tokens = taken[0]["manifest"]["tokens"].as_i64().unwrap();
+    assert!(
+        (before..=after).contains(&tokens),
+        "{before} <= {tokens} <= {after}"
+    );
+    assert_eq!(taken[0]["manifest"]["integrity"], "ok");
+    assert_eq!(store_tokens(&path, &org), tokens);
+    assert!(path.join("uploads/offer.txt").is_file() && !path.join("cache").exists());
+    let state = &docker_json(&["inspect", &format!("mai-{a}")])[0]["State"];
+    assert_eq!(state["Paused"], false, "resumed after the copy");
+    assert_eq!(state["Running"], true);
+
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let grown = store_tokens(&data, &org);
+    assert!(grown > tokens);
+    let restored = f.controller(&[
+        "restore",
+        &a,
+        "--from",
+        &path.display().to_string(),
+        "--spec",
+        &spec_arg(&spec),
+        "--settle",
+        "1s",
+    ]);
+    assert_eq!(restored.code, 0, "{}", restored.all());
+    let now = store_tokens(&data, &org);
+    assert!(
+        now >= tokens && now < grown,
+        "the store went back to the backup: {tokens} <= {now} < {grown}"
+    );
+    let conn = rusqlite::Connection::open_with_flags(
+        data.join("webui.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    assert!(
+        std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with(".pre-restore-")),
+        "what was replaced is kept beside the backups"
+    );
+    assert_eq!(
+        f.psql(&format!("SELECT string_agg(kind || ':' || status, ',' ORDER BY id) FROM tenant_operations WHERE tenant_id = '{a}'")),
+        "backup:ok,restore:ok"
+    );
+}
