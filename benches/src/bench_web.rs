@@ -105,7 +105,11 @@ fn main() {
             "fleet",
             "/".to_string(),
             vec![
-                stmt(SESSION_SQL, &["text", "float8"], &[q(&token_sha), "1800".into()]),
+                stmt(
+                    SESSION_SQL,
+                    &["text", "float8"],
+                    &[q(&token_sha), "1800".into()],
+                ),
                 stmt(FLEET_ROWS_SQL, &[], &[]),
                 stmt(
                     RATE_ON_SQL,
@@ -118,7 +122,11 @@ fn main() {
             "tenant",
             format!("/tenants/{tenant}?month={}", prev_first.format("%Y-%m")),
             vec![
-                stmt(SESSION_SQL, &["text", "float8"], &[q(&token_sha), "1800".into()]),
+                stmt(
+                    SESSION_SQL,
+                    &["text", "float8"],
+                    &[q(&token_sha), "1800".into()],
+                ),
                 stmt(TENANT_KNOWN_SQL, &["text"], &[q(tenant)]),
                 stmt(TENANT_RECORD_SQL, &["text"], &[q(tenant)]),
                 stmt(
@@ -169,7 +177,11 @@ fn main() {
             "billing",
             format!("/billing?month={}", prev_first.format("%Y-%m")),
             vec![
-                stmt(SESSION_SQL, &["text", "float8"], &[q(&token_sha), "1800".into()]),
+                stmt(
+                    SESSION_SQL,
+                    &["text", "float8"],
+                    &[q(&token_sha), "1800".into()],
+                ),
                 stmt(MONTH_CLOSE_SQL, &["date"], &[q(&prev_first.to_string())]),
                 stmt(
                     USAGE_BY_TENANT_SQL,
