@@ -432,6 +432,45 @@ fn store_tokens(data: &Path, org: &str) -> i64 {
     .unwrap()
 }
 
+/// One `controller backup TENANT --output json`: where the backup went, its
+/// manifest, and the store's tokens just before and just after it.
+struct Taken {
+    path: std::path::PathBuf,
+    manifest: Value,
+    before: i64,
+    after: i64,
+}
+
+fn take_backup(
+    f: &Fleet,
+    tenant: &str,
+    org: &str,
+    data: &Path,
+    backups: &Path,
+    spec: &Path,
+) -> Taken {
+    let before = store_tokens(data, org);
+    let out = f.controller(&[
+        "backup",
+        tenant,
+        "--dir",
+        &backups.display().to_string(),
+        "--spec",
+        &spec_arg(spec),
+        "--output",
+        "json",
+    ]);
+    let after = store_tokens(data, org);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let taken: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
+    Taken {
+        path: std::path::PathBuf::from(taken[0]["path"].as_str().unwrap()),
+        manifest: taken[0]["manifest"].clone(),
+        before,
+        after,
+    }
+}
+
 fn fleet_tokens(f: &Fleet, tenant: &str) -> i64 {
     f.psql(&format!(
         "SELECT coalesce(sum(total_tokens), 0) FROM usage_daily WHERE tenant_id = '{tenant}'"
@@ -469,22 +508,13 @@ fn a_backup_under_load_restores_without_a_regression_alert_and_missing_backups_a
     let backups = f.dir.join("backups");
 
     let org = format!("org_{a}");
-    let before = store_tokens(&data, &org);
-    let out = f.controller(&[
-        "backup",
-        &a,
-        "--dir",
-        &backups.display().to_string(),
-        "--spec",
-        &spec_arg(&spec),
-        "--output",
-        "json",
-    ]);
-    let after = store_tokens(&data, &org);
-    assert_eq!(out.code, 0, "{}", out.all());
-    let taken: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
-    let manifest = &taken[0]["manifest"];
-    let path = std::path::PathBuf::from(taken[0]["path"].as_str().unwrap());
+    let Taken {
+        path,
+        manifest,
+        before,
+        after,
+    } = take_backup(&f, &a, &org, &data, &backups, &spec);
+    let manifest = &manifest;
     assert!(
         after > before,
         "the tenant was writing during the backup ({before} -> {after})"
@@ -625,27 +655,18 @@ fn a_remote_hosts_tenant_is_backed_up_and_restored_through_its_engine() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     let backups = f.dir.join("backups");
     let org = format!("org_{a}");
-    let before = store_tokens(&data, &org);
-    let out = f.controller(&[
-        "backup",
-        &a,
-        "--dir",
-        &backups.display().to_string(),
-        "--spec",
-        &spec_arg(&spec),
-        "--output",
-        "json",
-    ]);
-    assert_eq!(out.code, 0, "{}", out.all());
-    let after = store_tokens(&data, &org);
-    let taken: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
-    let path = std::path::PathBuf::from(taken[0]["path"].as_str().unwrap());
-    let tokens = taken[0]["manifest"]["tokens"].as_i64().unwrap();
+    let Taken {
+        path,
+        manifest,
+        before,
+        after,
+    } = take_backup(&f, &a, &org, &data, &backups, &spec);
+    let tokens = manifest["tokens"].as_i64().unwrap();
     assert!(
         (before..=after).contains(&tokens),
         "{before} <= {tokens} <= {after}"
     );
-    assert_eq!(taken[0]["manifest"]["integrity"], "ok");
+    assert_eq!(manifest["integrity"], "ok");
     assert_eq!(store_tokens(&path, &org), tokens);
     assert!(path.join("uploads/offer.txt").is_file() && !path.join("cache").exists());
     let state = &docker_json(&["inspect", &format!("mai-{a}")])[0]["State"];
