@@ -471,6 +471,19 @@ fn take_backup(
     }
 }
 
+fn restore(f: &Fleet, tenant: &str, backup: &Path, spec: &Path) -> mai_fleet_e2e::RunResult {
+    f.controller(&[
+        "restore",
+        tenant,
+        "--from",
+        &backup.display().to_string(),
+        "--spec",
+        &spec_arg(spec),
+        "--settle",
+        "1s",
+    ])
+}
+
 fn fleet_tokens(f: &Fleet, tenant: &str) -> i64 {
     f.psql(&format!(
         "SELECT coalesce(sum(total_tokens), 0) FROM usage_daily WHERE tenant_id = '{tenant}'"
@@ -501,6 +514,14 @@ fn a_backup_under_load_restores_without_a_regression_alert_and_missing_backups_a
         b"%PDF-1.4 client file",
     )
     .unwrap();
+    // The directory is the tenant's: a link out of it and a FIFO (which blocks
+    // whoever opens it) must be neither followed nor read.
+    std::os::unix::fs::symlink("/etc", data.join("uploads/escape")).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(data.join("uploads/pipe"))
+        .status()
+        .unwrap()
+        .success());
     std::fs::create_dir_all(data.join("cache/embeddings")).unwrap();
     std::fs::write(data.join("cache/embeddings/x.bin"), vec![0u8; 4096]).unwrap();
     std::thread::sleep(std::time::Duration::from_secs(3));
@@ -540,22 +561,18 @@ fn a_backup_under_load_restores_without_a_regression_alert_and_missing_backups_a
         "uploads are kept"
     );
     assert!(!path.join("cache").exists(), "caches are left out");
+    assert!(
+        std::fs::symlink_metadata(path.join("uploads/escape")).is_err()
+            && std::fs::symlink_metadata(path.join("uploads/pipe")).is_err(),
+        "neither the link out of the tenant's directory nor the FIFO is copied"
+    );
 
     // More usage, then the restore: the store goes back to the backup.
     std::thread::sleep(std::time::Duration::from_secs(2));
     f.agent_once("a");
     let fleet_before = fleet_tokens(&f, &a);
     assert!(fleet_before > tokens);
-    let restored = f.controller(&[
-        "restore",
-        &a,
-        "--from",
-        &path.display().to_string(),
-        "--spec",
-        &spec_arg(&spec),
-        "--settle",
-        "1s",
-    ]);
+    let restored = restore(&f, &a, &path, &spec);
     assert_eq!(restored.code, 0, "{}", restored.all());
     assert!(f.wait_health(f.base_port).is_some());
     // b's store is reset by hand: that one is a regression to be told about.
@@ -676,16 +693,7 @@ fn a_remote_hosts_tenant_is_backed_up_and_restored_through_its_engine() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     let grown = store_tokens(&data, &org);
     assert!(grown > tokens);
-    let restored = f.controller(&[
-        "restore",
-        &a,
-        "--from",
-        &path.display().to_string(),
-        "--spec",
-        &spec_arg(&spec),
-        "--settle",
-        "1s",
-    ]);
+    let restored = restore(&f, &a, &path, &spec);
     assert_eq!(restored.code, 0, "{}", restored.all());
     let now = store_tokens(&data, &org);
     assert!(
