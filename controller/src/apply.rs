@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 
 use crate::docker::{self, DockerError, Engine, ExecuteOptions, Outcome, Progress, Status};
+use crate::keys::{KeyError, KeyEvent, Keyring};
 use crate::plan::{self, Action, DesiredContainer, PlanError};
 use crate::spec::{FleetSpec, TenantSpec};
 use crate::store::{Store, StoreError};
@@ -20,6 +21,8 @@ pub enum FleetError {
     Plan(#[from] PlanError),
     #[error("tenant {tenant}: host `{host}` is not in the spec")]
     UnknownHost { tenant: String, host: String },
+    #[error("tenant {tenant}: its OpenRouter key is not provisioned; `controller apply` with the fleet database creates it")]
+    NoKey { tenant: String },
 }
 
 pub struct HostPlan {
@@ -76,6 +79,11 @@ pub fn desired(spec: &FleetSpec) -> Result<Vec<DesiredTenant>, FleetError> {
                     tenant: t.id.clone(),
                     host: t.host.clone(),
                 })?;
+            if t.api_key.is_none() {
+                return Err(FleetError::NoKey {
+                    tenant: t.id.clone(),
+                });
+            }
             Ok(DesiredTenant {
                 spec: t.clone(),
                 container: DesiredContainer::new(&spec.fleet, host, t),
@@ -166,6 +174,9 @@ pub struct ApplyOptions {
 pub struct Recorder<'a> {
     pub store: &'a Store,
     pub database_url: &'a str,
+    /// The fleet's OpenRouter keys: provisioned under the apply lock, offboarded
+    /// with `--prune`.
+    pub keyring: &'a Keyring,
 }
 
 /// Told what happens as it happens: the plan once made (with the run's id when
@@ -183,6 +194,12 @@ pub enum ApplyError {
     /// The apply could not be recorded before it began; nothing was changed.
     #[error("the apply cannot be recorded; nothing was changed: {0}")]
     Record(#[source] StoreError),
+    /// A tenant's key could not be provisioned; no container was changed (keys
+    /// made before the failure are recorded and used by the next apply).
+    #[error("OpenRouter keys: {0}; no container was changed")]
+    Keys(#[source] KeyError),
+    #[error("{} tenant(s) have `provision: true`, which needs the fleet database (DATABASE_URL or --database-url) to keep their keys", .0)]
+    KeysNeedDatabase(usize),
     /// The containers were changed but the results could not be recorded.
     #[error("recording apply run #{run_id}: {source}")]
     Finish {
@@ -202,6 +219,8 @@ pub struct ApplyReport {
     pub recorded: Option<&'static str>,
     pub elapsed: Duration,
     pub dry_run: bool,
+    /// What happened to OpenRouter keys: created, limits changed, offboarded.
+    pub key_events: Vec<KeyEvent>,
 }
 
 impl ApplyReport {
@@ -232,6 +251,27 @@ pub async fn run(
         }
         None => None,
     };
+    // Keys are made under the lock: two applies never both create one.
+    let mut prepared = spec.clone();
+    let mut key_events = match recorder {
+        Some(r) => r
+            .keyring
+            .prepare(&mut prepared, opts.dry_run)
+            .await
+            .map_err(ApplyError::Keys)?,
+        None => {
+            let n = spec
+                .tenants
+                .iter()
+                .filter(|t| t.key_source.is_provisioned())
+                .count();
+            if n > 0 {
+                return Err(ApplyError::KeysNeedDatabase(n));
+            }
+            Vec::new()
+        }
+    };
+    let spec = &prepared;
     let plan = plan_fleet(spec, opts.prune, opts.observe)
         .await
         .map_err(ApplyError::Plan)?;
@@ -244,6 +284,7 @@ pub async fn run(
             recorded: None,
             elapsed: Duration::ZERO,
             dry_run: true,
+            key_events,
         });
     }
     let run_id = match recorder {
@@ -273,6 +314,9 @@ pub async fn run(
     let started = Instant::now();
     let mut outcomes = apply_fleet(&plan, &opts.execute, hooks.step).await;
     outcomes.sort_by(|a, b| (&a.host, &a.tenant).cmp(&(&b.host, &b.tenant)));
+    if let (Some(r), true) = (recorder, opts.prune) {
+        key_events.extend(r.keyring.offboard(spec, opts.execute.purge_data).await);
+    }
     let recorded = match (recorder, run_id) {
         (Some(r), Some(id)) => {
             let pairs: Vec<(&TenantSpec, &DesiredContainer)> = plan
@@ -301,5 +345,6 @@ pub async fn run(
         recorded,
         elapsed: started.elapsed(),
         dry_run: false,
+        key_events,
     })
 }

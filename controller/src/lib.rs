@@ -8,6 +8,8 @@ pub mod crypto;
 pub mod docker;
 pub use mai_fleet_core::duration;
 pub mod http;
+pub mod keys;
+pub mod openrouter;
 pub mod ops;
 pub mod plan;
 pub mod rates;

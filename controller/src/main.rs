@@ -66,6 +66,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Rollback(args) => cli::rollback::run(args).await,
         Command::Backup(args) => cli::backup::run(args).await,
         Command::Restore(args) => cli::restore::run(args).await,
+        Command::Keys(cmd) => cli::keys::run(cmd).await,
+        Command::Reconcile(args) => cli::reconcile::run(args).await,
         Command::Completions(args) => cli::docs::completions(args),
         Command::Man(args) => cli::docs::man(args),
     }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-/// `500ms`, `5s`, `10m`, `1h`; a bare number is seconds.
+/// `500ms`, `5s`, `10m`, `1h`, `90d` (key ages); a bare number is seconds.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t
@@ -17,7 +17,8 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("`{text}`: use ms, s, m or h")),
+        "d" => n * 86_400.0,
+        _ => return Err(format!("`{text}`: use ms, s, m, h or d")),
     };
     Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is out of range"))
 }
@@ -52,6 +53,7 @@ mod tests {
         assert_eq!(parse("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse("90d"), Ok(Duration::from_secs(90 * 86_400)));
         assert!(parse("5x").is_err());
         assert!(parse("99999999999999999999999h").is_err());
     }

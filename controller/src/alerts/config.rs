@@ -56,6 +56,8 @@ struct RuleFile {
     tolerance_usd: Option<Decimal>,
     /// backup_missing: the age past which a tenant's newest backup is too old.
     max_age: Option<String>,
+    /// account_credit_low: fire when the credit covers fewer days than this.
+    days: Option<Decimal>,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +136,9 @@ pub struct AlertsConfig {
     pub capture_tolerance_usd: Decimal,
     /// `backup_missing` fires for a tenant without a backup younger than this.
     pub backup_max_age: Duration,
+    /// `account_credit_low` fires when the account's credit covers fewer days
+    /// than this at the trailing 7-day burn.
+    pub credit_low_days: Decimal,
     pub rules: HashMap<Rule, RulePolicy>,
     pub receivers: Vec<Receiver>,
 }
@@ -223,6 +228,7 @@ impl AlertsConfig {
             .collect();
         // Nightly backups, with two hours' grace.
         let mut backup_max_age = Duration::from_secs(26 * 3600);
+        let mut credit_low_days = Decimal::from(7);
         let mut tol_pct = Decimal::from(2);
         let mut tol_usd = Decimal::new(5, 2);
         for (name, rf) in &f.rules {
@@ -254,6 +260,17 @@ impl AlertsConfig {
                     });
                 }
                 backup_max_age = dur(path, &format!("rules.{name}.max_age"), a)?;
+            }
+            if let Some(d) = rf.days {
+                if rule != Rule::AccountCreditLow || d <= Decimal::ZERO {
+                    return Err(ConfigError::Invalid {
+                        path: path.to_string(),
+                        detail: format!(
+                            "rules.{name}: days (above 0) applies to account_credit_low only"
+                        ),
+                    });
+                }
+                credit_low_days = d;
             }
             if rule == Rule::CaptureGap {
                 tol_pct = rf.tolerance_percent.unwrap_or(tol_pct);
@@ -375,6 +392,7 @@ impl AlertsConfig {
             capture_tolerance_percent: tol_pct,
             capture_tolerance_usd: tol_usd,
             backup_max_age,
+            credit_low_days,
             rules,
             receivers,
         })

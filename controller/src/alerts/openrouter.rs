@@ -5,66 +5,15 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rust_decimal::Decimal;
-use serde::Deserialize;
-
+use crate::openrouter::Client;
 use crate::spec::{ApiKey, FleetSpec};
 use crate::store::Store;
 
-pub const DEFAULT_BASE_URL: &str = "https://openrouter.ai/api/v1";
-
-#[derive(Debug, thiserror::Error)]
-pub enum PollError {
-    #[error("OpenRouter cannot be reached: {0}")]
-    Unreachable(String),
-    #[error("OpenRouter answered {0}")]
-    Status(u16),
-    #[error("OpenRouter's answer is not a key: {0}")]
-    Malformed(String),
-}
-
-impl PollError {
-    /// 429 and 5xx pass; a 401 will not fix itself by asking again soon.
-    pub fn transient(&self) -> bool {
-        match self {
-            PollError::Status(s) => *s == 429 || *s >= 500,
-            PollError::Unreachable(_) => true,
-            PollError::Malformed(_) => false,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct KeyAnswer {
-    data: KeyData,
-}
-
-#[derive(Deserialize)]
-struct KeyData {
-    usage: serde_json::Number,
-    usage_daily: Option<serde_json::Number>,
-    usage_monthly: Option<serde_json::Number>,
-    limit: Option<serde_json::Number>,
-    limit_remaining: Option<serde_json::Number>,
-}
-
-/// A JSON number as OpenRouter wrote it, as a decimal (no float arithmetic).
-fn dec(n: &serde_json::Number) -> Option<Decimal> {
-    n.to_string().parse::<Decimal>().ok().map(|d| d.round_dp(6))
-}
-
-#[derive(Debug, Clone)]
-pub struct KeyUsage {
-    pub usage: Decimal,
-    pub usage_daily: Option<Decimal>,
-    pub usage_monthly: Option<Decimal>,
-    pub limit: Option<Decimal>,
-    pub limit_remaining: Option<Decimal>,
-}
-
 pub struct Poller {
-    base_url: String,
-    http: reqwest::Client,
+    client: Client,
+    /// For provisioned tenants: their keys are read again from the keyring each
+    /// round, so a rotation is followed.
+    refresh: Option<(crate::keys::Keyring, FleetSpec)>,
     /// Tenant id → its key, as resolved from the spec.
     keys: Vec<(String, ApiKey)>,
     /// Tenant id → when it may be asked again after a 429/5xx, and how often it failed.
@@ -72,60 +21,34 @@ pub struct Poller {
 }
 
 impl Poller {
+    /// The tenants of `spec` with their keys (a provisioned tenant's comes from
+    /// the keyring, `keys::Keyring::prepare`; one without a key yet is skipped).
     pub fn from_spec(spec: &FleetSpec) -> Self {
-        let base_url = std::env::var("MAI_FLEET_OPENROUTER_URL")
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
         Poller {
-            base_url: base_url.trim_end_matches('/').to_string(),
-            http: crate::http::client(),
-            keys: spec
-                .tenants
-                .iter()
-                .map(|t| (t.id.clone(), t.api_key.clone()))
-                .collect(),
+            client: Client::from_env(),
+            refresh: None,
+            keys: keys_of(spec),
             backoff: HashMap::new(),
         }
     }
 
-    pub async fn key_usage(&self, key: &ApiKey) -> Result<KeyUsage, PollError> {
-        let res = self
-            .http
-            .get(format!("{}/key", self.base_url))
-            .bearer_auth(key.expose())
-            .send()
-            .await
-            .map_err(|e| {
-                PollError::Unreachable(if e.is_timeout() {
-                    "timed out".into()
-                } else {
-                    "connection failed".into()
-                })
-            })?;
-        let status = res.status().as_u16();
-        if status != 200 {
-            return Err(PollError::Status(status));
-        }
-        let body = res
-            .bytes()
-            .await
-            .map_err(|_| PollError::Unreachable("answer cut off".into()))?;
-        let a: KeyAnswer =
-            serde_json::from_slice(&body).map_err(|e| PollError::Malformed(e.to_string()))?;
-        Ok(KeyUsage {
-            usage: dec(&a.data.usage).ok_or_else(|| PollError::Malformed("usage".into()))?,
-            usage_daily: a.data.usage_daily.as_ref().and_then(dec),
-            usage_monthly: a.data.usage_monthly.as_ref().and_then(dec),
-            limit: a.data.limit.as_ref().and_then(dec),
-            limit_remaining: a.data.limit_remaining.as_ref().and_then(dec),
-        })
+    /// Keys of provisioned tenants follow the keyring.
+    pub fn with_keyring(mut self, keyring: crate::keys::Keyring, spec: FleetSpec) -> Self {
+        self.refresh = Some((keyring, spec));
+        self
     }
 
     /// Asks about every key once (skipping those backing off); how many snapshots
     /// were stored.
     pub async fn poll_all(&mut self, store: &Store) -> usize {
         let mut stored = 0;
+        if let Some((keyring, spec)) = &self.refresh {
+            let mut spec = spec.clone();
+            match keyring.prepare(&mut spec, true).await {
+                Ok(_) => self.keys = keys_of(&spec),
+                Err(e) => tracing::warn!(error = %e, "keys not read again; polling the ones known"),
+            }
+        }
         let keys = self.keys.clone();
         for (tenant, key) in keys {
             if self
@@ -135,7 +58,7 @@ impl Poller {
             {
                 continue;
             }
-            match self.key_usage(&key).await {
+            match self.client.key_usage(&key).await {
                 Ok(u) => {
                     self.backoff.remove(&tenant);
                     match store
@@ -206,6 +129,19 @@ impl Poller {
             }
         }
     }
+}
+
+/// Each tenant's key, for those that have one (not yet provisioned: none).
+fn keys_of(spec: &FleetSpec) -> Vec<(String, ApiKey)> {
+    spec.tenants
+        .iter()
+        .filter_map(|t| {
+            t.api_key
+                .as_ref()
+                .filter(|k| !k.is_pending())
+                .map(|k| (t.id.clone(), k.clone()))
+        })
+        .collect()
 }
 
 fn rand_u32() -> u32 {

@@ -10,7 +10,8 @@ use super::config::AlertsConfig;
 use super::{Candidate, Rule};
 use crate::billing::money::{format_usd, round};
 use crate::rates::RateTable;
-use crate::store::alerts::Ledger;
+use crate::store::alerts::{Ledger, StoppedKey};
+use crate::store::keys::{CreditState, ModelGap};
 use crate::store::{Store, StoreError};
 
 /// Less than this much new OpenRouter spend is not evidence of lost usage.
@@ -27,6 +28,14 @@ pub async fn find(
     let inactive = store.inactive_tenants().await?;
     tracking_inactive(&inactive, &ledgers, &mut out);
     capture_gap(&ledgers, config, &mut out);
+    // OpenRouter's own per-day ledger (snapshots of /activity) against the
+    // store, day by day and model by model, over the 30 days it covers.
+    let gaps = store.model_gaps(31, config.capture_tolerance_usd).await?;
+    model_gaps(&gaps, config, &mut out);
+    if let Some(credit) = store.credit_state().await? {
+        account_credit(&credit, config.credit_low_days, &mut out);
+    }
+    let stopped = store.stopped_keys().await?;
     let silent = store
         .silent_agents((config.agent_interval.as_secs_f64() * 3.0).ceil() as i64)
         .await?;
@@ -59,7 +68,7 @@ pub async fn find(
             String::new(),
         ));
     }
-    budgets(&store.fleet_rows().await?, &ledgers, &mut out);
+    budgets(&store.fleet_rows().await?, &ledgers, &stopped, &mut out);
     exchange_rate(store.latest_rate_date(table.code()).await?, table, &mut out);
     for r in store.recent_regressions().await? {
         out.push(Candidate::new(
@@ -103,9 +112,9 @@ pub async fn find(
                 "`controller backup TENANT` takes one; `serve` takes them on MAI_FLEET_BACKUP_CRON.".into(),
             ));
         }
-        return Ok((out, 8));
+        return Ok((out, 11));
     }
-    Ok((out, 7))
+    Ok((out, 10))
 }
 
 fn delta(now: Decimal, base: Option<Decimal>) -> Option<Decimal> {
@@ -174,6 +183,37 @@ fn tracking_inactive(
     }
 }
 
+/// A gap between what OpenRouter charged (`or`) and what was recorded, beyond both
+/// tolerances, said with the money at stake; `None` within them.
+fn gap_beyond_tolerance(
+    or: Decimal,
+    gap: Decimal,
+    markup: Decimal,
+    config: &AlertsConfig,
+) -> Option<String> {
+    let pct = if or.is_zero() {
+        Decimal::from(100)
+    } else {
+        (gap.abs() * Decimal::from(100) / or).round_dp(1)
+    };
+    if gap.abs() <= config.capture_tolerance_usd || pct <= config.capture_tolerance_percent {
+        return None;
+    }
+    Some(if gap > Decimal::ZERO {
+        format!(
+            "{} ({pct} %) not captured, {} unbilled at {}x",
+            format_usd(gap),
+            format_usd(round(gap * markup, 6)),
+            markup.normalize()
+        )
+    } else {
+        format!(
+            "the tenant recorded {} ({pct} %) more than OpenRouter charged",
+            format_usd(-gap)
+        )
+    })
+}
+
 fn capture_gap(ledgers: &[Ledger], config: &AlertsConfig, out: &mut Vec<Candidate>) {
     for l in ledgers {
         for (window, base_at, base_usage, base_rec) in [
@@ -189,25 +229,7 @@ fn capture_gap(ledgers: &[Ledger], config: &AlertsConfig, out: &mut Vec<Candidat
             let or = l.usage - bu;
             let rec = l.recorded - br;
             let gap = or - rec;
-            let pct = if or.is_zero() {
-                Decimal::from(100)
-            } else {
-                (gap.abs() * Decimal::from(100) / or).round_dp(1)
-            };
-            if gap.abs() > config.capture_tolerance_usd && pct > config.capture_tolerance_percent {
-                let what = if gap > Decimal::ZERO {
-                    format!(
-                        "{} ({pct} %) not captured, {} unbilled at {}x",
-                        format_usd(gap),
-                        format_usd(round(gap * l.markup_rate, 6)),
-                        l.markup_rate.normalize()
-                    )
-                } else {
-                    format!(
-                        "the tenant recorded {} ({pct} %) more than OpenRouter charged",
-                        format_usd(-gap)
-                    )
-                };
+            if let Some(what) = gap_beyond_tolerance(or, gap, l.markup_rate, config) {
                 out.push(Candidate::new(
                     Rule::CaptureGap,
                     Some(&l.tenant),
@@ -230,9 +252,91 @@ fn capture_gap(ledgers: &[Ledger], config: &AlertsConfig, out: &mut Vec<Candidat
     }
 }
 
+/// Whether the tenant's key is stopped now, as a clause of a budget summary.
+fn key_state(tenant: &str, ledgers: &[Ledger], stopped: &[StoppedKey]) -> String {
+    if let Some(k) = stopped.iter().find(|k| k.tenant == tenant) {
+        return format!("; its key {} is stopped ({})", k.mask, k.why);
+    }
+    match ledgers.iter().find(|l| l.tenant == tenant) {
+        Some(l) if l.key_limit.is_some() && l.limit_remaining.is_some_and(|r| r <= Decimal::ZERO) => {
+            "; its key is stopped: OpenRouter refuses it at its limit".to_string()
+        }
+        Some(l) if l.key_limit.is_some() => "; its key still serves (its OpenRouter limit is not reached)".to_string(),
+        _ => "; its key still serves: it has no hard limit (`provision: true` or `billing.on_limit: disable` stops it)".to_string(),
+    }
+}
+
+/// capture_gap per tenant, UTC day and model, from OpenRouter's `/activity`. The
+/// store dates usage in the tenant's timezone: usage in the hour or two around
+/// midnight may sit on the neighbouring day, within the tolerances for most days.
+fn model_gaps(gaps: &[ModelGap], config: &AlertsConfig, out: &mut Vec<Candidate>) {
+    for g in gaps {
+        let gap = g.openrouter_usd - g.recorded_usd;
+        let Some(what) = gap_beyond_tolerance(g.openrouter_usd, gap, g.markup_rate, config) else {
+            continue;
+        };
+        out.push(Candidate::new(
+            Rule::CaptureGap,
+            Some(&g.tenant),
+            &[
+                ("window", "ledger_day".to_string()),
+                ("day", g.day.to_string()),
+                ("model", g.model.clone()),
+            ],
+            format!(
+                "{}: on {} OpenRouter charged {} for {}, the tenant recorded {}: {what}",
+                g.tenant,
+                g.day,
+                format_usd(g.openrouter_usd),
+                g.model,
+                format_usd(g.recorded_usd)
+            ),
+            "From OpenRouter's daily ledger (GET /activity) for the tenant's key. `controller reconcile TENANT` shows every day.".into(),
+        ));
+    }
+}
+
+/// account_credit_low: the account's remaining credit against its trailing 7-day
+/// burn. When the credit runs out every key of the account stops at once.
+fn account_credit(c: &CreditState, min_days: Decimal, out: &mut Vec<Candidate>) {
+    let remaining = c.total_credits - c.total_usage;
+    let burn_per_day = c.burn_7d.unwrap_or_default() / Decimal::from(7);
+    let days_left = if burn_per_day > Decimal::ZERO {
+        Some((remaining / burn_per_day).round_dp(1))
+    } else {
+        None
+    };
+    let low = remaining <= Decimal::ZERO || days_left.is_some_and(|d| d < min_days);
+    if !low {
+        return;
+    }
+    let cover = match days_left {
+        Some(d) => format!(
+            "covers {d} day(s) at the trailing 7-day burn of {}/day",
+            format_usd(round(burn_per_day, 2))
+        ),
+        None => "is spent".to_string(),
+    };
+    out.push(Candidate::new(
+        Rule::AccountCreditLow,
+        None,
+        &[],
+        format!(
+            "OpenRouter credit {} {cover}: when it runs out every client's chats stop at once",
+            format_usd(round(remaining, 2))
+        ),
+        format!(
+            "Fires below {} day(s) of credit (rules.account_credit_low.days). Buy credit in OpenRouter's settings; polled {}.",
+            min_days.normalize(),
+            c.polled_at.format("%Y-%m-%d %H:%M UTC")
+        ),
+    ));
+}
+
 fn budgets(
     rows: &[crate::store::dashboard::FleetRow],
     ledgers: &[Ledger],
+    stopped: &[StoppedKey],
     out: &mut Vec<Candidate>,
 ) {
     for r in rows {
@@ -241,11 +345,16 @@ fn budgets(
         };
         let used = r.month_client_cost;
         let summary = format!(
-            "{}: client cost {} this month is {} % of its monthly limit {}",
+            "{}: client cost {} this month is {} % of its monthly limit {}{}",
             r.tenant,
             format_usd(used),
             (used * Decimal::from(100) / limit).round(),
-            format_usd(limit)
+            format_usd(limit),
+            if used >= limit {
+                key_state(&r.tenant, ledgers, stopped)
+            } else {
+                String::new()
+            }
         );
         push_budget(
             out,
@@ -266,11 +375,16 @@ fn budgets(
         };
         let used = limit - remaining;
         let summary = format!(
-            "{}: its OpenRouter key has used {} of its {} limit ({} left); at the limit the client's chats fail",
+            "{}: its OpenRouter key has used {} of its {} limit ({} left); {}",
             l.tenant,
             format_usd(used),
             format_usd(limit),
-            format_usd(remaining)
+            format_usd(remaining),
+            if remaining <= Decimal::ZERO {
+                "the key is stopped: OpenRouter refuses the client's chats until the limit resets"
+            } else {
+                "at the limit OpenRouter stops the key and the client's chats fail"
+            }
         );
         push_budget(
             out,

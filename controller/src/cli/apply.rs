@@ -8,6 +8,7 @@ use clap::Args;
 
 use mai_fleet::apply::{self, ApplyError, ApplyOptions, ApplyReport, FleetPlan, Hooks, Recorder};
 use mai_fleet::docker::{ExecuteOptions, Outcome, Status, VerifyOptions};
+use mai_fleet::keys::{KeyEvent, Keyring};
 use mai_fleet::spec::FleetSpec;
 use mai_fleet::store::Store;
 
@@ -61,10 +62,15 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         Some(url) => Some(Store::connect(url).await?),
         None => None,
     };
-    let recorder = match (&store, &args.database_url) {
-        (Some(store), Some(url)) => Some(Recorder {
+    let keyring = match &store {
+        Some(store) => Some(Keyring::from_env(store, &spec.fleet)?),
+        None => None,
+    };
+    let recorder = match (&store, &args.database_url, &keyring) {
+        (Some(store), Some(url), Some(keyring)) => Some(Recorder {
             store,
             database_url: url,
+            keyring,
         }),
         _ => None,
     };
@@ -111,8 +117,13 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         Err(ApplyError::Plan(errors)) => return Ok(report_fleet_errors(&errors)),
         Err(e @ ApplyError::Finish { .. }) => return Err(e.into()),
         Err(ApplyError::Record(e)) => return Err(e.into()),
+        Err(e @ (ApplyError::Keys(_) | ApplyError::KeysNeedDatabase(_))) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
     };
     if report.dry_run {
+        print_key_events(&report.key_events);
         return Ok(ExitCode::SUCCESS);
     }
     print_report(&report, args.output)?;
@@ -147,6 +158,7 @@ fn announce(spec: &FleetSpec, plan: &FleetPlan, run_id: Option<i64>) {
 fn print_report(report: &ApplyReport, output: OutputFormat) -> anyhow::Result<()> {
     report_outcomes(
         &report.outcomes,
+        &report.key_events,
         output,
         report.elapsed,
         report.run_id,
@@ -154,8 +166,16 @@ fn print_report(report: &ApplyReport, output: OutputFormat) -> anyhow::Result<()
     )
 }
 
+/// What happened to OpenRouter keys, as progress on stderr (masks only).
+fn print_key_events(events: &[KeyEvent]) {
+    for e in events {
+        eprintln!("  key {}: {} {}", e.tenant, e.action, e.detail);
+    }
+}
+
 fn report_outcomes(
     outcomes: &[Outcome],
+    keys: &[KeyEvent],
     output: OutputFormat,
     elapsed: Duration,
     run_id: Option<i64>,
@@ -167,7 +187,7 @@ fn report_outcomes(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "run_id": run_id, "status": recorded, "elapsed_ms": elapsed.as_millis() as u64,
-                "results": outcomes,
+                "results": outcomes, "keys": keys,
             }))?
         )?,
         _ => {
@@ -185,6 +205,9 @@ fn report_outcomes(
                 ]);
             }
             out!("{}", table(&rows))?;
+            for e in keys {
+                outln!("key {}: {} {}", e.tenant, e.action, e.detail)?;
+            }
             outln!(
                 "{} ok, {} rolled back, {} failed, {} skipped in {:.1}s",
                 count(Status::Ok),

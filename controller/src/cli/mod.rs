@@ -10,10 +10,12 @@ pub mod docs;
 pub mod exec;
 pub mod history;
 pub mod host;
+pub mod keys;
 pub mod logs;
 pub mod migrate;
 pub mod plan;
 pub mod rates;
+pub mod reconcile;
 pub mod restart;
 pub mod restore;
 pub mod rollback;
@@ -106,6 +108,11 @@ pub enum Command {
     Backup(backup::Args),
     /// Put a backup in place of a tenant's data, verified and recorded
     Restore(restore::Args),
+    /// The fleet's OpenRouter keys: `keys list`, `keys rotate TENANT|--all`, `keys adopt TENANT`
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
+    /// OpenRouter's ledger against the tenant's recorded usage, per day and model (exit 0 agree, 3 differ)
+    Reconcile(reconcile::Args),
     /// Shell completions (bash, zsh, fish, elvish, powershell) on stdout
     Completions(docs::CompletionsArgs),
     /// The manual page (roff) on stdout (`controller man | man -l -`), or one per command with --dir
@@ -188,9 +195,17 @@ pub struct TenantArgs {
 }
 
 impl TenantArgs {
-    /// The spec and the migrated fleet database.
+    /// The spec (provisioned tenants with their keys, read from the keyring) and
+    /// the migrated fleet database.
     pub async fn open(&self) -> anyhow::Result<(FleetSpec, Store)> {
-        Ok((self.spec.load()?, self.db.migrated().await?))
+        let mut spec = self.spec.load()?;
+        let store = self.db.migrated().await?;
+        if spec.tenants.iter().any(|t| t.key_source.is_provisioned()) {
+            mai_fleet::keys::Keyring::from_env(&store, &spec.fleet)?
+                .prepare(&mut spec, true)
+                .await?;
+        }
+        Ok((spec, store))
     }
 }
 

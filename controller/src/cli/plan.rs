@@ -27,8 +27,17 @@ pub struct Args {
 
 /// Terraform's detailed exit codes: 0 nothing to change, 2 changes pending, 1 error.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let Some(spec) = load_or_report(&args.file, args.output) else {
+    let Some(mut spec) = load_or_report(&args.file, args.output) else {
         return Ok(ExitCode::from(1));
+    };
+    // What apply would do to keys, asked of the database and nothing else.
+    let key_events = match super::keys::prepare(&mut spec, args.database_url.as_deref(), true).await
+    {
+        Ok(events) => events,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(ExitCode::from(1));
+        }
     };
     let observe = if args.labels_only {
         Observe::LabelsOnly
@@ -46,9 +55,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let OutputFormat::Json = args.output {
         let mut json = plan.to_json(&spec.fleet);
         json["rolled_back"] = serde_json::to_value(&rolled_back)?;
+        json["keys"] = serde_json::to_value(&key_events)?;
         outln!("{}", serde_json::to_string_pretty(&json)?)?;
     } else {
         print_plan(&spec, &plan, args.output)?;
+        for e in &key_events {
+            outln!("key {}: {} {}", e.tenant, e.action, e.detail)?;
+        }
         for r in &rolled_back {
             outln!(
                 "note: {} runs the revision of apply run #{} (`controller rollback`{}); apply puts the file's spec back",
@@ -61,7 +74,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             )?;
         }
     }
-    Ok(ExitCode::from(if plan.changes() == 0 { 0 } else { 2 }))
+    let changes = plan.changes() + key_events.len();
+    Ok(ExitCode::from(if changes == 0 { 0 } else { 2 }))
 }
 
 /// Tenants running a rolled-back revision; none when the database cannot say

@@ -10,8 +10,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use mai_fleet::keys::{AccountJob, Keyring};
 use mai_fleet::rates::nbp::NbpClient;
 use mai_fleet::rates::schedule;
+use mai_fleet::spec::FleetSpec;
 use mai_fleet::store::Store;
 use mai_fleet::supervisor::{Job, Supervisor};
 use mai_fleet::web::cache::PageCache;
@@ -117,10 +119,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             )
         }));
     }
+    let spec = match &args.spec {
+        Some(path) => Some(load_spec(path, &store).await?),
+        None => None,
+    };
     if !args.no_alerts {
-        spawn_alert_jobs(&mut jobs, &store, table, args.spec.as_deref())?;
+        spawn_alert_jobs(&mut jobs, &store, table, spec.as_ref())?;
     }
-    spawn_backup_job(&mut jobs, &store, args.spec.as_deref())?;
+    spawn_account_job(&mut jobs, &store, spec.as_ref())?;
+    spawn_backup_job(&mut jobs, &store, spec.as_ref())?;
     let limit = |text: &str, what: &str| {
         mai_fleet::web::throttle::Limit::parse(text).map_err(|e| anyhow::anyhow!("{what}: {e}"))
     };
@@ -172,21 +179,21 @@ fn spawn_alert_jobs(
     jobs: &mut Supervisor,
     store: &Store,
     table: mai_fleet::rates::RateTable,
-    spec: Option<&std::path::Path>,
+    spec: Option<&FleetSpec>,
 ) -> anyhow::Result<()> {
     use mai_fleet::alerts::config::{AlertsConfig, Evaluation};
     let config = Arc::new(AlertsConfig::from_env()?);
-    if let Some(path) = spec {
-        let spec = mai_fleet::spec::load(path)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .context("loading the spec for the tenants' keys")?;
+    if let Some(spec) = spec {
+        let spec = spec.clone();
         let interval =
             mai_fleet::alerts::openrouter::poll_interval_from_env().map_err(anyhow::Error::msg)?;
         let poll_store = store.clone();
+        let keyring = Keyring::from_env(store, &spec.fleet)?;
         // A restarted poller starts from the spec again (its back-off is forgotten).
         let late = interval * 3 + Duration::from_secs(60);
         jobs.spawn(Job::new("openrouter", Some(late), move |ctx| {
-            let poller = mai_fleet::alerts::openrouter::Poller::from_spec(&spec);
+            let poller = mai_fleet::alerts::openrouter::Poller::from_spec(&spec)
+                .with_keyring(keyring.clone(), spec.clone());
             poller.run(poll_store.clone(), interval, ctx)
         }));
     } else {
@@ -227,21 +234,18 @@ fn spawn_alert_jobs(
 fn spawn_backup_job(
     jobs: &mut Supervisor,
     store: &Store,
-    spec: Option<&std::path::Path>,
+    spec: Option<&FleetSpec>,
 ) -> anyhow::Result<()> {
     use mai_fleet::ops::backup::{self, BackupOptions};
     let Some(dir) = std::env::var_os("MAI_FLEET_BACKUP_DIR").filter(|d| !d.is_empty()) else {
         return Ok(());
     };
-    let Some(path) = spec else {
+    let Some(spec) = spec.cloned() else {
         tracing::warn!(
             "MAI_FLEET_BACKUP_DIR is set but no --spec names the tenants: no scheduled backups"
         );
         return Ok(());
     };
-    let spec = mai_fleet::spec::load(path)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .context("loading the spec for the tenants to back up")?;
     let cron =
         std::env::var("MAI_FLEET_BACKUP_CRON").unwrap_or_else(|_| backup::DEFAULT_CRON.into());
     let schedule = mai_fleet::schedule::parse_cron(&cron)
@@ -260,6 +264,44 @@ fn spawn_backup_job(
             actor: "controller serve".into(),
         };
         backup::run_schedule(spec.clone(), store.clone(), opts, schedule.clone(), ctx)
+    }));
+    Ok(())
+}
+
+/// The spec `--spec` names, provisioned tenants with their keys from the keyring.
+async fn load_spec(path: &std::path::Path, store: &Store) -> anyhow::Result<FleetSpec> {
+    let mut spec = mai_fleet::spec::load(path)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("loading the spec {}", path.display()))?;
+    if spec.tenants.iter().any(|t| t.key_source.is_provisioned()) {
+        Keyring::from_env(store, &spec.fleet)?
+            .prepare(&mut spec, true)
+            .await?;
+    }
+    Ok(spec)
+}
+
+/// With a management key: the account's credit, OpenRouter's daily ledger per key,
+/// `on_limit: disable`, and (with `--spec`) scheduled rotations.
+fn spawn_account_job(
+    jobs: &mut Supervisor,
+    store: &Store,
+    spec: Option<&FleetSpec>,
+) -> anyhow::Result<()> {
+    let fleet = spec.map_or("default", |s| s.fleet.as_str());
+    let keyring = Keyring::from_env(store, fleet)?;
+    if !keyring.has_management_key() {
+        tracing::info!(
+            "no OpenRouter management key: the account's credit and daily ledger are not followed"
+        );
+        return Ok(());
+    }
+    let job = Arc::new(AccountJob::from_env(spec.cloned()).map_err(anyhow::Error::msg)?);
+    let late = job.every * 3 + Duration::from_secs(300);
+    jobs.spawn(Job::new("openrouter-account", Some(late), move |ctx| {
+        let job = Arc::clone(&job);
+        let keyring = keyring.clone();
+        async move { keyring.run_account_job(&job, ctx).await }
     }));
     Ok(())
 }

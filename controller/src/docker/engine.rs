@@ -189,6 +189,16 @@ pub(super) async fn create_container(
     d: &DesiredContainer,
     name: &str,
 ) -> Result<String, String> {
+    // The seeds' incident was a container started without its key: it served and
+    // recorded nothing. No path (a plan's placeholder, a key not yet provisioned)
+    // may create one.
+    let key = d.env.get("OPENROUTER_API_KEY").map_or("", String::as_str);
+    if crate::spec::check_openrouter_key(key).is_err() {
+        return Err(
+            "refused: the container would start without a valid OPENROUTER_API_KEY and track nothing"
+                .into(),
+        );
+    }
     ensure_network(engine, d).await?;
     let port_key = format!("{APP_PORT}/tcp");
     let host_config = HostConfig {

@@ -461,7 +461,9 @@ mod tests {
             cpus: None,
             pids_limit: None,
             secret_env: BTreeMap::new(),
-            api_key: ApiKey::new(format!("sk-or-v1-{}", "ab".repeat(32))),
+            api_key: Some(ApiKey::new(format!("sk-or-v1-{}", "ab".repeat(32)))),
+            key_source: crate::spec::KeySource::Given,
+            on_limit: crate::spec::OnLimit::Alert,
         }
     }
 
@@ -507,7 +509,7 @@ mod tests {
         assert_eq!(one, DesiredContainer::new("f", &h, &t).spec_hash());
         assert!(one.starts_with("v2-") && one.len() == 35, "{one}");
         let mut rotated = t.clone();
-        rotated.api_key = ApiKey::new(format!("sk-or-v1-{}", "cd".repeat(32)));
+        rotated.api_key = Some(ApiKey::new(format!("sk-or-v1-{}", "cd".repeat(32))));
         assert_ne!(one, DesiredContainer::new("f", &h, &rotated).spec_hash());
         // Billing-only fields do not touch the container.
         let mut billing = t;
@@ -682,7 +684,7 @@ mod tests {
             .insert("SMTP_PASSWORD".into(), "hunter2-secret".into());
         t.secret_env
             .insert("SMTP_PASSWORD".into(), "${env:SMTP_PASSWORD}".into());
-        t.api_key = ApiKey::new(format!("sk-or-v1-{}", "cd".repeat(32)));
+        t.api_key = Some(ApiKey::new(format!("sk-or-v1-{}", "cd".repeat(32))));
         t.port = 3002;
         let new = DesiredContainer::new("f", &h, &t);
         let mut o = observed(&old, "mai-aa", "running");

@@ -12,7 +12,8 @@ use rust_decimal::Decimal;
 
 use super::secret::{self, ApiKey, EnvSource};
 use super::{
-    checks, Diagnostic, FleetSpec, HostSpec, Pos, SpecError, TenantSpec, TlsFiles, REQUIRED_ENV,
+    checks, Diagnostic, FleetSpec, HostSpec, KeySource, OnLimit, Pos, SpecError, TenantSpec,
+    TlsFiles, REQUIRED_ENV,
 };
 
 const TOP_KEYS: &[&str] = &["version", "fleet", "defaults", "hosts", "tenants"];
@@ -32,8 +33,14 @@ const TENANT_KEYS: &[&str] = &[
     "env",
     "resources",
 ];
-const OPENROUTER_KEYS: &[&str] = &["api_key"];
-const BILLING_KEYS: &[&str] = &["markup_rate", "monthly_limit_usd", "email", "nip"];
+const OPENROUTER_KEYS: &[&str] = &["api_key", "provision", "rotate_every"];
+const BILLING_KEYS: &[&str] = &[
+    "markup_rate",
+    "monthly_limit_usd",
+    "email",
+    "nip",
+    "on_limit",
+];
 const RESOURCES_KEYS: &[&str] = &["memory", "cpus", "pids"];
 /// Set by the controller from dedicated keys; `env:` may not set them either.
 const DERIVED_ENV: &[(&str, &str)] = &[
@@ -77,6 +84,7 @@ struct Billing {
     monthly_limit_usd: Option<Decimal>,
     email: Option<String>,
     nip: Option<String>,
+    on_limit: OnLimit,
 }
 
 /// `resources:` of the defaults or of a tenant.
@@ -106,6 +114,9 @@ pub struct Loader<'e> {
     /// The tenant the diagnostics being collected concern.
     tenant: Option<String>,
     unique: Vec<Unique>,
+    /// Where the first `provision: true` stands, and how many tenants say it: what
+    /// provisioning needs from the environment is checked once, there.
+    provision: Option<(Pos, usize)>,
 }
 
 fn pos(span: &Span) -> Pos {
@@ -124,6 +135,7 @@ impl<'e> Loader<'e> {
             diags: Vec::new(),
             tenant: None,
             unique: Vec::new(),
+            provision: None,
         }
     }
 
@@ -221,6 +233,7 @@ impl<'e> Loader<'e> {
             }
         };
         self.unique_tenant_values();
+        self.provisioning_environment();
         Some(FleetSpec {
             file: PathBuf::from(&self.file),
             source_sha256: String::new(),
@@ -734,7 +747,7 @@ impl<'e> Loader<'e> {
                     .unwrap_or_else(|| DEFAULT_TIMEZONE.to_string()),
             ),
         };
-        let api_key = self.api_key(map);
+        let key = self.openrouter(map);
         let billing = self.billing(map, defaults);
         let port = self.required(
             map,
@@ -773,7 +786,10 @@ impl<'e> Loader<'e> {
             host_port: host
                 .zip(port)
                 .map(|((h, _), (p, at))| (h.to_string(), p.to_string(), at)),
-            key: api_key.as_ref().map(|(k, at)| (k.fingerprint(), *at)),
+            key: match &key {
+                Some((_, Some(k), at)) => Some((k.fingerprint(), *at)),
+                _ => None,
+            },
         });
         if self.diags.len() > errors_before {
             return None;
@@ -795,22 +811,72 @@ impl<'e> Loader<'e> {
             cpus: res.cpus.or(defaults.cpus),
             pids_limit: res.pids.or(defaults.pids),
             secret_env,
-            api_key: api_key?.0,
+            on_limit: billing.on_limit,
+            api_key: key.as_ref().and_then(|(_, k, _)| k.clone()),
+            key_source: key?.0,
         })
     }
 
-    fn api_key(&mut self, map: &MarkedMappingNode) -> Option<(ApiKey, Pos)> {
+    /// `openrouter:` — a key the operator gives (`api_key`), or one the fleet
+    /// provisions (`provision: true`, with `rotate_every`).
+    fn openrouter(&mut self, map: &MarkedMappingNode) -> Option<(KeySource, Option<ApiKey>, Pos)> {
         let Some(node) = map.get_node("openrouter") else {
-            self.diag(pos(map.span()), "missing `openrouter.api_key`", Some("add `openrouter: { api_key: ${env:VAR} }`; without a key the app tracks nothing".into()));
+            self.diag(pos(map.span()), "missing `openrouter.api_key`", Some("add `openrouter: { api_key: ${env:VAR} }`, or `openrouter: { provision: true }` for a key the fleet creates; without a key the app tracks nothing".into()));
             return None;
         };
         let or = self.mapping(node, "`openrouter`")?;
         self.keys(or, OPENROUTER_KEYS, "openrouter");
+        let provision = match self.scalar(or, "provision", "openrouter.provision") {
+            Some(("true", at)) => Some(at),
+            Some(("false", _)) | None => None,
+            Some((v, at)) => {
+                self.diag(
+                    at,
+                    format!("`openrouter.provision` is `{v}`"),
+                    Some("write `provision: true` for a key the fleet creates".into()),
+                );
+                return None;
+            }
+        };
+        let rotate_every = match self.scalar(or, "rotate_every", "openrouter.rotate_every") {
+            Some((v, at)) => {
+                let parsed = crate::duration::parse(v).and_then(|d| {
+                    if d < std::time::Duration::from_secs(3600) {
+                        Err("rotate at most once an hour (e.g. `90d`)".to_string())
+                    } else {
+                        Ok(d)
+                    }
+                });
+                let d = self.check(at, "openrouter.rotate_every", v, parsed)?;
+                if provision.is_none() {
+                    self.diag(
+                        at,
+                        "`openrouter.rotate_every` needs `provision: true`",
+                        Some("the fleet rotates only keys it owns; a key from `api_key` is pinned by the file (`controller keys adopt` takes it over)".into()),
+                    );
+                    return None;
+                }
+                Some(d)
+            }
+            None => None,
+        };
+        if let Some(at) = provision {
+            if let Some(n) = or.get_node("api_key") {
+                self.diag(
+                    pos(n.span()),
+                    "`openrouter` has both `api_key` and `provision: true`",
+                    Some("keep one: the fleet creates a provisioned key itself".into()),
+                );
+                return None;
+            }
+            self.provision.get_or_insert((at, 0)).1 += 1;
+            return Some((KeySource::Provisioned { rotate_every }, None, at));
+        }
         let (text, at) = self.required(
             or,
             "api_key",
             "openrouter.api_key",
-            "e.g. `api_key: ${env:NOWAK_OPENROUTER_KEY}`",
+            "e.g. `api_key: ${env:NOWAK_OPENROUTER_KEY}`, or `provision: true`",
         )?;
         let Some(reference) = secret::parse_reference(text) else {
             // Never echo the value: it may be the key itself.
@@ -823,7 +889,7 @@ impl<'e> Loader<'e> {
         };
         match secret::resolve(&reference, &self.base_dir, self.env) {
             Ok(key) => match checks::openrouter_key(&key) {
-                Ok(()) => Some((ApiKey::new(key), at)),
+                Ok(()) => Some((KeySource::Given, Some(ApiKey::new(key)), at)),
                 Err(hint) => {
                     self.diag(
                         at,
@@ -843,6 +909,44 @@ impl<'e> Loader<'e> {
         }
     }
 
+    /// What provisioned keys need from the controller's environment: the master key
+    /// (sealing keys at rest) and the management key (making them), each said
+    /// exactly, once, at the first `provision: true`.
+    fn provisioning_environment(&mut self) {
+        let Some((at, count)) = self.provision else {
+            return;
+        };
+        self.tenant = None;
+        let who = format!("{count} tenant(s) with `provision: true`");
+        match self.env.var(crate::keys::MASTER_KEY_FILE_ENV) {
+            None => self.diag(
+                at,
+                format!("{who} need the fleet's master key, and {} is not set", crate::keys::MASTER_KEY_FILE_ENV),
+                Some(format!("`head -c 32 /dev/urandom > master.key; chmod 600 master.key` and export {}=/path/to/master.key", crate::keys::MASTER_KEY_FILE_ENV)),
+            ),
+            Some(path) => {
+                if let Err(e) = crate::crypto::Sealer::from_file(std::path::Path::new(&path)) {
+                    self.diag(at, format!("{who} need the fleet's master key: {e}"), None);
+                }
+            }
+        }
+        let mgmt = crate::openrouter::MANAGEMENT_KEY_ENV;
+        let mgmt_file = crate::openrouter::MANAGEMENT_KEY_FILE_ENV;
+        match (self.env.var(mgmt), self.env.var(mgmt_file)) {
+            (Some(v), _) if !v.trim().is_empty() => {}
+            (_, Some(path)) if !path.trim().is_empty() => {
+                if let Err(e) = crate::crypto::read_secret_file(std::path::Path::new(&path)) {
+                    self.diag(at, format!("{who} need the OpenRouter management key: {mgmt_file}: {e}"), None);
+                }
+            }
+            _ => self.diag(
+                at,
+                format!("{who} need the OpenRouter management key, and neither {mgmt} nor {mgmt_file} is set"),
+                Some("create a management key in OpenRouter's settings and export it (a file: chmod 600)".into()),
+            ),
+        }
+    }
+
     /// Billing keys; a bad value is reported and the tenant is then dropped by the
     /// caller (it counts diagnostics), so the placeholders returned here never escape.
     fn billing(&mut self, map: &MarkedMappingNode, defaults: &Defaults) -> Billing {
@@ -851,6 +955,7 @@ impl<'e> Loader<'e> {
             monthly_limit_usd: None,
             email: None,
             nip: None,
+            on_limit: OnLimit::Alert,
         };
         let Some(b) = map
             .get_node("billing")
@@ -877,6 +982,14 @@ impl<'e> Loader<'e> {
             billing.nip = self
                 .check(at, "billing.nip", n, checks::nip(n))
                 .map(|()| n.to_string());
+        }
+        if let Some((v, at)) = self.scalar(b, "on_limit", "billing.on_limit") {
+            let parsed = v
+                .parse::<OnLimit>()
+                .map_err(|_| "write `alert` (the default) or `disable`".to_string());
+            if let Some(o) = self.check(at, "billing.on_limit", v, parsed) {
+                billing.on_limit = o;
+            }
         }
         billing
     }

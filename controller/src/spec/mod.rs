@@ -75,7 +75,40 @@ pub struct TenantSpec {
     pub cpus: Option<Decimal>,
     /// Most processes the container may run (fleet default when unset).
     pub pids_limit: Option<i64>,
-    pub api_key: ApiKey,
+    /// The key the container gets: from the file (`api_key`), or, for a provisioned
+    /// tenant, from the fleet's keyring (`keys::Keyring::prepare`) — `None` until then,
+    /// and a tenant without a key is never launched.
+    pub api_key: Option<ApiKey>,
+    pub key_source: KeySource,
+    /// At the client's monthly limit on a key the fleet did not create.
+    pub on_limit: OnLimit,
+}
+
+/// Where a tenant's OpenRouter key comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeySource {
+    /// `openrouter.api_key`: `${env:}`/`${file:}`, made by hand.
+    Given,
+    /// `openrouter.provision: true`: created, limited, rotated and removed by the fleet.
+    Provisioned {
+        #[serde(skip)]
+        rotate_every: Option<std::time::Duration>,
+    },
+}
+
+impl KeySource {
+    pub fn is_provisioned(&self) -> bool {
+        matches!(self, KeySource::Provisioned { .. })
+    }
+}
+
+mai_fleet_core::text_enum! {
+    /// `billing.on_limit`.
+    pub enum OnLimit, "on_limit; write alert or disable" {
+        Alert = "alert",
+        Disable = "disable",
+    }
 }
 
 impl TenantSpec {
@@ -98,10 +131,11 @@ impl TenantSpec {
     /// derived from the spec, then the extras.
     pub fn container_env(&self) -> BTreeMap<String, String> {
         let mut env = self.env.clone();
-        env.insert(
-            "OPENROUTER_API_KEY".into(),
-            self.api_key.expose().to_string(),
-        );
+        // A tenant without its key is refused before any container is made
+        // (`apply::desired`); the variable is then simply absent here.
+        if let Some(key) = &self.api_key {
+            env.insert("OPENROUTER_API_KEY".into(), key.expose().to_string());
+        }
         env.insert("OPENROUTER_EXTERNAL_USER".into(), self.org_id.clone());
         env.insert("ORGANIZATION_NAME".into(), self.name.clone());
         env.insert("TZ".into(), self.timezone.clone());
@@ -210,7 +244,9 @@ pub fn resolve_recorded_env(
     Ok((env, secrets))
 }
 
-pub use checks::{name_label, tenant_id as check_tenant_id};
+pub use checks::{
+    name_label, openrouter_key as check_openrouter_key, tenant_id as check_tenant_id,
+};
 pub use secret::{EnvSource, ProcessEnv};
 
 #[cfg(test)]

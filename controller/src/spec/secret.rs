@@ -34,6 +34,16 @@ impl ApiKey {
         Self(value)
     }
 
+    /// What a plan shows for a provisioned tenant whose key `apply` has yet to
+    /// create: not a key, so no container can be made with it (`docker::engine`).
+    pub fn pending() -> Self {
+        Self("(provisioned by apply)".into())
+    }
+
+    pub fn is_pending(&self) -> bool {
+        !self.0.starts_with("sk-or-v1-")
+    }
+
     /// The key itself, for the container's environment only.
     pub fn expose(&self) -> &str {
         &self.0
@@ -41,6 +51,9 @@ impl ApiKey {
 
     /// `sk-or-v1-…c96`: enough for a person to tell keys apart.
     pub fn masked(&self) -> String {
+        if self.is_pending() {
+            return self.0.clone();
+        }
         let tail: String = self
             .0
             .chars()

@@ -71,7 +71,7 @@ fn good_spec_merges_defaults_and_resolves_keys() {
     assert_eq!(kowalski.timezone, "Europe/London");
     // The key never shows in debug output.
     assert!(!format!("{spec:?}").contains(KEY_A));
-    assert!(format!("{:?}", nowak.api_key).ends_with("aaa"));
+    assert!(format!("{:?}", nowak.api_key.as_ref().unwrap()).ends_with("aaa"));
 }
 
 #[test]
@@ -200,7 +200,7 @@ fn file_secret_is_read_relative_to_the_spec() {
     .unwrap();
     let text = GOOD.replace("${env:KEY_A}", "${file:nowak.key}");
     let spec = load_str(&dir.join("tenants.yaml"), &text, &env()).expect("valid");
-    assert_eq!(spec.tenants[0].api_key.expose(), KEY_A);
+    assert_eq!(spec.tenants[0].api_key.as_ref().unwrap().expose(), KEY_A);
     let missing = GOOD.replace("${env:KEY_A}", "${file:absent.key}");
     let err = load_str(&dir.join("tenants.yaml"), &missing, &env()).unwrap_err();
     assert!(err.to_string().contains("1 error"), "{err}");
@@ -295,5 +295,98 @@ fn a_byte_order_mark_is_accepted_and_positions_do_not_move() {
             .iter()
             .any(|d| d.line == 3 && d.column == 1 && d.message.contains("bogus")),
         "{diags:?}"
+    );
+}
+
+/// `provision: true` (issue 12): validate names exactly what the controller's
+/// environment lacks, once, where the first provisioned tenant says it.
+#[test]
+fn provisioned_keys_need_the_master_and_management_keys() {
+    let text = GOOD.replace(
+        r#"openrouter: { api_key: "${env:KEY_A}" }"#,
+        "openrouter: { provision: true, rotate_every: 90d }",
+    );
+    assert!(text.contains("provision: true"), "fixture changed");
+    let e = errors(&text);
+    let shown: Vec<String> = e.iter().map(ToString::to_string).collect();
+    assert_eq!(e.len(), 2, "{shown:#?}");
+    assert!(
+        shown[0].contains("MAI_FLEET_MASTER_KEY_FILE is not set"),
+        "{shown:#?}"
+    );
+    assert!(
+        shown[1].contains("neither MAI_FLEET_OPENROUTER_MANAGEMENT_KEY nor MAI_FLEET_OPENROUTER_MANAGEMENT_KEY_FILE is set"),
+        "{shown:#?}"
+    );
+    // Both stand where `provision` is written.
+    assert_eq!((e[0].line, e[0].column), (e[1].line, e[1].column));
+
+    let dir = std::env::temp_dir().join(format!("mai-fleet-master-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let master = dir.join("master.key");
+    std::fs::write(&master, [9u8; 32]).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&master, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut with = env();
+    with.insert(
+        "MAI_FLEET_MASTER_KEY_FILE".into(),
+        master.display().to_string(),
+    );
+    with.insert("MAI_FLEET_OPENROUTER_MANAGEMENT_KEY".into(), "mgmt".into());
+    let spec = load_str(Path::new("tenants.yaml"), &text, &with).expect("valid");
+    let t = &spec.tenants[0];
+    assert!(t.api_key.is_none());
+    assert_eq!(
+        t.key_source,
+        super::KeySource::Provisioned {
+            rotate_every: Some(std::time::Duration::from_secs(90 * 86400))
+        }
+    );
+    // A master key the group may read, or too short, is refused with the reason.
+    std::fs::set_permissions(&master, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let err = load_str(Path::new("tenants.yaml"), &text, &with).unwrap_err();
+    assert!(format!("{err:?}").contains("chmod 600"), "{err:?}");
+    std::fs::write(&master, [9u8; 16]).unwrap();
+    std::fs::set_permissions(&master, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let err = load_str(Path::new("tenants.yaml"), &text, &with).unwrap_err();
+    assert!(
+        format!("{err:?}").contains("16 byte(s), at least 32"),
+        "{err:?}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn key_settings_that_contradict_each_other_are_errors() {
+    let both = GOOD.replace(
+        r#"openrouter: { api_key: "${env:KEY_A}" }"#,
+        r#"openrouter: { api_key: "${env:KEY_A}", provision: true }"#,
+    );
+    let shown: Vec<String> = errors(&both).iter().map(ToString::to_string).collect();
+    assert!(
+        shown
+            .iter()
+            .any(|e| e.contains("both `api_key` and `provision: true`")),
+        "{shown:#?}"
+    );
+    let rotate = GOOD.replace(
+        r#"openrouter: { api_key: "${env:KEY_A}" }"#,
+        r#"openrouter: { api_key: "${env:KEY_A}", rotate_every: 30d }"#,
+    );
+    let shown: Vec<String> = errors(&rotate).iter().map(ToString::to_string).collect();
+    assert!(
+        shown
+            .iter()
+            .any(|e| e.contains("`openrouter.rotate_every` needs `provision: true`")),
+        "{shown:#?}"
+    );
+    let on_limit = GOOD.replace("markup_rate: 1.5,", "markup_rate: 1.5, on_limit: stop,");
+    assert_ne!(on_limit, GOOD, "fixture changed");
+    let shown: Vec<String> = errors(&on_limit).iter().map(ToString::to_string).collect();
+    assert!(
+        shown
+            .iter()
+            .any(|e| e.contains("`billing.on_limit` value `stop` is not valid")),
+        "{shown:#?}"
     );
 }

@@ -41,6 +41,14 @@ pub struct Ledger {
     pub month_recorded: Option<Decimal>,
 }
 
+/// A tenant's current fleet key that is stopped on purpose (at the client's limit).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StoppedKey {
+    pub tenant: String,
+    pub mask: String,
+    pub why: String,
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SilentAgent {
     pub host: String,
@@ -163,6 +171,17 @@ impl Store {
                                 AND s.polled_at >= date_trunc('month', l.polled_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
                                 ORDER BY polled_at LIMIT 1) m ON TRUE
              WHERE t.in_spec",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Current keys the fleet disabled at the client's monthly limit.
+    pub async fn stopped_keys(&self) -> Result<Vec<StoppedKey>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT tenant_id AS tenant, mask,
+                    'disabled by the fleet at the monthly limit, billing.on_limit: disable' AS why
+             FROM openrouter_keys WHERE status = 'current' AND disabled_for LIKE 'limit %'",
         )
         .fetch_all(&self.pool)
         .await?)

@@ -5,6 +5,7 @@ pub mod alerts;
 pub mod billing;
 pub mod dashboard;
 pub mod hosts;
+pub mod keys;
 pub mod model;
 pub mod operations;
 pub mod rates;
@@ -220,11 +221,11 @@ async fn upsert_tenant(
             .fetch_optional(&mut **tx)
             .await?;
     sqlx::query(
-        "INSERT INTO tenants (id, fleet, host, name, org_id, timezone, markup_rate, monthly_limit_usd, spec, spec_hash, key_fingerprint, key_masked)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        "INSERT INTO tenants (id, fleet, host, name, org_id, timezone, markup_rate, monthly_limit_usd, spec, spec_hash, key_fingerprint, key_masked, on_limit)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
          ON CONFLICT (id) DO UPDATE SET fleet = $2, host = $3, name = $4, org_id = $5, timezone = $6,
              markup_rate = $7, monthly_limit_usd = $8, spec = $9, spec_hash = $10, key_fingerprint = $11,
-             key_masked = $12, in_spec = TRUE, updated_at = now(),
+             key_masked = $12, on_limit = $13, in_spec = TRUE, updated_at = now(),
              rolled_back_to = NULL",
     )
     .bind(&t.id)
@@ -237,8 +238,9 @@ async fn upsert_tenant(
     .bind(t.monthly_limit_usd)
     .bind(spec)
     .bind(d.hash_label())
-    .bind(t.api_key.fingerprint())
-    .bind(t.api_key.masked())
+    .bind(t.api_key.as_ref().map(|k| k.fingerprint()).unwrap_or_default())
+    .bind(t.api_key.as_ref().map(|k| k.masked()).unwrap_or_default())
+    .bind(t.on_limit)
     .execute(&mut **tx)
     .await?;
     if previous_markup != Some(t.markup_rate) {
@@ -260,7 +262,9 @@ pub fn recorded_spec(t: &TenantSpec) -> Value {
         "timezone": t.timezone, "markup_rate": t.markup_rate, "monthly_limit_usd": t.monthly_limit_usd,
         "email": t.email, "nip": t.nip, "port": t.port, "env": t.env_for_record(),
         "memory_bytes": t.memory_bytes, "cpus": t.cpus, "pids_limit": t.pids_limit,
-        "api_key": t.api_key.masked(), "key_fingerprint": t.api_key.fingerprint(),
+        "api_key": t.api_key.as_ref().map(|k| k.masked()),
+        "key_fingerprint": t.api_key.as_ref().map(|k| k.fingerprint()),
+        "key_source": t.key_source, "on_limit": t.on_limit,
     })
 }
 

@@ -45,7 +45,7 @@ impl Status {
 
 mai_fleet_core::text_enum! {
     /// The rules, by the names alerts carry as `alertname`.
-    pub enum Rule, "rule; the rules are tracking_inactive, capture_gap, agent_silent, container_down, budget_80, budget_100, exchange_rate_missing, store_regression, backup_missing" {
+    pub enum Rule, "rule; the rules are tracking_inactive, capture_gap, agent_silent, container_down, budget_80, budget_100, exchange_rate_missing, store_regression, backup_missing, account_credit_low" {
         TrackingInactive = "tracking_inactive",
         CaptureGap = "capture_gap",
         AgentSilent = "agent_silent",
@@ -55,6 +55,7 @@ mai_fleet_core::text_enum! {
         ExchangeRateMissing = "exchange_rate_missing",
         StoreRegression = "store_regression",
         BackupMissing = "backup_missing",
+        AccountCreditLow = "account_credit_low",
     }
 }
 
@@ -65,7 +66,10 @@ impl Rule {
 
     pub fn severity(self) -> &'static str {
         match self {
-            Rule::TrackingInactive | Rule::CaptureGap | Rule::Budget100 => "critical",
+            Rule::TrackingInactive
+            | Rule::CaptureGap
+            | Rule::Budget100
+            | Rule::AccountCreditLow => "critical",
             Rule::AgentSilent
             | Rule::ContainerDown
             | Rule::StoreRegression

@@ -1,89 +1,14 @@
 //! Local stand-ins for the internet services alerts talk to, built from their
-//! documented contracts: OpenRouter's `GET /key` (its API reference), a webhook receiver (Alertmanager's payload, also Slack's
-//! `{"text"}`), and an SMTP server that keeps what it is sent.
+//! documented contracts: OpenRouter (its API reference; `crate::openrouter`), a
+//! webhook receiver (Alertmanager's payload, also Slack's `{"text"}`), and an SMTP
+//! server that keeps what it is sent.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-fn json_header() -> tiny_http::Header {
-    tiny_http::Header::from_bytes("Content-Type", "application/json").expect("header")
-}
-
-/// key → (usage, limit, limit_remaining), USD as decimal strings.
-type Ledgers = Arc<Mutex<HashMap<String, (String, Option<String>, Option<String>)>>>;
-
-/// OpenRouter: each key's ledger as the test sets it.
-pub struct FakeOpenRouter {
-    pub port: u16,
-    pub keys: Ledgers,
-}
-
-impl FakeOpenRouter {
-    pub fn start(port: u16) -> Self {
-        let server = tiny_http::Server::http(("127.0.0.1", port)).expect("fake OpenRouter listens");
-        let keys: Ledgers = Arc::default();
-        let k = Arc::clone(&keys);
-        std::thread::spawn(move || {
-            for req in server.incoming_requests() {
-                let bearer = req
-                    .headers()
-                    .iter()
-                    .find(|h| h.field.equiv("Authorization"))
-                    .map(|h| h.value.as_str().trim_start_matches("Bearer ").to_string())
-                    .unwrap_or_default();
-                let found = k.lock().unwrap().get(&bearer).cloned();
-                let (status, body) = match (req.url(), found) {
-                    ("/api/v1/key", Some((usage, limit, remaining))) => (
-                        200,
-                        format!(
-                            r#"{{"data":{{"label":"sk-or-v1-{}...","usage":{usage},"usage_daily":{usage},"usage_weekly":{usage},"usage_monthly":{usage},"limit":{},"limit_remaining":{},"limit_reset":null,"is_free_tier":false}}}}"#,
-                            &bearer[9..12],
-                            limit.unwrap_or_else(|| "null".into()),
-                            remaining.unwrap_or_else(|| "null".into())
-                        ),
-                    ),
-                    ("/api/v1/key", None) => (
-                        401,
-                        r#"{"error":{"code":401,"message":"No auth credentials found"}}"#
-                            .to_string(),
-                    ),
-                    _ => (404, "{}".to_string()),
-                };
-                let _ = req.respond(
-                    tiny_http::Response::from_string(body)
-                        .with_status_code(status)
-                        .with_header(json_header()),
-                );
-            }
-        });
-        Self { port, keys }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/api/v1", self.port)
-    }
-
-    pub fn set(&self, key: &str, usage: &str) {
-        self.keys
-            .lock()
-            .unwrap()
-            .insert(key.to_string(), (usage.to_string(), None, None));
-    }
-
-    pub fn set_limit(&self, key: &str, usage: &str, limit: &str, remaining: &str) {
-        self.keys.lock().unwrap().insert(
-            key.to_string(),
-            (
-                usage.to_string(),
-                Some(limit.to_string()),
-                Some(remaining.to_string()),
-            ),
-        );
-    }
-}
+pub use crate::openrouter::FakeOpenRouter;
 
 /// A webhook receiver: keeps every POST (path, JSON body, when); answers 500
 /// until `fail_until`.

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 pub mod dashboard;
 pub mod fakes;
 pub mod nbp;
+pub mod openrouter;
 pub mod tls;
 
 pub const KEY_A: &str = "sk-or-v1-a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
