@@ -16,6 +16,7 @@ use crate::billing::{fleet_today, Month};
 use crate::rates::Rate;
 use crate::store::billing::{Breakdown, DayLine, UsageLine};
 use crate::store::dashboard::{ApplyEvent, HealthChange, TenantRecord};
+use crate::store::keys::ReconcileDay;
 
 #[derive(Deserialize)]
 pub struct MonthQuery {
@@ -36,6 +37,8 @@ struct TenantData {
     health: Vec<HealthChange>,
     applies: Vec<ApplyEvent>,
     rate: Option<Rate>,
+    /// OpenRouter's daily ledger against the store, for the month.
+    ledger: Vec<ReconcileDay>,
 }
 
 async fn load(state: &AppState, id: &str, month: Month) -> Result<TenantData, WebError> {
@@ -68,6 +71,7 @@ async fn load_fresh(state: &AppState, id: &str, month: Month) -> Result<TenantDa
         health: store.health_history(id, 50).await?,
         applies: store.apply_history(id, 20).await?,
         rate: store.rate_on(state.rate_table, to.min(today)).await?,
+        ledger: store.reconcile_days(id, from, to).await?,
     })
 }
 
@@ -120,6 +124,29 @@ pub struct ApplyView {
     pub duration: String,
 }
 
+/// A day of OpenRouter's ledger against the store, as the page shows it.
+pub struct LedgerView {
+    pub day: String,
+    pub openrouter: String,
+    pub recorded: String,
+    pub difference: String,
+    /// Beyond a cent: worth a look.
+    pub differs: bool,
+}
+
+fn ledger_views(days: &[ReconcileDay]) -> Vec<LedgerView> {
+    let show = |d: Option<rust_decimal::Decimal>| d.map_or("-".into(), format_usd);
+    days.iter()
+        .map(|d| LedgerView {
+            day: d.day.to_string(),
+            openrouter: show(d.openrouter_usd),
+            recorded: show(d.recorded_usd),
+            difference: format_usd(d.difference_usd),
+            differs: d.difference_usd.abs() >= rust_decimal::Decimal::new(1, 2),
+        })
+        .collect()
+}
+
 #[derive(Template)]
 #[template(path = "tenant.html")]
 struct TenantPage {
@@ -138,6 +165,8 @@ struct TenantPage {
     sections: Vec<Section>,
     health: Vec<HealthView>,
     applies: Vec<ApplyView>,
+    /// Empty when OpenRouter's ledger holds nothing for the tenant's keys.
+    ledger: Vec<LedgerView>,
 }
 
 pub async fn page(
@@ -218,6 +247,11 @@ pub async fn page(
                 duration: format!("{:.1} s", a.duration_ms as f64 / 1000.0),
             })
             .collect(),
+        ledger: if d.ledger.iter().any(|l| l.openrouter_usd.is_some()) {
+            ledger_views(&d.ledger)
+        } else {
+            Vec::new()
+        },
         id,
     })
 }
@@ -261,5 +295,6 @@ pub async fn api(
         "models": lines_json(&d.models, rate),
         "health_history": d.health,
         "apply_history": d.applies,
+        "openrouter_ledger": d.ledger,
     })))
 }

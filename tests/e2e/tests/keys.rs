@@ -651,6 +651,23 @@ fn the_daily_ledger_names_day_and_model_and_low_credit_fires_once() {
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+    // The tenant page shows OpenRouter against recorded for that day.
+    f.add_user("ops", "correct horse battery");
+    let (_, session) = mai_fleet_e2e::dashboard::login(port, "ops", "correct horse battery");
+    let session = session.expect("logged in");
+    let page = session.get(&format!("/tenants/{t}?month={month}"));
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("OpenRouter against recorded"),
+        "{}",
+        page.body
+    );
+    let row = page
+        .body
+        .lines()
+        .find(|l| l.contains(&format!("<td>{day}</td>")) && l.contains("differs"))
+        .unwrap_or_else(|| panic!("the day differs on the page: {}", page.body));
+    assert!(row.contains("$0.20"), "{row}");
     drop(serve);
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(
@@ -659,4 +676,106 @@ fn the_daily_ledger_names_day_and_model_and_low_credit_fires_once() {
     );
     assert!(!f.transcript.borrow().contains(&key.key));
     assert!(!pg_dump(&f).contains(&key.key));
+}
+
+/// A key made by hand is adopted (its limit follows the file from then on), and
+/// `billing.on_limit: disable` stops it when the client's month reaches its limit.
+#[test]
+fn an_adopted_key_is_limited_and_disabled_at_the_clients_limit() {
+    if !require_services() {
+        return;
+    }
+    let f = Fleet::new("keys_adopt");
+    let k = Keys::new(&f);
+    let by_hand = k.or.create_by_hand("kancelaria, made by hand");
+    owner_only(&f.dir.join("tenant.key"), by_hand.key.as_bytes());
+    let t = f.id("adopt");
+    let text = f
+        .spec(&[(t.as_str(), "a", DEV, r#"SIM_USAGE_PER_MIN: "600""#)])
+        .replace("${env:E2E_KEY_0}", "${file:tenant.key}")
+        .replace(
+            &format!("billing: {{ email: faktury@{t}.pl,"),
+            &format!(
+                "billing: {{ monthly_limit_usd: 0.01, on_limit: disable, email: faktury@{t}.pl,"
+            ),
+        );
+    assert!(text.contains("on_limit: disable") && text.contains("tenant.key"));
+    let spec = f.write_spec(&text);
+    let r = k.apply(&f, &spec, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        k.or.changes().is_empty(),
+        "a given key is not the fleet's to change yet"
+    );
+    assert_eq!(container_key(&f, &t), by_hand.key);
+
+    let l = k.run(&f, &["keys", "list", "--spec", spec.to_str().unwrap()]);
+    assert_eq!(l.code, 3, "{}", l.all());
+    assert!(
+        l.stdout.contains(&format!("unmanaged: tenant {t}")),
+        "{}",
+        l.all()
+    );
+    assert!(
+        l.stdout.contains(&format!("orphan: {}", by_hand.label())),
+        "{}",
+        l.all()
+    );
+
+    let a = k.run(&f, &["keys", "adopt", &t, "--spec", spec.to_str().unwrap()]);
+    assert_eq!(a.code, 0, "{}", a.all());
+    assert!(
+        a.stdout.contains("adopted") && a.stdout.contains(&by_hand.hash),
+        "{}",
+        a.all()
+    );
+    let patch: Vec<_> = k.or.changes();
+    assert_eq!(patch.len(), 1, "{patch:#?}");
+    assert_eq!(patch[0].body["limit"], json!(0.01));
+    let l = k.run(
+        &f,
+        &[
+            "keys",
+            "list",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(l.code, 0, "{}", l.all());
+    let l: Value = serde_json::from_str(&l.stdout).unwrap();
+    assert_eq!(l["keys"][0]["origin"], "adopted");
+    assert_eq!(l["keys"][0]["hash"], by_hand.hash.as_str());
+    assert!(l["unmanaged"].as_array().unwrap().is_empty(), "{l:#}");
+
+    // The tenant spends past its limit: the fleet disables the key, budget_100 says so.
+    let config = f.dir.join("alerts.yaml");
+    std::fs::write(&config, "rules: {}\n").unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        f.agent_once("a");
+        k.evaluate(&f, &spec, &config);
+        if k.or.key_by_hash(&by_hand.hash).unwrap().disabled {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the key was not disabled at the limit"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let alerts: Vec<Value> =
+        serde_json::from_str(&f.controller(&["alerts", "list", "--output", "json"]).stdout)
+            .unwrap();
+    let b100 = alerts
+        .iter()
+        .find(|a| a["rule"] == "budget_100" && a["labels"]["source"] == "monthly_limit")
+        .unwrap_or_else(|| panic!("budget_100: {alerts:#?}"));
+    let summary = b100["annotations"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("is stopped (disabled by the fleet"),
+        "{summary}"
+    );
+    assert!(!f.transcript.borrow().contains(&by_hand.key));
 }
