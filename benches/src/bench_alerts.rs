@@ -1,6 +1,8 @@
 //! One alert evaluation cycle over a large fleet (issue 5): 1,000 tenants with a
 //! month of usage and a month of OpenRouter snapshots every 10 minutes
-//! (4.46 million), health, heartbeats, regressions. Time per cycle and queries per
+//! (4.46 million), health, heartbeats, regressions; and (issue 12) a managed key
+//! each with OpenRouter's daily ledger per model for 30 days (120,000 rows at 1,000
+//! tenants), the account's ledger and credit. Time per cycle and queries per
 //! cycle, at 100 and at 1,000 tenants (the count must not grow with the fleet).
 //!
 //!     cargo run --release --bin bench-alerts
@@ -113,6 +115,24 @@ INSERT INTO store_regressions (tenant_id, host, store_table, detail) VALUES ('t0
 INSERT INTO exchange_rates (rate_table, effective_date, table_no, rate)
 SELECT 'C', d::date, 'x/C/NBP', 3.65 FROM generate_series(current_date - 40, current_date, interval '1 day') d
 WHERE extract(isodow FROM d) < 6;
+-- Issue 12: each tenant's key under management, its per-model usage, OpenRouter's
+-- daily ledger for the last 30 days (one tenant in 100 charged $0.20 more for one
+-- model), the account's ledger and credit.
+INSERT INTO usage_model_daily (host, tenant_id, model_name, usage_date, total_tokens, total_requests, raw_cost, markup_cost, source_updated_at)
+SELECT t.host, t.id, m, d::date, 12500, 25, 0.125, 0, extract(epoch FROM d)::bigint
+FROM tenants t, generate_series(current_date - 30, current_date, interval '1 day') d,
+     unnest(ARRAY['anthropic/claude-3.5-sonnet', 'openai/gpt-4o-mini', 'deepseek/deepseek-chat', 'google/gemini-2.5-pro']) m;
+INSERT INTO openrouter_keys (fleet, tenant_id, hash, name, mask, fingerprint, sealed, origin, status, limit_usd)
+SELECT 'bench', id, md5(id), 'mai-fleet/bench/' || id, 'sk-or-v1-…abc', 'fp', '\\x00'::bytea, 'provisioned', 'current', 20
+FROM tenants;
+INSERT INTO openrouter_activity (key_hash, activity_date, model, endpoint_id, usage, requests)
+SELECT md5(t.id), d::date, m, 'ep',
+       CASE WHEN right(t.id, 2) = '21' AND m = 'openai/gpt-4o-mini' THEN 0.325 ELSE 0.125 END, 25
+FROM tenants t, generate_series(current_date - 30, current_date - 1, interval '1 day') d,
+     unnest(ARRAY['anthropic/claude-3.5-sonnet', 'openai/gpt-4o-mini', 'deepseek/deepseek-chat', 'google/gemini-2.5-pro']) m;
+INSERT INTO openrouter_activity (key_hash, activity_date, model, usage, requests)
+SELECT '*', d::date, 'all', 50, 1000 FROM generate_series(current_date - 30, current_date - 1, interval '1 day') d;
+INSERT INTO openrouter_credits (total_credits, total_usage) VALUES (1000, 800);
 COMMIT;
 ANALYZE;",
         last = tenants - 1

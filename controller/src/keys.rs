@@ -340,10 +340,10 @@ impl Keyring {
     async fn finish_interrupted(
         &self,
         tenant: &str,
+        records: &[KeyRecord],
         events: &mut Vec<KeyEvent>,
     ) -> Result<(), KeyError> {
-        let keys = self.store.fleet_keys(&self.fleet).await?;
-        for k in keys.iter().filter(|k| k.tenant_id == tenant) {
+        for k in records.iter().filter(|k| k.tenant_id == tenant) {
             let leftover = k.status == KeyStatus::Next
                 || (k.status == KeyStatus::Disabled
                     && k.disabled_for.as_deref() == Some(DISABLED_ROTATED));
@@ -376,12 +376,18 @@ impl Keyring {
         dry_run: bool,
     ) -> Result<Vec<KeyEvent>, KeyError> {
         let mut events = Vec::new();
+        // One read for the whole fleet: `serve` asks this every polling round.
+        let records = self.store.fleet_keys(&self.fleet).await?;
         for t in spec.tenants.iter_mut() {
             let provisioned = t.key_source.is_provisioned();
             if provisioned && !dry_run {
-                self.finish_interrupted(&t.id, &mut events).await?;
+                self.finish_interrupted(&t.id, &records, &mut events)
+                    .await?;
             }
-            let current = self.store.tenant_key(&t.id, KeyStatus::Current).await?;
+            let current = records
+                .iter()
+                .find(|k| k.tenant_id == t.id && k.status == KeyStatus::Current)
+                .cloned();
             let managed = match (&t.api_key, current) {
                 // A key from the file is managed once adopted (the same key).
                 (Some(given), Some(rec)) if !provisioned => {
@@ -392,7 +398,7 @@ impl Keyring {
                     Some(rec)
                 }
                 (_, None) if provisioned => {
-                    if let Some(rec) = self.reinstate(t, dry_run, &mut events).await? {
+                    if let Some(rec) = self.reinstate(t, &records, dry_run, &mut events).await? {
                         t.api_key = Some(self.open(&rec)?);
                         Some(rec)
                     } else if dry_run {
@@ -436,15 +442,20 @@ impl Keyring {
     async fn reinstate(
         &self,
         t: &TenantSpec,
+        records: &[KeyRecord],
         dry_run: bool,
         events: &mut Vec<KeyEvent>,
     ) -> Result<Option<KeyRecord>, KeyError> {
-        let keys = self.store.fleet_keys(&self.fleet).await?;
-        let Some(rec) = keys.into_iter().rev().find(|k| {
-            k.tenant_id == t.id
-                && k.status == KeyStatus::Disabled
-                && k.disabled_for.as_deref() == Some(DISABLED_OFFBOARDED)
-        }) else {
+        let Some(rec) = records
+            .iter()
+            .rev()
+            .find(|k| {
+                k.tenant_id == t.id
+                    && k.status == KeyStatus::Disabled
+                    && k.disabled_for.as_deref() == Some(DISABLED_OFFBOARDED)
+            })
+            .cloned()
+        else {
             return Ok(None);
         };
         if dry_run {
@@ -592,9 +603,13 @@ impl Keyring {
                     "tenant {tenant} has no key yet; `controller apply` provisions it"
                 ))
             })?;
+        // An apply at the same time would take the `next` key for a leftover.
+        let _lock = self.store.lock_fleet_pooled(&self.fleet).await?;
         let at = ops::locate(spec, tenant).await?;
         let mut events = Vec::new();
-        self.finish_interrupted(tenant, &mut events).await?;
+        let records = self.store.fleet_keys(&self.fleet).await?;
+        self.finish_interrupted(tenant, &records, &mut events)
+            .await?;
         let op = self
             .store
             .begin_operation(

@@ -80,9 +80,24 @@ impl Store {
     /// Takes the fleet's apply lock for as long as the returned guard lives; two
     /// applies of one fleet would otherwise race on the same containers.
     pub async fn lock_fleet(&self, url: &str, fleet: &str) -> Result<ApplyLock, StoreError> {
-        let mut conn = PgConnection::connect(url)
+        let conn = PgConnection::connect(url)
             .await
             .map_err(StoreError::Connect)?;
+        self.lock_fleet_on(conn, fleet).await
+    }
+
+    /// [`Store::lock_fleet`] on a connection taken out of the pool (for commands that
+    /// change containers outside an apply: a key rotation).
+    pub async fn lock_fleet_pooled(&self, fleet: &str) -> Result<ApplyLock, StoreError> {
+        let conn = self.pool.acquire().await?.detach();
+        self.lock_fleet_on(conn, fleet).await
+    }
+
+    async fn lock_fleet_on(
+        &self,
+        mut conn: PgConnection,
+        fleet: &str,
+    ) -> Result<ApplyLock, StoreError> {
         let got: bool = sqlx::query_scalar(
             "SELECT pg_try_advisory_lock(hashtext('mai-fleet.apply'), hashtext($1))",
         )

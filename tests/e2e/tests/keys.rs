@@ -188,6 +188,21 @@ fn provisioned_keys_are_created_limited_rotated_and_offboarded() {
     );
     assert_eq!(k.run(&f, &["validate", spec.to_str().unwrap()]).code, 0);
 
+    // Provisioned keys are kept in the fleet database: without it, nothing starts.
+    let no_db: RunResult = k
+        .command(&f, &["apply", spec.to_str().unwrap()])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(no_db.code, 1, "{}", no_db.all());
+    assert!(
+        no_db.stderr.contains("needs the fleet database"),
+        "{}",
+        no_db.all()
+    );
+    assert!(f.containers().is_empty(), "no container without its key");
+
     // One apply: three keys, named and limited, each in its own container.
     let r = k.apply(&f, &spec, &[]);
     assert_eq!(r.code, 0, "{}", r.all());
@@ -402,6 +417,16 @@ fn provisioned_keys_are_created_limited_rotated_and_offboarded() {
     );
     assert!(k.named(&f, &t2).is_empty());
 
+    // A key deleted at OpenRouter behind the fleet's back: `keys list` says so.
+    k.or.state.lock().unwrap().keys.remove(&keys[0].key);
+    let l = k.run(&f, &["keys", "list", "--spec", two.to_str().unwrap()]);
+    assert_eq!(l.code, 3, "{}", l.all());
+    assert!(
+        l.stdout.contains(&format!("missing: tenant {t0}")),
+        "{}",
+        l.all()
+    );
+
     for secret in [&keys[0].key, &keys[2].key, &rotated.key] {
         assert!(!f.transcript.borrow().contains(secret.as_str()));
     }
@@ -600,7 +625,14 @@ fn the_daily_ledger_names_day_and_model_and_low_credit_fires_once() {
     assert_eq!(hooks_for(&hook, "account_credit_low", "resolved"), 1);
     assert_eq!(hooks_for(&hook, "account_credit_low", "firing"), 1);
 
-    // serve follows the account on its own, and logs no key.
+    // serve follows the account on its own, rotates a key older than rotate_every,
+    // and logs no key.
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        "openrouter: { provision: true }",
+        "openrouter: { provision: true, rotate_every: 1h }",
+    );
+    std::fs::write(&spec, text).unwrap();
+    f.psql(&format!("UPDATE openrouter_keys SET created_at = now() - interval '2 hours' WHERE tenant_id = '{t}'"));
     let log = f.dir.join("serve.log");
     let port = f.base_port + 13;
     let before: i64 = f
@@ -642,12 +674,13 @@ fn the_daily_ledger_names_day_and_model_and_low_credit_fires_once() {
             .trim()
             .parse()
             .unwrap();
-        if n >= before + 2 && polled > 0 {
+        let rotated = k.named(&f, &t).first().is_some_and(|n| n.hash != key.hash);
+        if n >= before + 2 && polled > 0 && rotated {
             break;
         }
         assert!(
             Instant::now() < until,
-            "serve did not poll the account and the key"
+            "serve did not poll the account and the key, or rotate it"
         );
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -669,11 +702,18 @@ fn the_daily_ledger_names_day_and_model_and_low_credit_fires_once() {
         .unwrap_or_else(|| panic!("the day differs on the page: {}", page.body));
     assert!(row.contains("$0.20"), "{row}");
     drop(serve);
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        !text.contains(&key.key) && !text.contains(MANAGEMENT_KEY),
-        "a key in serve's log"
+    let new_key = k.named(&f, &t).remove(0);
+    assert_eq!(k.named(&f, &t).len(), 1);
+    assert_eq!(
+        container_key(&f, &t),
+        new_key.key,
+        "the tenant runs the rotated key"
     );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("scheduled key rotation"), "{text}");
+    for secret in [key.key.as_str(), new_key.key.as_str(), MANAGEMENT_KEY] {
+        assert!(!text.contains(secret), "a key in serve's log");
+    }
     assert!(!f.transcript.borrow().contains(&key.key));
     assert!(!pg_dump(&f).contains(&key.key));
 }
@@ -722,8 +762,23 @@ fn an_adopted_key_is_limited_and_disabled_at_the_clients_limit() {
         l.all()
     );
 
+    // 429 and 5xx are retried with back-off; any other 4xx is not.
+    k.or.state.lock().unwrap().fail_next = vec![403];
+    k.or.clear_log();
+    let l = k.run(&f, &["keys", "list", "--spec", spec.to_str().unwrap()]);
+    assert_eq!(l.code, 1, "{}", l.all());
+    assert!(
+        l.stderr.contains("OpenRouter answered 403 to GET /keys"),
+        "{}",
+        l.all()
+    );
+    assert_eq!(k.or.log().len(), 1, "a 403 is not asked again");
+    k.or.state.lock().unwrap().fail_next = vec![429, 503];
+    k.or.clear_log();
     let a = k.run(&f, &["keys", "adopt", &t, "--spec", spec.to_str().unwrap()]);
     assert_eq!(a.code, 0, "{}", a.all());
+    let statuses: Vec<u16> = k.or.log().iter().take(3).map(|l| l.status).collect();
+    assert_eq!(statuses, [429, 503, 200], "{:#?}", k.or.log());
     assert!(
         a.stdout.contains("adopted") && a.stdout.contains(&by_hand.hash),
         "{}",
