@@ -31,12 +31,21 @@ pub struct CycleReport {
     pub unspooled: usize,
     /// Postgres could not be reached during the cycle.
     pub database_away: bool,
+    /// Why, as the first failure said it (a refused TLS certificate, a password).
+    pub database_error: Option<String>,
     pub inactive: Vec<String>,
     pub errors: Vec<String>,
     /// What was refused or set aside without failing the cycle: containers whose
     /// labels name no tenant, spooled batches that could not be read.
     pub warnings: Vec<String>,
     pub elapsed_ms: u64,
+}
+
+impl CycleReport {
+    fn mark_away(&mut self, e: &sqlx::Error) {
+        self.database_away = true;
+        self.database_error.get_or_insert_with(|| e.to_string());
+    }
 }
 
 /// What the agent remembers between cycles.
@@ -165,7 +174,7 @@ pub async fn sync_tenants(
                     report.regressions += s.regressions;
                 }
                 Err(e) if is_unavailable(&e) => {
-                    report.database_away = true;
+                    report.mark_away(&e);
                     break;
                 }
                 // Refused for good (e.g. this host's credentials may not write it):
@@ -184,7 +193,7 @@ pub async fn sync_tenants(
     if !report.database_away {
         match sink.desired().await {
             Ok(d) => memory.desired = d,
-            Err(e) if away(&e, spool) => report.database_away = true,
+            Err(e) if away(&e, spool) => report.mark_away(&e),
             Err(e) => {
                 return Err(e).context("reading the fleet database (has `controller migrate` run?)")
             }
@@ -193,7 +202,7 @@ pub async fn sync_tenants(
     if !report.database_away {
         match sink.watermarks(&ids).await {
             Ok(w) => watermarks = w,
-            Err(e) if away(&e, spool) => report.database_away = true,
+            Err(e) if away(&e, spool) => report.mark_away(&e),
             Err(e) => return Err(e.into()),
         }
     }
@@ -223,7 +232,7 @@ pub async fn sync_tenants(
             if health != seen.health && !report.database_away {
                 match sink.record_health(&health).await {
                     Ok(()) => seen.health = health.clone(),
-                    Err(e) if away(&e, spool) => report.database_away = true,
+                    Err(e) if away(&e, spool) => report.mark_away(&e),
                     Err(e) => report.errors.push(format!("{}: {e}", c.tenant)),
                 }
             }
@@ -255,7 +264,7 @@ pub async fn sync_tenants(
                 if !report.database_away {
                     match sink.record_health(&health).await {
                         Ok(()) => {}
-                        Err(e) if away(&e, spool) => report.database_away = true,
+                        Err(e) if away(&e, spool) => report.mark_away(&e),
                         Err(e) => report.errors.push(format!("{}: {e}", c.tenant)),
                     }
                 }
@@ -283,7 +292,7 @@ pub async fn sync_tenants(
                     );
                 }
                 Err(e) if away(&e, spool) => {
-                    report.database_away = true;
+                    report.mark_away(&e);
                     to_spool = true;
                 }
                 Err(e) => {

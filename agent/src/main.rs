@@ -176,6 +176,7 @@ fn log_cycle(host: &str, r: &cycle::CycleReport, repeats: &Repeats) {
             tracing::warn!(
                 host,
                 held_back,
+                error = r.database_error.as_deref().unwrap_or("unknown"),
                 "the fleet database cannot be reached; batches wait in the spool"
             );
         }

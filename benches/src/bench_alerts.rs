@@ -77,7 +77,7 @@ fn main() {
             );
         });
     }
-    println!("\nqueries: statements one cycle sends (7 rule reads, open alerts, silences, the writes in one transaction, the cycle's record)");
+    println!("\nqueries: statements one cycle sends (10 rule reads, open alerts, silences, the writes in one transaction, the cycle's record)");
 }
 
 /// A month of a fleet: usage per day, OpenRouter snapshots every 10 minutes (one
@@ -115,11 +115,11 @@ INSERT INTO store_regressions (tenant_id, host, store_table, detail) VALUES ('t0
 INSERT INTO exchange_rates (rate_table, effective_date, table_no, rate)
 SELECT 'C', d::date, 'x/C/NBP', 3.65 FROM generate_series(current_date - 40, current_date, interval '1 day') d
 WHERE extract(isodow FROM d) < 6;
--- Issue 12: each tenant's key under management, its per-model usage, OpenRouter's
--- daily ledger for the last 30 days (one tenant in 100 charged $0.20 more for one
--- model), the account's ledger and credit.
+-- Issue 12: each tenant's key under management, its per-model usage (agreeing with
+-- usage_daily), OpenRouter's daily ledger for the last 30 days (one tenant in 100
+-- charged $0.20 more for one model), the account's ledger and credit.
 INSERT INTO usage_model_daily (host, tenant_id, model_name, usage_date, total_tokens, total_requests, raw_cost, markup_cost, source_updated_at)
-SELECT t.host, t.id, m, d::date, 12500, 25, 0.125, 0, extract(epoch FROM d)::bigint
+SELECT t.host, t.id, m, d::date, 12500, 25, 0.175, 0, extract(epoch FROM d)::bigint
 FROM tenants t, generate_series(current_date - 30, current_date, interval '1 day') d,
      unnest(ARRAY['anthropic/claude-3.5-sonnet', 'openai/gpt-4o-mini', 'deepseek/deepseek-chat', 'google/gemini-2.5-pro']) m;
 INSERT INTO openrouter_keys (fleet, tenant_id, hash, name, mask, fingerprint, sealed, origin, status, limit_usd)
@@ -127,11 +127,13 @@ SELECT 'bench', id, md5(id), 'mai-fleet/bench/' || id, 'sk-or-v1-…abc', 'fp', 
 FROM tenants;
 INSERT INTO openrouter_activity (key_hash, activity_date, model, endpoint_id, usage, requests)
 SELECT md5(t.id), d::date, m, 'ep',
-       CASE WHEN right(t.id, 2) = '21' AND m = 'openai/gpt-4o-mini' THEN 0.325 ELSE 0.125 END, 25
+       CASE WHEN right(t.id, 2) = '21' AND m = 'openai/gpt-4o-mini' THEN 0.375 ELSE 0.175 END, 25
 FROM tenants t, generate_series(current_date - 30, current_date - 1, interval '1 day') d,
      unnest(ARRAY['anthropic/claude-3.5-sonnet', 'openai/gpt-4o-mini', 'deepseek/deepseek-chat', 'google/gemini-2.5-pro']) m;
 INSERT INTO openrouter_activity (key_hash, activity_date, model, usage, requests)
 SELECT '*', d::date, 'all', 50, 1000 FROM generate_series(current_date - 30, current_date - 1, interval '1 day') d;
+INSERT INTO openrouter_activity_days (key_hash, activity_date, usage)
+SELECT key_hash, activity_date, sum(usage) FROM openrouter_activity GROUP BY 1, 2;
 INSERT INTO openrouter_credits (total_credits, total_usage) VALUES (1000, 800);
 COMMIT;
 ANALYZE;",

@@ -48,6 +48,16 @@ CREATE TABLE openrouter_activity (
 );
 CREATE INDEX openrouter_activity_date ON openrouter_activity (activity_date);
 
+-- Each key's day in one row (kept with the snapshot that changes it): days are
+-- compared first, and only a day that differs is broken down by model.
+CREATE TABLE openrouter_activity_days (
+    key_hash       TEXT NOT NULL,
+    activity_date  DATE NOT NULL,
+    usage          NUMERIC(18, 6) NOT NULL,
+    PRIMARY KEY (key_hash, activity_date)
+);
+CREATE INDEX openrouter_activity_days_date ON openrouter_activity_days (activity_date);
+
 CREATE TABLE openrouter_activity_fetches (
     id          BIGSERIAL PRIMARY KEY,
     fetched_at  TIMESTAMPTZ NOT NULL DEFAULT now(),

@@ -107,7 +107,7 @@ impl ManagementKey {
         }
     }
 
-    /// Whether `text` holds the management key (for tests of what leaks).
+    /// The key itself, for the `Authorization` header only.
     pub fn expose(&self) -> &str {
         &self.0
     }

@@ -310,6 +310,17 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        let days: Vec<NaiveDate> = items.iter().map(|i| i.date).collect();
+        sqlx::query(
+            "INSERT INTO openrouter_activity_days (key_hash, activity_date, usage)
+             SELECT key_hash, activity_date, sum(usage) FROM openrouter_activity
+             WHERE key_hash = $1 AND activity_date = ANY($2) GROUP BY 1, 2
+             ON CONFLICT (key_hash, activity_date) DO UPDATE SET usage = EXCLUDED.usage",
+        )
+        .bind(key_hash)
+        .bind(&days)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -382,21 +393,34 @@ impl Store {
 
     /// Per tenant × day × model over the last `days` days OpenRouter's ledger
     /// holds: what its keys were charged and what the store recorded, where they
-    /// differ by more than `min_usd`. Only days OpenRouter reported for the tenant
-    /// count (a day it has not reported yet is not a gap).
+    /// differ by more than `min_usd`. Days are compared first (one row per key and
+    /// day); only a day whose totals differ by more than `min_usd` is broken down by
+    /// model, so the cost follows the days that differ, not the ledger's size. A day
+    /// whose totals agree is not broken down: its money was captured, whatever model
+    /// the store put it under. (`OFFSET 0` keeps each day's breakdown an index lookup:
+    /// the planner cannot tell how few days differ.)
     pub async fn model_gaps(
         &self,
         days: i32,
         min_usd: Decimal,
     ) -> Result<Vec<ModelGap>, StoreError> {
         Ok(sqlx::query_as(
-            "WITH o AS (SELECT k.tenant_id AS tenant, a.activity_date AS day, a.model, sum(a.usage) AS usd
-                        FROM openrouter_activity a JOIN openrouter_keys k ON k.hash = a.key_hash
-                        WHERE a.activity_date >= (now() AT TIME ZONE 'UTC')::date - $1
+            "WITH od AS (SELECT k.tenant_id AS tenant, d.activity_date AS day, sum(d.usage) AS usd
+                         FROM openrouter_activity_days d JOIN openrouter_keys k ON k.hash = d.key_hash
+                         WHERE d.activity_date >= (now() AT TIME ZONE 'UTC')::date - $1
+                         GROUP BY 1, 2),
+                  off AS MATERIALIZED (
+                         SELECT od.tenant, od.day FROM od
+                         LEFT JOIN usage_daily u ON u.tenant_id = od.tenant AND u.usage_date = od.day
+                         WHERE abs(od.usd - coalesce(u.raw_cost, 0)) > $2),
+                  o AS (SELECT off.tenant, off.day, a.model, sum(a.usage) AS usd
+                        FROM off JOIN openrouter_keys k ON k.tenant_id = off.tenant
+                        CROSS JOIN LATERAL (SELECT model, usage FROM openrouter_activity a
+                                            WHERE a.key_hash = k.hash AND a.activity_date = off.day OFFSET 0) a
                         GROUP BY 1, 2, 3),
-                  reported AS (SELECT DISTINCT tenant, day FROM o),
-                  r AS (SELECT m.tenant_id AS tenant, m.usage_date AS day, m.model_name AS model, m.raw_cost AS usd
-                        FROM usage_model_daily m JOIN reported p ON p.tenant = m.tenant_id AND p.day = m.usage_date)
+                  r AS (SELECT off.tenant, off.day, m.model_name AS model, m.raw_cost AS usd
+                        FROM off CROSS JOIN LATERAL (SELECT model_name, raw_cost FROM usage_model_daily m
+                                                     WHERE m.tenant_id = off.tenant AND m.usage_date = off.day OFFSET 0) m)
              SELECT coalesce(o.tenant, r.tenant) AS tenant, coalesce(o.day, r.day) AS day,
                     coalesce(o.model, r.model) AS model,
                     coalesce(o.usd, 0) AS openrouter_usd, coalesce(r.usd, 0) AS recorded_usd,

@@ -14,6 +14,7 @@ pub mod dashboard;
 pub mod fakes;
 pub mod nbp;
 pub mod openrouter;
+pub mod pg_tls;
 pub mod tls;
 
 pub const KEY_A: &str = "sk-or-v1-a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1";
