@@ -74,31 +74,29 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Fills the keys of provisioned tenants from the keyring (`dry_run`: nothing is
-/// created or changed at OpenRouter). Without provisioned tenants and without a
-/// database there is nothing to do.
-pub async fn prepare(
+/// What `apply` would do to keys, for `plan`: provisioned tenants get their keys
+/// from the keyring, and nothing is created or changed, at OpenRouter or in the
+/// schema. A fleet without provisioned tenants needs no database for it.
+pub async fn plan(
     spec: &mut FleetSpec,
     database_url: Option<&str>,
-    dry_run: bool,
 ) -> anyhow::Result<Vec<KeyEvent>> {
     let provisioned = spec
         .tenants
         .iter()
         .filter(|t| t.key_source.is_provisioned())
         .count();
-    let Some(url) = database_url else {
-        if provisioned > 0 {
-            anyhow::bail!(
-                "{provisioned} tenant(s) have `provision: true`: their keys are kept in the fleet database; set DATABASE_URL or --database-url"
-            );
-        }
+    if provisioned == 0 {
         return Ok(Vec::new());
+    }
+    let Some(url) = database_url else {
+        anyhow::bail!(
+            "{provisioned} tenant(s) have `provision: true`: their keys are kept in the fleet database; set DATABASE_URL or --database-url"
+        );
     };
     let store = Store::connect(url).await?;
-    store.migrate().await?;
     Ok(Keyring::from_env(&store, &spec.fleet)?
-        .prepare(spec, dry_run)
+        .prepare(spec, true)
         .await?)
 }
 

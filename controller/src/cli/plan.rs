@@ -31,8 +31,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     // What apply would do to keys, asked of the database and nothing else.
-    let key_events = match super::keys::prepare(&mut spec, args.database_url.as_deref(), true).await
-    {
+    let key_events = match super::keys::plan(&mut spec, args.database_url.as_deref()).await {
         Ok(events) => events,
         Err(e) => {
             eprintln!("error: {e:#}");

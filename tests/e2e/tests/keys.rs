@@ -92,6 +92,14 @@ impl Keys {
         f.transcript.borrow_mut().push_str(&err);
     }
 
+    /// `controller keys ARGS --spec SPEC`.
+    fn keys(&self, f: &Fleet, spec: &Path, args: &[&str]) -> RunResult {
+        let mut all = vec!["keys"];
+        all.extend_from_slice(args);
+        all.extend(["--spec", spec.to_str().unwrap()]);
+        self.run(f, &all)
+    }
+
     /// Keys at the fake named for `tenant` in this fleet.
     fn named(&self, f: &Fleet, tenant: &str) -> Vec<mai_fleet_e2e::openrouter::FakeKey> {
         let name = format!("mai-fleet/{}/{tenant}", f.name);
@@ -311,18 +319,7 @@ fn provisioned_keys_are_created_limited_rotated_and_offboarded() {
 
     // Rotation: the new key serves (a request made with it) before the old one goes.
     k.or.clear_log();
-    let r = k.run(
-        &f,
-        &[
-            "keys",
-            "rotate",
-            &t1,
-            "--spec",
-            spec.to_str().unwrap(),
-            "--settle",
-            "1s",
-        ],
-    );
+    let r = k.keys(&f, &spec, &["rotate", &t1, "--settle", "1s"]);
     assert_eq!(r.code, 0, "{}", r.all());
     let now = k.named(&f, &t1);
     assert_eq!(now.len(), 1, "one key for {t1}: {now:#?}");
@@ -353,19 +350,10 @@ fn provisioned_keys_are_created_limited_rotated_and_offboarded() {
     );
     assert_ne!(crash, good);
     std::fs::write(&spec, &crash).unwrap();
-    let r = k.run(
+    let r = k.keys(
         &f,
-        &[
-            "keys",
-            "rotate",
-            &t1,
-            "--spec",
-            spec.to_str().unwrap(),
-            "--settle",
-            "1s",
-            "--verify-timeout",
-            "10s",
-        ],
+        &spec,
+        &["rotate", &t1, "--settle", "1s", "--verify-timeout", "10s"],
     );
     assert_eq!(r.code, 3, "{}", r.all());
     std::fs::write(&spec, &good).unwrap();
@@ -378,24 +366,14 @@ fn provisioned_keys_are_created_limited_rotated_and_offboarded() {
 
     // A key made by hand at OpenRouter is an orphan in `keys list`.
     let by_hand = k.or.create_by_hand("someone's test key");
-    let l = k.run(&f, &["keys", "list", "--spec", spec.to_str().unwrap()]);
+    let l = k.keys(&f, &spec, &["list"]);
     assert_eq!(l.code, 3, "{}", l.all());
     assert!(
         l.stdout.contains(&format!("orphan: {}", by_hand.label())),
         "{}",
         l.all()
     );
-    let lj = k.run(
-        &f,
-        &[
-            "keys",
-            "list",
-            "--spec",
-            spec.to_str().unwrap(),
-            "--output",
-            "json",
-        ],
-    );
+    let lj = k.keys(&f, &spec, &["list", "--output", "json"]);
     let lj: Value = serde_json::from_str(&lj.stdout).unwrap();
     assert_eq!(lj["orphans"].as_array().unwrap().len(), 1, "{lj:#}");
     assert_eq!(lj["keys"].as_array().unwrap().len(), 3, "{lj:#}");
@@ -419,7 +397,7 @@ fn provisioned_keys_are_created_limited_rotated_and_offboarded() {
 
     // A key deleted at OpenRouter behind the fleet's back: `keys list` says so.
     k.or.state.lock().unwrap().keys.remove(&keys[0].key);
-    let l = k.run(&f, &["keys", "list", "--spec", two.to_str().unwrap()]);
+    let l = k.keys(&f, &two, &["list"]);
     assert_eq!(l.code, 3, "{}", l.all());
     assert!(
         l.stdout.contains(&format!("missing: tenant {t0}")),
@@ -473,7 +451,7 @@ fn an_apply_killed_after_post_keys_leaves_no_orphan() {
     assert_eq!(left.len(), 1, "{left:#?}");
     assert_ne!(left[0].hash, orphan[0].hash);
     assert_eq!(container_key(&f, &t), left[0].key);
-    let l = k.run(&f, &["keys", "list", "--spec", spec.to_str().unwrap()]);
+    let l = k.keys(&f, &spec, &["list"]);
     assert_eq!(l.code, 0, "no orphan, nothing missing: {}", l.all());
 }
 
@@ -749,7 +727,7 @@ fn an_adopted_key_is_limited_and_disabled_at_the_clients_limit() {
     );
     assert_eq!(container_key(&f, &t), by_hand.key);
 
-    let l = k.run(&f, &["keys", "list", "--spec", spec.to_str().unwrap()]);
+    let l = k.keys(&f, &spec, &["list"]);
     assert_eq!(l.code, 3, "{}", l.all());
     assert!(
         l.stdout.contains(&format!("unmanaged: tenant {t}")),
@@ -765,7 +743,7 @@ fn an_adopted_key_is_limited_and_disabled_at_the_clients_limit() {
     // 429 and 5xx are retried with back-off; any other 4xx is not.
     k.or.state.lock().unwrap().fail_next = vec![403];
     k.or.clear_log();
-    let l = k.run(&f, &["keys", "list", "--spec", spec.to_str().unwrap()]);
+    let l = k.keys(&f, &spec, &["list"]);
     assert_eq!(l.code, 1, "{}", l.all());
     assert!(
         l.stderr.contains("OpenRouter answered 403 to GET /keys"),
@@ -775,7 +753,7 @@ fn an_adopted_key_is_limited_and_disabled_at_the_clients_limit() {
     assert_eq!(k.or.log().len(), 1, "a 403 is not asked again");
     k.or.state.lock().unwrap().fail_next = vec![429, 503];
     k.or.clear_log();
-    let a = k.run(&f, &["keys", "adopt", &t, "--spec", spec.to_str().unwrap()]);
+    let a = k.keys(&f, &spec, &["adopt", &t]);
     assert_eq!(a.code, 0, "{}", a.all());
     let statuses: Vec<u16> = k.or.log().iter().take(3).map(|l| l.status).collect();
     assert_eq!(statuses, [429, 503, 200], "{:#?}", k.or.log());
@@ -787,17 +765,7 @@ fn an_adopted_key_is_limited_and_disabled_at_the_clients_limit() {
     let patch: Vec<_> = k.or.changes();
     assert_eq!(patch.len(), 1, "{patch:#?}");
     assert_eq!(patch[0].body["limit"], json!(0.01));
-    let l = k.run(
-        &f,
-        &[
-            "keys",
-            "list",
-            "--spec",
-            spec.to_str().unwrap(),
-            "--output",
-            "json",
-        ],
-    );
+    let l = k.keys(&f, &spec, &["list", "--output", "json"]);
     assert_eq!(l.code, 0, "{}", l.all());
     let l: Value = serde_json::from_str(&l.stdout).unwrap();
     assert_eq!(l["keys"][0]["origin"], "adopted");
