@@ -951,7 +951,7 @@ impl Keyring {
             let month = format!("limit {}", row.today.format("%Y-%m"));
             let disable = policies
                 .iter()
-                .any(|(t, on, _)| *t == k.tenant_id && on == "disable");
+                .any(|(t, on)| *t == k.tenant_id && on == "disable");
             let reached = row
                 .monthly_limit_usd
                 .is_some_and(|l| l > Decimal::ZERO && row.month_client_cost >= l);

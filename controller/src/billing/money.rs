@@ -35,6 +35,11 @@ pub fn format_usd(d: Decimal) -> String {
     format!("{sign}${}.{frac}", group(int, ','))
 }
 
+/// [`format_usd`] of an amount that may be unknown: `-` then.
+pub fn format_usd_or_dash(d: Option<Decimal>) -> String {
+    d.map_or_else(|| "-".to_string(), format_usd)
+}
+
 /// `1 234,56 zł` (Polish: space between thousands, comma before grosze).
 pub fn format_pln(d: Decimal) -> String {
     let (sign, digits) = split_sign(pln_grosze(d), 2);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
-use mai_fleet::billing::money::format_usd;
+use mai_fleet::billing::money::{format_usd, format_usd_or_dash};
 use mai_fleet::docker::{ExecuteOptions, Status};
 use mai_fleet::keys::{KeyEvent, Keyring};
 use mai_fleet::spec::FleetSpec;
@@ -109,10 +109,6 @@ async fn open(spec: &SpecArgs, db: &DatabaseArgs) -> anyhow::Result<(FleetSpec, 
     Ok((spec, keyring))
 }
 
-fn money(d: Option<rust_decimal::Decimal>) -> String {
-    d.map_or("-".into(), format_usd)
-}
-
 async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     let (spec, keyring) = open(&a.spec, &a.db).await?;
     let l = keyring.list(&spec).await?;
@@ -136,8 +132,8 @@ async fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
                 k.mask.clone(),
                 k.status.to_string(),
                 k.origin.to_string(),
-                money(k.limit_usd),
-                money(k.usage_month_usd),
+                format_usd_or_dash(k.limit_usd),
+                format_usd_or_dash(k.usage_month_usd),
                 match (k.at_openrouter, k.disabled) {
                     (false, _) => "UNKNOWN TO OPENROUTER".into(),
                     (true, Some(true)) => "yes".into(),

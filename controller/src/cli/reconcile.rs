@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use mai_fleet::billing::money::format_usd;
+use mai_fleet::billing::money::{format_usd, format_usd_or_dash};
 use mai_fleet::billing::Month;
 
 use super::{out, outln, table, DatabaseArgs, OutputFormat};
@@ -46,12 +46,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let mut rows = vec![["DAY", "OPENROUTER", "RECORDED", "DIFFERENCE"]
             .map(String::from)
             .to_vec()];
-        let show = |d: Option<rust_decimal::Decimal>| d.map_or("-".into(), format_usd);
         for d in &days {
             rows.push(vec![
                 d.day.to_string(),
-                show(d.openrouter_usd),
-                show(d.recorded_usd),
+                format_usd_or_dash(d.openrouter_usd),
+                format_usd_or_dash(d.recorded_usd),
                 format_usd(d.difference_usd),
             ]);
         }

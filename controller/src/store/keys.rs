@@ -112,8 +112,6 @@ pub struct CreditState {
     pub total_usage: Decimal,
     /// Spend of the last 7 completed UTC days with activity on record.
     pub burn_7d: Option<Decimal>,
-    /// How many of those days the ledger holds.
-    pub burn_days: i64,
 }
 
 /// The columns of a [`KeyRecord`], for `concat!` (statements stay static text).
@@ -264,16 +262,13 @@ impl Store {
     }
 
     /// `on_limit` of each tenant of the fleet, as the last apply recorded it.
-    pub async fn tenants_on_limit(
-        &self,
-        fleet: &str,
-    ) -> Result<Vec<(String, String, Option<Decimal>)>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT id, on_limit, monthly_limit_usd FROM tenants WHERE fleet = $1 AND in_spec",
+    pub async fn tenants_on_limit(&self, fleet: &str) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT id, on_limit FROM tenants WHERE fleet = $1 AND in_spec")
+                .bind(fleet)
+                .fetch_all(&self.pool)
+                .await?,
         )
-        .bind(fleet)
-        .fetch_all(&self.pool)
-        .await?)
     }
 
     /// Stores one `GET /activity` answer (`key_hash` '*' for the whole account):
@@ -355,9 +350,9 @@ impl Store {
     /// OpenRouter's ledger (before today, UTC).
     pub async fn credit_state(&self) -> Result<Option<CreditState>, StoreError> {
         Ok(sqlx::query_as(
-            "SELECT c.polled_at, c.total_credits, c.total_usage, b.burn AS burn_7d, b.days AS burn_days
+            "SELECT c.polled_at, c.total_credits, c.total_usage, b.burn AS burn_7d
              FROM (SELECT * FROM openrouter_credits ORDER BY polled_at DESC LIMIT 1) c
-             CROSS JOIN (SELECT sum(usage) AS burn, count(DISTINCT activity_date) AS days
+             CROSS JOIN (SELECT sum(usage) AS burn
                          FROM openrouter_activity
                          WHERE key_hash = '*' AND activity_date >= (now() AT TIME ZONE 'UTC')::date - 7
                            AND activity_date < (now() AT TIME ZONE 'UTC')::date) b",

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::auth::Authed;
 use super::view::{describe_rate, usd_pln, Chrome};
 use super::{render, AppState, WebError};
-use crate::billing::money::{format_count, format_usd, pln_grosze, usd_micros};
+use crate::billing::money::{format_count, format_usd, format_usd_or_dash, pln_grosze, usd_micros};
 use crate::billing::{fleet_today, Month};
 use crate::rates::Rate;
 use crate::store::billing::{Breakdown, DayLine, UsageLine};
@@ -135,12 +135,11 @@ pub struct LedgerView {
 }
 
 fn ledger_views(days: &[ReconcileDay]) -> Vec<LedgerView> {
-    let show = |d: Option<rust_decimal::Decimal>| d.map_or("-".into(), format_usd);
     days.iter()
         .map(|d| LedgerView {
             day: d.day.to_string(),
-            openrouter: show(d.openrouter_usd),
-            recorded: show(d.recorded_usd),
+            openrouter: format_usd_or_dash(d.openrouter_usd),
+            recorded: format_usd_or_dash(d.recorded_usd),
             difference: format_usd(d.difference_usd),
             differs: d.difference_usd.abs() >= rust_decimal::Decimal::new(1, 2),
         })
