@@ -31,6 +31,28 @@ pub struct Candidate {
     pub description: String,
 }
 
+/// The longest label value; a label names (a tenant, a day, a model), it tells no story.
+const MAX_LABEL: usize = 200;
+/// The longest summary or description stored and shown.
+const MAX_ANNOTATION: usize = 2000;
+
+/// Text a tenant may have written into (a store's error, a model's name), made safe
+/// for pages and receivers: control characters go (newlines stay), at most `max`
+/// characters. Slack's markup is escaped separately (`notify`).
+pub(crate) fn bounded(text: &str, max: usize) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+        .collect();
+    if clean.chars().count() > max {
+        let mut cut: String = clean.chars().take(max).collect();
+        cut.push('…');
+        cut
+    } else {
+        clean
+    }
+}
+
 impl Candidate {
     pub fn new(
         rule: Rule,
@@ -46,14 +68,14 @@ impl Candidate {
             labels.insert("tenant".to_string(), t.to_string());
         }
         for (k, v) in extra {
-            labels.insert((*k).to_string(), v.clone());
+            labels.insert((*k).to_string(), bounded(&v.replace('\n', " "), MAX_LABEL));
         }
         Candidate {
             rule,
             tenant: tenant.map(str::to_string),
             labels,
-            summary,
-            description,
+            summary: bounded(&summary, MAX_ANNOTATION),
+            description: bounded(&description, MAX_ANNOTATION),
         }
     }
 

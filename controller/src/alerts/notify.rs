@@ -32,21 +32,8 @@ const ZERO_TIME: &str = "0001-01-01T00:00:00Z";
 /// Longest summary or description sent: the text may quote a tenant's store.
 const MAX_TEXT: usize = 1000;
 
-/// Text a tenant may have written into (a store's error, its labels), made safe for
-/// a receiver: control characters go, length is bounded. Slack's markup is escaped
-/// separately ([`slack_escape`]).
 fn bounded(text: &str) -> String {
-    let clean: String = text
-        .chars()
-        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
-        .collect();
-    if clean.chars().count() > MAX_TEXT {
-        let mut cut: String = clean.chars().take(MAX_TEXT).collect();
-        cut.push('…');
-        cut
-    } else {
-        clean
-    }
+    super::bounded(text, MAX_TEXT)
 }
 
 /// Slack reads `<!channel>`, `<@U…>` and links between `<` and `>`: as its docs ask,

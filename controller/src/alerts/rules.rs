@@ -479,6 +479,37 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A model name is the tenant's store's text: as a label it reaches every
+    /// receiver, so it arrives bounded and without control characters.
+    #[test]
+    fn a_hostile_model_name_is_a_bounded_label() {
+        let config = AlertsConfig::parse("test", "rules: {}\n").unwrap();
+        let hostile = format!("evil\u{1b}[31m\n{}", "x".repeat(70_000));
+        let gap = ModelGap {
+            tenant: "t1".into(),
+            day: d("2026-11-30"),
+            model: hostile,
+            openrouter_usd: Decimal::new(40, 2),
+            recorded_usd: Decimal::new(20, 2),
+            markup_rate: Decimal::ONE,
+        };
+        let mut out = Vec::new();
+        model_gaps(&[gap], &config, &mut out);
+        assert_eq!(out.len(), 1);
+        let model = &out[0].labels["model"];
+        assert!(
+            model.chars().count() <= 201,
+            "{} characters",
+            model.chars().count()
+        );
+        assert!(!model.chars().any(char::is_control), "{model:?}");
+        assert!(model.starts_with("evil"));
+        assert!(
+            out[0].summary.chars().count() <= 2_001,
+            "summary bounded too"
+        );
+    }
+
     #[test]
     fn business_days_missing() {
         // Friday's table, Monday before publication: nothing missing.
