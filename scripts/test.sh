@@ -26,6 +26,7 @@ fi
 python3 -c 'import websocket' 2>/dev/null || python3 -m pip install -q websocket-client
 export MAI_FLEET_SCREENSHOTS=1
 tests/tenant/build-images.sh
+manifests/build-images.sh
 . scripts/postgres.sh
 cargo build --locked --workspace --bins
 cargo test --locked --workspace

@@ -126,6 +126,7 @@ pub async fn run(
             report.tenants,
             report.rows_changed,
             report.errors.len(),
+            spool.as_ref().map_or(0, Spool::used_bytes),
         )
         .await?;
     }

@@ -17,13 +17,25 @@ use mai_fleet_core::log::Repeats;
     version,
     about = "mai-fleet agent: tenant usage stores into the fleet Postgres"
 )]
+#[command(subcommand_negates_reqs = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// This host's name in tenants.yaml (`mai-fleet.host` label of its containers)
-    #[arg(long, env = "MAI_FLEET_HOST")]
-    host: String,
+    #[arg(long, env = "MAI_FLEET_HOST", required = true)]
+    host: Option<String>,
     /// The fleet database
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    database_url: String,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        required_unless_present = "database_url_file"
+    )]
+    database_url: Option<String>,
+    /// A file holding the fleet database's URL (how `controller apply` hands an agent
+    /// container its credentials)
+    #[arg(long, env = "DATABASE_URL_FILE", conflicts_with = "database_url")]
+    database_url_file: Option<std::path::PathBuf>,
     /// The local Docker engine
     #[arg(
         long,
@@ -60,8 +72,23 @@ struct Args {
     log: mai_fleet_core::log::LogArgs,
 }
 
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Ask a tenant's `GET /health/usage-tracking` on this host and print the raw
+    /// answer: how the controller verifies a tenant whose port only this host reaches
+    Probe {
+        /// Where the tenant's port is published here, e.g. 127.0.0.1:8080
+        address: std::net::SocketAddr,
+        #[arg(long, default_value = "2s", value_parser = mai_fleet_core::duration::parse)]
+        timeout: Duration,
+    },
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Probe { address, timeout }) = &args.command {
+        return probe(*address, *timeout);
+    }
     if let Err(e) = mai_fleet_core::log::init(&args.log) {
         eprintln!("agent: {e}");
         return ExitCode::from(2);
@@ -97,7 +124,16 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .negotiate_version()
         .await
         .context("connect to the Docker engine")?;
-    let sink = sink::Sink::connect(&args.database_url, &args.host).await?;
+    let database_url = match (&args.database_url, &args.database_url_file) {
+        (Some(url), _) => url.clone(),
+        (None, Some(file)) => std::fs::read_to_string(file)
+            .with_context(|| format!("reading the database URL from {}", file.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => anyhow::bail!("give --database-url or --database-url-file"),
+    };
+    let host = args.host.clone().context("--host is required")?;
+    let sink = sink::Sink::connect(&database_url, &host).await?;
     let mut stop = std::pin::pin!(shutdown());
     let mut memory = cycle::Memory::with_budget(mai_fleet_agent::reader::Budget {
         time: args.store_read_budget,
@@ -105,7 +141,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_clock_skew: args.max_clock_skew,
         ..Default::default()
     });
-    let spool_dir = args.spool_dir.join(&args.host);
+    let spool_dir = args.spool_dir.join(&host);
     let mut spool = Some(
         spool::Spool::open(&spool_dir, args.spool_max_mb << 20)
             .with_context(|| format!("opening the spool in {}", spool_dir.display()))?,
@@ -113,7 +149,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // Failures that repeat every cycle (Postgres away, a broken tenant) are logged
     // when they start, then once every few minutes, not once a cycle.
     let repeats = Repeats::new(REPEAT_PERIOD);
-    let host = args.host.as_str();
+    let host = host.as_str();
     loop {
         // SIGTERM in the middle of a cycle drops it: each tenant's rows and watermarks
         // commit together (or spool atomically), so what was not committed is read
@@ -147,6 +183,32 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         tokio::select! {
             _ = tokio::time::sleep(args.interval) => {}
             _ = &mut stop => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+/// Prints the raw answer on stdout; exit 1 with the reason on stderr when there is
+/// none (not listening yet, timeout).
+fn probe(address: std::net::SocketAddr, timeout: Duration) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agent probe: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let ip = address.ip().to_string();
+    match runtime.block_on(mai_fleet_core::probe::get(&ip, address.port(), timeout)) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
         }
     }
 }

@@ -39,10 +39,10 @@ const HEALTH_SQL: &str = "INSERT INTO tenant_health (tenant_id, host, observed_a
                  schema_variant = $10, org_row_present = $11, last_usage_change = $12, live_counter_date = $13,
                  tracking = $14, reasons = $15";
 
-const HEARTBEAT_SQL: &str = "INSERT INTO agent_heartbeats (host, agent_version, seen_at, cycle_ms, tenants, rows_shipped, errors)
-             VALUES ($1, $2, now(), $3, $4, $5, $6)
+const HEARTBEAT_SQL: &str = "INSERT INTO agent_heartbeats (host, agent_version, seen_at, cycle_ms, tenants, rows_shipped, errors, spool_bytes)
+             VALUES ($1, $2, now(), $3, $4, $5, $6, $7)
              ON CONFLICT (host) DO UPDATE SET agent_version = $2, seen_at = now(), cycle_ms = $3, tenants = $4,
-                 rows_shipped = $5, errors = $6";
+                 rows_shipped = $5, errors = $6, spool_bytes = $7";
 
 const LIVE_SQL: &str = "INSERT INTO usage_live_counters (host, tenant_id, counter_date, today_tokens, today_requests, today_raw_cost,
              today_markup_cost, last_updated)
@@ -248,6 +248,7 @@ impl Sink {
         tenants: usize,
         rows: u64,
         errors: usize,
+        spool_bytes: u64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(HEARTBEAT_SQL)
             .bind(&self.host)
@@ -256,6 +257,7 @@ impl Sink {
             .bind(tenants as i32)
             .bind(rows as i64)
             .bind(errors as i32)
+            .bind(spool_bytes as i64)
             .execute(&self.pool)
             .await?;
         Ok(())

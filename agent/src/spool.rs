@@ -82,7 +82,8 @@ impl Spool {
         self.index.values().any(|(_, t, _)| t == tenant)
     }
 
-    fn used_bytes(&self) -> u64 {
+    /// What the spool holds on disk.
+    pub fn used_bytes(&self) -> u64 {
         self.index.values().map(|(_, _, b)| b).sum()
     }
 

@@ -7,8 +7,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
-use crate::docker::{self, DockerError, Engine, ExecuteOptions, Outcome, Progress, Status};
+use crate::docker::{
+    self, DockerError, Engine, ExecuteOptions, Observation, Outcome, Progress, Status,
+};
 use crate::keys::{KeyError, KeyEvent, Keyring};
+use crate::plan::agent::{AgentAction, DesiredAgent};
 use crate::plan::{self, Action, DesiredContainer, PlanError};
 use crate::spec::{FleetSpec, TenantSpec};
 use crate::store::{Store, StoreError};
@@ -28,6 +31,8 @@ pub enum FleetError {
 pub struct HostPlan {
     pub engine: Engine,
     pub actions: Vec<Action>,
+    /// The host's agent container, when `apply` keeps one (or removes the last one).
+    pub agent: Option<(AgentAction, Option<DesiredAgent>)>,
 }
 
 /// A tenant of the spec and the container it wants: kept together, never matched up
@@ -38,18 +43,48 @@ pub struct DesiredTenant {
     pub container: DesiredContainer,
 }
 
+/// A host whose engine could not be reached: its tenants are left as they are and
+/// reported `unreachable`; the other hosts go on.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnreachableHost {
+    pub host: String,
+    pub reason: String,
+    /// Its tenants in the spec.
+    pub tenants: Vec<String>,
+}
+
 pub struct FleetPlan {
     pub hosts: Vec<HostPlan>,
+    pub unreachable: Vec<UnreachableHost>,
     /// One per tenant of the spec, in spec order.
     pub desired: Vec<DesiredTenant>,
 }
 
 impl FleetPlan {
     pub fn changes(&self) -> usize {
+        let agents = self
+            .hosts
+            .iter()
+            .filter(|h| h.agent.as_ref().is_some_and(|(a, _)| a.is_change()))
+            .count();
         self.hosts
             .iter()
             .flat_map(|h| &h.actions)
             .filter(|a| a.is_change())
+            .count()
+            + agents
+    }
+
+    /// Hosts whose agent container is made or replaced (and so needs credentials).
+    pub fn agents_to_deploy(&self) -> usize {
+        self.hosts
+            .iter()
+            .filter(|h| {
+                matches!(
+                    h.agent,
+                    Some((AgentAction::Create | AgentAction::Roll { .. }, _))
+                )
+            })
             .count()
     }
 
@@ -60,7 +95,9 @@ impl FleetPlan {
             "hosts": self.hosts.iter().map(|h| serde_json::json!({
                 "host": h.engine.host.name,
                 "actions": h.actions,
+                "agent": h.agent.as_ref().map(|(a, _)| a),
             })).collect::<Vec<_>>(),
+            "unreachable": self.unreachable,
         })
     }
 }
@@ -102,8 +139,9 @@ pub enum Observe {
     LabelsOnly,
 }
 
-/// Connects to every host and plans it; any host that cannot be planned fails the
-/// whole plan (all such errors are returned), so that nothing is half-applied.
+/// Connects to every host and plans it. A host whose engine cannot be reached is set
+/// aside as unreachable; any other host that cannot be planned fails the whole plan
+/// (all such errors are returned), as does a fleet where no host could be reached.
 pub async fn plan_fleet(
     spec: &FleetSpec,
     prune: bool,
@@ -114,7 +152,11 @@ pub async fn plan_fleet(
         let desired = &desired;
         async move {
             let engine = Engine::connect(host).await?;
-            let (mut observed, others) = engine.observe().await?;
+            let Observation {
+                managed: mut observed,
+                agents,
+                others,
+            } = engine.observe().await?;
             if observe == Observe::Full {
                 engine.inspect_runtimes(&mut observed, &host.name).await?;
             }
@@ -124,37 +166,198 @@ pub async fn plan_fleet(
                 .map(|d| d.container.clone())
                 .collect();
             let actions = plan::plan_host(&spec.fleet, host, &mine, &observed, &others, prune)?;
-            Ok::<_, FleetError>(HostPlan { engine, actions })
+            let desired_agent = DesiredAgent::new(&spec.fleet, host);
+            let agent = plan::agent::plan_agent(&host.name, desired_agent.as_ref(), &agents)
+                .map(|a| (a, desired_agent));
+            Ok::<_, FleetError>(HostPlan {
+                engine,
+                actions,
+                agent,
+            })
         }
     }))
     .await;
-    let (mut hosts, mut errors) = (Vec::new(), Vec::new());
-    for p in planned {
+    let (mut hosts, mut errors, mut unreachable) = (Vec::new(), Vec::new(), Vec::new());
+    for (p, host) in planned.into_iter().zip(&spec.hosts) {
         match p {
             Ok(h) => hosts.push(h),
+            Err(FleetError::Docker(
+                e @ (DockerError::Unreachable { .. }
+                | DockerError::Connect { .. }
+                | DockerError::HostKey { .. }),
+            )) => unreachable.push((
+                UnreachableHost {
+                    host: host.name.clone(),
+                    reason: e.to_string(),
+                    tenants: desired
+                        .iter()
+                        .filter(|d| d.spec.host == host.name)
+                        .map(|d| d.spec.id.clone())
+                        .collect(),
+                },
+                e,
+            )),
             Err(e) => errors.push(e),
         }
     }
-    if errors.is_empty() {
-        Ok(FleetPlan { hosts, desired })
-    } else {
-        Err(errors)
+    if hosts.is_empty() && !unreachable.is_empty() {
+        errors.extend(unreachable.into_iter().map(|(_, e)| FleetError::Docker(e)));
+        return Err(errors);
     }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(FleetPlan {
+        hosts,
+        unreachable: unreachable.into_iter().map(|(u, _)| u).collect(),
+        desired,
+    })
 }
 
+/// Every host at once: its agent first when none runs yet (verification goes through
+/// it), then its tenants, then an agent that changed is rolled.
 pub async fn apply_fleet(
     plan: &FleetPlan,
     opts: &ExecuteOptions,
     progress: &Progress,
-) -> Vec<Outcome> {
+    store: Option<&Store>,
+) -> (Vec<Outcome>, Vec<AgentOutcome>) {
     let failures = AtomicUsize::new(0);
     let per_host = join_all(
         plan.hosts
             .iter()
-            .map(|h| docker::execute(&h.engine, h.actions.clone(), opts, &failures, progress)),
+            .map(|h| apply_host(h, opts, &failures, progress, store)),
     )
     .await;
-    per_host.into_iter().flatten().collect()
+    let mut outcomes = Vec::new();
+    let mut agents = Vec::new();
+    for (o, a) in per_host {
+        outcomes.extend(o);
+        agents.extend(a);
+    }
+    (outcomes, agents)
+}
+
+/// What `apply` did to a host's agent container.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentOutcome {
+    pub host: String,
+    pub action: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+async fn apply_host(
+    h: &HostPlan,
+    opts: &ExecuteOptions,
+    failures: &AtomicUsize,
+    progress: &Progress,
+    store: Option<&Store>,
+) -> (Vec<Outcome>, Option<AgentOutcome>) {
+    let mut engine = h.engine.clone();
+    let host = engine.host.name.clone();
+    let mut agent_outcome = None;
+    if let Some((action, desired)) = &h.agent {
+        let mut agent_runs = action.serves_before_tenants();
+        let first = match (action, desired) {
+            (AgentAction::Create, Some(d)) => Some((
+                "create",
+                deploy_agent(&engine, d, opts, progress, store).await,
+            )),
+            (AgentAction::Start { container }, _) => Some((
+                "start",
+                docker::agent::start(&engine, container, opts.verify.settle).await,
+            )),
+            _ => None,
+        };
+        if let Some((verb, result)) = first {
+            agent_runs = result.is_ok();
+            agent_outcome = Some(agent_result(&host, verb, result, progress));
+        }
+        if agent_runs {
+            engine.probe_via = desired.as_ref().map(|d| d.name.clone());
+        }
+    }
+    let outcomes = docker::execute(&engine, h.actions.clone(), opts, failures, progress).await;
+    if let Some((action, desired)) = &h.agent {
+        let after = match (action, desired) {
+            (AgentAction::Roll { .. }, Some(d)) => Some((
+                "roll",
+                deploy_agent(&engine, d, opts, progress, store).await,
+            )),
+            (AgentAction::Remove { container }, _) => Some((
+                "remove",
+                docker::agent::remove_agent(&engine, container).await,
+            )),
+            _ => None,
+        };
+        if let Some((verb, result)) = after {
+            agent_outcome = Some(agent_result(&host, verb, result, progress));
+        }
+    }
+    (outcomes, agent_outcome)
+}
+
+fn agent_result(
+    host: &str,
+    action: &'static str,
+    result: Result<String, String>,
+    progress: &Progress,
+) -> AgentOutcome {
+    let (ok, detail) = match result {
+        Ok(d) => (true, d),
+        Err(e) => (false, e),
+    };
+    progress(
+        host,
+        "agent",
+        &format!("{action}: {}", if ok { "ok" } else { "FAILED" }),
+    );
+    AgentOutcome {
+        host: host.to_string(),
+        action,
+        ok,
+        detail,
+    }
+}
+
+/// New credentials for the host, the container replaced, then its first heartbeat
+/// awaited: an agent that cannot reach the database is a failed deployment.
+async fn deploy_agent(
+    engine: &Engine,
+    desired: &DesiredAgent,
+    opts: &ExecuteOptions,
+    progress: &Progress,
+    store: Option<&Store>,
+) -> Result<String, String> {
+    let host = desired.host.as_str();
+    let store =
+        store.ok_or("agents need the fleet database (DATABASE_URL) for their credentials")?;
+    let since = store.now().await.map_err(|e| e.to_string())?;
+    let creds = store
+        .agent_credentials(host)
+        .await
+        .map_err(|e| format!("credentials for host {host}: {e}"))?;
+    let url = desired.url_with(&creds.role, &creds.password);
+    let say = |msg: &str| progress(host, "agent", msg);
+    let detail = docker::agent::deploy(engine, desired, &url, opts.verify.settle, &say).await?;
+    let started = Instant::now();
+    loop {
+        if store.heartbeat_since(host, since).await.unwrap_or(false) {
+            return Ok(format!(
+                "{detail}; first heartbeat after {:.1}s",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        if started.elapsed() >= opts.verify.timeout {
+            let logs = docker::last_logs(engine, &desired.name, None).await;
+            return Err(format!(
+                "{detail}, but no heartbeat reached the database within {}s{logs}",
+                opts.verify.timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// How an apply runs.
@@ -198,6 +401,8 @@ pub enum ApplyError {
     /// made before the failure are recorded and used by the next apply).
     #[error("OpenRouter keys: {0}; no container was changed")]
     Keys(#[source] KeyError),
+    #[error("{0} host(s) need an agent deployed, which needs the fleet database (DATABASE_URL or --database-url) to make their credentials")]
+    AgentsNeedDatabase(usize),
     #[error("{} tenant(s) have `provision: true`, which needs the fleet database (DATABASE_URL or --database-url) to keep their keys", .0)]
     KeysNeedDatabase(usize),
     /// The containers were changed but the results could not be recorded.
@@ -221,12 +426,14 @@ pub struct ApplyReport {
     pub dry_run: bool,
     /// What happened to OpenRouter keys: created, limits changed, offboarded.
     pub key_events: Vec<KeyEvent>,
+    /// What happened to hosts' agent containers.
+    pub agents: Vec<AgentOutcome>,
 }
 
 impl ApplyReport {
-    /// Whether every tenant ended ok.
+    /// Whether every tenant and agent ended ok.
     pub fn all_ok(&self) -> bool {
-        self.outcomes.iter().all(|o| o.status == Status::Ok)
+        self.outcomes.iter().all(|o| o.status == Status::Ok) && self.agents.iter().all(|a| a.ok)
     }
 }
 
@@ -275,6 +482,9 @@ pub async fn run(
     let plan = plan_fleet(spec, opts.prune, opts.observe)
         .await
         .map_err(ApplyError::Plan)?;
+    if recorder.is_none() && !opts.dry_run && plan.agents_to_deploy() > 0 {
+        return Err(ApplyError::AgentsNeedDatabase(plan.agents_to_deploy()));
+    }
     if opts.dry_run {
         (hooks.planned)(spec, &plan, None);
         return Ok(ApplyReport {
@@ -285,6 +495,7 @@ pub async fn run(
             elapsed: Duration::ZERO,
             dry_run: true,
             key_events,
+            agents: Vec::new(),
         });
     }
     let run_id = match recorder {
@@ -312,9 +523,23 @@ pub async fn run(
     };
     (hooks.planned)(spec, &plan, run_id);
     let started = Instant::now();
-    let mut outcomes = apply_fleet(&plan, &opts.execute, hooks.step).await;
+    let (mut outcomes, agents) =
+        apply_fleet(&plan, &opts.execute, hooks.step, recorder.map(|r| r.store)).await;
+    outcomes.extend(plan.unreachable.iter().flat_map(|u| {
+        u.tenants.iter().map(|t| Outcome {
+            host: u.host.clone(),
+            tenant: t.clone(),
+            action: "observe",
+            status: Status::Unreachable,
+            detail: u.reason.clone(),
+            container: None,
+            duration_ms: 0,
+        })
+    }));
     outcomes.sort_by(|a, b| (&a.host, &a.tenant).cmp(&(&b.host, &b.tenant)));
-    if let (Some(r), true) = (recorder, opts.prune) {
+    // A removed tenant may still run on a host that could not be seen: its key is
+    // offboarded by the first apply that sees every host.
+    if let (Some(r), true, true) = (recorder, opts.prune, plan.unreachable.is_empty()) {
         key_events.extend(r.keyring.offboard(spec, opts.execute.purge_data).await);
     }
     let recorded = match (recorder, run_id) {
@@ -346,5 +571,6 @@ pub async fn run(
         elapsed: started.elapsed(),
         dry_run: false,
         key_events,
+        agents,
     })
 }

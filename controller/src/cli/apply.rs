@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use mai_fleet::apply::{self, ApplyError, ApplyOptions, ApplyReport, FleetPlan, Hooks, Recorder};
+use mai_fleet::apply::{
+    self, AgentOutcome, ApplyError, ApplyOptions, ApplyReport, FleetPlan, Hooks, Recorder,
+};
 use mai_fleet::docker::{ExecuteOptions, Outcome, Status, VerifyOptions};
 use mai_fleet::keys::{KeyEvent, Keyring};
 use mai_fleet::spec::FleetSpec;
@@ -117,7 +119,11 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         Err(ApplyError::Plan(errors)) => return Ok(report_fleet_errors(&errors)),
         Err(e @ ApplyError::Finish { .. }) => return Err(e.into()),
         Err(ApplyError::Record(e)) => return Err(e.into()),
-        Err(e @ (ApplyError::Keys(_) | ApplyError::KeysNeedDatabase(_))) => {
+        Err(
+            e @ (ApplyError::Keys(_)
+            | ApplyError::KeysNeedDatabase(_)
+            | ApplyError::AgentsNeedDatabase(_)),
+        ) => {
             eprintln!("error: {e}");
             return Ok(ExitCode::from(1));
         }
@@ -142,7 +148,18 @@ fn announce(spec: &FleetSpec, plan: &FleetPlan, run_id: Option<i64>) {
             .map(|id| format!(", apply run #{id}"))
             .unwrap_or_default()
     );
+    for u in &plan.unreachable {
+        eprintln!(
+            "  host {} is unreachable; its {} tenant(s) are left as they are: {}",
+            u.host,
+            u.tenants.len(),
+            u.reason
+        );
+    }
     for h in &plan.hosts {
+        if let Some((a, _)) = h.agent.as_ref().filter(|(a, _)| a.is_change()) {
+            eprintln!("  {}/(agent): {}", h.engine.host.name, a.describe());
+        }
         for a in h.actions.iter().filter(|a| a.is_change()) {
             eprintln!(
                 "  {}/{}: {} ({})",
@@ -158,6 +175,7 @@ fn announce(spec: &FleetSpec, plan: &FleetPlan, run_id: Option<i64>) {
 fn print_report(report: &ApplyReport, output: OutputFormat) -> anyhow::Result<()> {
     report_outcomes(
         &report.outcomes,
+        &report.agents,
         &report.key_events,
         output,
         report.elapsed,
@@ -173,8 +191,10 @@ fn print_key_events(events: &[KeyEvent]) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn report_outcomes(
     outcomes: &[Outcome],
+    agents: &[AgentOutcome],
     keys: &[KeyEvent],
     output: OutputFormat,
     elapsed: Duration,
@@ -187,7 +207,7 @@ fn report_outcomes(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "run_id": run_id, "status": recorded, "elapsed_ms": elapsed.as_millis() as u64,
-                "results": outcomes, "keys": keys,
+                "results": outcomes, "keys": keys, "agents": agents,
             }))?
         )?,
         _ => {
@@ -205,15 +225,25 @@ fn report_outcomes(
                 ]);
             }
             out!("{}", table(&rows))?;
+            for a in agents {
+                outln!(
+                    "agent {}: {} {} {}",
+                    a.host,
+                    a.action,
+                    if a.ok { "ok" } else { "FAILED" },
+                    a.detail
+                )?;
+            }
             for e in keys {
                 outln!("key {}: {} {}", e.tenant, e.action, e.detail)?;
             }
             outln!(
-                "{} ok, {} rolled back, {} failed, {} skipped in {:.1}s",
+                "{} ok, {} rolled back, {} failed, {} skipped, {} unreachable in {:.1}s",
                 count(Status::Ok),
                 count(Status::RolledBack),
                 count(Status::Failed),
                 count(Status::Skipped),
+                count(Status::Unreachable),
                 elapsed.as_secs_f64()
             )?;
         }

@@ -148,6 +148,24 @@ pub fn print_plan(spec: &FleetSpec, plan: &FleetPlan, output: OutputFormat) -> a
                 describe(a),
             ]);
         }
+        if let Some((a, _)) = &h.agent {
+            rows.push(vec![
+                h.engine.host.name.clone(),
+                "(agent)".into(),
+                if a.is_change() { "change" } else { "unchanged" }.into(),
+                a.describe(),
+            ]);
+        }
+    }
+    for u in &plan.unreachable {
+        for t in &u.tenants {
+            rows.push(vec![
+                u.host.clone(),
+                t.clone(),
+                "unknown".into(),
+                "host unreachable: not observed".into(),
+            ]);
+        }
     }
     out!("{}", table(&rows))?;
     outln!(
@@ -155,5 +173,13 @@ pub fn print_plan(spec: &FleetSpec, plan: &FleetPlan, output: OutputFormat) -> a
         spec.fleet,
         plan.changes()
     )?;
+    for u in &plan.unreachable {
+        outln!(
+            "warning: host {} could not be observed ({} tenant(s) unknown): {}",
+            u.host,
+            u.tenants.len(),
+            u.reason
+        )?;
+    }
     Ok(())
 }

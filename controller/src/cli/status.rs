@@ -1,8 +1,9 @@
-//! `controller status`: every tenant's tracking, data age and agent.
+//! `controller status`: every tenant's tracking, data age and agent, then each host's
+//! agent (version, last heartbeat, spool).
 
 use std::process::ExitCode;
 
-use mai_fleet::store::reports::TenantStatus;
+use mai_fleet::store::reports::{AgentStatus, TenantStatus};
 
 use super::{out, outln, table, DatabaseArgs, OutputFormat};
 
@@ -18,14 +19,24 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let store = args.db.connect().await?;
     let tenants = store.tenant_status().await?;
-    print_status(&tenants, args.output)?;
+    let agents = store.agent_status().await?;
+    print_status(&tenants, &agents, args.output)?;
     let all_active = tenants.iter().all(|t| t.tracking.is_active());
     Ok(ExitCode::from(if all_active { 0 } else { 3 }))
 }
 
-fn print_status(tenants: &[TenantStatus], output: OutputFormat) -> anyhow::Result<()> {
+fn print_status(
+    tenants: &[TenantStatus],
+    agents: &[AgentStatus],
+    output: OutputFormat,
+) -> anyhow::Result<()> {
     if let OutputFormat::Json = output {
-        outln!("{}", serde_json::to_string_pretty(tenants)?)?;
+        outln!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "tenants": tenants, "agents": agents })
+            )?
+        )?;
         return Ok(());
     }
     let age = |s: Option<i64>| s.map_or("-".to_string(), |s| format!("{s}s"));
@@ -56,5 +67,37 @@ fn print_status(tenants: &[TenantStatus], output: OutputFormat) -> anyhow::Resul
         ]);
     }
     out!("{}", table(&rows))?;
+    let mut rows = vec![[
+        "AGENT",
+        "VERSION",
+        "LAST HEARTBEAT",
+        "AGE",
+        "SPOOL",
+        "ERRORS",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for a in agents {
+        rows.push(vec![
+            a.host.clone(),
+            a.version.clone().unwrap_or_else(|| "never reported".into()),
+            a.last_heartbeat.map_or("-".into(), |t| {
+                t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+            }),
+            age(a.age_s),
+            a.spool_bytes.map_or("-".into(), spool_size),
+            a.errors.map_or("-".into(), |e| e.to_string()),
+        ]);
+    }
+    outln!()?;
+    out!("{}", table(&rows))?;
     Ok(())
+}
+
+fn spool_size(bytes: i64) -> String {
+    match bytes {
+        0 => "empty".into(),
+        b if b < 1 << 20 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
+    }
 }

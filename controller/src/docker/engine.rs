@@ -2,6 +2,8 @@
 //! the container primitives the rollout is made of.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bollard::models::{
     ContainerCreateBody, HostConfig, PortBinding, RestartPolicy, RestartPolicyNameEnum,
@@ -13,33 +15,70 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::{StreamExt, TryStreamExt};
 
+use super::ssh::{SshError, SshTunnel};
 use super::DockerError;
+use crate::plan::agent::LABEL_AGENT_OF;
 use crate::plan::{DesiredContainer, Observed, Runtime, APP_PORT, LABEL_MANAGED};
-use crate::spec::HostSpec;
+use crate::spec::{HostSpec, SshTarget};
+
+/// What one `observe` saw.
+pub struct Observation {
+    pub managed: Vec<Observed>,
+    /// Containers labelled as a host's agent (also among `others`, by name).
+    pub agents: Vec<Observed>,
+    pub others: Vec<String>,
+}
 
 /// A connected engine and what the controller needs to reach its tenants.
 #[derive(Clone)]
 pub struct Engine {
     pub host: HostSpec,
     pub docker: Docker,
-    /// Where published tenant ports answer: loopback for a local socket, else the
-    /// engine's host name.
+    /// Where published tenant ports answer when the controller can reach them:
+    /// loopback for a local socket, else the engine's host name.
     pub tenant_address: String,
     /// Whether `data_root` is on this machine (unix socket), so the controller can
     /// prepare and purge data directories itself.
     pub local: bool,
+    /// The host's agent container, when one runs: launch verification asks tenants'
+    /// health through it (the controller may not reach their ports).
+    pub probe_via: Option<String>,
+    /// The `ssh` forward of an `ssh://` engine, shared by every clone: one
+    /// connection for the whole apply, closed with the last clone.
+    _tunnel: Option<Arc<SshTunnel>>,
 }
 
 const API_TIMEOUT_S: u64 = 120;
 
+/// How long connecting to an engine may take before its host counts as unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Engine {
+    /// Connects and asks the engine its API version, within `CONNECT_TIMEOUT`
+    /// (`MAI_FLEET_CONNECT_TIMEOUT` overrides it, e.g. `3s`).
     pub async fn connect(host: &HostSpec) -> Result<Self, DockerError> {
+        let timeout = std::env::var("MAI_FLEET_CONNECT_TIMEOUT")
+            .ok()
+            .and_then(|v| mai_fleet_core::duration::parse(&v).ok())
+            .unwrap_or(CONNECT_TIMEOUT);
+        match tokio::time::timeout(timeout, Self::connect_inner(host, timeout)).await {
+            Ok(result) => result,
+            Err(_) => Err(DockerError::Unreachable {
+                host: host.name.clone(),
+                url: host.docker.clone(),
+                reason: format!("no answer within {}s", timeout.as_secs()),
+            }),
+        }
+    }
+
+    async fn connect_inner(host: &HostSpec, timeout: Duration) -> Result<Self, DockerError> {
         let url = host.docker.as_str();
         let connect_err = |source| DockerError::Connect {
             host: host.name.clone(),
             url: url.to_string(),
             source,
         };
+        let mut tunnel = None;
         let (docker, tenant_address, local) = if let Some(path) = url.strip_prefix("unix://") {
             let d = Docker::connect_with_unix(path, API_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
                 .map_err(connect_err)?;
@@ -59,12 +98,38 @@ impl Engine {
             .map_err(connect_err)?;
             let name = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_string();
             (d, name, false)
+        } else if url.starts_with("ssh://") {
+            let target =
+                SshTarget::parse(url).map_err(|reason| DockerError::UnsupportedEndpoint {
+                    host: host.name.clone(),
+                    url: url.to_string(),
+                    reason,
+                })?;
+            let t = super::ssh::open(&target, &host.ssh, timeout)
+                .await
+                .map_err(|e| match e {
+                    SshError::UnknownHostKey { .. } | SshError::ChangedHostKey { .. } => {
+                        DockerError::HostKey {
+                            host: host.name.clone(),
+                            source: e,
+                        }
+                    }
+                    other => DockerError::Unreachable {
+                        host: host.name.clone(),
+                        url: url.to_string(),
+                        reason: other.to_string(),
+                    },
+                })?;
+            let socket = t.socket.to_string_lossy().into_owned();
+            let d = Docker::connect_with_unix(&socket, API_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
+                .map_err(connect_err)?;
+            tunnel = Some(Arc::new(t));
+            (d, target.host, false)
         } else {
             return Err(DockerError::UnsupportedEndpoint {
                 host: host.name.clone(),
                 url: url.to_string(),
-                reason: "ssh:// engines are not built in this version; use unix:// or tcp://"
-                    .into(),
+                reason: "use unix://, tcp:// or ssh://".into(),
             });
         };
         // Engines older than bollard's API version (20.10 speaks 1.41) need this.
@@ -74,6 +139,8 @@ impl Engine {
             docker,
             tenant_address,
             local,
+            probe_via: None,
+            _tunnel: tunnel,
         })
     }
 
@@ -89,9 +156,9 @@ impl Engine {
         }
     }
 
-    /// Every managed container on the engine (all hosts' and fleets', running or not)
-    /// and the names of the other containers, in one API call.
-    pub async fn observe(&self) -> Result<(Vec<Observed>, Vec<String>), DockerError> {
+    /// Every managed container on the engine (all hosts' and fleets', running or not),
+    /// the agent containers, and the names of the other containers, in one API call.
+    pub async fn observe(&self) -> Result<Observation, DockerError> {
         let options = ListContainersOptionsBuilder::new().all(true).build();
         let list = self
             .docker
@@ -99,6 +166,7 @@ impl Engine {
             .await
             .map_err(self.api_err("list containers"))?;
         let mut managed = Vec::new();
+        let mut agents = Vec::new();
         let mut others = Vec::new();
         for c in list {
             let name = c
@@ -108,8 +176,16 @@ impl Engine {
                 .map(|n| n.trim_start_matches('/').to_string())
                 .unwrap_or_default();
             let labels = c.labels.unwrap_or_default();
-            if labels.get(LABEL_MANAGED).map(String::as_str) == Some("true") {
-                managed.push(Observed {
+            let managed_tenant = labels.get(LABEL_MANAGED).map(String::as_str) == Some("true");
+            let agent = labels.contains_key(LABEL_AGENT_OF);
+            if managed_tenant || agent {
+                let list = if managed_tenant {
+                    &mut managed
+                } else {
+                    others.push(name.clone());
+                    &mut agents
+                };
+                list.push(Observed {
                     id: c.id.unwrap_or_default(),
                     name,
                     image: c.image.unwrap_or_default(),
@@ -121,7 +197,11 @@ impl Engine {
                 others.push(name);
             }
         }
-        Ok((managed, others))
+        Ok(Observation {
+            managed,
+            agents,
+            others,
+        })
     }
 
     /// Fills in what each container of `host` runs (the containers a plan of that
@@ -284,6 +364,9 @@ pub(super) async fn ensure_network(engine: &Engine, d: &DesiredContainer) -> Res
     }
 }
 
+/// Makes sure `image` is on the engine: there already, else sent from this machine's
+/// own engine when it has it (an image load through the API: no registry needed),
+/// else pulled.
 pub(super) async fn ensure_image(
     engine: &Engine,
     image: &str,
@@ -291,6 +374,12 @@ pub(super) async fn ensure_image(
 ) -> Result<(), String> {
     if engine.docker.inspect_image(image).await.is_ok() {
         return Ok(());
+    }
+    if let Some(source) = image_source(engine).await {
+        if source.inspect_image(image).await.is_ok() {
+            say(&format!("sending {image} from this machine"));
+            return send_image(&source, engine, image).await;
+        }
     }
     say(&format!("pulling {image}"));
     let options = CreateImageOptionsBuilder::new().from_image(image).build();
@@ -302,10 +391,60 @@ pub(super) async fn ensure_image(
         .map(|_| ())
         .map_err(|e| {
             format!(
-                "image {image} is not on host {} and pulling it failed: {e}",
+                "image {image} is not on host {}, not on this machine, and pulling it failed: {e}",
                 engine.host.name
             )
         })
+}
+
+/// This machine's engine (`MAI_FLEET_IMAGE_SOURCE`, else the default socket), when it
+/// answers and is not the target itself.
+async fn image_source(target: &Engine) -> Option<Docker> {
+    let url = std::env::var("MAI_FLEET_IMAGE_SOURCE")
+        .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string());
+    if url == target.host.docker {
+        return None;
+    }
+    let path = url.strip_prefix("unix://")?;
+    if !std::path::Path::new(path).exists() {
+        return None;
+    }
+    let docker =
+        Docker::connect_with_unix(path, API_TIMEOUT_S, bollard::API_DEFAULT_VERSION).ok()?;
+    docker.negotiate_version().await.ok()
+}
+
+/// `docker save | docker load`, streamed from one engine to the other.
+async fn send_image(source: &Docker, target: &Engine, image: &str) -> Result<(), String> {
+    let tar = source.export_image(image);
+    let options = bollard::query_parameters::ImportImageOptionsBuilder::new()
+        .quiet(true)
+        .build();
+    let progress: Vec<_> = target
+        .docker
+        .import_image_stream(options, tar, None)
+        .try_collect()
+        .await
+        .map_err(|e| {
+            format!(
+                "sending image {image} to host {} failed: {e}",
+                target.host.name
+            )
+        })?;
+    if let Some(err) = progress.iter().find_map(|p| p.error_detail.as_ref()) {
+        return Err(format!(
+            "host {} refused image {image}: {}",
+            target.host.name,
+            err.message.clone().unwrap_or_default()
+        ));
+    }
+    if target.docker.inspect_image(image).await.is_err() {
+        return Err(format!(
+            "image {image} was sent to host {} but is not there",
+            target.host.name
+        ));
+    }
+    Ok(())
 }
 
 pub(super) async fn rename(engine: &Engine, id: &str, name: &str) -> Result<(), String> {

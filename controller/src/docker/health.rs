@@ -1,13 +1,9 @@
 //! The tenant contract's optional `GET /health/usage-tracking`, probed over the
-//! published port. A plain HTTP/1.0 request: one tiny GET does not justify an HTTP
-//! client in the dependency tree.
+//! published port (`mai_fleet_core::probe`) or through the host's agent.
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-pub const PATH: &str = "/health/usage-tracking";
+pub use mai_fleet_core::probe::PATH;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Health {
@@ -21,32 +17,10 @@ pub enum Health {
 
 /// `Err` is a transport problem (not listening yet, timeout): worth retrying.
 pub async fn probe(address: &str, port: u16, timeout: Duration) -> Result<Health, String> {
-    let request = async {
-        let mut stream = TcpStream::connect((address, port))
-            .await
-            .map_err(|e| format!("connect {address}:{port}: {e}"))?;
-        let req = format!(
-            "GET {PATH} HTTP/1.0\r\nHost: {address}:{port}\r\nAccept: application/json\r\n\r\n"
-        );
-        stream
-            .write_all(req.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut buf = Vec::new();
-        stream
-            .take(64 * 1024)
-            .read_to_end(&mut buf)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok::<_, String>(String::from_utf8_lossy(&buf).into_owned())
-    };
-    let text = tokio::time::timeout(timeout, request)
-        .await
-        .map_err(|_| format!("no answer from {address}:{port} within {timeout:?}"))??;
-    parse(&text)
+    parse(&mai_fleet_core::probe::get(address, port, timeout).await?)
 }
 
-fn parse(response: &str) -> Result<Health, String> {
+pub(super) fn parse(response: &str) -> Result<Health, String> {
     let status: u16 = response
         .split_whitespace()
         .nth(1)

@@ -7,14 +7,16 @@
 //! - `verify`, `health`: whether a launched tenant runs and tracks usage.
 //! - `data_dir`: the tenant's data directory on a local engine.
 
+pub mod agent;
 mod data_dir;
 mod engine;
 mod executor;
 mod health;
 mod rollout;
+mod ssh;
 mod verify;
 
-pub use engine::Engine;
+pub use engine::{Engine, Observation};
 pub use executor::execute;
 pub use verify::{last_logs, verify, VerifyOptions};
 // Apply results are persisted: the store defines them.
@@ -34,6 +36,20 @@ pub enum DockerError {
         url: String,
         #[source]
         source: bollard::errors::Error,
+    },
+    /// The engine did not answer in time, or its ssh connection failed: the host
+    /// is reported unreachable and the others go on.
+    #[error("host {host}: {url} is unreachable: {reason}")]
+    Unreachable {
+        host: String,
+        url: String,
+        reason: String,
+    },
+    #[error("host {host}: {source}")]
+    HostKey {
+        host: String,
+        #[source]
+        source: ssh::SshError,
     },
     #[error("host {host}: {what}: {source}")]
     Api {

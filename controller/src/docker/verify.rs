@@ -79,13 +79,7 @@ pub async fn verify(
         }
         if let (Some(since), Some(port)) = (running_since, port) {
             if !matches!(health, Some(Health::Active | Health::NoEndpoint)) {
-                match health::probe(
-                    &engine.tenant_address,
-                    port,
-                    opts.poll.max(Duration::from_secs(2)),
-                )
-                .await
-                {
+                match probe(engine, port, opts.poll.max(Duration::from_secs(2))).await {
                     Ok(h) => health = Some(h),
                     Err(e) => last_problem = e,
                 }
@@ -132,6 +126,23 @@ pub async fn verify(
             ));
         }
         tokio::time::sleep(opts.poll).await;
+    }
+}
+
+/// The tenant's health answer: through the host's agent when one runs (it reaches
+/// ports bound to the host's loopback), else over the published port.
+async fn probe(engine: &Engine, port: u16, timeout: Duration) -> Result<Health, String> {
+    match &engine.probe_via {
+        Some(agent) => {
+            // A port published on every interface answers on the host's loopback.
+            let address = match engine.host.publish_address.as_str() {
+                "0.0.0.0" | "::" => "127.0.0.1",
+                a => a,
+            };
+            let text = super::agent::probe(engine, agent, address, port, timeout).await?;
+            health::parse(&text)
+        }
+        None => health::probe(&engine.tenant_address, port, timeout).await,
     }
 }
 

@@ -70,7 +70,7 @@ pub async fn locate(spec: &FleetSpec, tenant: &str) -> Result<Located, OpsError>
         .find(|h| h.name == wanted.spec.host)
         .ok_or_else(|| OpsError::UnknownTenant(tenant.to_string()))?;
     let engine = Engine::connect(host).await?;
-    let (mut observed, _) = engine.observe().await?;
+    let mut observed = engine.observe().await?.managed;
     engine.inspect_runtimes(&mut observed, &host.name).await?;
     let name = wanted.container.name.clone();
     let container = observed

@@ -3,6 +3,7 @@
 //! Pure: no Docker here, so every case is unit-tested without an engine. The Docker
 //! backend ([`crate::docker`]) only executes what this decides.
 
+pub mod agent;
 mod drift;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -440,6 +441,8 @@ mod tests {
             data_root: "/srv/mai".into(),
             tls: None,
             publish_address: "127.0.0.1".into(),
+            ssh: Default::default(),
+            agent: crate::spec::HostAgent::External,
         }
     }
 

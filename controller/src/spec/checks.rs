@@ -225,6 +225,51 @@ fn levenshtein(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// Where agents reach the fleet database: a `postgres://` URL without credentials
+/// (each host's are made by the controller), asking for TLS unless the server is on
+/// the agent's own loopback.
+pub fn agent_database_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or_else(|| {
+            "write postgres://db.internal:5432/mai_fleet?sslmode=verify-full".to_string()
+        })?;
+    let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let authority = location.split('/').next().unwrap_or(location);
+    if authority.contains('@') {
+        return Err("leave credentials out: the controller makes each host's own role and password and hands them only to that host's agent".into());
+    }
+    if location.split('/').nth(1).is_none_or(str::is_empty) {
+        return Err(
+            "name the database, e.g. postgres://db.internal:5432/mai_fleet?sslmode=verify-full"
+                .into(),
+        );
+    }
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    let sslmode = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sslmode="))
+        .unwrap_or("prefer");
+    let tls = ["require", "verify-ca", "verify-full"].contains(&sslmode);
+    if !tls && !loopback {
+        return Err(format!(
+            "sslmode={sslmode} would let an agent's password cross the network in plain text; add ?sslmode=verify-full (with `ca_file`) or ?sslmode=require"
+        ));
+    }
+    if query.split('&').any(|kv| kv.starts_with("sslrootcert=")) {
+        return Err("name the CA with `ca_file`, not sslrootcert: the file travels into each agent container".into());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,5 +326,21 @@ mod tests {
         assert!(tenant_id("kancelaria-nowak").is_ok());
         assert_eq!(suggest("markup", &["markup_rate", "email"]), None);
         assert_eq!(suggest("imgae", &["image", "id"]), Some("image"));
+    }
+
+    #[test]
+    fn agent_database_urls() {
+        assert!(
+            agent_database_url("postgres://db.internal:5432/mai_fleet?sslmode=verify-full").is_ok()
+        );
+        assert!(agent_database_url("postgres://127.0.0.1:5432/mai_fleet").is_ok());
+        let plain = agent_database_url("postgres://db.internal:5432/mai_fleet").unwrap_err();
+        assert!(plain.contains("plain text"), "{plain}");
+        let creds =
+            agent_database_url("postgres://u:p@db.internal/mai_fleet?sslmode=require").unwrap_err();
+        assert!(creds.contains("credentials"), "{creds}");
+        assert!(agent_database_url("postgres://db.internal:5432/?sslmode=require").is_err());
+        assert!(agent_database_url("mysql://db/x").is_err());
+        assert!(agent_database_url("postgres://db/x?sslmode=verify-full&sslrootcert=/x").is_err());
     }
 }

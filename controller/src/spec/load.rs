@@ -12,13 +12,24 @@ use rust_decimal::Decimal;
 
 use super::secret::{self, ApiKey, EnvSource};
 use super::{
-    checks, Diagnostic, FleetSpec, HostSpec, KeySource, OnLimit, Pos, SpecError, TenantSpec,
-    TlsFiles, REQUIRED_ENV,
+    checks, AgentsSpec, Diagnostic, FleetSpec, HostAgent, HostSpec, KeySource, OnLimit, Pos,
+    SpecError, SshOptions, TenantSpec, TlsFiles, REQUIRED_ENV,
 };
 
-const TOP_KEYS: &[&str] = &["version", "fleet", "defaults", "hosts", "tenants"];
+const TOP_KEYS: &[&str] = &["version", "fleet", "defaults", "agents", "hosts", "tenants"];
+const AGENTS_KEYS: &[&str] = &["image", "database_url", "ca_file", "interval"];
+const HOST_AGENT_KEYS: &[&str] = &["database_url", "ca_file"];
+const SSH_KEYS: &[&str] = &["key", "known_hosts"];
 const DEFAULTS_KEYS: &[&str] = &["image", "timezone", "markup_rate", "env", "resources"];
-const HOST_KEYS: &[&str] = &["name", "docker", "data_root", "tls", "publish_address"];
+const HOST_KEYS: &[&str] = &[
+    "name",
+    "docker",
+    "data_root",
+    "tls",
+    "ssh",
+    "publish_address",
+    "agent",
+];
 const TLS_KEYS: &[&str] = &["ca", "cert", "key"];
 const TENANT_KEYS: &[&str] = &[
     "id",
@@ -210,8 +221,9 @@ impl<'e> Loader<'e> {
             Some(node) => self.defaults(node),
             None => Defaults::default(),
         };
+        let agents = root.get_node("agents").and_then(|n| self.agents(n));
         let hosts = match root.get_node("hosts") {
-            Some(node) => self.hosts(node),
+            Some(node) => self.hosts(node, agents.as_ref()),
             None => {
                 self.diag(
                     pos(root.span()),
@@ -240,6 +252,7 @@ impl<'e> Loader<'e> {
             fleet,
             hosts,
             tenants,
+            agents,
         })
     }
 
@@ -524,7 +537,167 @@ impl<'e> Loader<'e> {
         Resources { memory, cpus, pids }
     }
 
-    fn hosts(&mut self, node: &Node) -> Vec<HostSpec> {
+    fn agents(&mut self, node: &Node) -> Option<AgentsSpec> {
+        let map = self.mapping(node, "`agents`")?;
+        self.keys(map, AGENTS_KEYS, "agents");
+        let image = match self.scalar(map, "image", "agents.image") {
+            Some((v, at)) => {
+                self.check(at, "agents.image", v, checks::image_ref(v))?;
+                v.to_string()
+            }
+            None => super::default_agent_image(),
+        };
+        let url = self.required(
+            map,
+            "database_url",
+            "agents.database_url",
+            "where agents reach the fleet database, without credentials, e.g. `postgres://db.internal:5432/mai_fleet?sslmode=verify-full`",
+        )?;
+        let database_url = self.agent_database_url(url, "agents.database_url")?;
+        let ca_pem = self.ca_file(map, "agents.ca_file");
+        let interval = match self.scalar(map, "interval", "agents.interval") {
+            Some((v, at)) => self.check(at, "agents.interval", v, crate::duration::parse(v))?,
+            None => std::time::Duration::from_secs(60),
+        };
+        Some(AgentsSpec {
+            image,
+            database_url,
+            ca_pem: ca_pem?,
+            interval,
+        })
+    }
+
+    /// A database URL for agents: no credentials (the controller makes each host's),
+    /// and TLS asked for unless the server is on loopback.
+    fn agent_database_url(&mut self, (v, at): (&str, Pos), what: &str) -> Option<String> {
+        let checked = checks::agent_database_url(v);
+        self.check(at, what, v, checked).map(|()| v.to_string())
+    }
+
+    /// `ca_file`'s certificates: `Some(None)` when absent, `None` when given but
+    /// unreadable.
+    fn ca_file(&mut self, map: &MarkedMappingNode, what: &str) -> Option<Option<String>> {
+        match self.scalar(map, "ca_file", what) {
+            Some((p, at)) => {
+                let path = self.base_dir.join(p);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => Some(Some(text)),
+                    Ok(_) => {
+                        self.diag(
+                            at,
+                            format!("`{what}`: {} holds no PEM certificate", path.display()),
+                            None,
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.diag(
+                            at,
+                            format!("`{what}`: cannot read {}: {e}", path.display()),
+                            None,
+                        );
+                        None
+                    }
+                }
+            }
+            None => Some(None),
+        }
+    }
+
+    /// `hosts[i].agent`: true (the default), false, or `{database_url, ca_file}`.
+    fn host_agent(
+        &mut self,
+        map: &MarkedMappingNode,
+        what: &str,
+        agents: Option<&AgentsSpec>,
+    ) -> Option<HostAgent> {
+        let key = format!("{what}.agent");
+        let base = agents.cloned().unwrap_or_else(|| AgentsSpec {
+            image: super::default_agent_image(),
+            database_url: String::new(),
+            ca_pem: None,
+            interval: std::time::Duration::from_secs(60),
+        });
+        match map.get_node("agent") {
+            None => Some(match agents {
+                Some(a) => HostAgent::Deployed(a.clone()),
+                None => HostAgent::External,
+            }),
+            Some(Node::Scalar(s)) if s.as_str() == "false" => Some(HostAgent::External),
+            Some(Node::Scalar(s)) if s.as_str() == "true" => match agents {
+                Some(a) => Some(HostAgent::Deployed(a.clone())),
+                None => {
+                    self.diag(
+                        pos(s.span()),
+                        format!("`{key}: true` needs the `agents:` section"),
+                        Some("say once where agents reach the fleet database: `agents: { database_url: postgres://db.internal:5432/mai_fleet?sslmode=verify-full, ca_file: db-ca.pem }`".into()),
+                    );
+                    None
+                }
+            },
+            Some(Node::Mapping(m)) => {
+                self.keys(m, HOST_AGENT_KEYS, &key);
+                let url = match self.scalar(m, "database_url", &format!("{key}.database_url")) {
+                    Some(u) => self.agent_database_url(u, &format!("{key}.database_url"))?,
+                    None if agents.is_some() => base.database_url.clone(),
+                    None => {
+                        self.diag(
+                            pos(m.span()),
+                            format!("missing `{key}.database_url`"),
+                            Some("or say it once for every host in `agents:`".into()),
+                        );
+                        return None;
+                    }
+                };
+                let ca_pem = self
+                    .ca_file(m, &format!("{key}.ca_file"))?
+                    .or(base.ca_pem.clone());
+                Some(HostAgent::Deployed(AgentsSpec {
+                    database_url: url,
+                    ca_pem,
+                    ..base
+                }))
+            }
+            Some(other) => {
+                self.diag(
+                    pos(other.span()),
+                    format!("`{key}` must be true, false or `{{database_url, ca_file}}`"),
+                    None,
+                );
+                None
+            }
+        }
+    }
+
+    fn ssh(&mut self, node: &Node, what: &str) -> Option<SshOptions> {
+        let key = format!("{what}.ssh");
+        let map = self.mapping(node, &format!("`{key}`"))?;
+        self.keys(map, SSH_KEYS, &key);
+        let mut file = |name: &str| match self.scalar(map, name, &format!("{key}.{name}")) {
+            Some((p, at)) => {
+                let path = self.base_dir.join(p);
+                match std::fs::File::open(&path) {
+                    Ok(_) => Some(Some(path)),
+                    Err(e) => {
+                        self.diag(
+                            at,
+                            format!("`{key}.{name}`: cannot read {}: {e}", path.display()),
+                            None,
+                        );
+                        None
+                    }
+                }
+            }
+            None => Some(None),
+        };
+        let (k, kh) = (file("key"), file("known_hosts"));
+        Some(SshOptions {
+            key: k?,
+            known_hosts: kh?,
+        })
+    }
+
+    fn hosts(&mut self, node: &Node, agents: Option<&AgentsSpec>) -> Vec<HostSpec> {
         let mut hosts: Vec<HostSpec> = Vec::new();
         let Some(seq) = self.sequence(node, "`hosts`") else {
             return hosts;
@@ -555,6 +728,11 @@ impl<'e> Loader<'e> {
                 "e.g. `data_root: /srv/mai-fleet`",
             );
             let tls = map.get_node("tls").and_then(|t| self.tls(t, &what));
+            let ssh = match map.get_node("ssh") {
+                Some(n) => self.ssh(n, &what),
+                None => Some(SshOptions::default()),
+            };
+            let agent = self.host_agent(map, &what, agents);
             let publish = match self.scalar(map, "publish_address", &format!("{what}.publish_address")) {
                 Some((a, at)) => self.check(
                     at,
@@ -593,6 +771,22 @@ impl<'e> Loader<'e> {
                                 .into(),
                         ),
                     );
+                } else if let Some(Err(hint)) =
+                    d.starts_with("ssh://").then(|| super::SshTarget::parse(d))
+                {
+                    self.diag(
+                        at,
+                        format!("`{what}.docker` value `{d}` is not a valid ssh:// endpoint"),
+                        Some(format!("{hint}; write ssh://user@host[:port]")),
+                    );
+                } else if !d.starts_with("ssh://") && map.get_node("ssh").is_some() {
+                    self.diag(
+                        at,
+                        format!(
+                            "`{what}.ssh` is set but `{what}.docker` is not an ssh:// endpoint"
+                        ),
+                        None,
+                    );
                 } else if d.starts_with("tcp://") && tls.is_none() && !loopback_literal(d) {
                     self.diag(
                         at,
@@ -613,8 +807,14 @@ impl<'e> Loader<'e> {
                     );
                 }
             }
-            if let (Some((n, _)), Some((d, _)), Some((r, _)), Some(publish_address)) =
-                (name, docker, data_root, publish)
+            if let (
+                Some((n, _)),
+                Some((d, _)),
+                Some((r, _)),
+                Some(publish_address),
+                Some(ssh),
+                Some(agent),
+            ) = (name, docker, data_root, publish, ssh, agent)
             {
                 hosts.push(HostSpec {
                     name: n.to_string(),
@@ -622,6 +822,8 @@ impl<'e> Loader<'e> {
                     data_root: r.trim_end_matches('/').to_string(),
                     tls,
                     publish_address,
+                    ssh,
+                    agent,
                 });
             }
         }

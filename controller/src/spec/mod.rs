@@ -5,6 +5,7 @@
 //! file, line and column.
 
 mod checks;
+mod endpoint;
 mod load;
 mod secret;
 
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+pub use endpoint::{SshTarget, DEFAULT_REMOTE_SOCKET};
 pub use secret::ApiKey;
 
 pub use mai_fleet_core::contract::REQUIRED_ENV;
@@ -28,6 +30,47 @@ pub struct FleetSpec {
     pub fleet: String,
     pub hosts: Vec<HostSpec>,
     pub tenants: Vec<TenantSpec>,
+    /// Agents `apply` deploys (the `agents:` section); `None`: agents are run
+    /// another way and `apply` leaves them alone.
+    pub agents: Option<AgentsSpec>,
+}
+
+/// The `agents:` section: where every host's agent reaches the fleet database
+/// (without credentials: the controller makes each host's own), overridable per host.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentsSpec {
+    /// The agent image; `mai-fleet/agent:<controller version>` by default.
+    pub image: String,
+    pub database_url: String,
+    /// The database server's CA (PEM, read from `ca_file`), copied into each agent
+    /// container.
+    #[serde(skip)]
+    pub ca_pem: Option<String>,
+    /// How often each agent mirrors its host's stores.
+    pub interval: std::time::Duration,
+}
+
+/// A host's agent as `apply` keeps it.
+#[derive(Debug, Clone, Serialize)]
+pub enum HostAgent {
+    /// Deployed by `apply`: the `agents:` section with this host's overrides.
+    Deployed(AgentsSpec),
+    /// `agent: false`, or no `agents:` section: run another way (systemd).
+    External,
+}
+
+/// The agent image this controller deploys unless `agents.image` says otherwise:
+/// built from the same source (`manifests/build-images.sh`).
+pub fn default_agent_image() -> String {
+    format!("mai-fleet/agent:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// How an `ssh://` engine is reached: a key file (else ssh-agent and ssh's
+/// defaults) and the known_hosts file that vouches for the server (else ssh's own).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SshOptions {
+    pub key: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -40,6 +83,8 @@ pub struct HostSpec {
     pub tls: Option<TlsFiles>,
     /// The host address tenant ports are published on (default 127.0.0.1).
     pub publish_address: String,
+    pub ssh: SshOptions,
+    pub agent: HostAgent,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -390,3 +390,52 @@ fn key_settings_that_contradict_each_other_are_errors() {
         "{shown:#?}"
     );
 }
+
+#[test]
+fn agents_are_deployed_by_default_once_the_section_says_where_the_database_is() {
+    let with_agents = GOOD.replace(
+        "hosts:\n  - name: hel1-a\n    docker: unix:///var/run/docker.sock\n    data_root: /srv/mai-fleet\n",
+        "agents: { database_url: \"postgres://db.internal:5432/mai_fleet?sslmode=verify-full\", interval: 30s }\n\
+         hosts:\n  - name: hel1-a\n    docker: unix:///var/run/docker.sock\n    data_root: /srv/mai-fleet\n\
+         \x20 - name: hel1-b\n    docker: ssh://deploy@10.0.0.2:2222\n    data_root: /srv/mai-fleet\n    agent: false\n\
+         \x20 - name: hel1-c\n    docker: ssh://deploy@10.0.0.3\n    data_root: /srv/mai-fleet\n\
+         \x20   agent: { database_url: \"postgres://10.0.0.1:5432/mai_fleet?sslmode=require\" }\n",
+    );
+    let spec = load_str(Path::new("tenants.yaml"), &with_agents, &env()).expect("valid");
+    match &spec.hosts[0].agent {
+        super::HostAgent::Deployed(a) => {
+            assert_eq!(a.image, super::default_agent_image());
+            assert_eq!(a.interval.as_secs(), 30);
+            assert!(a.database_url.starts_with("postgres://db.internal"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(spec.hosts[1].agent, super::HostAgent::External));
+    match &spec.hosts[2].agent {
+        super::HostAgent::Deployed(a) => {
+            assert!(a.database_url.starts_with("postgres://10.0.0.1"));
+            assert_eq!(a.interval.as_secs(), 30, "the rest from `agents:`");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Without the section, agents are run another way.
+    let spec = load_str(Path::new("tenants.yaml"), GOOD, &env()).expect("valid");
+    assert!(matches!(spec.hosts[0].agent, super::HostAgent::External));
+}
+
+#[test]
+fn agent_and_ssh_mistakes_are_located() {
+    let bad = GOOD.replace(
+        "hosts:\n  - name: hel1-a\n    docker: unix:///var/run/docker.sock\n    data_root: /srv/mai-fleet\n",
+        "agents: { database_url: \"postgres://fleet:pw@db.internal/mai_fleet?sslmode=require\" }\n\
+         hosts:\n  - name: hel1-a\n    docker: unix:///var/run/docker.sock\n    data_root: /srv/mai-fleet\n    ssh: { key: /nonexistent }\n\
+         \x20 - name: hel1-b\n    docker: ssh://-oProxyCommand=x\n    data_root: /srv/mai-fleet\n    agent: maybe\n",
+    );
+    let e = errors(&bad);
+    let text: Vec<String> = e.iter().map(|d| format!("{}:{} {}", d.line, d.column, d.message)).collect();
+    let all = text.join("\n");
+    assert!(all.contains("agents.database_url"), "{all}");
+    assert!(all.contains("hosts[0].ssh.key`: cannot read"), "{all}");
+    assert!(all.contains("not a valid ssh:// endpoint"), "{all}");
+    assert!(all.contains("`hosts[1].agent` must be true, false"), "{all}");
+}

@@ -22,6 +22,38 @@ pub fn role_name(host: &str) -> String {
 }
 
 impl Store {
+    /// New credentials for the host's agent: its role made, or given a new password.
+    pub async fn agent_credentials(&self, host: &str) -> Result<AgentCredentials, StoreError> {
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM agent_roles WHERE role_name = $1)")
+                .bind(role_name(host))
+                .fetch_one(&self.pool)
+                .await?;
+        self.add_agent_host(host, exists).await
+    }
+
+    /// The database's clock, to compare its own time stamps with.
+    pub async fn now(&self) -> Result<chrono::DateTime<chrono::Utc>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT now()")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Whether the host's agent has reported since `since` (the database's clock).
+    pub async fn heartbeat_since(
+        &self,
+        host: &str,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM agent_heartbeats WHERE host = $1 AND seen_at >= $2)",
+        )
+        .bind(host)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Creates the host's agent role, or with `rotate` gives it a new password. The
     /// password reaches the server only as a SCRAM-SHA-256 verifier, so it is in no
     /// statement, log or catalog in plain text.

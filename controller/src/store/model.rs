@@ -30,6 +30,8 @@ mai_fleet_core::text_enum! {
         Failed = "failed",
         /// Not attempted: the failure budget (`--max-failures`) was spent.
         Skipped = "skipped",
+        /// Not attempted: the tenant's host could not be reached.
+        Unreachable = "unreachable",
     }
 }
 

@@ -17,6 +17,20 @@ pub struct UsageDay {
     pub raw_cost: Decimal,
 }
 
+/// A host's agent as its last heartbeat tells (all `None`: never reported).
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct AgentStatus {
+    pub host: String,
+    pub version: Option<String>,
+    pub last_heartbeat: Option<chrono::DateTime<chrono::Utc>>,
+    pub age_s: Option<i64>,
+    /// What waits in its spool for the database, in bytes.
+    pub spool_bytes: Option<i64>,
+    /// Tenants that failed in its last cycle, and tenants it saw.
+    pub errors: Option<i32>,
+    pub tenants: Option<i32>,
+}
+
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub struct TenantStatus {
     pub tenant: String,
@@ -49,6 +63,21 @@ impl Store {
         .bind(from)
         .bind(to)
         .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Every host of the fleet database and every host an agent reported from, with
+    /// its agent's last heartbeat.
+    pub async fn agent_status(&self) -> Result<Vec<AgentStatus>, StoreError> {
+        Ok(sqlx::query_as(
+            "WITH names AS (SELECT name AS host FROM hosts UNION SELECT host FROM agent_heartbeats)
+             SELECT n.host, a.agent_version AS version, a.seen_at AS last_heartbeat,
+                    extract(epoch FROM now() - a.seen_at)::bigint AS age_s,
+                    a.spool_bytes, a.errors, a.tenants
+             FROM names n LEFT JOIN agent_heartbeats a ON a.host = n.host
+             ORDER BY 1",
+        )
         .fetch_all(&self.pool)
         .await?)
     }

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 pub mod dashboard;
 pub mod fakes;
+pub mod hosts;
 pub mod nbp;
 pub mod openrouter;
 pub mod pg_tls;
@@ -402,6 +403,23 @@ impl Fleet {
         let _ = Command::new("docker")
             .args(["network", "rm", &format!("mai-fleet-net-{}", self.name)])
             .output();
+        // Spools of agents `apply` deployed here (hosts named after the fleet).
+        if let Ok(out) = Command::new("docker")
+            .args([
+                "volume",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("name=mai-agent-{}", self.name),
+            ])
+            .output()
+        {
+            for v in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = Command::new("docker")
+                    .args(["volume", "rm", "-f", v])
+                    .output();
+            }
+        }
     }
 }
 
@@ -653,6 +671,54 @@ pub fn store_tokens(data_dir: &Path) -> i64 {
         |r| r.get(0),
     )
     .expect("query usage")
+}
+
+/// Sums per (day), (user, day) and (model, day) in a tenant's own store, to 6 places,
+/// as `key|tokens|requests|raw_cost` lines sorted: what the fleet must hold.
+pub fn store_sums(data_dir: &Path, org: &str) -> Vec<String> {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("webui.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open store");
+    let mut out = Vec::new();
+    for (key, table) in [
+        ("usage_date", "client_daily_usage"),
+        ("user_id || ' ' || usage_date", "client_user_daily_usage"),
+        (
+            "model_name || ' ' || usage_date",
+            "client_model_daily_usage",
+        ),
+    ] {
+        let sql = format!("SELECT '{table} ' || {key}, total_tokens, total_requests, raw_cost FROM {table} WHERE client_org_id = ?1");
+        let mut stmt = conn.prepare(&sql).unwrap();
+        let rows = stmt
+            .query_map([org], |r| {
+                Ok(format!(
+                    "{}|{}|{}|{:.6}",
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, f64>(3)?
+                ))
+            })
+            .unwrap();
+        out.extend(rows.map(Result::unwrap));
+    }
+    out.sort();
+    out
+}
+
+/// The fleet's sums of `tenant` in the database at `url`, as [`store_sums`] has them.
+pub fn fleet_sums_in(url: &str, tenant: &str) -> Vec<String> {
+    let sql = format!(
+        "SELECT 'client_daily_usage ' || usage_date || '|' || total_tokens || '|' || total_requests || '|' || raw_cost FROM usage_daily WHERE tenant_id = '{tenant}'
+         UNION ALL SELECT 'client_user_daily_usage ' || user_id || ' ' || usage_date || '|' || total_tokens || '|' || total_requests || '|' || raw_cost FROM usage_user_daily WHERE tenant_id = '{tenant}'
+         UNION ALL SELECT 'client_model_daily_usage ' || model_name || ' ' || usage_date || '|' || total_tokens || '|' || total_requests || '|' || raw_cost FROM usage_model_daily WHERE tenant_id = '{tenant}'"
+    );
+    let mut rows: Vec<String> = psql(url, &sql).lines().map(str::to_string).collect();
+    rows.sort();
+    rows
 }
 
 /// A PostgreSQL server of one test's own, to stop and start without disturbing the

@@ -38,10 +38,17 @@ impl TlsPostgres {
     /// A fresh cluster in `dir` on 127.0.0.1:`port`; `dir/certs` holds `ca.pem`
     /// (the server's CA) and `rogue-ca.pem` (another one).
     pub fn start(dir: &Path, port: u16) -> Self {
+        Self::start_on(dir, port, &[])
+    }
+
+    /// [`TlsPostgres::start`] also listening on `addresses` (this machine's side of
+    /// test servers' networks), its certificate valid for them, and password logins
+    /// over TLS accepted from 10.77.0.0/16.
+    pub fn start_on(dir: &Path, port: u16, addresses: &[&str]) -> Self {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir).expect("pg dir");
         let certs = dir.join("certs");
-        crate::tls::make_certs(&certs);
+        crate::tls::make_certs_for(&certs, addresses);
         let bindir = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL is installed (scripts/postgres.sh installs it)")
             .filter_map(|e| e.ok())
@@ -72,12 +79,17 @@ impl TlsPostgres {
         std::fs::write(
             data.join("pg_hba.conf"),
             "local all postgres trust\nhostssl all postgres 127.0.0.1/32 trust\n\
-             hostssl all all 127.0.0.1/32 scram-sha-256\nhostnossl all all 127.0.0.1/32 reject\n",
+             hostssl all all 127.0.0.1/32 scram-sha-256\nhostnossl all all 127.0.0.1/32 reject\n\
+             hostssl all all 10.77.0.0/16 scram-sha-256\nhostnossl all all 10.77.0.0/16 reject\n",
         )
         .unwrap();
         chown_postgres(dir);
+        let listen = std::iter::once("127.0.0.1")
+            .chain(addresses.iter().copied())
+            .collect::<Vec<_>>()
+            .join(",");
         let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c ssl=on -c ssl_cert_file=server.pem \
+            "-p {port} -k {} -c listen_addresses={listen} -c ssl=on -c ssl_cert_file=server.pem \
              -c ssl_key_file=server-key.pem -c fsync=off",
             data.display()
         );

@@ -33,6 +33,11 @@ fn openssl(dir: &Path, args: &[&str]) {
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as an operator
 /// makes them for `dockerd --tlsverify`; plus a client certificate from another CA.
 pub fn make_certs(dir: &Path) {
+    make_certs_for(dir, &[]);
+}
+
+/// [`make_certs`] with a server certificate also valid for these IP addresses.
+pub fn make_certs_for(dir: &Path, ips: &[&str]) {
     std::fs::create_dir_all(dir).unwrap();
     for (name, cn) in [("ca", "mai-fleet test CA"), ("rogue-ca", "someone else")] {
         openssl(
@@ -54,9 +59,13 @@ pub fn make_certs(dir: &Path) {
             ],
         );
     }
+    let mut san = String::from("IP:127.0.0.1,DNS:localhost");
+    for ip in ips {
+        san.push_str(&format!(",IP:{ip}"));
+    }
     std::fs::write(
         dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        format!("subjectAltName={san}\nextendedKeyUsage=serverAuth\n"),
     )
     .unwrap();
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();

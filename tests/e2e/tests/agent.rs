@@ -1,10 +1,9 @@
 //! The agent against real tenant containers and PostgreSQL (issue 3, first part).
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use mai_fleet_e2e::{chat, require_services, Fleet, Running};
+use mai_fleet_e2e::{chat, fleet_sums_in, require_services, store_sums, Fleet, Running};
 
 const DEV: &str = "mai-fleet/tenant:dev";
 
@@ -18,59 +17,8 @@ fn spawn_agent(f: &Fleet, host: &str) -> Running {
     )
 }
 
-/// Sums per (day), (user, day) and (model, day) in a tenant's own store, to 6 places,
-/// as `key|tokens|requests|raw_cost` lines sorted: what the fleet must hold.
-fn store_sums(data_dir: &Path, org: &str) -> Vec<String> {
-    let conn = rusqlite::Connection::open_with_flags(
-        data_dir.join("webui.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open store");
-    let mut out = Vec::new();
-    for (key, table) in [
-        ("usage_date", "client_daily_usage"),
-        ("user_id || ' ' || usage_date", "client_user_daily_usage"),
-        (
-            "model_name || ' ' || usage_date",
-            "client_model_daily_usage",
-        ),
-    ] {
-        let sql = format!("SELECT '{table} ' || {key}, total_tokens, total_requests, raw_cost FROM {table} WHERE client_org_id = ?1");
-        let mut stmt = conn.prepare(&sql).unwrap();
-        let rows = stmt
-            .query_map([org], |r| {
-                Ok(format!(
-                    "{}|{}|{}|{:.6}",
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, f64>(3)?
-                ))
-            })
-            .unwrap();
-        out.extend(rows.map(Result::unwrap));
-    }
-    out.sort();
-    out
-}
-
 fn fleet_sums(f: &Fleet, tenant: &str) -> Vec<String> {
     fleet_sums_in(&f.database_url, tenant)
-}
-
-/// [`fleet_sums`] in the database at `url`.
-fn fleet_sums_in(url: &str, tenant: &str) -> Vec<String> {
-    let sql = format!(
-        "SELECT 'client_daily_usage ' || usage_date || '|' || total_tokens || '|' || total_requests || '|' || raw_cost FROM usage_daily WHERE tenant_id = '{tenant}'
-         UNION ALL SELECT 'client_user_daily_usage ' || user_id || ' ' || usage_date || '|' || total_tokens || '|' || total_requests || '|' || raw_cost FROM usage_user_daily WHERE tenant_id = '{tenant}'
-         UNION ALL SELECT 'client_model_daily_usage ' || model_name || ' ' || usage_date || '|' || total_tokens || '|' || total_requests || '|' || raw_cost FROM usage_model_daily WHERE tenant_id = '{tenant}'"
-    );
-    let mut rows: Vec<String> = mai_fleet_e2e::psql(url, &sql)
-        .lines()
-        .map(str::to_string)
-        .collect();
-    rows.sort();
-    rows
 }
 
 #[test]
@@ -198,8 +146,8 @@ fn tenant_started_by_hand_without_its_org_env_is_reported_inactive() {
         "exit 3 = not every tenant active: {}",
         status.all()
     );
-    let tenants: Vec<serde_json::Value> =
-        serde_json::from_str(&status.stdout).expect("status json");
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).expect("status json");
+    let tenants = json["tenants"].as_array().expect("tenants").clone();
     let t = tenants
         .iter()
         .find(|t| t["tenant"] == id.as_str())

@@ -1,0 +1,240 @@
+//! A host's agent container, kept by `apply`: made from the agent image with the
+//! engine's socket and the tenants' data read-only, the host's database URL and the
+//! database's CA copied in as files (never in its environment), restart always. Also
+//! the way in for verification when the controller cannot reach a tenant's port: the
+//! agent runs on the host, so `agent probe` inside it reaches the port there.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, HostConfig, RestartPolicy, RestartPolicyNameEnum};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, StartContainerOptions, UploadToContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+
+use super::engine::{ensure_image, remove, Engine};
+use crate::plan::agent::{DesiredAgent, CA_PATH, DATABASE_URL_PATH, SOCKET_PATH, SPOOL_PATH};
+
+/// Replaces (or makes) the host's agent: the old one is removed first (its password
+/// was just rotated), the new one started and watched for `settle`.
+pub async fn deploy(
+    engine: &Engine,
+    desired: &DesiredAgent,
+    database_url: &str,
+    settle: Duration,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<String, String> {
+    ensure_image(engine, &desired.image, say).await?;
+    if let Ok(old) = engine.docker.inspect_container(&desired.name, None).await {
+        if let Some(id) = old.id {
+            remove(engine, &id).await.map_err(|e| e.to_string())?;
+        }
+    }
+    let id = create(engine, desired).await?;
+    let started = async {
+        upload_files(engine, &id, desired, database_url).await?;
+        engine
+            .docker
+            .start_container(&id, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| format!("start failed: {e}"))?;
+        watch(engine, &id, settle).await
+    };
+    match started.await {
+        Ok(()) => Ok(format!("{} runs {}", desired.name, desired.image)),
+        Err(e) => {
+            let logs = super::last_logs(engine, &id, None).await;
+            Err(format!("agent {}: {e}{logs}", desired.name))
+        }
+    }
+}
+
+pub async fn start(engine: &Engine, container: &str, settle: Duration) -> Result<String, String> {
+    engine
+        .docker
+        .start_container(container, None::<StartContainerOptions>)
+        .await
+        .map_err(|e| format!("start {container} failed: {e}"))?;
+    watch(engine, container, settle).await?;
+    Ok(format!("{container} started"))
+}
+
+pub async fn remove_agent(engine: &Engine, container: &str) -> Result<String, String> {
+    remove(engine, container)
+        .await
+        .map(|()| format!("{container} removed"))
+        .map_err(|e| e.to_string())
+}
+
+async fn create(engine: &Engine, d: &DesiredAgent) -> Result<String, String> {
+    let host_config = HostConfig {
+        // The spool is a named volume: what waits in it outlives the container.
+        binds: Some(vec![
+            format!("{}:{SOCKET_PATH}:ro", d.host_socket),
+            format!("{0}:{0}:ro", d.data_root),
+            format!("{}:{SPOOL_PATH}", d.spool_volume),
+        ]),
+        // The host's network: the agent reaches the database as a service on the host
+        // would, and tenant ports bound to the host's loopback.
+        network_mode: Some("host".into()),
+        restart_policy: Some(RestartPolicy {
+            name: Some(RestartPolicyNameEnum::ALWAYS),
+            maximum_retry_count: None,
+        }),
+        cap_drop: Some(vec!["ALL".into()]),
+        // Stores may belong to any user of the tenant's image.
+        cap_add: Some(vec!["DAC_READ_SEARCH".into()]),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        memory: Some(256 << 20),
+        ..Default::default()
+    };
+    let interval = format!("{}ms", d.interval_ms);
+    let body = ContainerCreateBody {
+        image: Some(d.image.clone()),
+        cmd: Some(
+            [
+                "--host",
+                &d.host,
+                "--interval",
+                &interval,
+                "--database-url-file",
+                DATABASE_URL_PATH,
+                "--spool-dir",
+                SPOOL_PATH,
+                "--log-format",
+                "json",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        env: Some(vec![format!("DOCKER_HOST=unix://{SOCKET_PATH}")]),
+        labels: Some(d.labels.clone().into_iter().collect::<HashMap<_, _>>()),
+        host_config: Some(host_config),
+        ..Default::default()
+    };
+    let options = CreateContainerOptionsBuilder::new().name(&d.name).build();
+    engine
+        .docker
+        .create_container(Some(options), body)
+        .await
+        .map(|r| r.id)
+        .map_err(|e| format!("create {} failed: {e}", d.name))
+}
+
+/// The URL (owner-only) and the CA, into the created container before it starts.
+async fn upload_files(
+    engine: &Engine,
+    id: &str,
+    d: &DesiredAgent,
+    database_url: &str,
+) -> Result<(), String> {
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, mode: u32, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut header, path.trim_start_matches('/'), data)
+    };
+    add(DATABASE_URL_PATH, 0o400, database_url.as_bytes())
+        .map_err(|e| format!("packing the database URL: {e}"))?;
+    if let Some(ca) = &d.ca_pem {
+        add(CA_PATH, 0o444, ca.as_bytes()).map_err(|e| format!("packing the CA: {e}"))?;
+    }
+    let bytes = tar
+        .into_inner()
+        .map_err(|e| format!("packing the agent's files: {e}"))?;
+    let options = UploadToContainerOptionsBuilder::new().path("/").build();
+    engine
+        .docker
+        .upload_to_container(id, Some(options), bollard::body_full(bytes.into()))
+        .await
+        .map_err(|e| format!("copying the agent's files in failed: {e}"))
+}
+
+/// Running, and not restarting, for `settle`.
+async fn watch(engine: &Engine, id: &str, settle: Duration) -> Result<(), String> {
+    let since = Instant::now();
+    let mut base = None;
+    loop {
+        let info = engine
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| format!("inspect failed: {e}"))?;
+        let restarts = info.restart_count.unwrap_or(0);
+        let state = info.state.unwrap_or_default();
+        if state.running != Some(true) || restarts > *base.get_or_insert(restarts) {
+            return Err(format!(
+                "not running (exit code {}, {restarts} restart(s))",
+                state.exit_code.unwrap_or(-1)
+            ));
+        }
+        if since.elapsed() >= settle {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `agent probe ADDRESS:PORT` inside the agent container: the tenant's health answer
+/// as the host sees it. `Err` is a transport problem, worth retrying.
+pub async fn probe(
+    engine: &Engine,
+    agent: &str,
+    address: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<String, String> {
+    let target = format!("{address}:{port}");
+    let wait = format!("{}ms", timeout.as_millis());
+    let exec = engine
+        .docker
+        .create_exec(
+            agent,
+            CreateExecOptions {
+                cmd: Some(vec!["/agent", "probe", &target, "--timeout", &wait]),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("probe through agent {agent}: {e}"))?;
+    let mut out = String::new();
+    let mut err = String::new();
+    if let StartExecResults::Attached { mut output, .. } = engine
+        .docker
+        .start_exec(&exec.id, None)
+        .await
+        .map_err(|e| format!("probe through agent {agent}: {e}"))?
+    {
+        while let Some(chunk) = output.next().await {
+            match chunk {
+                Ok(bollard::container::LogOutput::StdOut { message }) => {
+                    out.push_str(&String::from_utf8_lossy(&message))
+                }
+                Ok(other) => err.push_str(&other.to_string()),
+                Err(e) => return Err(format!("probe through agent {agent}: {e}")),
+            }
+            if out.len() as u64 > mai_fleet_core::probe::MAX_RESPONSE {
+                break;
+            }
+        }
+    }
+    let code = engine
+        .docker
+        .inspect_exec(&exec.id)
+        .await
+        .ok()
+        .and_then(|i| i.exit_code);
+    match code {
+        Some(0) => Ok(out),
+        _ => Err(format!("{} (through agent {agent})", err.trim())),
+    }
+}

@@ -1,0 +1,113 @@
+//! Docker endpoints as the spec names them.
+
+/// Where an `ssh://` URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshTarget {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: u16,
+    /// The engine's socket on the remote machine.
+    pub socket: String,
+}
+
+pub const DEFAULT_REMOTE_SOCKET: &str = "/var/run/docker.sock";
+
+impl SshTarget {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("ssh://")
+            .ok_or_else(|| "not an ssh:// URL".to_string())?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let (user, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h),
+            None => (None, authority),
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| "an IPv6 address needs its closing `]`".to_string())?;
+            (h.to_string(), after.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (hostport.to_string(), None),
+            }
+        };
+        let port = match port {
+            Some(p) => p
+                .parse::<u16>()
+                .map_err(|_| format!("port `{p}` is not a number from 1 to 65535"))?,
+            None => 22,
+        };
+        let valid = |s: &str| {
+            !s.is_empty()
+                && !s.starts_with('-')
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
+        };
+        if !valid(&host) {
+            return Err(format!("`{host}` is not a host name or address"));
+        }
+        if let Some(u) = &user {
+            if !valid(u) {
+                return Err(format!("`{u}` is not a user name"));
+            }
+        }
+        if !path.is_empty() && (path.contains("..") || path.contains(char::is_whitespace)) {
+            return Err(format!("`{path}` is not a socket path"));
+        }
+        Ok(Self {
+            user,
+            host,
+            port,
+            socket: if path.is_empty() {
+                DEFAULT_REMOTE_SOCKET.to_string()
+            } else {
+                path.to_string()
+            },
+        })
+    }
+
+    pub fn destination(&self) -> String {
+        match &self.user {
+            Some(u) => format!("{u}@{}", self.host),
+            None => self.host.clone(),
+        }
+    }
+
+    /// How known_hosts names this server.
+    pub fn known_as(&self) -> String {
+        if self.port == 22 {
+            self.host.clone()
+        } else {
+            format!("[{}]:{}", self.host, self.port)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        let t = SshTarget::parse("ssh://deploy@hel1-b.example:2222").unwrap();
+        assert_eq!(t.user.as_deref(), Some("deploy"));
+        assert_eq!((t.host.as_str(), t.port), ("hel1-b.example", 2222));
+        assert_eq!(t.socket, DEFAULT_REMOTE_SOCKET);
+        assert_eq!(t.known_as(), "[hel1-b.example]:2222");
+        let t = SshTarget::parse("ssh://10.0.0.2/run/user/1000/docker.sock").unwrap();
+        assert_eq!((t.user.as_deref(), t.port), (None, 22));
+        assert_eq!(t.socket, "/run/user/1000/docker.sock");
+        assert_eq!(t.known_as(), "10.0.0.2");
+        let t = SshTarget::parse("ssh://root@[fd00::2]:22").unwrap();
+        assert_eq!(t.host, "fd00::2");
+        // An option smuggled in as a host name never reaches ssh's command line.
+        assert!(SshTarget::parse("ssh://-oProxyCommand=x").is_err());
+        assert!(SshTarget::parse("ssh://a@b:99999").is_err());
+        assert!(SshTarget::parse("ssh://a b@c").is_err());
+    }
+}
