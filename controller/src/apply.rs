@@ -333,14 +333,16 @@ async fn deploy_agent(
     let host = desired.host.as_str();
     let store =
         store.ok_or("agents need the fleet database (DATABASE_URL) for their credentials")?;
+    let say = |msg: &str| progress(host, "agent", msg);
+    docker::agent::prepare(engine, desired, &say).await?;
+    // Only heartbeats after the old agent is gone count.
     let since = store.now().await.map_err(|e| e.to_string())?;
     let creds = store
         .agent_credentials(host)
         .await
         .map_err(|e| format!("credentials for host {host}: {e}"))?;
     let url = desired.url_with(&creds.role, &creds.password);
-    let say = |msg: &str| progress(host, "agent", msg);
-    let detail = docker::agent::deploy(engine, desired, &url, opts.verify.settle, &say).await?;
+    let detail = docker::agent::deploy(engine, desired, &url, opts.verify.settle).await?;
     let started = Instant::now();
     loop {
         if store.heartbeat_since(host, since).await.unwrap_or(false) {
@@ -350,7 +352,7 @@ async fn deploy_agent(
             ));
         }
         if started.elapsed() >= opts.verify.timeout {
-            let logs = docker::last_logs(engine, &desired.name, None).await;
+            let logs = docker::agent::last_warnings(engine, &desired.name).await;
             return Err(format!(
                 "{detail}, but no heartbeat reached the database within {}s{logs}",
                 opts.verify.timeout.as_secs()

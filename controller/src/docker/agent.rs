@@ -17,21 +17,31 @@ use futures_util::StreamExt;
 use super::engine::{ensure_image, remove, Engine};
 use crate::plan::agent::{DesiredAgent, CA_PATH, DATABASE_URL_PATH, SOCKET_PATH, SPOOL_PATH};
 
-/// Replaces (or makes) the host's agent: the old one is removed first (its password
-/// was just rotated), the new one started and watched for `settle`.
-pub async fn deploy(
+/// Makes sure the agent image is on the host and no agent container is left: the
+/// old one goes before the new one is made (its password is being rotated, and
+/// nothing it reports after this point may pass for the new one's).
+pub async fn prepare(
     engine: &Engine,
     desired: &DesiredAgent,
-    database_url: &str,
-    settle: Duration,
     say: &(dyn Fn(&str) + Sync),
-) -> Result<String, String> {
+) -> Result<(), String> {
     ensure_image(engine, &desired.image, say).await?;
     if let Ok(old) = engine.docker.inspect_container(&desired.name, None).await {
         if let Some(id) = old.id {
             remove(engine, &id).await.map_err(|e| e.to_string())?;
         }
     }
+    Ok(())
+}
+
+/// Makes the host's agent (after [`prepare`]) with this database URL, starts it and
+/// watches it for `settle`.
+pub async fn deploy(
+    engine: &Engine,
+    desired: &DesiredAgent,
+    database_url: &str,
+    settle: Duration,
+) -> Result<String, String> {
     let id = create(engine, desired).await?;
     let started = async {
         upload_files(engine, &id, desired, database_url).await?;
@@ -179,6 +189,30 @@ async fn watch(engine: &Engine, id: &str, settle: Duration) -> Result<(), String
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The agent's last warnings and errors (its cycles log at info): why it cannot ship.
+pub async fn last_warnings(engine: &Engine, container: &str) -> String {
+    let options = bollard::query_parameters::LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(true)
+        .tail("200")
+        .build();
+    let text: Vec<String> = engine
+        .docker
+        .logs(container, Some(options))
+        .filter_map(|r| async move { r.ok().map(|o| o.to_string()) })
+        .collect()
+        .await;
+    let text = text.concat();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
+        .collect();
+    match lines.len() {
+        0 => String::new(),
+        n => format!("; it says: {}", lines[n.saturating_sub(2)..].join(" | ")),
     }
 }
 

@@ -432,10 +432,16 @@ fn agent_and_ssh_mistakes_are_located() {
          \x20 - name: hel1-b\n    docker: ssh://-oProxyCommand=x\n    data_root: /srv/mai-fleet\n    agent: maybe\n",
     );
     let e = errors(&bad);
-    let text: Vec<String> = e.iter().map(|d| format!("{}:{} {}", d.line, d.column, d.message)).collect();
+    let text: Vec<String> = e
+        .iter()
+        .map(|d| format!("{}:{} {}", d.line, d.column, d.message))
+        .collect();
     let all = text.join("\n");
     assert!(all.contains("agents.database_url"), "{all}");
     assert!(all.contains("hosts[0].ssh.key`: cannot read"), "{all}");
     assert!(all.contains("not a valid ssh:// endpoint"), "{all}");
-    assert!(all.contains("`hosts[1].agent` must be true, false"), "{all}");
+    assert!(
+        all.contains("`hosts[1].agent` must be true, false"),
+        "{all}"
+    );
 }

@@ -436,6 +436,42 @@ fn one_spec_three_engines_ssh_tls_and_local() {
         "mai-fleet/agent:e2e-roll"
     );
 
+    // An agent given a CA that did not sign the database's certificate cannot ship:
+    // its deployment fails (no heartbeat) and says why; the right CA mends it.
+    let text = std::fs::read_to_string(&rolled_spec).unwrap();
+    let tcp_gw = setup.tcp.gateway();
+    let rogue = text.replace(
+        &format!("agent: {{ database_url: \"postgres://{tcp_gw}:{}/fleet?sslmode=verify-full\" }}", setup._pg.port),
+        &format!(
+            "agent: {{ database_url: \"postgres://{tcp_gw}:{}/fleet?sslmode=verify-full\", ca_file: {} }}",
+            setup._pg.port,
+            setup._pg.rogue_ca().display()
+        ),
+    );
+    assert_ne!(rogue, text);
+    let rogue_spec = dir.join("rogue-ca.yaml");
+    std::fs::write(&rogue_spec, rogue).unwrap();
+    let refused = f.controller(&[
+        "apply",
+        rogue_spec.to_str().unwrap(),
+        "--settle",
+        "1s",
+        "--verify-timeout",
+        "8s",
+    ]);
+    assert_eq!(refused.code, 3, "{}", refused.all());
+    let line = refused
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("agent {tcp_host}: roll FAILED")))
+        .unwrap_or_else(|| panic!("{}", refused.all()));
+    assert!(
+        line.contains("no heartbeat") && line.to_lowercase().contains("certificate"),
+        "{line}"
+    );
+    let mended = apply(f, &rolled_spec);
+    assert_eq!(mended.code, 0, "{}", mended.all());
+
     // A tenant whose tracking does not initialise, on a server whose ports only it
     // reaches, is still rolled back.
     let s1 = setup.tenants[2].0.clone();
