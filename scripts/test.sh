@@ -23,6 +23,22 @@ if ! command -v chromium >/dev/null; then
     echo "test.sh: chromium is missing (apt-get install chromium); the screenshot step will fail" >&2
   fi
 fi
+# The control plane's compose file is brought up by the install test.
+if ! command -v docker-compose >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+  else
+    echo "test.sh: docker-compose is missing (apt-get install docker-compose); the install test will fail" >&2
+  fi
+fi
+# Remote servers in tests: an OpenSSH server in a network namespace of the test's.
+if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null
+  else
+    echo "test.sh: openssh-server is missing; the multi-server test will fail" >&2
+  fi
+fi
 python3 -c 'import websocket' 2>/dev/null || python3 -m pip install -q websocket-client
 export MAI_FLEET_SCREENSHOTS=1
 tests/tenant/build-images.sh

@@ -58,6 +58,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Alerts(cmd) => cli::alerts::run(cmd).await,
         Command::User(cmd) => cli::user::run(cmd).await,
         Command::Serve(args) => cli::serve::run(args).await,
+        Command::Healthcheck(args) => cli::healthcheck::run(args).await,
         Command::Status(args) => cli::status::run(args).await,
         Command::Logs(args) => cli::logs::run(args).await,
         Command::Restart(args) => cli::restart::run(args).await,

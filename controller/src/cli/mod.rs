@@ -8,6 +8,7 @@ pub mod backup;
 pub mod billing;
 pub mod docs;
 pub mod exec;
+pub mod healthcheck;
 pub mod history;
 pub mod host;
 pub mod keys;
@@ -92,6 +93,8 @@ pub enum Command {
     User(user::UserCommand),
     /// The fleet dashboard, JSON API and /metrics over HTTP, with the scheduled jobs
     Serve(serve::ServeArgs),
+    /// Ask a running `serve` for /healthz (container health checks): exit 0 healthy, 1 not
+    Healthcheck(healthcheck::Args),
     /// Every tenant's tracking (active/inactive and why), data age and agent (exit 0 all active, 3 not all, 1 error)
     Status(status::Args),
     /// A tenant's container output, secrets masked (`-f` follows)

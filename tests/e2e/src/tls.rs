@@ -36,7 +36,8 @@ pub fn make_certs(dir: &Path) {
     make_certs_for(dir, &[]);
 }
 
-/// [`make_certs`] with a server certificate also valid for these IP addresses.
+/// [`make_certs`] with a server certificate also valid for these IP addresses (or
+/// `DNS:name`s).
 pub fn make_certs_for(dir: &Path, ips: &[&str]) {
     std::fs::create_dir_all(dir).unwrap();
     for (name, cn) in [("ca", "mai-fleet test CA"), ("rogue-ca", "someone else")] {
@@ -61,7 +62,11 @@ pub fn make_certs_for(dir: &Path, ips: &[&str]) {
     }
     let mut san = String::from("IP:127.0.0.1,DNS:localhost");
     for ip in ips {
-        san.push_str(&format!(",IP:{ip}"));
+        if ip.starts_with("DNS:") {
+            san.push_str(&format!(",{ip}"));
+        } else {
+            san.push_str(&format!(",IP:{ip}"));
+        }
     }
     std::fs::write(
         dir.join("server.ext"),
