@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Runs a local fleet on this machine: PostgreSQL, the tenant images, the three
-# tenants of manifests/examples/tenants.yaml applied to the local Docker engine, an
-# agent per host and the dashboard (controller serve).
+# Runs a local fleet on this machine: PostgreSQL, the images (tenant stand-in, agent,
+# controller), the three tenants of manifests/examples/tenants.yaml applied to the
+# local Docker engine with an agent container per host (deployed by apply), and the
+# dashboard (controller serve).
 # Re-running it changes nothing (apply is idempotent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 spec=${1:-manifests/examples/tenants.yaml}
 docker info >/dev/null 2>&1 || { echo "fleet-up.sh: the Docker engine is not reachable" >&2; exit 1; }
 tests/tenant/build-images.sh
+manifests/build-images.sh
 . scripts/postgres.sh
 cargo build --locked --workspace --bins
 controller=target/debug/controller
@@ -28,17 +30,12 @@ set -a; . "$keys"; set +a
 status=0
 "$controller" apply "$spec" || status=$?
 
-# One agent per host entry (here all on this engine), in the background; a re-run
-# replaces them.
 run=target/fleet
 mkdir -p "$run"
+# Agents started by hand by earlier versions of this script: apply runs them now.
 for pidfile in "$run"/agent-*.pid; do
   [ -e "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
   rm -f "$pidfile"
-done
-for host in $(sed -n 's/^  - name: \([a-z0-9-]*\)$/\1/p' "$spec"); do
-  nohup target/debug/agent --host "$host" --interval 10s --spool-dir "$run/spool" >"$run/agent-$host.log" 2>&1 &
-  echo $! >"$run/agent-$host.pid"
 done
 
 # The dashboard, with a demo user whose password is made once and kept owner-only.
@@ -60,8 +57,9 @@ shown_url=$(printf '%s' "$DATABASE_URL" | sed -E 's#//([^:/@]+):[^@]*@#//\1:***@
 echo "fleet database: $shown_url"
 echo "tenants:"
 docker ps --filter label=mai-fleet.managed=true --format '  {{.Names}}\t{{.Status}}\t{{.Ports}}'
-echo "agents (logs in $run/agent-*.log; stop: kill \$(cat $run/agent-*.pid)):"
-tail -qn 1 "$run"/agent-*.log | sed 's/^/  /'
+echo "agents (docker logs mai-agent-<host>):"
+docker ps --filter label=mai-fleet.agent-of --format '  {{.Names}}\t{{.Status}}\t{{.Image}}'
+sleep 3
 echo "usage in the fleet database:"
 psql "$DATABASE_URL" -qAt -F '  ' -c "SELECT '  ' || tenant_id, tracking, (SELECT coalesce(sum(total_tokens), 0) || ' tokens' FROM usage_daily u WHERE u.tenant_id = h.tenant_id) FROM tenant_health h ORDER BY 1"
 echo "look closer: . scripts/postgres.sh; $controller status   (or usage)"

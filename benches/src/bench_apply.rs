@@ -11,10 +11,12 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use mai_fleet_e2e::remove_containers_labelled;
+
+mod timing;
+use timing::{fail, secs, timed};
 
 const IMAGE: &str = "mai-fleet/tenant:dev";
 /// Below the ephemeral port range (32768 and up); compose's copies use +1000.
@@ -143,43 +145,6 @@ fn main() {
     }
     println!("ratio = apply time / compose time (below 1: apply is faster); apply fresh includes verification; apply no-op compares what every container runs (drift), labels no-op only the spec-hash labels");
     let _ = std::fs::remove_dir_all(&work);
-}
-
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
-fn fail(msg: &str) -> ! {
-    eprintln!("bench-apply: {msg}");
-    std::process::exit(1)
-}
-
-/// Runs a command to completion and times it; a command still running after
-/// `TIMEOUT` is killed and the benchmark fails (docker-compose v1 has been seen to hang).
-fn timed(label: &str, cmd: &mut Command) -> Duration {
-    const TIMEOUT: Duration = Duration::from_secs(300);
-    let started = Instant::now();
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| fail(&format!("{label}: {e}")));
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => return started.elapsed(),
-            Ok(Some(status)) => fail(&format!("{label} failed: {status}")),
-            Ok(None) if started.elapsed() > TIMEOUT => {
-                let _ = child.kill();
-                fail(&format!(
-                    "{label} did not finish within {}s",
-                    TIMEOUT.as_secs()
-                ))
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(1)),
-            Err(e) => fail(&format!("{label}: {e}")),
-        }
-    }
 }
 
 fn compose_command() -> Vec<String> {

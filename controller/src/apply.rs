@@ -188,7 +188,7 @@ pub async fn plan_fleet(
             )) => unreachable.push((
                 UnreachableHost {
                     host: host.name.clone(),
-                    reason: e.to_string(),
+                    reason: crate::error_chain(&e),
                     tenants: desired
                         .iter()
                         .filter(|d| d.spec.host == host.name)

@@ -18,3 +18,20 @@ pub mod spec;
 pub mod store;
 pub mod supervisor;
 pub mod web;
+
+/// An error and its causes on one line, as `a: b: c`, skipping causes already
+/// spelled out by the level above: what a person needs to tell a certificate problem
+/// from a network one.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}

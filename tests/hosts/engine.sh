@@ -126,6 +126,13 @@ down)
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -9 "$pid" 2>/dev/null || true
   fi
+  # Whatever is left (an engine whose directory went first): containers run in
+  # namespaces of their own, children of the shims in this one; they go first.
+  for p in $(ip netns pids "$ns" 2>/dev/null); do
+    case "$(cat "/proc/$p/comm" 2>/dev/null)" in
+      containerd-shim*) pgrep -P "$p" | xargs -r kill -9 2>/dev/null || true ;;
+    esac
+  done
   ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
   ip link del "$veth" 2>/dev/null || true
   ip netns del "$ns" 2>/dev/null || true

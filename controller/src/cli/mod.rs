@@ -300,20 +300,9 @@ pub fn report_fleet_errors(errors: &[FleetError]) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// An error and its causes on one line, as `a: b: c`, skipping causes already
-/// spelled out by the level above.
+/// An error and its causes on one line (`mai_fleet::error_chain`).
 pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
+    mai_fleet::error_chain(e)
 }
 
 /// Left-aligned columns, two spaces apart; the last column is not padded.

@@ -225,7 +225,11 @@ pub async fn probe(
     port: u16,
     timeout: Duration,
 ) -> Result<String, String> {
-    let target = format!("{address}:{port}");
+    let target = if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    };
     let wait = format!("{}ms", timeout.as_millis());
     let exec = engine
         .docker

@@ -85,17 +85,18 @@ impl Engine {
             (d, "127.0.0.1".to_string(), true)
         } else if let Some(addr) = url.strip_prefix("tcp://") {
             let d = match &host.tls {
-                Some(tls) => Docker::connect_with_ssl(
-                    url,
-                    &tls.key,
-                    &tls.cert,
-                    &tls.ca,
-                    API_TIMEOUT_S,
-                    bollard::API_DEFAULT_VERSION,
-                ),
-                None => Docker::connect_with_http(url, API_TIMEOUT_S, bollard::API_DEFAULT_VERSION),
-            }
-            .map_err(connect_err)?;
+                Some(tls) => {
+                    super::transport::connect_tls(addr, tls, API_TIMEOUT_S).map_err(|reason| {
+                        DockerError::UnsupportedEndpoint {
+                            host: host.name.clone(),
+                            url: url.to_string(),
+                            reason,
+                        }
+                    })?
+                }
+                None => Docker::connect_with_http(url, API_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
+                    .map_err(connect_err)?,
+            };
             let name = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_string();
             (d, name, false)
         } else if url.starts_with("ssh://") {
@@ -120,9 +121,13 @@ impl Engine {
                         reason: other.to_string(),
                     },
                 })?;
-            let socket = t.socket.to_string_lossy().into_owned();
-            let d = Docker::connect_with_unix(&socket, API_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
-                .map_err(connect_err)?;
+            let d = super::transport::connect_unix_pooled(&t.socket, API_TIMEOUT_S).map_err(
+                |reason| DockerError::UnsupportedEndpoint {
+                    host: host.name.clone(),
+                    url: url.to_string(),
+                    reason,
+                },
+            )?;
             tunnel = Some(Arc::new(t));
             (d, target.host, false)
         } else {
@@ -142,6 +147,30 @@ impl Engine {
             probe_via: None,
             _tunnel: tunnel,
         })
+    }
+
+    /// Launch verification goes through this host's agent when one of `agents` (as
+    /// observed) is it and runs.
+    pub fn use_running_agent(&mut self, agents: &[Observed]) {
+        self.probe_via = agents
+            .iter()
+            .find(|a| a.labels.get(LABEL_AGENT_OF) == Some(&self.host.name) && a.state == "running")
+            .map(|a| a.name.clone());
+    }
+
+    /// Inspections in flight at once. Over a network each new connection costs a TLS
+    /// or SSH handshake, and a few kept-alive connections finish sooner than many new
+    /// ones (20 inspections over tcp+TLS: see docs/apply.md).
+    fn inspect_parallelism(&self) -> usize {
+        if self.local {
+            16
+        } else {
+            std::env::var("MAI_FLEET_REMOTE_PARALLEL")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(4)
+        }
     }
 
     fn api_err(
@@ -220,7 +249,7 @@ impl Engine {
             .collect();
         let inspected: Vec<_> = futures_util::stream::iter(wanted)
             .map(|(i, id)| async move { (i, self.docker.inspect_container(&id, None).await) })
-            .buffer_unordered(16)
+            .buffer_unordered(self.inspect_parallelism())
             .collect()
             .await;
         let mut found = Vec::new();
@@ -248,7 +277,7 @@ impl Engine {
                     .unwrap_or_default();
                 (image, env)
             })
-            .buffer_unordered(8)
+            .buffer_unordered(self.inspect_parallelism().min(8))
             .collect()
             .await;
         for (i, info) in found {

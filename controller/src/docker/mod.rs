@@ -14,6 +14,7 @@ mod executor;
 mod health;
 mod rollout;
 mod ssh;
+mod transport;
 mod verify;
 
 pub use engine::{Engine, Observation};
@@ -24,7 +25,7 @@ pub use crate::store::model::{Outcome, Status};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
-    #[error("host {host}: {url} is not supported yet: {reason}")]
+    #[error("host {host}: {url} cannot be used: {reason}")]
     UnsupportedEndpoint {
         host: String,
         url: String,

@@ -1,9 +1,17 @@
 //! `ssh://user@host[:port][/path/to/docker.sock]` engines, as the Docker CLI reaches
 //! them: through the system's OpenSSH client, so that keys come from ssh-agent or a
 //! file and host keys are checked against known_hosts exactly as `ssh` checks them.
-//! One `ssh` process per engine forwards a private local socket to the remote
-//! engine's; every API call of the apply goes over that one connection.
+//! A private local socket is forwarded to the remote engine's; every API call of the
+//! apply goes over that one connection.
+//!
+//! The connection outlives the command by `MAI_FLEET_SSH_PERSIST` (default 60s;
+//! `0` for none), as OpenSSH's ControlPersist keeps it: a master process per server,
+//! its control socket in a private directory (`MAI_FLEET_SSH_CONTROL_DIR`, default
+//! `~/.cache/mai-fleet/ssh`), so that an apply right after another (a plan, then an
+//! apply) does not pay the SSH handshake again. Each command adds its own forward to
+//! the master and cancels it when done.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -13,16 +21,41 @@ use tokio::process::{Child, Command};
 
 use crate::spec::{SshOptions, SshTarget};
 
-/// An open forward; closing it (drop) ends the `ssh` process and removes the socket.
+/// An open forward; closing it (drop) ends it and removes the socket.
 pub struct SshTunnel {
-    child: Child,
+    via: Via,
     dir: PathBuf,
     pub socket: PathBuf,
 }
 
+enum Via {
+    /// An `ssh` process of this command's own.
+    Own(Child),
+    /// A forward added to a persistent master: cancelled on drop.
+    Master {
+        args: Vec<OsString>,
+        forward: String,
+    },
+}
+
 impl Drop for SshTunnel {
     fn drop(&mut self) {
-        let _ = self.child.start_kill();
+        match &mut self.via {
+            Via::Own(child) => {
+                let _ = child.start_kill();
+            }
+            Via::Master { args, forward } => {
+                // Not waited for: it completes on its own, also once this command
+                // has exited.
+                let _ = std::process::Command::new("ssh")
+                    .args(args.iter())
+                    .args(["-O", "cancel", "-L", forward.as_str()])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn();
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -54,8 +87,61 @@ pub enum SshError {
     },
 }
 
-/// Opens the forward and waits until the local socket answers, the `ssh` process
-/// gives up, or `timeout` passes.
+/// How long a master connection outlives the command (`None`: no master).
+fn persist() -> Option<Duration> {
+    let d = match std::env::var("MAI_FLEET_SSH_PERSIST") {
+        Ok(v) => mai_fleet_core::duration::parse(&v).ok()?,
+        Err(_) => Duration::from_secs(60),
+    };
+    (!d.is_zero()).then_some(d)
+}
+
+/// The control sockets' directory, made owner-only (a control socket is the
+/// connection to the server).
+fn control_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("MAI_FLEET_SSH_CONTROL_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/mai-fleet/ssh"),
+    };
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .ok()?;
+    let meta = std::fs::metadata(&dir).ok()?;
+    (meta.permissions().mode() & 0o077 == 0).then_some(dir)
+}
+
+/// What every `ssh` call for `target` says: batch mode, strict host keys, the key,
+/// known_hosts, timeouts, the port.
+fn common_args(target: &SshTarget, options: &SshOptions, timeout: Duration) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    let mut opt = |o: String| {
+        args.push("-o".into());
+        args.push(o.into());
+    };
+    opt("BatchMode=yes".into());
+    opt("StrictHostKeyChecking=yes".into());
+    opt(format!("ConnectTimeout={}", timeout.as_secs().max(1)));
+    opt("ServerAliveInterval=15".into());
+    opt("ServerAliveCountMax=3".into());
+    opt("StreamLocalBindUnlink=yes".into());
+    if let Some(kh) = &options.known_hosts {
+        opt(format!("UserKnownHostsFile={}", kh.display()));
+    }
+    if let Some(key) = &options.key {
+        opt("IdentitiesOnly=yes".into());
+        args.push("-i".into());
+        args.push(key.into());
+    }
+    args.push("-p".into());
+    args.push(target.port.to_string().into());
+    args
+}
+
+/// Opens the forward and waits until the local socket answers, `ssh` gives up, or
+/// `timeout` passes.
 pub async fn open(
     target: &SshTarget,
     options: &SshOptions,
@@ -75,49 +161,148 @@ pub async fn open(
     ));
     create_private_dir(&dir).map_err(|e| failed(format!("{}: {e}", dir.display())))?;
     let socket = dir.join("docker.sock");
-    let connect_timeout = timeout.as_secs().max(1);
+    let forward = format!("{}:{}", socket.display(), target.socket);
+    let result = match (persist(), control_dir()) {
+        (Some(persist), Some(control)) => {
+            open_via_master(target, options, timeout, &dir, &forward, persist, &control).await
+        }
+        _ => open_own(target, options, timeout, &forward).await,
+    };
+    let via = match result {
+        Ok(via) => via,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
+    let mut tunnel = SshTunnel { via, dir, socket };
+    let ready = match &mut tunnel.via {
+        Via::Own(child) => wait_ready(Some(child), &tunnel.socket, target, options, timeout).await,
+        Via::Master { .. } => wait_ready(None, &tunnel.socket, target, options, timeout).await,
+    };
+    ready.map(|()| tunnel)
+}
+
+/// One `ssh -N -L` of this command's own.
+async fn open_own(
+    target: &SshTarget,
+    options: &SshOptions,
+    timeout: Duration,
+    forward: &str,
+) -> Result<Via, SshError> {
     let mut cmd = Command::new("ssh");
     cmd.args(["-N", "-T"])
-        .args(["-o", "BatchMode=yes"])
-        .args(["-o", "StrictHostKeyChecking=yes"])
+        .args(common_args(target, options, timeout))
         .args(["-o", "ExitOnForwardFailure=yes"])
-        .args(["-o", "StreamLocalBindUnlink=yes"])
-        .args(["-o", &format!("ConnectTimeout={connect_timeout}")])
-        .args(["-o", "ServerAliveInterval=15"])
-        .args(["-o", "ServerAliveCountMax=3"])
         .args(["-o", "ControlMaster=no", "-o", "ControlPath=none"])
-        .args(["-p", &target.port.to_string()]);
-    if let Some(key) = &options.key {
-        cmd.arg("-i").arg(key).args(["-o", "IdentitiesOnly=yes"]);
-    }
-    if let Some(kh) = &options.known_hosts {
-        cmd.arg("-o")
-            .arg(format!("UserKnownHostsFile={}", kh.display()));
-    }
-    cmd.arg("-L")
-        .arg(format!("{}:{}", socket.display(), target.socket))
+        .arg("-L")
+        .arg(forward)
         .arg("--")
         .arg(target.destination())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| {
-        let _ = std::fs::remove_dir_all(&dir);
-        failed(format!("cannot run the OpenSSH client `ssh`: {e}"))
+    let child = cmd.spawn().map_err(|e| SshError::Failed {
+        destination: target.destination(),
+        message: format!("cannot run the OpenSSH client `ssh`: {e}"),
     })?;
-    match wait_ready(&mut child, &socket, target, options, timeout).await {
-        Ok(()) => Ok(SshTunnel { child, dir, socket }),
-        Err(e) => {
-            let _ = child.start_kill();
-            let _ = std::fs::remove_dir_all(&dir);
-            Err(e)
+    Ok(Via::Own(child))
+}
+
+/// The server's master connection (started when there is none), then this
+/// command's forward added to it.
+async fn open_via_master(
+    target: &SshTarget,
+    options: &SshOptions,
+    timeout: Duration,
+    dir: &Path,
+    forward: &str,
+    persist: Duration,
+    control: &Path,
+) -> Result<Via, SshError> {
+    let mut args = common_args(target, options, timeout);
+    args.push("-o".into());
+    args.push(format!("ControlPath={}/%C", control.display()).into());
+    let run = |extra: Vec<OsString>, stderr: Stdio| {
+        let mut cmd = Command::new("ssh");
+        cmd.args(&args)
+            .args(extra)
+            .arg("--")
+            .arg(target.destination())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(true);
+        cmd
+    };
+    let failed = |message: String| SshError::Failed {
+        destination: target.destination(),
+        message,
+    };
+    let add_forward = || async {
+        run(
+            vec!["-O".into(), "forward".into(), "-L".into(), forward.into()],
+            Stdio::piped(),
+        )
+        .output()
+        .await
+        .map_err(|e| failed(e.to_string()))
+    };
+    // The common case first: a master runs, and adding the forward is all it takes.
+    let out = add_forward().await?;
+    if !out.status.success() {
+        // Two hosts of one spec on one server start one master, not two.
+        static STARTING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _starting = STARTING.lock().await;
+        let alive = run(vec!["-O".into(), "check".into()], Stdio::null())
+            .status()
+            .await
+            .is_ok_and(|s| s.success());
+        if !alive {
+            // `-f` leaves the master running in the background once authenticated:
+            // its stderr goes to a file, not to a pipe that would stay open with it.
+            let log = dir.join("master.log");
+            let file = std::fs::File::create(&log).map_err(|e| failed(e.to_string()))?;
+            let mut cmd = run(
+                vec![
+                    "-M".into(),
+                    "-N".into(),
+                    "-f".into(),
+                    "-o".into(),
+                    format!("ControlPersist={}", persist.as_secs().max(1)).into(),
+                ],
+                Stdio::from(file),
+            );
+            let status = tokio::time::timeout(timeout, cmd.status())
+                .await
+                .map_err(|_| SshError::Timeout {
+                    destination: target.destination(),
+                    timeout,
+                })?
+                .map_err(|e| failed(format!("cannot run the OpenSSH client `ssh`: {e}")))?;
+            if !status.success() {
+                let said = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(classify(target, options, &said));
+            }
+        }
+        let out = add_forward().await?;
+        if !out.status.success() {
+            return Err(classify(
+                target,
+                options,
+                &String::from_utf8_lossy(&out.stderr),
+            ));
         }
     }
+    Ok(Via::Master {
+        args,
+        forward: forward.to_string(),
+    })
 }
 
 async fn wait_ready(
-    child: &mut Child,
+    mut child: Option<&mut Child>,
     socket: &Path,
     target: &SshTarget,
     options: &SshOptions,
@@ -125,12 +310,14 @@ async fn wait_ready(
 ) -> Result<(), SshError> {
     let started = Instant::now();
     loop {
-        if let Ok(Some(_status)) = child.try_wait() {
-            let mut stderr = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut stderr).await;
+        if let Some(child) = child.as_deref_mut() {
+            if let Ok(Some(_status)) = child.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut stderr).await;
+                }
+                return Err(classify(target, options, &stderr));
             }
-            return Err(classify(target, options, &stderr));
         }
         if tokio::net::UnixStream::connect(socket).await.is_ok() {
             return Ok(());

@@ -69,8 +69,11 @@ pub async fn locate(spec: &FleetSpec, tenant: &str) -> Result<Located, OpsError>
         .iter()
         .find(|h| h.name == wanted.spec.host)
         .ok_or_else(|| OpsError::UnknownTenant(tenant.to_string()))?;
-    let engine = Engine::connect(host).await?;
-    let mut observed = engine.observe().await?.managed;
+    let mut engine = Engine::connect(host).await?;
+    let observation = engine.observe().await?;
+    // Rollouts of day 2 (rollback, restore, key rotation) verify as apply does.
+    engine.use_running_agent(&observation.agents);
+    let mut observed = observation.managed;
     engine.inspect_runtimes(&mut observed, &host.name).await?;
     let name = wanted.container.name.clone();
     let container = observed

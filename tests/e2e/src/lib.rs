@@ -197,7 +197,9 @@ impl Fleet {
         let mut cmd = Command::new(controller_bin());
         cmd.args(args)
             .env("DATABASE_URL", &self.database_url)
-            .env("MAI_FLEET_ACTOR", "e2e@test");
+            .env("MAI_FLEET_ACTOR", "e2e@test")
+            // ssh master connections of this test's own, never an earlier run's.
+            .env("MAI_FLEET_SSH_CONTROL_DIR", self.dir.join("ssh-control"));
         for i in 0..20 {
             cmd.env(format!("E2E_KEY_{i}"), key(i));
         }

@@ -18,11 +18,13 @@ const DEV: &str = "mai-fleet/tenant:dev";
 const SSH_INDEX: u8 = 61;
 const TCP_INDEX: u8 = 62;
 
+/// Dropped in this order: the servers first (their directories are inside the
+/// fleet's, which goes last), then the database.
 struct Setup {
-    f: Fleet,
     ssh: RemoteEngine,
     tcp: RemoteEngine,
     _pg: TlsPostgres,
+    f: Fleet,
     known_hosts: std::path::PathBuf,
     /// Tenant id → host entry.
     tenants: Vec<(String, &'static str)>,
@@ -208,10 +210,10 @@ fn one_spec_three_engines_ssh_tls_and_local() {
         })
         .collect();
     let setup = Setup {
-        f,
         ssh,
         tcp,
         _pg: pg,
+        f,
         known_hosts: known_hosts.clone(),
         tenants,
     };

@@ -1,0 +1,170 @@
+//! Pooled transports for remote engines. bollard's own open a new connection for
+//! every request: over `tcp://` with TLS a full handshake each (about 50 ms here),
+//! over an `ssh://` forward a new SSH channel each (a round trip to the server).
+//! Kept-alive connections make a no-op apply over the network several times cheaper
+//! (docs/apply.md, the benchmark).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::{BollardRequest, Docker};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::spec::TlsFiles;
+
+/// A client for `https://ADDR` that shows the client certificate and checks the
+/// engine's against the CA (and the address it is reached by).
+pub fn connect_tls(addr: &str, tls: &TlsFiles, timeout_s: u64) -> Result<Docker, String> {
+    let config = client_config(tls)?;
+    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+    tcp.enforce_http(false);
+    // Small requests on a kept-alive connection must not wait for the peer's
+    // delayed ACK (Nagle).
+    tcp.set_nodelay(true);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(tcp);
+    let client = Arc::new(
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(https),
+    );
+    Docker::connect_with_custom_transport(
+        move |req: BollardRequest| {
+            let client = Arc::clone(&client);
+            Box::pin(async move {
+                client
+                    .request(req)
+                    .await
+                    .map_err(bollard::errors::Error::from)
+            })
+        },
+        Some(format!("https://{addr}")),
+        timeout_s,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .map_err(|e| e.to_string())
+}
+
+fn client_config(tls: &TlsFiles) -> Result<rustls::ClientConfig, String> {
+    let read_certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in read_certs(&tls.ca)? {
+        roots
+            .add(ca)
+            .map_err(|e| format!("{}: {e}", tls.ca.display()))?;
+    }
+    let certs = read_certs(&tls.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| format!("{}: {e}", tls.key.display()))?;
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| format!("client certificate {}: {e}", tls.cert.display()))
+}
+
+/// A unix socket over a pooled connection: the local end of an `ssh://` engine's
+/// forward, where bollard's own transport would open a new SSH channel (a round
+/// trip to the server) for every request.
+pub fn connect_unix_pooled(path: &Path, timeout_s: u64) -> Result<Docker, String> {
+    let client = Arc::new(
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(UnixConnector(Arc::new(path.to_path_buf()))),
+    );
+    Docker::connect_with_custom_transport(
+        move |req: BollardRequest| {
+            let client = Arc::clone(&client);
+            Box::pin(async move {
+                client
+                    .request(req)
+                    .await
+                    .map_err(bollard::errors::Error::from)
+            })
+        },
+        Some("http://docker"),
+        timeout_s,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .map_err(|e| e.to_string())
+}
+
+#[derive(Clone)]
+struct UnixConnector(Arc<std::path::PathBuf>);
+
+impl tower_service::Service<hyper::Uri> for UnixConnector {
+    type Response = UnixConnection;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: hyper::Uri) -> Self::Future {
+        let path = Arc::clone(&self.0);
+        Box::pin(async move {
+            let stream = tokio::net::UnixStream::connect(path.as_path()).await?;
+            Ok(UnixConnection(hyper_util::rt::TokioIo::new(stream)))
+        })
+    }
+}
+
+struct UnixConnection(hyper_util::rt::TokioIo<tokio::net::UnixStream>);
+
+impl hyper_util::client::legacy::connect::Connection for UnixConnection {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+impl hyper::rt::Read for UnixConnection {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for UnixConnection {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
