@@ -342,12 +342,12 @@ async fn deploy_agent(
         .await
         .map_err(|e| format!("credentials for host {host}: {e}"))?;
     let url = desired.url_with(&creds.role, &creds.password);
-    let detail = docker::agent::deploy(engine, desired, &url, opts.verify.settle).await?;
     let started = Instant::now();
+    let detail = docker::agent::deploy(engine, desired, &url, opts.verify.settle).await?;
     loop {
         if store.heartbeat_since(host, since).await.unwrap_or(false) {
             return Ok(format!(
-                "{detail}; first heartbeat after {:.1}s",
+                "{detail}; it reported within {:.1}s of its start",
                 started.elapsed().as_secs_f64()
             ));
         }
