@@ -194,18 +194,7 @@ async fn watch(engine: &Engine, id: &str, settle: Duration) -> Result<(), String
 
 /// The agent's last warnings and errors (its cycles log at info): why it cannot ship.
 pub async fn last_warnings(engine: &Engine, container: &str) -> String {
-    let options = bollard::query_parameters::LogsOptionsBuilder::new()
-        .stdout(true)
-        .stderr(true)
-        .tail("200")
-        .build();
-    let text: Vec<String> = engine
-        .docker
-        .logs(container, Some(options))
-        .filter_map(|r| async move { r.ok().map(|o| o.to_string()) })
-        .collect()
-        .await;
-    let text = text.concat();
+    let text = super::verify::log_tail(engine, container, 200).await;
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))

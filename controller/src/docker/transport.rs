@@ -30,10 +30,26 @@ pub fn connect_tls(addr: &str, tls: &TlsFiles, timeout_s: u64) -> Result<Docker,
         .https_only()
         .enable_http1()
         .wrap_connector(tcp);
+    pooled(https, &format!("https://{addr}"), timeout_s)
+}
+
+/// A bollard client whose requests go through one kept-alive hyper client.
+fn pooled<C>(connector: C, base: &str, timeout_s: u64) -> Result<Docker, String>
+where
+    C: tower_service::Service<hyper::Uri> + Clone + Send + Sync + 'static,
+    C::Response: hyper::rt::Read
+        + hyper::rt::Write
+        + hyper_util::client::legacy::connect::Connection
+        + Unpin
+        + Send
+        + 'static,
+    C::Future: Unpin + Send + 'static,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let client = Arc::new(
         Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(https),
+            .build(connector),
     );
     Docker::connect_with_custom_transport(
         move |req: BollardRequest| {
@@ -45,7 +61,7 @@ pub fn connect_tls(addr: &str, tls: &TlsFiles, timeout_s: u64) -> Result<Docker,
                     .map_err(bollard::errors::Error::from)
             })
         },
-        Some(format!("https://{addr}")),
+        Some(base),
         timeout_s,
         bollard::API_DEFAULT_VERSION,
     )
@@ -79,26 +95,11 @@ fn client_config(tls: &TlsFiles) -> Result<rustls::ClientConfig, String> {
 /// forward, where bollard's own transport would open a new SSH channel (a round
 /// trip to the server) for every request.
 pub fn connect_unix_pooled(path: &Path, timeout_s: u64) -> Result<Docker, String> {
-    let client = Arc::new(
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(UnixConnector(Arc::new(path.to_path_buf()))),
-    );
-    Docker::connect_with_custom_transport(
-        move |req: BollardRequest| {
-            let client = Arc::clone(&client);
-            Box::pin(async move {
-                client
-                    .request(req)
-                    .await
-                    .map_err(bollard::errors::Error::from)
-            })
-        },
-        Some("http://docker"),
+    pooled(
+        UnixConnector(Arc::new(path.to_path_buf())),
+        "http://docker",
         timeout_s,
-        bollard::API_DEFAULT_VERSION,
     )
-    .map_err(|e| e.to_string())
 }
 
 #[derive(Clone)]

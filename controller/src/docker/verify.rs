@@ -146,13 +146,13 @@ async fn probe(engine: &Engine, port: u16, timeout: Duration) -> Result<Health, 
     }
 }
 
-/// The last lines the container printed, indented, with the tenant's key masked in
-/// case the app logs it.
-pub async fn last_logs(engine: &Engine, id: &str, desired: Option<&DesiredContainer>) -> String {
+/// The last `lines` lines a container printed (stdout and stderr), as text; empty
+/// when they cannot be read.
+pub(super) async fn log_tail(engine: &Engine, id: &str, lines: usize) -> String {
     let options = LogsOptionsBuilder::new()
         .stdout(true)
         .stderr(true)
-        .tail("8")
+        .tail(&lines.to_string())
         .build();
     let chunks: Vec<String> = engine
         .docker
@@ -160,7 +160,13 @@ pub async fn last_logs(engine: &Engine, id: &str, desired: Option<&DesiredContai
         .filter_map(|r| async move { r.ok().map(|o| o.to_string()) })
         .collect()
         .await;
-    let mut text = chunks.concat();
+    chunks.concat()
+}
+
+/// The last lines the container printed, indented, with the tenant's key masked in
+/// case the app logs it.
+pub async fn last_logs(engine: &Engine, id: &str, desired: Option<&DesiredContainer>) -> String {
+    let mut text = log_tail(engine, id, 8).await;
     if let Some(key) = desired.and_then(|d| d.env.get("OPENROUTER_API_KEY")) {
         if !key.is_empty() {
             text = text.replace(key.as_str(), "sk-or-v1-…");
