@@ -167,8 +167,9 @@ pub async fn plan_fleet(
                 .collect();
             let actions = plan::plan_host(&spec.fleet, host, &mine, &observed, &others, prune)?;
             let desired_agent = DesiredAgent::new(&spec.fleet, host);
-            let agent = plan::agent::plan_agent(&host.name, desired_agent.as_ref(), &agents)
-                .map(|a| (a, desired_agent));
+            let agent =
+                plan::agent::plan_agent(&spec.fleet, &host.name, desired_agent.as_ref(), &agents)
+                    .map(|a| (a, desired_agent));
             Ok::<_, FleetError>(HostPlan {
                 engine,
                 actions,

@@ -35,3 +35,20 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
+
+/// Text from outside the fleet's control (a tenant's store or logs, a label, what a
+/// remote host or its ssh says), made safe to print, store and send: control
+/// characters become spaces (newlines stay), at most `max` characters.
+pub fn bounded(text: &str, max: usize) -> String {
+    let clean: String = text
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+        .collect();
+    if clean.chars().count() > max {
+        let mut cut: String = clean.chars().take(max).collect();
+        cut.push('…');
+        cut
+    } else {
+        clean
+    }
+}

@@ -37,21 +37,9 @@ const MAX_LABEL: usize = 200;
 const MAX_ANNOTATION: usize = 2000;
 
 /// Text a tenant may have written into (a store's error, a model's name), made safe
-/// for pages and receivers: control characters go (newlines stay), at most `max`
-/// characters. Slack's markup is escaped separately (`notify`).
-pub(crate) fn bounded(text: &str, max: usize) -> String {
-    let clean: String = text
-        .chars()
-        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
-        .collect();
-    if clean.chars().count() > max {
-        let mut cut: String = clean.chars().take(max).collect();
-        cut.push('…');
-        cut
-    } else {
-        clean
-    }
-}
+/// for pages and receivers (`crate::bounded`). Slack's markup is escaped separately
+/// (`notify`).
+pub(crate) use crate::bounded;
 
 impl Candidate {
     pub fn new(

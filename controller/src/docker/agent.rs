@@ -15,7 +15,10 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use super::engine::{ensure_image, remove, Engine};
-use crate::plan::agent::{DesiredAgent, CA_PATH, DATABASE_URL_PATH, SOCKET_PATH, SPOOL_PATH};
+use crate::plan::agent::{
+    is_agent_of, DesiredAgent, CA_PATH, DATABASE_URL_PATH, LABEL_AGENT_OF, SOCKET_PATH, SPOOL_PATH,
+};
+use crate::plan::LABEL_FLEET;
 
 /// Makes sure the agent image is on the host and no agent container is left: the
 /// old one goes before the new one is made (its password is being rotated, and
@@ -27,6 +30,20 @@ pub async fn prepare(
 ) -> Result<(), String> {
     ensure_image(engine, &desired.image, say).await?;
     if let Ok(old) = engine.docker.inspect_container(&desired.name, None).await {
+        // Only this fleet's agent of this host is removed: a container of anyone
+        // else's under that name stays, and the deployment stops here.
+        let labels = old.config.and_then(|c| c.labels).unwrap_or_default();
+        let fleet = desired.labels.get(LABEL_FLEET).map_or("", String::as_str);
+        if !is_agent_of(&labels, fleet, &desired.host) {
+            return Err(format!(
+                "a container named {} is on the host but is not this fleet's agent (labels {} = {:?}, {} = {:?}); apply never removes a container it does not own: rename or remove it",
+                desired.name,
+                LABEL_AGENT_OF,
+                labels.get(LABEL_AGENT_OF).map(|v| crate::bounded(v, 80)),
+                LABEL_FLEET,
+                labels.get(LABEL_FLEET).map(|v| crate::bounded(v, 80)),
+            ));
+        }
         if let Some(id) = old.id {
             remove(engine, &id).await.map_err(|e| e.to_string())?;
         }
@@ -194,14 +211,23 @@ async fn watch(engine: &Engine, id: &str, settle: Duration) -> Result<(), String
 
 /// The agent's last warnings and errors (its cycles log at info): why it cannot ship.
 pub async fn last_warnings(engine: &Engine, container: &str) -> String {
-    let text = super::verify::log_tail(engine, container, 200).await;
-    let lines: Vec<&str> = text
+    warnings_in(&super::verify::log_tail(engine, container, 200).await)
+}
+
+/// The last two warning or error lines of an agent's JSON log, as a suffix for a
+/// failure's detail.
+fn warnings_in(log: &str) -> String {
+    let lines: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
         .collect();
-    match lines.len() {
+    let quoted: Vec<String> = lines[lines.len().saturating_sub(2)..]
+        .iter()
+        .map(|l| crate::bounded(l, 1000))
+        .collect();
+    match quoted.len() {
         0 => String::new(),
-        n => format!("; it says: {}", lines[n.saturating_sub(2)..].join(" | ")),
+        _ => format!("; it says: {}", quoted.join(" | ")),
     }
 }
 
@@ -263,5 +289,34 @@ pub async fn probe(
     match code {
         Some(0) => Ok(out),
         _ => Err(format!("{} (through agent {agent})", err.trim())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agents_warnings_are_quoted_bounded_and_without_control_characters() {
+        // What the agent logs can carry what its host's tenants wrote (a label, a
+        // store's error): the detail that reaches the table and the database is cut.
+        let escapes = "\u{1b}[2J\u{1b}]0;owned\u{7}";
+        let hostile = format!(
+            "{{\"level\":\"WARN\",\"message\":\"{escapes}{}\"}}",
+            "x".repeat(100_000)
+        );
+        let log = format!("{{\"level\":\"INFO\"}}\n{hostile}\n");
+        let said = warnings_in(&log);
+        assert!(said.starts_with("; it says: "), "{said}");
+        assert!(
+            said.chars().count() < 2_100,
+            "{} characters",
+            said.chars().count()
+        );
+        assert!(
+            !said.chars().any(|c| c.is_control()),
+            "control characters kept"
+        );
+        assert_eq!(warnings_in("{\"level\":\"INFO\"}\n"), "");
     }
 }

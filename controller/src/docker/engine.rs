@@ -17,7 +17,7 @@ use futures_util::{StreamExt, TryStreamExt};
 
 use super::ssh::{SshError, SshTunnel};
 use super::DockerError;
-use crate::plan::agent::LABEL_AGENT_OF;
+use crate::plan::agent::{is_agent_of, LABEL_AGENT_OF};
 use crate::plan::{DesiredContainer, Observed, Runtime, APP_PORT, LABEL_MANAGED};
 use crate::spec::{HostSpec, SshTarget};
 
@@ -150,11 +150,11 @@ impl Engine {
     }
 
     /// Launch verification goes through this host's agent when one of `agents` (as
-    /// observed) is it and runs.
-    pub fn use_running_agent(&mut self, agents: &[Observed]) {
+    /// observed) is `fleet`'s agent of it and runs.
+    pub fn use_running_agent(&mut self, fleet: &str, agents: &[Observed]) {
         self.probe_via = agents
             .iter()
-            .find(|a| a.labels.get(LABEL_AGENT_OF) == Some(&self.host.name) && a.state == "running")
+            .find(|a| is_agent_of(&a.labels, fleet, &self.host.name) && a.state == "running")
             .map(|a| a.name.clone());
     }
 

@@ -368,8 +368,10 @@ fn classify(target: &SshTarget, options: &SshOptions, stderr: &str) -> SshError 
         .lines()
         .map(str::trim)
         .rfind(|l| !l.is_empty() && !l.starts_with("Warning: Permanently added"))
-        .unwrap_or("ssh exited without saying why")
-        .to_string();
+        .map_or("ssh exited without saying why".to_string(), |l| {
+            // The server's words can end up here: printable and short.
+            crate::bounded(l, 400)
+        });
     SshError::Failed {
         destination: target.destination(),
         message,
@@ -379,6 +381,20 @@ fn classify(target: &SshTarget, options: &SshOptions, stderr: &str) -> SshError 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_server_prints_is_bounded_and_without_control_characters() {
+        // The last line of ssh's stderr can be the server's (a banner, a forced
+        // command's output): it reaches the table, the database and a terminal.
+        let t = SshTarget::parse("ssh://root@10.1.2.3").unwrap();
+        let stderr = format!("\u{1b}]0;owned\u{7}\u{1b}[2J{}\n", "y".repeat(100_000));
+        let e = classify(&t, &SshOptions::default(), &stderr).to_string();
+        assert!(e.chars().count() < 600, "{} characters", e.chars().count());
+        assert!(
+            !e.chars().any(|c| c.is_control()),
+            "control characters kept"
+        );
+    }
 
     #[test]
     fn host_key_refusals_say_how_to_accept() {

@@ -72,7 +72,7 @@ pub async fn locate(spec: &FleetSpec, tenant: &str) -> Result<Located, OpsError>
     let mut engine = Engine::connect(host).await?;
     let observation = engine.observe().await?;
     // Rollouts of day 2 (rollback, restore, key rotation) verify as apply does.
-    engine.use_running_agent(&observation.agents);
+    engine.use_running_agent(&spec.fleet, &observation.agents);
     let mut observed = observation.managed;
     engine.inspect_runtimes(&mut observed, &host.name).await?;
     let name = wanted.container.name.clone();

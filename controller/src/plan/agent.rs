@@ -105,6 +105,16 @@ impl DesiredAgent {
     }
 }
 
+/// Whether a container's labels make it `fleet`'s agent of `host`.
+pub fn is_agent_of<S: std::hash::BuildHasher>(
+    labels: &std::collections::HashMap<String, String, S>,
+    fleet: &str,
+    host: &str,
+) -> bool {
+    labels.get(LABEL_AGENT_OF).map(String::as_str) == Some(host)
+        && labels.get(LABEL_FLEET).map(String::as_str) == Some(fleet)
+}
+
 pub fn container_name(host: &str) -> String {
     format!("mai-agent-{host}")
 }
@@ -164,15 +174,16 @@ impl AgentAction {
     }
 }
 
-/// `agents`: the engine's containers labelled as some host's agent.
+/// `agents`: the engine's containers labelled as some host's agent. Only this
+/// fleet's agent of this host is ours: another fleet on the same engine may have a
+/// host of the same name.
 pub fn plan_agent(
+    fleet: &str,
     host: &str,
     desired: Option<&DesiredAgent>,
     agents: &[Observed],
 ) -> Option<AgentAction> {
-    let current = agents
-        .iter()
-        .find(|o| o.labels.get(LABEL_AGENT_OF).map(String::as_str) == Some(host));
+    let current = agents.iter().find(|o| is_agent_of(&o.labels, fleet, host));
     match (desired, current) {
         (None, None) => None,
         (None, Some(c)) => Some(AgentAction::Remove {
@@ -243,21 +254,21 @@ mod tests {
         let d = DesiredAgent::new("f", &host(agents("mai-fleet/agent:1"))).unwrap();
         assert_eq!(d.host_socket, "/run/docker.sock");
         assert_eq!(
-            plan_agent("hel1-b", Some(&d), &[]),
+            plan_agent("f", "hel1-b", Some(&d), &[]),
             Some(AgentAction::Create)
         );
         let same = running(&d, "running");
         assert!(matches!(
-            plan_agent("hel1-b", Some(&d), std::slice::from_ref(&same)),
+            plan_agent("f", "hel1-b", Some(&d), std::slice::from_ref(&same)),
             Some(AgentAction::Unchanged { .. })
         ));
         assert!(matches!(
-            plan_agent("hel1-b", Some(&d), &[running(&d, "exited")]),
+            plan_agent("f", "hel1-b", Some(&d), &[running(&d, "exited")]),
             Some(AgentAction::Start { .. })
         ));
         let newer = DesiredAgent::new("f", &host(agents("mai-fleet/agent:2"))).unwrap();
         assert_eq!(
-            plan_agent("hel1-b", Some(&newer), std::slice::from_ref(&same)),
+            plan_agent("f", "hel1-b", Some(&newer), std::slice::from_ref(&same)),
             Some(AgentAction::Roll {
                 from_image: "mai-fleet/agent:1".into(),
                 to_image: "mai-fleet/agent:2".into()
@@ -265,11 +276,11 @@ mod tests {
         );
         // Another host's agent on the same engine is not this host's.
         assert_eq!(
-            plan_agent("hel1-c", Some(&d), std::slice::from_ref(&same)),
+            plan_agent("f", "hel1-c", Some(&d), std::slice::from_ref(&same)),
             Some(AgentAction::Create)
         );
         assert!(matches!(
-            plan_agent("hel1-b", None, &[same]),
+            plan_agent("f", "hel1-b", None, &[same]),
             Some(AgentAction::Remove { .. })
         ));
         assert!(DesiredAgent::new("f", &host(HostAgent::External)).is_none());
@@ -281,6 +292,23 @@ mod tests {
         assert_eq!(
             d.url_with("mai_agent_hel1_b", "s3cr3t"),
             "postgres://mai_agent_hel1_b:s3cr3t@db.internal:5432/mai_fleet?sslmode=verify-full&sslrootcert=/etc/mai-fleet/db-ca.pem"
+        );
+    }
+
+    #[test]
+    fn another_fleets_agent_is_never_taken_for_ours() {
+        // Two fleets may share an engine and a host name: the other fleet's agent
+        // carries the same `agent-of` label, and is neither kept, rolled nor removed.
+        let ours = DesiredAgent::new("f", &host(agents("mai-fleet/agent:1"))).unwrap();
+        let theirs_spec = DesiredAgent::new("g", &host(agents("mai-fleet/agent:2"))).unwrap();
+        let theirs = running(&theirs_spec, "running");
+        assert_eq!(
+            plan_agent("f", "hel1-b", Some(&ours), std::slice::from_ref(&theirs)),
+            Some(AgentAction::Create)
+        );
+        assert_eq!(
+            plan_agent("f", "hel1-b", None, std::slice::from_ref(&theirs)),
+            None
         );
     }
 }

@@ -566,3 +566,82 @@ fn one_spec_three_engines_ssh_tls_and_local() {
     assert_eq!(f.psql("SELECT count(*) FROM store_regressions"), "0");
     drop(last);
 }
+
+/// Removes a container by name when dropped (one no fleet's cleanup knows).
+struct Squatter(String);
+
+impl Drop for Squatter {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("docker")
+            .args(["rm", "-f", &self.0])
+            .output();
+    }
+}
+
+/// A container that is not this fleet's agent (another fleet's, or anyone's) under
+/// the name this fleet's agent would take is never removed to make room: the agent's
+/// deployment fails and says why; the other host's agent and the tenants go on.
+#[test]
+fn a_container_under_the_agents_name_that_is_not_ours_is_left_alone() {
+    if !require_services() {
+        return;
+    }
+    let f = Fleet::new("squat");
+    assert_eq!(f.controller(&["migrate"]).code, 0);
+    let host_a = format!("{}-a", f.name);
+    let squatter = Squatter(format!("mai-agent-{host_a}"));
+    let run = std::process::Command::new("docker")
+        .args(["run", "-d", "--name", &squatter.0])
+        .args(["--label", &format!("mai-fleet.agent-of={host_a}")])
+        .args(["--label", "mai-fleet.fleet=another-fleet"])
+        .args([
+            "-e",
+            &format!("OPENROUTER_API_KEY={}", mai_fleet_e2e::KEY_C),
+        ])
+        .arg(DEV)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let id_before = f.inspect(&squatter.0).unwrap()["Id"].clone();
+
+    let location = f
+        .database_url
+        .rsplit_once('@')
+        .map(|(_, l)| l.to_string())
+        .unwrap();
+    let (a, b) = (f.id("a"), f.id("b"));
+    let spec = f.spec(&[(&a, "a", DEV, ""), (&b, "b", DEV, "")]).replacen(
+        "hosts:\n",
+        &format!("agents: {{ database_url: \"postgres://{location}\", interval: 1s }}\nhosts:\n"),
+        1,
+    );
+    let spec = f.write_spec(&spec);
+    let r = f.apply(&spec, &[]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("agent {host_a}:")))
+        .unwrap_or_else(|| panic!("{}", r.all()));
+    assert!(
+        line.contains("FAILED") && line.contains("not this fleet's agent"),
+        "{line}"
+    );
+    assert!(
+        r.stdout.contains(&format!("agent {}-b: create ok", f.name)),
+        "{}",
+        r.all()
+    );
+    assert_eq!(
+        f.inspect(&squatter.0).map(|c| c["Id"].clone()),
+        Some(id_before),
+        "the other container is still there, untouched"
+    );
+    for id in [&a, &b] {
+        assert!(f.inspect(&format!("mai-{id}")).is_some(), "{id} applied");
+    }
+}
