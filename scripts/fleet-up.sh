@@ -59,7 +59,13 @@ echo "tenants:"
 docker ps --filter label=mai-fleet.managed=true --format '  {{.Names}}\t{{.Status}}\t{{.Ports}}'
 echo "agents (docker logs mai-agent-<host>):"
 docker ps --filter label=mai-fleet.agent-of --format '  {{.Names}}\t{{.Status}}\t{{.Image}}'
-sleep 3
+# The agents were made before the tenants: wait (30 s at most) for the cycle that
+# reads them.
+want=$(docker ps -q --filter label=mai-fleet.managed=true | wc -l)
+for _ in $(seq 1 30); do
+  [ "$(psql "$DATABASE_URL" -qAt -c 'SELECT count(*) FROM tenant_health')" -ge "$want" ] && break
+  sleep 1
+done
 echo "usage in the fleet database:"
 psql "$DATABASE_URL" -qAt -F '  ' -c "SELECT '  ' || tenant_id, tracking, (SELECT coalesce(sum(total_tokens), 0) || ' tokens' FROM usage_daily u WHERE u.tenant_id = h.tenant_id) FROM tenant_health h ORDER BY 1"
 echo "look closer: . scripts/postgres.sh; $controller status   (or usage)"
