@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use chrono::NaiveDate;
-use rusqlite::limits::Limit;
+
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 use rust_decimal::prelude::FromPrimitive;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -77,14 +77,9 @@ pub enum ReadError {
 
 impl From<rusqlite::Error> for ReadError {
     fn from(e: rusqlite::Error) -> Self {
-        match e.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::TooBig) => ReadError::Refused(
-                "a value in a usage table is too big (longer than a usage row may hold)".into(),
-            ),
-            Some(rusqlite::ErrorCode::OperationInterrupted) => ReadError::Refused(
-                "reading took longer than the store read budget (a view, a huge table?)".into(),
-            ),
-            _ => ReadError::Unreadable(e.to_string()),
+        match mai_fleet_core::store::refusal(&e) {
+            Some(why) => ReadError::Refused(why.into()),
+            None => ReadError::Unreadable(e.to_string()),
         }
     }
 }
@@ -213,19 +208,12 @@ pub fn read(
     budget: &Budget,
 ) -> Result<Snapshot, ReadError> {
     check_files(path)?;
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_NOFOLLOW;
-    let mut conn = Connection::open_with_flags(path, flags)?;
-    conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, budget.max_value_bytes)?;
-    let deadline = std::time::Instant::now() + budget.time;
-    // Called every few thousand VM steps: true interrupts the statement.
-    conn.progress_handler(10_000, Some(move || std::time::Instant::now() > deadline));
-    conn.busy_timeout(std::time::Duration::from_millis(2000))?;
-    conn.pragma_update(None, "query_only", true)?;
-    // Functions with side effects never run from the tenant's schema (views,
-    // defaults, generated columns).
-    conn.pragma_update(None, "trusted_schema", false)?;
+    // The defences the controller's backups share (core::store).
+    let guard = mai_fleet_core::store::Guard {
+        time: budget.time,
+        max_value_bytes: budget.max_value_bytes,
+    };
+    let mut conn = mai_fleet_core::store::open(path, &guard)?;
     let tx = conn.transaction()?;
     let (variant, has_live, has_generations) = schema_variant(&tx)?;
     let wm = |table: &str| {
@@ -505,35 +493,7 @@ fn schema_variant(conn: &Connection) -> Result<(String, bool, bool), ReadError> 
         .map(|(t, _)| *t)
         .chain(OPTIONAL.iter().map(|(t, _)| *t))
     {
-        let kind: Option<(String, String)> = conn
-            .query_row(
-                "SELECT type, coalesce(sql, '') FROM sqlite_schema WHERE name = ?1 COLLATE NOCASE",
-                [table],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .map(Some)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })?;
-        match kind {
-            Some((kind, _)) if kind != "table" => {
-                return Err(ReadError::Refused(format!(
-                    "{table} is a {kind}, not a table"
-                )))
-            }
-            Some((_, sql))
-                if sql
-                    .trim_start()
-                    .to_ascii_uppercase()
-                    .starts_with("CREATE VIRTUAL") =>
-            {
-                return Err(ReadError::Refused(format!(
-                    "{table} is a virtual table, not a table"
-                )))
-            }
-            _ => {}
-        }
+        mai_fleet_core::store::plain_table(conn, table)?.map_err(ReadError::Refused)?;
     }
     // A table: absent (None), or the wanted columns it lacks.
     let lacking = |table: &str, wanted: &[&str]| -> Result<Option<Vec<String>>, rusqlite::Error> {

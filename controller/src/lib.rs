@@ -12,11 +12,13 @@ pub mod keys;
 pub mod openrouter;
 pub mod ops;
 pub mod plan;
+pub mod quote;
 pub mod rates;
 pub mod schedule;
 pub mod spec;
 pub mod store;
 pub mod supervisor;
+pub mod tree;
 pub mod web;
 
 /// An error and its causes on one line, as `a: b: c`, skipping causes already
@@ -38,11 +40,19 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Text from outside the fleet's control (a tenant's store or logs, a label, what a
 /// remote host or its ssh says), made safe to print, store and send: control
-/// characters become spaces (newlines stay), at most `max` characters.
+/// characters and bidirectional overrides (which make text read other than it is)
+/// become spaces (newlines stay), at most `max` characters.
 pub fn bounded(text: &str, max: usize) -> String {
+    let bidi = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
     let clean: String = text
         .chars()
-        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+        .map(|c| {
+            if (c.is_control() && c != '\n') || bidi(c) {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect();
     if clean.chars().count() > max {
         let mut cut: String = clean.chars().take(max).collect();

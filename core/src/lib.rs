@@ -7,6 +7,7 @@ pub mod contract;
 pub mod duration;
 pub mod log;
 pub mod probe;
+pub mod store;
 pub mod tracking;
 
 pub use contract::{check_name_label, check_tenant_id, labels};

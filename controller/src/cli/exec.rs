@@ -22,7 +22,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (spec, store) = args.target.open().await?;
     let at = ops::locate(&spec, &args.target.tenant).await?;
     // The record never holds the tenant's secrets, even typed on the command line.
-    let masker = ops::Masker::new(&at.tenant.container);
+    let masker = ops::Masker::new(Some(&at.tenant.container));
     let recorded: Vec<String> = args.command.iter().map(|a| masker.mask(a)).collect();
     let op = store
         .begin_operation(

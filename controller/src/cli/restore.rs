@@ -15,6 +15,10 @@ pub struct Args {
     /// The backup directory (`<backup dir>/<tenant>/<time>`)
     #[arg(long)]
     pub from: std::path::PathBuf,
+    /// Restore a backup the fleet did not record, or whose store changed since it
+    /// was taken (says what it did not check)
+    #[arg(long)]
+    pub unverified: bool,
     #[command(flatten)]
     pub verify: VerifyArgs,
 }
@@ -24,15 +28,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (spec, store) = args.target.open().await?;
     let from = std::fs::canonicalize(&args.from)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.from.display()))?;
-    let r = backup::restore(
-        &spec,
-        &store,
-        &args.target.tenant,
-        &from,
-        &actor(),
-        &args.verify.options(),
-    )
-    .await?;
+    let (actor, verify) = (actor(), args.verify.options());
+    let opts = backup::RestoreOptions {
+        actor: &actor,
+        verify: &verify,
+        unverified: args.unverified,
+    };
+    let r = backup::restore(&spec, &store, &args.target.tenant, &from, &opts).await?;
+    for what in &r.unchecked {
+        eprintln!("{}: not checked (--unverified): {what}", args.target.tenant);
+    }
     eprintln!(
         "{}: restored from {} (taken {}, {} tokens); what it replaced is kept in {}",
         args.target.tenant,

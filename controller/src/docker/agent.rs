@@ -221,10 +221,7 @@ fn warnings_in(log: &str) -> String {
         .lines()
         .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
         .collect();
-    let quoted: Vec<String> = lines[lines.len().saturating_sub(2)..]
-        .iter()
-        .map(|l| crate::bounded(l, 1000))
-        .collect();
+    let quoted = crate::quote::Masker::default().last_lines(&lines.join("\n"), 2);
     match quoted.len() {
         0 => String::new(),
         _ => format!("; it says: {}", quoted.join(" | ")),

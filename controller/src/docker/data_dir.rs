@@ -34,7 +34,11 @@ pub(super) fn purge_or_keep_data(engine: &Engine, tenant: &str, purge: bool) -> 
     if !engine.local {
         return format!("; data NOT purged: {dir} is on a remote host (remove it there)");
     }
-    match std::fs::remove_dir_all(&dir) {
+    // Removed through directory handles: nothing the tenant made in it (a link to
+    // elsewhere) is followed.
+    let purged = crate::tree::Dir::open(std::path::Path::new(&engine.host.data_root))
+        .and_then(|root| root.remove(std::ffi::OsStr::new(tenant)));
+    match purged {
         Ok(()) => format!("; data purged from {dir}"),
         Err(e) => format!("; data NOT purged from {dir}: {e}"),
     }

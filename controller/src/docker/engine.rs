@@ -356,7 +356,10 @@ pub(super) async fn ensure_network(engine: &Engine, d: &DesiredContainer) -> Res
     // check and the creation happen one at a time.
     static MAKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _one_at_a_time = MAKING.lock().await;
-    let exists = || async {
+    const ICC: &str = "com.docker.network.bridge.enable_icc";
+    // A network made by anyone else under the fleet's name is used only if it keeps
+    // tenants apart as the fleet's own would.
+    let found = || async {
         engine
             .docker
             .inspect_network(
@@ -364,10 +367,25 @@ pub(super) async fn ensure_network(engine: &Engine, d: &DesiredContainer) -> Res
                 None::<bollard::query_parameters::InspectNetworkOptions>,
             )
             .await
-            .is_ok()
+            .ok()
+            .map(|n| {
+                let icc = n.options.as_ref().and_then(|o| o.get(ICC)).map(String::as_str);
+                if n.driver.as_deref() == Some("bridge") && icc == Some("false") {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "network {} exists without {ICC}=false (driver {}, {ICC}={}): its containers reach each other's ports; remove it (`docker network rm {}`) and apply again",
+                        d.network,
+                        n.driver.as_deref().unwrap_or("?"),
+                        icc.unwrap_or("unset"),
+                        d.network
+                    ))
+                }
+            })
     };
-    if exists().await {
-        return Ok(());
+    let exists = || async { found().await.is_some() };
+    if let Some(checked) = found().await {
+        return checked;
     }
     let labels: HashMap<String, String> = d
         .labels
@@ -387,8 +405,8 @@ pub(super) async fn ensure_network(engine: &Engine, d: &DesiredContainer) -> Res
     };
     match engine.docker.create_network(request).await {
         Ok(_) => Ok(()),
-        // Made meanwhile by a concurrent apply: fine.
-        Err(_) if exists().await => Ok(()),
+        // Made meanwhile by a concurrent apply: fine if it is as ours.
+        Err(_) if exists().await => found().await.unwrap_or(Ok(())),
         Err(e) => Err(format!("network {} could not be made: {e}", d.network)),
     }
 }

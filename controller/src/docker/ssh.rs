@@ -31,11 +31,8 @@ pub struct SshTunnel {
 enum Via {
     /// An `ssh` process of this command's own.
     Own(Child),
-    /// A forward added to a persistent master: cancelled on drop.
-    Master {
-        args: Vec<OsString>,
-        forward: String,
-    },
+    /// A forward added to a persistent master: cancelled on drop with `cancel`.
+    Master { cancel: Vec<OsString> },
 }
 
 impl Drop for SshTunnel {
@@ -44,12 +41,11 @@ impl Drop for SshTunnel {
             Via::Own(child) => {
                 let _ = child.start_kill();
             }
-            Via::Master { args, forward } => {
+            Via::Master { cancel } => {
                 // Not waited for: it completes on its own, also once this command
                 // has exited.
                 let _ = std::process::Command::new("ssh")
-                    .args(args.iter())
-                    .args(["-O", "cancel", "-L", forward.as_str()])
+                    .args(cancel.iter())
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
@@ -296,9 +292,16 @@ async fn open_via_master(
         }
     }
     Ok(Via::Master {
-        args,
-        forward: forward.to_string(),
+        cancel: cancel_args(&args, forward, &target.destination()),
     })
+}
+
+/// `ssh … -O cancel -L FORWARD -- DESTINATION`: without the destination ssh prints
+/// its usage and the forward stays in the master, one more each command.
+fn cancel_args(args: &[OsString], forward: &str, destination: &str) -> Vec<OsString> {
+    let mut cancel = args.to_vec();
+    cancel.extend(["-O", "cancel", "-L", forward, "--", destination].map(OsString::from));
+    cancel
 }
 
 async fn wait_ready(
@@ -380,6 +383,25 @@ fn classify(target: &SshTarget, options: &SshOptions, stderr: &str) -> SshError 
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_forward_is_cancelled_on_its_own_destination() {
+        let args: Vec<OsString> = ["-o", "ControlPath=/x/%C"].map(OsString::from).to_vec();
+        let cancel = cancel_args(&args, "/tmp/f.sock:/var/run/docker.sock", "deploy@10.0.0.2");
+        let text: Vec<&str> = cancel.iter().filter_map(|a| a.to_str()).collect();
+        assert_eq!(
+            text[2..],
+            [
+                "-O",
+                "cancel",
+                "-L",
+                "/tmp/f.sock:/var/run/docker.sock",
+                "--",
+                "deploy@10.0.0.2"
+            ]
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -102,6 +102,7 @@ pub async fn verify(
                 // The app may report before it finishes starting: fail only once settled.
                 Some(Health::Inactive(status)) if settled => {
                     let logs = last_logs(engine, id, desired).await;
+                    let status = crate::quote::Masker::new(desired).line(status, 100);
                     return Err(format!(
                         "{} says usage tracking is not initialized (status: {status}){logs}",
                         health::PATH
@@ -147,32 +148,37 @@ async fn probe(engine: &Engine, port: u16, timeout: Duration) -> Result<Health, 
 }
 
 /// The last `lines` lines a container printed (stdout and stderr), as text; empty
-/// when they cannot be read.
+/// when they cannot be read. What is read is bounded (a tenant may print one line
+/// without end): 16 KiB of each frame, 128 KiB in all.
 pub(super) async fn log_tail(engine: &Engine, id: &str, lines: usize) -> String {
+    const FRAME: usize = 16 << 10;
+    const TOTAL: usize = 128 << 10;
     let options = LogsOptionsBuilder::new()
         .stdout(true)
         .stderr(true)
         .tail(&lines.to_string())
         .build();
-    let chunks: Vec<String> = engine
-        .docker
-        .logs(id, Some(options))
-        .filter_map(|r| async move { r.ok().map(|o| o.to_string()) })
-        .collect()
-        .await;
-    chunks.concat()
-}
-
-/// The last lines the container printed, indented, with the tenant's key masked in
-/// case the app logs it.
-pub async fn last_logs(engine: &Engine, id: &str, desired: Option<&DesiredContainer>) -> String {
-    let mut text = log_tail(engine, id, 8).await;
-    if let Some(key) = desired.and_then(|d| d.env.get("OPENROUTER_API_KEY")) {
-        if !key.is_empty() {
-            text = text.replace(key.as_str(), "sk-or-v1-…");
+    let mut text = String::new();
+    let mut stream = engine.docker.logs(id, Some(options));
+    while let Some(Ok(frame)) = stream.next().await {
+        let bytes = frame.into_bytes();
+        let cut = &bytes[..bytes.len().min(FRAME)];
+        text.push_str(&String::from_utf8_lossy(cut));
+        if !text.ends_with('\n') {
+            text.push('\n');
+        }
+        if text.len() >= TOTAL {
+            break;
         }
     }
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    text
+}
+
+/// The last lines the container printed, quoted (`crate::quote`: every secret of the
+/// tenant masked, control characters gone, each line bounded).
+pub async fn last_logs(engine: &Engine, id: &str, desired: Option<&DesiredContainer>) -> String {
+    let text = log_tail(engine, id, 8).await;
+    let lines = crate::quote::Masker::new(desired).last_lines(&text, 8);
     if lines.is_empty() {
         String::new()
     } else {

@@ -47,7 +47,7 @@ pub enum OpsError {
     #[error("{0}")]
     Revision(String),
     #[error("backup: {0}")]
-    Backup(String),
+    Backup(#[from] backup::BackupError),
 }
 
 /// A tenant of the spec, its engine and its container as found there.
@@ -96,32 +96,7 @@ pub async fn locate(spec: &FleetSpec, tenant: &str) -> Result<Located, OpsError>
     })
 }
 
-/// Replaces every secret of a tenant (its key, its secret variables) in text the
-/// container printed: an app may log them.
-pub struct Masker {
-    secrets: Vec<String>,
-}
-
-impl Masker {
-    pub fn new(d: &DesiredContainer) -> Self {
-        let mut secrets: Vec<String> = d
-            .secret_env
-            .iter()
-            .filter_map(|name| d.env.get(name))
-            .filter(|v| v.len() >= 4)
-            .cloned()
-            .collect();
-        // Longest first: a secret that contains another is masked whole.
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        Self { secrets }
-    }
-
-    pub fn mask(&self, text: &str) -> String {
-        self.secrets
-            .iter()
-            .fold(text.to_string(), |t, s| t.replace(s.as_str(), "•••"))
-    }
-}
+pub use crate::quote::Masker;
 
 /// What `logs` asks of the engine.
 pub struct LogsOptions {
@@ -148,7 +123,7 @@ pub fn logs<'a>(
     if let Some(t) = &opts.tail {
         b = b.tail(t);
     }
-    let masker = Masker::new(&at.tenant.container);
+    let masker = Masker::new(Some(&at.tenant.container));
     let host = at.engine.host.name.clone();
     let raw = at.engine.docker.logs(&at.container.id, Some(b.build()));
     let mut pending = String::new();
@@ -231,7 +206,7 @@ pub async fn exec(
         )
         .await
         .map_err(api("create the exec"))?;
-    let masker = Masker::new(&at.tenant.container);
+    let masker = Masker::new(Some(&at.tenant.container));
     if let StartExecResults::Attached { mut output, .. } = at
         .engine
         .docker

@@ -150,6 +150,21 @@ pub fn memory_bytes(text: &str) -> Result<i64, String> {
     Ok(bytes)
 }
 
+/// A size like `500m`, `20g` or `1t` (binary units), in bytes; above 0.
+pub fn byte_size(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let units: [(char, u32); 5] = [('b', 0), ('k', 10), ('m', 20), ('g', 30), ('t', 40)];
+    let (num, shift) = match units.iter().find(|(u, _)| t.ends_with(*u)) {
+        Some((_, shift)) => (&t[..t.len() - 1], *shift),
+        None => (t.as_str(), 0),
+    };
+    num.parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| "write a size like 500m, 20g or 1t".to_string())
+}
+
 pub fn cpus(text: &str) -> Result<Decimal, String> {
     let d: Decimal = text
         .trim()
@@ -226,8 +241,13 @@ fn levenshtein(a: &str, b: &str) -> usize {
 }
 
 /// Where agents reach the fleet database: a `postgres://` URL without credentials
-/// (each host's are made by the controller), asking for TLS unless the server is on
-/// the agent's own loopback.
+/// (each host's are made by the controller) that checks the server's certificate
+/// (`sslmode=verify-full` or `verify-ca`) unless the server is on the agent's own
+/// loopback. `require` encrypts but checks no certificate: whoever sits between a host
+/// and the database could show any and ask for the agent's password. The query is
+/// read as the driver reads it (percent-decoded, with its aliases), and a TLS key
+/// given twice is refused: the driver obeys the last, a check reading the first would
+/// pass `?sslmode=verify-full&sslmode=disable`.
 pub fn agent_database_url(url: &str) -> Result<(), String> {
     let rest = url
         .strip_prefix("postgres://")
@@ -235,7 +255,7 @@ pub fn agent_database_url(url: &str) -> Result<(), String> {
         .ok_or_else(|| {
             "write postgres://db.internal:5432/mai_fleet?sslmode=verify-full".to_string()
         })?;
-    let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (location, _) = rest.split_once('?').unwrap_or((rest, ""));
     let authority = location.split('/').next().unwrap_or(location);
     if authority.contains('@') {
         return Err("leave credentials out: the controller makes each host's own role and password and hands them only to that host's agent".into());
@@ -246,26 +266,48 @@ pub fn agent_database_url(url: &str) -> Result<(), String> {
                 .into(),
         );
     }
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
+    let parsed = url::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    let host = parsed.host_str().unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
     let loopback = host == "localhost"
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback());
-    let sslmode = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("sslmode="))
-        .unwrap_or("prefer");
-    let tls = ["require", "verify-ca", "verify-full"].contains(&sslmode);
-    if !tls && !loopback {
-        return Err(format!(
-            "sslmode={sslmode} would let an agent's password cross the network in plain text; add ?sslmode=verify-full (with `ca_file`) or ?sslmode=require"
-        ));
+    let mut given: Vec<(&'static str, String, String)> = Vec::new();
+    for (key, value) in parsed.query_pairs() {
+        let canonical = match key.as_ref() {
+            "sslmode" | "ssl-mode" => "sslmode",
+            "sslrootcert" | "ssl-root-cert" | "ssl-ca" => {
+                return Err("name the CA with `ca_file`, not sslrootcert: the file travels into each agent container".into())
+            }
+            "sslcert" | "ssl-cert" | "sslkey" | "ssl-key" => "sslcert",
+            "host" | "hostaddr" | "port" => {
+                return Err(format!(
+                    "name the server before the `/`, not with `{key}=`: the driver would connect where the check does not look"
+                ))
+            }
+            _ => continue,
+        };
+        if let Some((_, first, _)) = given.iter().find(|(c, _, _)| *c == canonical) {
+            return Err(format!(
+                "`{canonical}` is given twice (as `{first}` and `{key}`): the driver obeys the last one; write it once"
+            ));
+        }
+        given.push((canonical, key.into_owned(), value.into_owned()));
     }
-    if query.split('&').any(|kv| kv.starts_with("sslrootcert=")) {
-        return Err("name the CA with `ca_file`, not sslrootcert: the file travels into each agent container".into());
+    let sslmode = given
+        .iter()
+        .find(|(c, _, _)| *c == "sslmode")
+        .map_or("prefer", |(_, _, v)| v.as_str());
+    if !loopback && !["verify-ca", "verify-full"].contains(&sslmode) {
+        let what = if ["require", "allow", "prefer"].contains(&sslmode) {
+            "checks no certificate: whoever sits between a host and the database could show any certificate and ask for the agent's password"
+        } else {
+            "would let an agent's password cross the network in plain text"
+        };
+        return Err(format!(
+            "sslmode={sslmode} {what}; write ?sslmode=verify-full (with `ca_file`)"
+        ));
     }
     Ok(())
 }
@@ -335,7 +377,25 @@ mod tests {
         );
         assert!(agent_database_url("postgres://127.0.0.1:5432/mai_fleet").is_ok());
         let plain = agent_database_url("postgres://db.internal:5432/mai_fleet").unwrap_err();
-        assert!(plain.contains("plain text"), "{plain}");
+        assert!(plain.contains("checks no certificate"), "{plain}");
+        let off = agent_database_url("postgres://db.internal/x?sslmode=disable").unwrap_err();
+        assert!(off.contains("plain text"), "{off}");
+        // Encryption without a certificate check, a repeated or aliased mode, an
+        // encoded key, a server named in the query: all refused.
+        for bad in [
+            "postgres://db.internal/x?sslmode=require",
+            "postgres://db.internal/x?sslmode=verify-full&sslmode=disable",
+            "postgres://db.internal/x?ssl-mode=disable&sslmode=verify-full",
+            "postgres://db.internal/x?sslmode=verify-full&ssl%2Dmode=disable",
+            "postgres://localhost/x?host=db.evil&sslmode=disable",
+        ] {
+            assert!(agent_database_url(bad).is_err(), "{bad}");
+        }
+        assert!(agent_database_url("postgres://[::1]:5432/x").is_ok());
+        assert!(agent_database_url(
+            "postgres://db.internal/x?sslmode=verify-ca&application_name=a"
+        )
+        .is_ok());
         let creds =
             agent_database_url("postgres://u:p@db.internal/mai_fleet?sslmode=require").unwrap_err();
         assert!(creds.contains("credentials"), "{creds}");

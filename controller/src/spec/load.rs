@@ -12,11 +12,14 @@ use rust_decimal::Decimal;
 
 use super::secret::{self, ApiKey, EnvSource};
 use super::{
-    checks, AgentsSpec, Diagnostic, FleetSpec, HostAgent, HostSpec, KeySource, OnLimit, Pos,
-    SpecError, SshOptions, TenantSpec, TlsFiles, REQUIRED_ENV,
+    checks, AgentsSpec, BackupLimits, Diagnostic, FleetSpec, HostAgent, HostSpec, KeySource,
+    OnLimit, Pos, SpecError, SshOptions, TenantSpec, TlsFiles, REQUIRED_ENV,
 };
 
-const TOP_KEYS: &[&str] = &["version", "fleet", "defaults", "agents", "hosts", "tenants"];
+const TOP_KEYS: &[&str] = &[
+    "version", "fleet", "defaults", "agents", "backups", "hosts", "tenants",
+];
+const BACKUPS_KEYS: &[&str] = &["max_bytes", "max_files", "time"];
 const AGENTS_KEYS: &[&str] = &["image", "database_url", "ca_file", "interval"];
 const HOST_AGENT_KEYS: &[&str] = &["database_url", "ca_file"];
 const SSH_KEYS: &[&str] = &["key", "known_hosts"];
@@ -222,6 +225,10 @@ impl<'e> Loader<'e> {
             None => Defaults::default(),
         };
         let agents = root.get_node("agents").and_then(|n| self.agents(n));
+        let backups = root
+            .get_node("backups")
+            .map(|n| self.backups(n))
+            .unwrap_or_default();
         let hosts = match root.get_node("hosts") {
             Some(node) => self.hosts(node, agents.as_ref()),
             None => {
@@ -253,6 +260,7 @@ impl<'e> Loader<'e> {
             hosts,
             tenants,
             agents,
+            backups,
         })
     }
 
@@ -535,6 +543,36 @@ impl<'e> Loader<'e> {
                 )
             });
         Resources { memory, cpus, pids }
+    }
+
+    fn backups(&mut self, node: &Node) -> BackupLimits {
+        let mut limits = BackupLimits::default();
+        let Some(map) = self.mapping(node, "`backups`") else {
+            return limits;
+        };
+        self.keys(map, BACKUPS_KEYS, "backups");
+        if let Some((v, at)) = self.scalar(map, "max_bytes", "backups.max_bytes") {
+            if let Some(n) = self.check(at, "backups.max_bytes", v, checks::byte_size(v)) {
+                limits.max_bytes = n;
+            }
+        }
+        if let Some((v, at)) = self.scalar(map, "max_files", "backups.max_files") {
+            let n = v
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| "write a whole number above 0".to_string());
+            if let Some(n) = self.check(at, "backups.max_files", v, n) {
+                limits.max_files = n;
+            }
+        }
+        if let Some((v, at)) = self.scalar(map, "time", "backups.time") {
+            if let Some(t) = self.check(at, "backups.time", v, crate::duration::parse(v)) {
+                limits.time = t;
+            }
+        }
+        limits
     }
 
     fn agents(&mut self, node: &Node) -> Option<AgentsSpec> {

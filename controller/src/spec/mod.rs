@@ -33,6 +33,31 @@ pub struct FleetSpec {
     /// Agents `apply` deploys (the `agents:` section); `None`: agents are run
     /// another way and `apply` leaves them alone.
     pub agents: Option<AgentsSpec>,
+    /// What one backup of a tenant may take (the `backups:` section).
+    pub backups: BackupLimits,
+}
+
+/// The `backups:` section. A tenant fills its own directory, so a backup of it is
+/// bounded: past these it fails with the figures, and nothing partial is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BackupLimits {
+    /// Bytes of file content (the store and uploads).
+    pub max_bytes: u64,
+    /// Files and directories.
+    pub max_files: u64,
+    /// Wall time of one tenant's backup or restore check, the store's inspection
+    /// included.
+    pub time: std::time::Duration,
+}
+
+impl Default for BackupLimits {
+    fn default() -> Self {
+        Self {
+            max_bytes: 20 << 30,
+            max_files: 200_000,
+            time: std::time::Duration::from_secs(600),
+        }
+    }
 }
 
 /// The `agents:` section: where every host's agent reaches the fleet database

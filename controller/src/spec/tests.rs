@@ -399,7 +399,7 @@ fn agents_are_deployed_by_default_once_the_section_says_where_the_database_is() 
          hosts:\n  - name: hel1-a\n    docker: unix:///var/run/docker.sock\n    data_root: /srv/mai-fleet\n\
          \x20 - name: hel1-b\n    docker: ssh://deploy@10.0.0.2:2222\n    data_root: /srv/mai-fleet\n    agent: false\n\
          \x20 - name: hel1-c\n    docker: ssh://deploy@10.0.0.3\n    data_root: /srv/mai-fleet\n\
-         \x20   agent: { database_url: \"postgres://10.0.0.1:5432/mai_fleet?sslmode=require\" }\n",
+         \x20   agent: { database_url: \"postgres://10.0.0.1:5432/mai_fleet?sslmode=verify-ca\" }\n",
     );
     let spec = load_str(Path::new("tenants.yaml"), &with_agents, &env()).expect("valid");
     match &spec.hosts[0].agent {

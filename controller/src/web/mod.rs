@@ -123,6 +123,9 @@ pub(crate) fn render(t: &impl askama::Template) -> Result<Response, WebError> {
     Ok(Html(t.render()?).into_response())
 }
 
+/// The largest login form read.
+const LOGIN_BODY_LIMIT: usize = 16 * 1024;
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(fleet::page))
@@ -141,7 +144,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/alerts", get(alerts::api))
         .route("/hosts", get(hosts::page))
         .route("/api/v1/hosts", get(hosts::api))
-        .route("/login", get(auth::login_page).post(auth::login))
+        // A login form is a few hundred bytes: nothing bigger is read.
+        .route(
+            "/login",
+            get(auth::login_page)
+                .post(auth::login)
+                .layer(axum::extract::DefaultBodyLimit::max(LOGIN_BODY_LIMIT)),
+        )
         .route("/logout", post(auth::logout))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(metrics::healthz))

@@ -8,7 +8,7 @@
 //! spread over many addresses (the per-user limit is the looser one). Rate-limiting
 //! crates count every call; this needs "peek, then count failures only".
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -59,19 +59,41 @@ impl Default for Limits {
     }
 }
 
-/// Most keys remembered per kind: an attacker rotating user names cannot grow the
-/// map without end (the oldest entries go first).
-const MAX_KEYS: usize = 100_000;
+/// Most keys remembered per kind (addresses, user names): the memory of the throttle
+/// is bounded whatever an attacker sends.
+const MAX_KEYS: usize = 10_000;
 
-#[derive(Default)]
+/// User names are counted by their first 64 characters: a name of megabytes costs
+/// what a short one does.
+pub const MAX_NAME: usize = 64;
+
+fn cut(name: &str) -> &str {
+    name.char_indices()
+        .nth(MAX_NAME)
+        .map_or(name, |(at, _)| &name[..at])
+}
+
+/// Failures per key, least recently failed first out.
 struct Window {
-    failures: HashMap<String, VecDeque<Instant>>,
+    failures: lru::LruCache<String, VecDeque<Instant>>,
 }
 
 impl Window {
-    /// When the key may try again, if it may not now.
+    fn new(capacity: usize) -> Self {
+        Self {
+            failures: lru::LruCache::new(
+                std::num::NonZeroUsize::new(capacity.max(1)).unwrap_or(std::num::NonZeroUsize::MIN),
+            ),
+        }
+    }
+
+    /// When the key may try again, if it may not now. A key not remembered while every
+    /// remembered one still counts failures waits too: the throttle refuses rather
+    /// than forget a live count (which would let its holder guess afresh).
     fn blocked(&mut self, key: &str, limit: Limit, now: Instant) -> Option<Duration> {
-        let list = self.failures.get_mut(key)?;
+        let Some(list) = self.failures.peek_mut(key) else {
+            return self.full_for(limit, now);
+        };
         while list
             .front()
             .is_some_and(|t| now.duration_since(*t) >= limit.window)
@@ -79,7 +101,7 @@ impl Window {
             list.pop_front();
         }
         if list.is_empty() {
-            self.failures.remove(key);
+            self.failures.pop(key);
             return None;
         }
         (list.len() >= limit.max).then(|| {
@@ -88,22 +110,37 @@ impl Window {
         })
     }
 
+    /// How long until the least recently failed key's count runs out, when the window
+    /// is full and that count is still live.
+    fn full_for(&mut self, limit: Limit, now: Instant) -> Option<Duration> {
+        if self.failures.len() < self.failures.cap().get() {
+            return None;
+        }
+        let last = self
+            .failures
+            .peek_lru()
+            .and_then(|(_, l)| l.back().copied())?;
+        let age = now.duration_since(last);
+        if age >= limit.window {
+            self.failures.pop_lru();
+            return None;
+        }
+        Some(limit.window - age)
+    }
+
     fn fail(&mut self, key: &str, limit: Limit, now: Instant) {
-        if self.failures.len() >= MAX_KEYS && !self.failures.contains_key(key) {
-            self.failures.retain(|_, l| {
-                l.back()
-                    .is_some_and(|t| now.duration_since(*t) < limit.window)
-            });
-            if self.failures.len() >= MAX_KEYS {
-                return;
+        if let Some(list) = self.failures.get_mut(key) {
+            list.push_back(now);
+            // Only the last `max` failures decide anything.
+            while list.len() > limit.max {
+                list.pop_front();
             }
+            return;
         }
-        let list = self.failures.entry(key.to_string()).or_default();
-        list.push_back(now);
-        // Only the last `max` failures decide anything.
-        while list.len() > limit.max {
-            list.pop_front();
+        if self.full_for(limit, now).is_some() {
+            return;
         }
+        self.failures.put(key.to_string(), VecDeque::from([now]));
     }
 }
 
@@ -115,10 +152,14 @@ pub struct LoginThrottle {
 
 impl LoginThrottle {
     pub fn new(limits: Limits) -> Self {
+        Self::with_capacity(limits, MAX_KEYS)
+    }
+
+    fn with_capacity(limits: Limits, capacity: usize) -> Self {
         Self {
             limits,
-            addresses: Mutex::default(),
-            users: Mutex::default(),
+            addresses: Mutex::new(Window::new(capacity)),
+            users: Mutex::new(Window::new(capacity)),
         }
     }
 
@@ -127,7 +168,7 @@ impl LoginThrottle {
         let now = Instant::now();
         let by_address =
             lock(&self.addresses).blocked(&address.to_string(), self.limits.per_address, now);
-        let by_user = lock(&self.users).blocked(user, self.limits.per_user, now);
+        let by_user = lock(&self.users).blocked(cut(user), self.limits.per_user, now);
         match by_address.into_iter().chain(by_user).max() {
             Some(wait) => Err(wait.max(Duration::from_secs(1))),
             None => Ok(()),
@@ -137,7 +178,7 @@ impl LoginThrottle {
     pub fn failed(&self, address: IpAddr, user: &str) {
         let now = Instant::now();
         lock(&self.addresses).fail(&address.to_string(), self.limits.per_address, now);
-        lock(&self.users).fail(user, self.limits.per_user, now);
+        lock(&self.users).fail(cut(user), self.limits.per_user, now);
     }
 }
 
@@ -182,6 +223,44 @@ mod tests {
             "five failures for one user from anywhere stop that user"
         );
         assert!(t.check(c, "ewa").is_ok());
+    }
+
+    #[test]
+    fn memory_is_bounded_names_are_cut_and_a_full_throttle_refuses() {
+        let limit = Limit {
+            max: 2,
+            window: Duration::from_secs(60),
+        };
+        let t = LoginThrottle::with_capacity(
+            Limits {
+                per_address: Limit { max: 1000, ..limit },
+                per_user: limit,
+            },
+            3,
+        );
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        let huge = "x".repeat(2_000_000);
+        t.failed(ip, &huge);
+        t.failed(ip, &format!("{huge}y"));
+        assert!(
+            t.check(ip, &huge).is_err(),
+            "both counted under the cut name"
+        );
+        assert_eq!(
+            lock(&t.users).failures.peek_lru().map(|(k, _)| k.len()),
+            Some(MAX_NAME)
+        );
+        t.failed(ip, "ewa");
+        t.failed(ip, "jan");
+        // Three live counts, room for three: a fourth name is refused, not counted
+        // by forgetting one.
+        assert!(t.check(ip, "olga").is_err());
+        t.failed(ip, "olga");
+        assert!(
+            t.check(ip, &huge).is_err(),
+            "the first count was not forgotten"
+        );
+        assert_eq!(lock(&t.users).failures.len(), 3);
     }
 
     #[test]

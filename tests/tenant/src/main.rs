@@ -42,6 +42,15 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("connect") {
         std::process::exit(probe_connect(args.get(2).map_or("", String::as_str)));
     }
+    // `SIM_LEAK_ENV=NAME`: one hostile log line at start, 100 kB with terminal escape
+    // sequences and the value of $NAME in it (an app that logs a secret).
+    if let Ok(name) = std::env::var("SIM_LEAK_ENV") {
+        let value = std::env::var(&name).unwrap_or_default();
+        eprintln!(
+            "\x1b[31m{}\x1b]0;owned\x07 {name}={value}\x1b[0m",
+            "A".repeat(100_000)
+        );
+    }
     let fault = std::env::var("MAI_TENANT_FAULT").unwrap_or_default();
     if fault == "crash" {
         eprintln!("mai-tenant: fatal: simulated start-up failure (MAI_TENANT_FAULT=crash)");
