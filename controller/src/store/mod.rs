@@ -6,6 +6,7 @@ pub mod billing;
 pub mod dashboard;
 pub mod hosts;
 pub mod keys;
+pub mod migrations;
 pub mod model;
 pub mod operations;
 pub mod rates;
@@ -73,6 +74,7 @@ impl Store {
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        migrations::repair_superseded(&self.pool).await?;
         MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
