@@ -2,6 +2,7 @@
 //! store), the sink (the fleet Postgres), tenant health, and the cycle that joins
 //! them. The `agent` binary runs cycles on an interval; benchmarks drive the parts.
 
+pub mod checks;
 pub mod cycle;
 pub mod discover;
 pub mod health;

@@ -8,7 +8,7 @@ use rusqlite::types::ValueRef;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
-use crate::reader::{Check, RowError};
+use crate::checks::{Check, RowError};
 
 /// One mirrored usage table.
 pub trait UsageTable: Sized + Clone {
@@ -123,12 +123,12 @@ impl Kind<NaiveDate> for Day {
 }
 impl Kind<i64> for Tokens {
     fn read(check: &Check, v: ValueRef<'_>, column: &str) -> Result<i64, RowError> {
-        check.count(v, crate::reader::bounds::MAX_TOKENS, column)
+        check.count(v, crate::checks::bounds::MAX_TOKENS, column)
     }
 }
 impl Kind<i64> for Requests {
     fn read(check: &Check, v: ValueRef<'_>, column: &str) -> Result<i64, RowError> {
-        check.count(v, crate::reader::bounds::MAX_REQUESTS, column)
+        check.count(v, crate::checks::bounds::MAX_REQUESTS, column)
     }
 }
 impl Kind<i32> for Users {

@@ -13,6 +13,7 @@ use crate::docker::{
 use crate::keys::{KeyError, KeyEvent, Keyring};
 use crate::plan::agent::{AgentAction, DesiredAgent};
 use crate::plan::{self, Action, DesiredContainer, PlanError};
+pub use crate::plan::{desired, DesiredTenant};
 use crate::spec::{FleetSpec, TenantSpec};
 use crate::store::{Store, StoreError};
 
@@ -22,10 +23,8 @@ pub enum FleetError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     Plan(#[from] PlanError),
-    #[error("tenant {tenant}: host `{host}` is not in the spec")]
-    UnknownHost { tenant: String, host: String },
-    #[error("tenant {tenant}: its OpenRouter key is not provisioned; `controller apply` with the fleet database creates it")]
-    NoKey { tenant: String },
+    #[error(transparent)]
+    Desired(#[from] plan::DesiredError),
 }
 
 pub struct HostPlan {
@@ -33,14 +32,6 @@ pub struct HostPlan {
     pub actions: Vec<Action>,
     /// The host's agent container, when `apply` keeps one (or removes the last one).
     pub agent: Option<(AgentAction, Option<DesiredAgent>)>,
-}
-
-/// A tenant of the spec and the container it wants: kept together, never matched up
-/// by position.
-#[derive(Clone)]
-pub struct DesiredTenant {
-    pub spec: TenantSpec,
-    pub container: DesiredContainer,
 }
 
 /// A host whose engine could not be reached: its tenants are left as they are and
@@ -102,33 +93,6 @@ impl FleetPlan {
     }
 }
 
-/// Every tenant with its desired container; a tenant whose host the spec lacks is an
-/// error (validation makes it impossible; a dropped tenant must never pass silently).
-pub fn desired(spec: &FleetSpec) -> Result<Vec<DesiredTenant>, FleetError> {
-    spec.tenants
-        .iter()
-        .map(|t| {
-            let host = spec
-                .hosts
-                .iter()
-                .find(|h| h.name == t.host)
-                .ok_or_else(|| FleetError::UnknownHost {
-                    tenant: t.id.clone(),
-                    host: t.host.clone(),
-                })?;
-            if t.api_key.is_none() {
-                return Err(FleetError::NoKey {
-                    tenant: t.id.clone(),
-                });
-            }
-            Ok(DesiredTenant {
-                spec: t.clone(),
-                container: DesiredContainer::new(&spec.fleet, host, t),
-            })
-        })
-        .collect()
-}
-
 /// How much of each container a plan looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Observe {
@@ -147,7 +111,7 @@ pub async fn plan_fleet(
     prune: bool,
     observe: Observe,
 ) -> Result<FleetPlan, Vec<FleetError>> {
-    let desired = desired(spec).map_err(|e| vec![e])?;
+    let desired = desired(spec).map_err(|e| vec![FleetError::from(e)])?;
     let planned = join_all(spec.hosts.iter().map(|host| {
         let desired = &desired;
         async move {

@@ -27,7 +27,7 @@ use crate::store::keys::{
 };
 use crate::store::{Store, StoreError};
 
-pub const MASTER_KEY_FILE_ENV: &str = "MAI_FLEET_MASTER_KEY_FILE";
+pub use crate::spec::MASTER_KEY_FILE_ENV;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {

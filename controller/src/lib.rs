@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod docker;
 pub use mai_fleet_core::duration;
 pub mod http;
+pub mod jobs;
 pub mod keys;
 pub mod openrouter;
 pub mod ops;

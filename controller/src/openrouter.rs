@@ -17,8 +17,7 @@ use serde_json::{json, Value};
 use crate::spec::ApiKey;
 
 pub const DEFAULT_BASE_URL: &str = "https://openrouter.ai/api/v1";
-pub const MANAGEMENT_KEY_ENV: &str = "MAI_FLEET_OPENROUTER_MANAGEMENT_KEY";
-pub const MANAGEMENT_KEY_FILE_ENV: &str = "MAI_FLEET_OPENROUTER_MANAGEMENT_KEY_FILE";
+pub use crate::spec::{MANAGEMENT_KEY_ENV, MANAGEMENT_KEY_FILE_ENV};
 /// `GET /keys` answers this many keys a page.
 const PAGE: usize = 100;
 

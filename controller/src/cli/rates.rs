@@ -7,8 +7,8 @@ use chrono::NaiveDate;
 use clap::Subcommand;
 
 use mai_fleet::billing::fleet_today;
+use mai_fleet::jobs::rates as rate_jobs;
 use mai_fleet::rates::nbp::NbpClient;
-use mai_fleet::rates::schedule;
 
 use super::billing::rate_table;
 use super::{outln, DatabaseArgs, OutputFormat};
@@ -54,7 +54,7 @@ pub async fn run(cmd: RatesCommand) -> anyhow::Result<ExitCode> {
             anyhow::ensure!(from <= to, "--from {from} is after --to {to}");
             let store = db.migrated().await?;
             let nbp = NbpClient::from_env();
-            let n = schedule::sync_range(&store, &nbp, table, from, to)
+            let n = rate_jobs::sync_range(&store, &nbp, table, from, to)
                 .await
                 .with_context(|| format!("NBP table {table} from {from} to {to}"))?;
             eprintln!(

@@ -10,9 +10,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use mai_fleet::jobs::rates as rate_jobs;
 use mai_fleet::keys::{AccountJob, Keyring};
 use mai_fleet::rates::nbp::NbpClient;
-use mai_fleet::rates::schedule;
 use mai_fleet::spec::FleetSpec;
 use mai_fleet::store::Store;
 use mai_fleet::supervisor::{Job, Supervisor};
@@ -107,10 +107,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Arc::clone(&cache_job).listen(pool.clone(), ctx)
     }));
     if !args.no_rate_sync {
-        let rate_schedule = schedule::schedule_for(table).map_err(anyhow::Error::msg)?;
+        let rate_schedule = rate_jobs::schedule_for(table).map_err(anyhow::Error::msg)?;
         let rates_store = store.clone();
         jobs.spawn(Job::new("rates", None, move |ctx| {
-            schedule::run(
+            rate_jobs::run(
                 rates_store.clone(),
                 NbpClient::from_env(),
                 table,
@@ -236,7 +236,7 @@ fn spawn_backup_job(
     store: &Store,
     spec: Option<&FleetSpec>,
 ) -> anyhow::Result<()> {
-    use mai_fleet::ops::backup::{self, BackupOptions};
+    use mai_fleet::ops::backup::BackupOptions;
     let Some(dir) = std::env::var_os("MAI_FLEET_BACKUP_DIR").filter(|d| !d.is_empty()) else {
         return Ok(());
     };
@@ -246,8 +246,8 @@ fn spawn_backup_job(
         );
         return Ok(());
     };
-    let cron =
-        std::env::var("MAI_FLEET_BACKUP_CRON").unwrap_or_else(|_| backup::DEFAULT_CRON.into());
+    let cron = std::env::var("MAI_FLEET_BACKUP_CRON")
+        .unwrap_or_else(|_| mai_fleet::jobs::backups::DEFAULT_CRON.into());
     let schedule = mai_fleet::schedule::parse_cron(&cron)
         .map_err(|e| anyhow::anyhow!("MAI_FLEET_BACKUP_CRON=`{cron}`: {e}"))?;
     let keep = match std::env::var("MAI_FLEET_BACKUP_KEEP") {
@@ -263,7 +263,13 @@ fn spawn_backup_job(
             scheduled: true,
             actor: "controller serve".into(),
         };
-        backup::run_schedule(spec.clone(), store.clone(), opts, schedule.clone(), ctx)
+        mai_fleet::jobs::backups::run_schedule(
+            spec.clone(),
+            store.clone(),
+            opts,
+            schedule.clone(),
+            ctx,
+        )
     }));
     Ok(())
 }

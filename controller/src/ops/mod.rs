@@ -12,9 +12,9 @@ use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::query_parameters::{LogsOptionsBuilder, RestartContainerOptionsBuilder};
 use futures_util::{Stream, StreamExt};
 
-use crate::apply::{desired, DesiredTenant};
 use crate::docker::{self, DockerError, Engine, ExecuteOptions, Outcome, Progress, Status};
 use crate::plan::{changes, Action, DesiredContainer, Observed};
+use crate::plan::{desired, DesiredTenant};
 use crate::spec::{FleetSpec, TenantSpec};
 use crate::store::operations::Revision;
 use crate::store::{Store, StoreError};
@@ -34,7 +34,7 @@ pub enum OpsError {
     #[error(transparent)]
     Docker(#[from] DockerError),
     #[error(transparent)]
-    Fleet(#[from] crate::apply::FleetError),
+    Desired(#[from] crate::plan::DesiredError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("host {host}: {what}: {source}")]

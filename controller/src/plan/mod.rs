@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::spec::{HostSpec, TenantSpec};
+use crate::spec::{FleetSpec, HostSpec, TenantSpec};
 
 pub use drift::{changes, Change, ChangeKind, Runtime};
 
@@ -427,6 +427,50 @@ fn update_changes(d: &DesiredContainer, previous: &Observed) -> Vec<Change> {
     } else {
         found
     }
+}
+
+/// A tenant of the spec and the container it wants: kept together, never matched up
+/// by position.
+#[derive(Clone)]
+pub struct DesiredTenant {
+    pub spec: TenantSpec,
+    pub container: DesiredContainer,
+}
+
+/// Why a tenant of the spec has no desired container.
+#[derive(Debug, thiserror::Error)]
+pub enum DesiredError {
+    #[error("tenant {tenant}: host `{host}` is not in the spec")]
+    UnknownHost { tenant: String, host: String },
+    #[error("tenant {tenant}: its OpenRouter key is not provisioned; `controller apply` with the fleet database creates it")]
+    NoKey { tenant: String },
+}
+
+/// Every tenant with its desired container; a tenant whose host the spec lacks is an
+/// error (validation makes it impossible; a dropped tenant must never pass silently).
+pub fn desired(spec: &FleetSpec) -> Result<Vec<DesiredTenant>, DesiredError> {
+    spec.tenants
+        .iter()
+        .map(|t| {
+            let host = spec
+                .hosts
+                .iter()
+                .find(|h| h.name == t.host)
+                .ok_or_else(|| DesiredError::UnknownHost {
+                    tenant: t.id.clone(),
+                    host: t.host.clone(),
+                })?;
+            if t.api_key.is_none() {
+                return Err(DesiredError::NoKey {
+                    tenant: t.id.clone(),
+                });
+            }
+            Ok(DesiredTenant {
+                spec: t.clone(),
+                container: DesiredContainer::new(&spec.fleet, host, t),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

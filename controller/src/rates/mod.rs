@@ -6,7 +6,6 @@
 //! Without one, figures stay in USD and say so.
 
 pub mod nbp;
-pub mod schedule;
 
 use std::fmt;
 use std::str::FromStr;

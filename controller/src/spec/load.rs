@@ -1158,11 +1158,11 @@ impl<'e> Loader<'e> {
         };
         self.tenant = None;
         let who = format!("{count} tenant(s) with `provision: true`");
-        match self.env.var(crate::keys::MASTER_KEY_FILE_ENV) {
+        match self.env.var(super::MASTER_KEY_FILE_ENV) {
             None => self.diag(
                 at,
-                format!("{who} need the fleet's master key, and {} is not set", crate::keys::MASTER_KEY_FILE_ENV),
-                Some(format!("`head -c 32 /dev/urandom > master.key; chmod 600 master.key` and export {}=/path/to/master.key", crate::keys::MASTER_KEY_FILE_ENV)),
+                format!("{who} need the fleet's master key, and {} is not set", super::MASTER_KEY_FILE_ENV),
+                Some(format!("`head -c 32 /dev/urandom > master.key; chmod 600 master.key` and export {}=/path/to/master.key", super::MASTER_KEY_FILE_ENV)),
             ),
             Some(path) => {
                 if let Err(e) = crate::crypto::Sealer::from_file(std::path::Path::new(&path)) {
@@ -1170,8 +1170,8 @@ impl<'e> Loader<'e> {
                 }
             }
         }
-        let mgmt = crate::openrouter::MANAGEMENT_KEY_ENV;
-        let mgmt_file = crate::openrouter::MANAGEMENT_KEY_FILE_ENV;
+        let mgmt = super::MANAGEMENT_KEY_ENV;
+        let mgmt_file = super::MANAGEMENT_KEY_FILE_ENV;
         match (self.env.var(mgmt), self.env.var(mgmt_file)) {
             (Some(v), _) if !v.trim().is_empty() => {}
             (_, Some(path)) if !path.trim().is_empty() => {

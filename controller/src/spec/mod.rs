@@ -19,6 +19,12 @@ use serde::Serialize;
 pub use endpoint::{SshTarget, DEFAULT_REMOTE_SOCKET};
 pub use secret::ApiKey;
 
+/// Where the fleet's own secrets come from (the spec checks that a provisioning
+/// fleet has them; `keys` and `openrouter` read them).
+pub const MASTER_KEY_FILE_ENV: &str = "MAI_FLEET_MASTER_KEY_FILE";
+pub const MANAGEMENT_KEY_ENV: &str = "MAI_FLEET_OPENROUTER_MANAGEMENT_KEY";
+pub const MANAGEMENT_KEY_FILE_ENV: &str = "MAI_FLEET_OPENROUTER_MANAGEMENT_KEY_FILE";
+
 pub use mai_fleet_core::contract::REQUIRED_ENV;
 
 /// The validated fleet, with defaults merged into every tenant.

@@ -8,8 +8,8 @@ use cron::Schedule;
 
 use crate::schedule::{parse_cron, until_next};
 
-use super::nbp::{NbpClient, NbpError};
-use super::RateTable;
+use crate::rates::nbp::{NbpClient, NbpError};
+use crate::rates::RateTable;
 use crate::store::{Store, StoreError};
 
 /// Table C is published 07:45–08:15, table A 11:45–12:15 (Warsaw).
