@@ -4,7 +4,11 @@
 belongs to on X. Prints each strongly connected component with more than one module
 (an import cycle) and exits 1 if there is one.
 
-    scripts/module-cycles.py controller/src agent/src core/src
+With `--layers FILE`, the lines `layer N: a b c` of FILE (docs/architecture.md) name
+the layers of the controller's modules: every module must be in one, and may use only
+modules of lower layers; each use that does not is printed, and the exit code is 1.
+
+    scripts/module-cycles.py [--layers docs/architecture.md] controller/src agent/src core/src
 """
 import os
 import re
@@ -12,6 +16,11 @@ import sys
 
 
 def modules(src):
+    # A library's modules are those its lib.rs declares (a binary's own modules,
+    # such as the controller's cli/, sit above the library).
+    lib = os.path.join(src, "lib.rs")
+    if os.path.exists(lib):
+        return set(re.findall(r"^\s*(?:pub\s+)?mod\s+(\w+)\s*;", open(lib, encoding="utf-8").read(), re.M))
     mods = set()
     for name in os.listdir(src):
         if name.endswith(".rs") and name not in ("lib.rs", "main.rs"):
@@ -90,9 +99,40 @@ def sccs(edges):
     return [c for c in out if len(c) > 1]
 
 
+def layers(path):
+    found = {}
+    for line in open(path, encoding="utf-8"):
+        m = re.match(r"^layer (\d+): (.*)$", line.strip())
+        if m:
+            for name in m.group(2).split():
+                found[name] = int(m.group(1))
+    return found
+
+
+def check_layers(src, edges, layer_of):
+    problems = []
+    for m in sorted(edges):
+        if m not in layer_of:
+            problems.append(f"{m} is in no layer")
+            continue
+        for n in sorted(edges[m]):
+            if n in layer_of and layer_of[n] >= layer_of[m]:
+                problems.append(
+                    f"{m} (layer {layer_of[m]}) uses {n} (layer {layer_of[n]})")
+    print(f"{src}: {len(problems)} layer violation(s)")
+    for p in problems:
+        print("  " + p)
+    return bool(problems)
+
+
 def main():
+    args = sys.argv[1:]
+    layer_of = None
+    if args[:1] == ["--layers"]:
+        layer_of = layers(args[1])
+        args = args[2:]
     bad = False
-    for src in sys.argv[1:]:
+    for src in args:
         edges = graph(src)
         cycles = sccs(edges)
         print(f"{src}: {len(edges)} modules, {sum(len(e) for e in edges.values())} edges, {len(cycles)} cycle(s)")
@@ -102,6 +142,8 @@ def main():
             for m in c:
                 inner = sorted(n for n in edges[m] if n in c)
                 print(f"    {m} -> {', '.join(inner)}")
+        if layer_of is not None and src.rstrip("/").endswith("controller/src"):
+            bad |= check_layers(src, edges, layer_of)
     sys.exit(1 if bad else 0)
 
 

@@ -49,9 +49,8 @@ pub struct ApplyArgs {
     /// Seconds a container gets to stop before it is killed
     #[arg(long, default_value_t = 10)]
     pub stop_timeout: i32,
-    /// Fleet database to record the apply in; without it nothing is recorded
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub db: super::OptionalDatabaseArgs,
     #[arg(long, default_value = "text", value_parser = OutputFormat::text_or_json())]
     pub output: OutputFormat,
 }
@@ -60,7 +59,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
     let Some(spec) = super::load_or_report(&args.file, args.output) else {
         return Ok(ExitCode::from(1));
     };
-    let store = match &args.database_url {
+    let store = match &args.db.database_url {
         Some(url) => Some(Store::connect(url).await?),
         None => None,
     };
@@ -68,7 +67,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
         Some(store) => Some(Keyring::from_env(store, &spec.fleet)?),
         None => None,
     };
-    let recorder = match (&store, &args.database_url, &keyring) {
+    let recorder = match (&store, &args.db.database_url, &keyring) {
         (Some(store), Some(url), Some(keyring)) => Some(Recorder {
             store,
             database_url: url,

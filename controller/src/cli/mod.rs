@@ -170,6 +170,16 @@ impl DatabaseArgs {
     }
 }
 
+/// The fleet database for commands that work without one too (`plan`, `apply`):
+/// given, they record or read there.
+#[derive(Args, Clone)]
+pub struct OptionalDatabaseArgs {
+    /// The fleet database (postgres://…; `?sslmode=verify-full` for TLS); without it
+    /// nothing is recorded or read there
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
 /// The fleet spec, for commands on one tenant: it names the tenant's host and engine.
 #[derive(Args, Clone)]
 pub struct SpecArgs {

@@ -20,9 +20,8 @@ pub struct Args {
     pub labels_only: bool,
     #[arg(long, default_value = "text", value_parser = OutputFormat::text_or_json())]
     pub output: OutputFormat,
-    /// The fleet database, to say which tenants run a rolled-back revision (optional)
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub db: super::OptionalDatabaseArgs,
 }
 
 /// Terraform's detailed exit codes: 0 nothing to change, 2 changes pending, 1 error.
@@ -31,7 +30,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     // What apply would do to keys, asked of the database and nothing else.
-    let key_events = match super::keys::plan(&mut spec, args.database_url.as_deref()).await {
+    let key_events = match super::keys::plan(&mut spec, args.db.database_url.as_deref()).await {
         Ok(events) => events,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -47,7 +46,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Ok(p) => p,
         Err(errors) => return Ok(report_fleet_errors(&errors)),
     };
-    let rolled_back = match &args.database_url {
+    let rolled_back = match &args.db.database_url {
         Some(url) => rolled_back(url, &spec.fleet).await,
         None => Vec::new(),
     };

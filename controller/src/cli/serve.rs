@@ -57,8 +57,8 @@ pub struct ServeArgs {
     /// A session unused this long ends
     #[arg(long, env = "MAI_FLEET_SESSION_IDLE", default_value = "30m", value_parser = mai_fleet::duration::parse)]
     pub session_idle: std::time::Duration,
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    #[command(flatten)]
+    pub db: super::DatabaseArgs,
 }
 
 /// The metrics token from its file (refused when others may read it) or from
@@ -88,7 +88,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let table = rate_table(&args.rate_table)?;
-    let store = Store::connect_sized(&args.database_url, 8).await?;
+    let store = Store::connect_sized(&args.db.database_url, 8).await?;
     store
         .migrate()
         .await
