@@ -8,11 +8,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 spec=${1:-manifests/examples/tenants.yaml}
 docker info >/dev/null 2>&1 || { echo "fleet-up.sh: the Docker engine is not reachable" >&2; exit 1; }
+# Each binary is built once: the images' static release binaries, the controller's
+# among them, which this script runs too.
 tests/tenant/build-images.sh
 manifests/build-images.sh
 . scripts/postgres.sh
-cargo build --locked --workspace --bins
-controller=target/debug/controller
+controller=$(scripts/build-static.sh)/controller
 
 # Demo keys for the stand-in tenants (they call no OpenRouter): made once, kept
 # owner-only, so that re-runs keep them and change nothing.

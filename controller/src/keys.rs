@@ -185,10 +185,7 @@ impl Keyring {
     /// missing until something needs it.
     pub fn from_env(store: &Store, fleet: &str) -> Result<Self, KeyError> {
         let management = Management::from_env().map_err(KeyError::Config)?;
-        let sealer = match std::env::var(MASTER_KEY_FILE_ENV)
-            .ok()
-            .filter(|p| !p.trim().is_empty())
-        {
+        let sealer = match crate::env::text(MASTER_KEY_FILE_ENV) {
             Some(path) => Some(Sealer::from_file(std::path::Path::new(&path))?),
             None => None,
         };
@@ -616,7 +613,7 @@ impl Keyring {
                 tenant,
                 &at.engine.host.name,
                 actor,
-                "rotate_key",
+                crate::store::model::OperationKind::RotateKey,
                 None,
                 None,
             )
@@ -629,7 +626,12 @@ impl Keyring {
             Err(e) => {
                 let _ = self
                     .store
-                    .finish_operation(op, "failed", None, &e.to_string())
+                    .finish_operation(
+                        op,
+                        crate::store::model::OperationStatus::Failed,
+                        None,
+                        &e.to_string(),
+                    )
                     .await;
                 return Err(e);
             }
@@ -699,7 +701,7 @@ impl Keyring {
             }
         }
         self.store
-            .finish_operation(op, outcome.status.as_str(), None, &outcome.detail)
+            .finish_operation(op, outcome.status.into(), None, &outcome.detail)
             .await?;
         Ok(Rotation {
             tenant: tenant.to_string(),
@@ -1003,10 +1005,8 @@ impl AccountJob {
     /// `MAI_FLEET_OPENROUTER_ACCOUNT_INTERVAL` (default 15m) and
     /// `MAI_FLEET_OPENROUTER_ACTIVITY_INTERVAL` (default 24h).
     pub fn from_env(spec: Option<FleetSpec>) -> Result<Self, String> {
-        let read = |name: &str, default: u64| match std::env::var(name) {
-            Ok(v) if !v.trim().is_empty() => {
-                crate::duration::parse(&v).map_err(|e| format!("{name}: {e}"))
-            }
+        let read = |name: &str, default: u64| match crate::env::text(name) {
+            Some(v) => crate::duration::parse(&v).map_err(|e| format!("{name}: {e}")),
             _ => Ok(Duration::from_secs(default)),
         };
         Ok(Self {

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod billing;
 pub mod crypto;
 pub mod docker;
+pub mod env;
 pub use mai_fleet_core::duration;
 pub mod http;
 pub mod jobs;

@@ -23,9 +23,7 @@ const PAGE: usize = 100;
 
 /// `MAI_FLEET_OPENROUTER_URL`, else OpenRouter's own.
 pub fn base_url_from_env() -> String {
-    std::env::var("MAI_FLEET_OPENROUTER_URL")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
+    crate::env::text("MAI_FLEET_OPENROUTER_URL")
         .unwrap_or_else(|| DEFAULT_BASE_URL.to_string())
         .trim_end_matches('/')
         .to_string()
@@ -89,16 +87,10 @@ impl ManagementKey {
     /// From `MAI_FLEET_OPENROUTER_MANAGEMENT_KEY` or the owner-only file named by
     /// `MAI_FLEET_OPENROUTER_MANAGEMENT_KEY_FILE`; `Ok(None)` when neither is set.
     pub fn from_env() -> Result<Option<Self>, String> {
-        if let Some(v) = std::env::var(MANAGEMENT_KEY_ENV)
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-        {
+        if let Some(v) = crate::env::text(MANAGEMENT_KEY_ENV) {
             return Ok(Some(Self(v.trim().to_string())));
         }
-        match std::env::var(MANAGEMENT_KEY_FILE_ENV)
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-        {
+        match crate::env::text(MANAGEMENT_KEY_FILE_ENV) {
             Some(path) => crate::crypto::read_secret_file(&PathBuf::from(path))
                 .map(|k| Some(Self(k)))
                 .map_err(|e| format!("{MANAGEMENT_KEY_FILE_ENV}: {e}")),

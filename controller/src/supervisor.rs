@@ -225,9 +225,7 @@ impl Supervisor {
             set: JoinSet::new(),
             cancel: CancellationToken::new(),
             health: Arc::new(Health::default()),
-            fault: std::env::var("MAI_FLEET_FAULT_PANIC")
-                .ok()
-                .filter(|v| !v.is_empty()),
+            fault: crate::env::raw("MAI_FLEET_FAULT_PANIC").filter(|v| !v.is_empty()),
         }
     }
 

@@ -7,15 +7,11 @@
 #   mai-fleet/tenant:uninit  never initialises tracking (health says initialized: false)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-target=${CARGO_TARGET_DIR:-$root/target}
-triple=x86_64-unknown-linux-gnu
-# crt-static links glibc statically so the binary runs in a FROM scratch image;
-# with an explicit --target the flag does not reach build scripts.
-RUSTFLAGS="-C target-feature=+crt-static" \
-  cargo build --quiet --release --locked -p mai-tenant --target "$triple" --manifest-path "$root/Cargo.toml"
+# The static binary, built with the agent's and the controller's in one invocation.
+bins=$("$root/scripts/build-static.sh")
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
-cp "$target/$triple/release/mai-tenant" "$ctx/"
+cp "$bins/mai-tenant" "$ctx/"
 cp "$root/tests/tenant/Dockerfile" "$ctx/"
 docker build --quiet -t mai-fleet/tenant:dev "$ctx" >/dev/null 2>"$ctx/err" || { cat "$ctx/err"; exit 1; }
 docker tag mai-fleet/tenant:dev mai-fleet/tenant:dev2

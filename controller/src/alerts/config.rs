@@ -167,7 +167,7 @@ fn dur(path: &str, what: &str, text: &str) -> Result<Duration, ConfigError> {
 }
 
 fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    crate::env::text(name)
 }
 
 impl AlertsConfig {

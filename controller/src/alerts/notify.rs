@@ -202,9 +202,7 @@ async fn send_email(
                 "SMTP credentials over plain smtp://: use smtp+starttls:// or smtps://".into(),
             ));
         }
-        let password = password_env
-            .and_then(|v| std::env::var(v).ok())
-            .unwrap_or_default();
+        let password = password_env.and_then(crate::env::raw).unwrap_or_default();
         builder = builder.credentials(Credentials::new(user.to_string(), password));
     }
     let mut message = Message::builder()

@@ -152,8 +152,8 @@ fn rand_u32() -> u32 {
 
 /// `MAI_FLEET_OPENROUTER_POLL_INTERVAL`, default 10 minutes.
 pub fn poll_interval_from_env() -> Result<Duration, String> {
-    match std::env::var("MAI_FLEET_OPENROUTER_POLL_INTERVAL") {
-        Ok(v) if !v.trim().is_empty() => crate::duration::parse(&v)
+    match crate::env::text("MAI_FLEET_OPENROUTER_POLL_INTERVAL") {
+        Some(v) => crate::duration::parse(&v)
             .map_err(|e| format!("MAI_FLEET_OPENROUTER_POLL_INTERVAL: {e}")),
         _ => Ok(Duration::from_secs(600)),
     }

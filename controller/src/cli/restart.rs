@@ -1,4 +1,4 @@
-//! `controller restart TENANT`: restarted and verified as a launch is.
+//! `controller restart TENANT`: restarted and verified as a launch is, and recorded.
 
 use std::process::ExitCode;
 
@@ -20,31 +20,25 @@ pub struct Args {
 /// Exit 0 restarted and verified, 3 not verified.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (spec, store) = args.target.open().await?;
-    let at = ops::locate(&spec, &args.target.tenant).await?;
-    let op = store
-        .begin_operation(
-            &args.target.tenant,
-            &at.engine.host.name,
-            &actor(),
-            "restart",
-            None,
-            None,
-        )
-        .await?;
-    eprintln!("{}/{}: restarting", at.engine.host.name, args.target.tenant);
-    let verified = ops::restart(&at, &args.verify.options(), args.stop_timeout).await;
-    let (status, detail, code) = match &verified {
-        Ok(Ok(v)) => ("ok", v.clone(), 0),
-        Ok(Err(e)) => ("failed", e.clone(), 3),
-        Err(e) => ("failed", e.to_string(), 1),
-    };
-    store.finish_operation(op, status, None, &detail).await?;
-    if let Err(e) = verified {
-        return Err(e.into());
+    let tenant = &args.target.tenant;
+    let verified = ops::restart_recorded(
+        &spec,
+        &store,
+        tenant,
+        &actor(),
+        &args.verify.options(),
+        args.stop_timeout,
+        &|line| eprintln!("{line}"),
+    )
+    .await?;
+    match verified {
+        Ok(v) => {
+            eprintln!("{tenant}: ok: {v}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{tenant}: failed: {e}");
+            Ok(ExitCode::from(3))
+        }
     }
-    eprintln!(
-        "{}/{}: {status}: {detail}",
-        at.engine.host.name, args.target.tenant
-    );
-    Ok(ExitCode::from(code))
 }

@@ -57,8 +57,7 @@ impl Engine {
     /// Connects and asks the engine its API version, within `CONNECT_TIMEOUT`
     /// (`MAI_FLEET_CONNECT_TIMEOUT` overrides it, e.g. `3s`).
     pub async fn connect(host: &HostSpec) -> Result<Self, DockerError> {
-        let timeout = std::env::var("MAI_FLEET_CONNECT_TIMEOUT")
-            .ok()
+        let timeout = crate::env::raw("MAI_FLEET_CONNECT_TIMEOUT")
             .and_then(|v| mai_fleet_core::duration::parse(&v).ok())
             .unwrap_or(CONNECT_TIMEOUT);
         match tokio::time::timeout(timeout, Self::connect_inner(host, timeout)).await {
@@ -154,7 +153,10 @@ impl Engine {
     pub fn use_running_agent(&mut self, fleet: &str, agents: &[Observed]) {
         self.probe_via = agents
             .iter()
-            .find(|a| is_agent_of(&a.labels, fleet, &self.host.name) && a.state == "running")
+            .find(|a| {
+                is_agent_of(&a.labels, fleet, &self.host.name)
+                    && a.state == crate::plan::RunState::Running
+            })
             .map(|a| a.name.clone());
     }
 
@@ -165,8 +167,7 @@ impl Engine {
         if self.local {
             16
         } else {
-            std::env::var("MAI_FLEET_REMOTE_PARALLEL")
-                .ok()
+            crate::env::raw("MAI_FLEET_REMOTE_PARALLEL")
                 .and_then(|v| v.parse().ok())
                 .filter(|n| *n > 0)
                 .unwrap_or(4)
@@ -218,7 +219,9 @@ impl Engine {
                     id: c.id.unwrap_or_default(),
                     name,
                     image: c.image.unwrap_or_default(),
-                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                    state: crate::plan::RunState::parse(
+                        &c.state.map(|s| s.to_string()).unwrap_or_default(),
+                    ),
                     labels,
                     runtime: None,
                 });
@@ -447,8 +450,8 @@ pub(super) async fn ensure_image(
 /// This machine's engine (`MAI_FLEET_IMAGE_SOURCE`, else the default socket), when it
 /// answers and is not the target itself.
 async fn image_source(target: &Engine) -> Option<Docker> {
-    let url = std::env::var("MAI_FLEET_IMAGE_SOURCE")
-        .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string());
+    let url = crate::env::raw("MAI_FLEET_IMAGE_SOURCE")
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
     if url == target.host.docker {
         return None;
     }

@@ -85,9 +85,9 @@ pub enum SshError {
 
 /// How long a master connection outlives the command (`None`: no master).
 fn persist() -> Option<Duration> {
-    let d = match std::env::var("MAI_FLEET_SSH_PERSIST") {
-        Ok(v) => mai_fleet_core::duration::parse(&v).ok()?,
-        Err(_) => Duration::from_secs(60),
+    let d = match crate::env::raw("MAI_FLEET_SSH_PERSIST") {
+        Some(v) => mai_fleet_core::duration::parse(&v).ok()?,
+        None => Duration::from_secs(60),
     };
     (!d.is_zero()).then_some(d)
 }
@@ -95,9 +95,9 @@ fn persist() -> Option<Duration> {
 /// The control sockets' directory, made owner-only (a control socket is the
 /// connection to the server).
 fn control_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("MAI_FLEET_SSH_CONTROL_DIR") {
+    let dir = match crate::env::os("MAI_FLEET_SSH_CONTROL_DIR") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/mai-fleet/ssh"),
+        None => PathBuf::from(crate::env::os("HOME")?).join(".cache/mai-fleet/ssh"),
     };
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()

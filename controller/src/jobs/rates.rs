@@ -34,10 +34,7 @@ pub fn schedule_for(table: RateTable) -> Result<Schedule, String> {
         RateTable::C => ("MAI_FLEET_NBP_CRON_C", DEFAULT_CRON_C),
         RateTable::A => ("MAI_FLEET_NBP_CRON_A", DEFAULT_CRON_A),
     };
-    let text = std::env::var(var)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| default.to_string());
+    let text = crate::env::text(var).unwrap_or_else(|| default.to_string());
     parse_cron(&text).map_err(|e| format!("{var}=`{text}`: {e}"))
 }
 

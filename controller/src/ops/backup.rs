@@ -165,7 +165,7 @@ async fn readable_data(
     if at.engine.local {
         return Ok((PathBuf::from(&at.tenant.container.data_dir), false));
     }
-    let running = at.container.state == "running";
+    let running = at.container.state == crate::plan::RunState::Running;
     if running {
         at.engine
             .docker
@@ -311,7 +311,14 @@ pub async fn backup(
     let at = locate(spec, tenant).await?;
     let host = at.engine.host.name.clone();
     let op = store
-        .begin_operation(tenant, &host, &opts.actor, "backup", None, None)
+        .begin_operation(
+            tenant,
+            &host,
+            &opts.actor,
+            crate::store::model::OperationKind::Backup,
+            None,
+            None,
+        )
         .await?;
     let limits = spec.backups;
     let target_root = opts.dir.join(tenant);
@@ -343,7 +350,12 @@ pub async fn backup(
         Err(e) => {
             remove_partials(&target_root);
             store
-                .finish_operation(op, "failed", None, &e.to_string())
+                .finish_operation(
+                    op,
+                    crate::store::model::OperationStatus::Failed,
+                    None,
+                    &e.to_string(),
+                )
                 .await?;
             return Err(e);
         }
@@ -366,7 +378,7 @@ pub async fn backup(
     store
         .finish_operation(
             op,
-            "ok",
+            crate::store::model::OperationStatus::Ok,
             None,
             &format!("backup #{id} in {}", path.display()),
         )
@@ -719,7 +731,7 @@ pub async fn restore(
             tenant,
             &at.engine.host.name,
             opts.actor,
-            "restore",
+            crate::store::model::OperationKind::Restore,
             None,
             None,
         )
@@ -760,7 +772,12 @@ pub async fn restore(
                 .start_container(&at.container.id, None)
                 .await;
             store
-                .finish_operation(op, "failed", None, &e.to_string())
+                .finish_operation(
+                    op,
+                    crate::store::model::OperationStatus::Failed,
+                    None,
+                    &e.to_string(),
+                )
                 .await?;
             return Err(e);
         }
@@ -817,7 +834,7 @@ pub async fn restore(
             ),
         });
     }
-    let status = if verified.is_ok() { "ok" } else { "failed" };
+    let status = crate::store::model::OperationStatus::of(verified.is_ok());
     let detail = match &verified {
         Ok(v) => format!("restored from {}; {v}", from.display()),
         Err(e) => format!("restored from {}, not verified: {e}", from.display()),

@@ -16,6 +16,7 @@ use crate::docker::{self, DockerError, Engine, ExecuteOptions, Outcome, Progress
 use crate::plan::{changes, Action, DesiredContainer, Observed};
 use crate::plan::{desired, DesiredTenant};
 use crate::spec::{FleetSpec, TenantSpec};
+use crate::store::model::{OperationKind, OperationStatus};
 use crate::store::operations::Revision;
 use crate::store::{Store, StoreError};
 
@@ -229,6 +230,84 @@ pub async fn exec(
     Ok(inspected.exit_code.unwrap_or(-1))
 }
 
+/// The restart use case: the tenant's container restarted, verified and recorded
+/// (who, when, how it ended). `Ok(Err(why))`: restarted but not verified.
+pub async fn restart_recorded(
+    spec: &FleetSpec,
+    store: &Store,
+    tenant: &str,
+    actor: &str,
+    verify: &docker::VerifyOptions,
+    stop_timeout_s: i32,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Result<String, String>, OpsError> {
+    let at = locate(spec, tenant).await?;
+    let op = store
+        .begin_operation(
+            tenant,
+            &at.engine.host.name,
+            actor,
+            OperationKind::Restart,
+            None,
+            None,
+        )
+        .await?;
+    progress(&format!("{}/{tenant}: restarting", at.engine.host.name));
+    let verified = restart(&at, verify, stop_timeout_s).await;
+    let (status, detail) = match &verified {
+        Ok(Ok(v)) => (OperationStatus::Ok, v.clone()),
+        Ok(Err(e)) => (OperationStatus::Failed, e.clone()),
+        Err(e) => (OperationStatus::Failed, e.to_string()),
+    };
+    store.finish_operation(op, status, None, &detail).await?;
+    verified
+}
+
+/// The exec use case: `command` run in the tenant's container and recorded, the
+/// command masked for the tenant's secrets (even typed on the command line) and its
+/// exit code kept. The command's exit code.
+pub async fn exec_recorded(
+    spec: &FleetSpec,
+    store: &Store,
+    tenant: &str,
+    actor: &str,
+    command: &[String],
+    out: &mut (dyn FnMut(bool, &str) + Send),
+) -> Result<i64, OpsError> {
+    let at = locate(spec, tenant).await?;
+    let masker = Masker::new(Some(&at.tenant.container));
+    let recorded: Vec<String> = command.iter().map(|a| masker.mask(a)).collect();
+    let op = store
+        .begin_operation(
+            tenant,
+            &at.engine.host.name,
+            actor,
+            OperationKind::Exec,
+            Some(&recorded),
+            None,
+        )
+        .await?;
+    match exec(&at, command, out).await {
+        Ok(code) => {
+            store
+                .finish_operation(
+                    op,
+                    OperationStatus::of(code == 0),
+                    Some(code as i32),
+                    &format!("exit code {code}"),
+                )
+                .await?;
+            Ok(code)
+        }
+        Err(e) => {
+            store
+                .finish_operation(op, OperationStatus::Failed, None, &e.to_string())
+                .await?;
+            Err(e)
+        }
+    }
+}
+
 /// The revision a rollback puts back: run `to` (which must have launched the
 /// tenant successfully), or else the newest successful one that differs from what
 /// runs now.
@@ -346,14 +425,14 @@ pub async fn rollback(
             tenant,
             &at.engine.host.name,
             actor,
-            "rollback",
+            crate::store::model::OperationKind::Rollback,
             None,
             Some(target.run_id),
         )
         .await?;
     let outcome = launch_revision(spec, &at, &t, opts, progress).await;
     store
-        .finish_operation(op, outcome.status.as_str(), None, &outcome.detail)
+        .finish_operation(op, outcome.status.into(), None, &outcome.detail)
         .await?;
     if outcome.status == Status::Ok {
         let mut running = target.clone();

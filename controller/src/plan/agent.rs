@@ -197,7 +197,7 @@ pub fn plan_agent(
                     from_image: c.image.clone(),
                     to_image: d.image.clone(),
                 }
-            } else if c.state != "running" {
+            } else if c.state != super::RunState::Running {
                 AgentAction::Start {
                     container: c.name.clone(),
                 }
@@ -243,7 +243,7 @@ mod tests {
             id: "c1".into(),
             name: d.name.clone(),
             image: d.image.clone(),
-            state: state.into(),
+            state: crate::plan::RunState::parse(state),
             labels: d.labels.clone().into_iter().collect::<HashMap<_, _>>(),
             runtime: None,
         }

@@ -50,12 +50,29 @@ pub enum ChangeKind {
     Changed,
 }
 
+mai_fleet_core::text_enum! {
+    /// What of a tenant a change is to, whichever backend runs it.
+    pub enum Field, "changed field" {
+        Image = "image",
+        Env = "env",
+        Memory = "memory",
+        Cpus = "cpus",
+        Pids = "pids",
+        Port = "port",
+        Mount = "mount",
+        RestartPolicy = "restart_policy",
+        CapDrop = "cap_drop",
+        SecurityOpt = "security_opt",
+        Network = "network",
+        Label = "label",
+        SpecHash = "spec_hash",
+    }
+}
+
 /// One field that apply changes. Values of secrets are never held.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
-    /// `image`, `env`, `memory`, `cpus`, `pids`, `port`, `mount`, `restart_policy`,
-    /// `cap_drop`, `security_opt`, `network`, `label`, `spec_hash`.
-    pub field: &'static str,
+    pub field: Field,
     /// The variable's or label's name, for `env` and `label`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -73,7 +90,7 @@ pub struct Change {
 
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.field)?;
+        f.write_str(self.field.as_str())?;
         if let Some(n) = &self.name {
             write!(f, " {n}")?;
         }
@@ -92,7 +109,7 @@ impl fmt::Display for Change {
     }
 }
 
-fn changed(field: &'static str, from: String, to: String) -> Change {
+fn changed(field: Field, from: String, to: String) -> Change {
     Change {
         field,
         name: None,
@@ -123,7 +140,7 @@ pub fn changes(desired: &DesiredContainer, runtime: &Runtime) -> Vec<Change> {
     let mut out = Vec::new();
     if runtime.image != desired.image {
         out.push(changed(
-            "image",
+            Field::Image,
             runtime.image.clone(),
             desired.image.clone(),
         ));
@@ -131,22 +148,30 @@ pub fn changes(desired: &DesiredContainer, runtime: &Runtime) -> Vec<Change> {
     out.extend(env_changes(desired, runtime));
     let scalar = [
         (
-            "memory",
+            Field::Memory,
             mib(runtime.memory_bytes),
             mib(desired.memory_bytes),
         ),
-        ("cpus", cpus(runtime.nano_cpus), cpus(desired.nano_cpus)),
         (
-            "pids",
+            Field::Cpus,
+            cpus(runtime.nano_cpus),
+            cpus(desired.nano_cpus),
+        ),
+        (
+            Field::Pids,
             runtime.pids_limit.to_string(),
             desired.pids_limit.to_string(),
         ),
         (
-            "restart_policy",
+            Field::RestartPolicy,
             runtime.restart_policy.clone(),
             desired.restart_policy.to_string(),
         ),
-        ("network", runtime.network.clone(), desired.network.clone()),
+        (
+            Field::Network,
+            runtime.network.clone(),
+            desired.network.clone(),
+        ),
     ];
     for (field, from, to) in scalar {
         if from != to {
@@ -155,15 +180,27 @@ pub fn changes(desired: &DesiredContainer, runtime: &Runtime) -> Vec<Change> {
     }
     let port = vec![format!("{}:{}", desired.publish_address, desired.host_port)];
     if runtime.ports != port {
-        out.push(changed("port", runtime.ports.join(","), port.join(",")));
+        out.push(changed(
+            Field::Port,
+            runtime.ports.join(","),
+            port.join(","),
+        ));
     }
     let mount = vec![desired.mount()];
     if runtime.binds != mount {
-        out.push(changed("mount", runtime.binds.join(","), mount.join(",")));
+        out.push(changed(
+            Field::Mount,
+            runtime.binds.join(","),
+            mount.join(","),
+        ));
     }
     let lists = [
-        ("cap_drop", &runtime.cap_drop, desired.cap_drop),
-        ("security_opt", &runtime.security_opt, desired.security_opt),
+        (Field::CapDrop, &runtime.cap_drop, desired.cap_drop),
+        (
+            Field::SecurityOpt,
+            &runtime.security_opt,
+            desired.security_opt,
+        ),
     ];
     for (field, have, want) in lists {
         if have.iter().map(String::as_str).ne(want.iter().copied()) {
@@ -180,7 +217,7 @@ pub fn changes(desired: &DesiredContainer, runtime: &Runtime) -> Vec<Change> {
         let (have, want) = (runtime.labels.get(name), desired.labels.get(name));
         if have != want {
             out.push(Change {
-                field: "label",
+                field: Field::Label,
                 name: Some(name.clone()),
                 change: match (have, want) {
                     (None, _) => ChangeKind::Added,
@@ -209,7 +246,7 @@ fn env_changes(desired: &DesiredContainer, runtime: &Runtime) -> Vec<Change> {
         }
         let secret = desired.secret_env.contains(name);
         out.push(Change {
-            field: "env",
+            field: Field::Env,
             name: Some(name.clone()),
             change: match (have, want) {
                 (None, _) => ChangeKind::Added,
@@ -228,7 +265,7 @@ fn env_changes(desired: &DesiredContainer, runtime: &Runtime) -> Vec<Change> {
 /// (a field the engine does not report): the hashes themselves.
 pub fn hash_change(from: &str, to: &str) -> Change {
     Change {
-        field: "spec_hash",
+        field: Field::SpecHash,
         name: None,
         change: ChangeKind::Changed,
         from: Some(from.to_string()),

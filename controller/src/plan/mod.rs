@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::spec::{FleetSpec, HostSpec, TenantSpec};
 
-pub use drift::{changes, Change, ChangeKind, Runtime};
+pub use drift::{changes, Change, ChangeKind, Field, Runtime};
 
 // The container contract is the agent's too: defined once, in the core crate.
 pub use mai_fleet_core::contract::labels::{
@@ -148,14 +148,69 @@ impl DesiredContainer {
     }
 }
 
+/// What a tenant's workload is doing, as its backend reports it (Docker's state
+/// words; another backend maps its own onto them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "&'static str")]
+pub enum RunState {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+    /// A word this controller does not know.
+    Other,
+}
+
+impl RunState {
+    pub fn parse(word: &str) -> Self {
+        match word {
+            "created" => RunState::Created,
+            "running" => RunState::Running,
+            "paused" => RunState::Paused,
+            "restarting" => RunState::Restarting,
+            "removing" => RunState::Removing,
+            "exited" => RunState::Exited,
+            "dead" => RunState::Dead,
+            _ => RunState::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Created => "created",
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Restarting => "restarting",
+            RunState::Removing => "removing",
+            RunState::Exited => "exited",
+            RunState::Dead => "dead",
+            RunState::Other => "unknown",
+        }
+    }
+}
+
+impl From<RunState> for &'static str {
+    fn from(s: RunState) -> Self {
+        s.as_str()
+    }
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A container found on an engine with `mai-fleet.managed=true`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Observed {
     pub id: String,
     pub name: String,
     pub image: String,
-    /// Docker's state: created, running, restarting, exited, paused, dead …
-    pub state: String,
+    pub state: RunState,
     pub labels: HashMap<String, String>,
     /// What it runs, when it was inspected (the containers of the host being
     /// planned are); never serialized: it holds the environment.
@@ -377,7 +432,7 @@ pub fn plan_host(
                     drift: true,
                 }
             }
-            Some(cur) if cur.state != "running" => Action::Start {
+            Some(cur) if cur.state != RunState::Running => Action::Start {
                 tenant: tenant.clone(),
                 current: (*cur).clone(),
             },
@@ -519,7 +574,7 @@ mod tests {
             id: format!("{name}-id-0123456789"),
             name: name.into(),
             image: d.image.clone(),
-            state: state.into(),
+            state: RunState::parse(state),
             labels: d.labels.clone().into_iter().collect(),
             runtime: None,
         }
@@ -770,6 +825,6 @@ mod tests {
         let p = plan_host("f", &h, &[new], &[o], &[], false).unwrap();
         let (changes, _) = update_of(&p);
         assert_eq!(changes.len(), 1);
-        assert_eq!(changes[0].field, "spec_hash");
+        assert_eq!(changes[0].field, Field::SpecHash);
     }
 }

@@ -44,9 +44,9 @@ impl RateTable {
 
     /// The fleet's choice from `MAI_FLEET_RATE_TABLE` (C when unset).
     pub fn from_env() -> Result<Self, String> {
-        match std::env::var("MAI_FLEET_RATE_TABLE") {
-            Ok(v) if !v.trim().is_empty() => v.parse(),
-            _ => Ok(RateTable::C),
+        match crate::env::text("MAI_FLEET_RATE_TABLE") {
+            Some(v) => v.parse(),
+            None => Ok(RateTable::C),
         }
     }
 }

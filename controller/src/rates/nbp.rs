@@ -61,10 +61,8 @@ fn published_rate(n: &serde_json::Number) -> Option<Decimal> {
 impl NbpClient {
     /// Base URL from `MAI_FLEET_NBP_URL`, else NBP's own.
     pub fn from_env() -> Self {
-        let base = std::env::var("MAI_FLEET_NBP_URL")
-            .ok()
-            .filter(|v| !v.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+        let base =
+            crate::env::text("MAI_FLEET_NBP_URL").unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
         Self::new(&base)
     }
 

@@ -15,7 +15,7 @@ pub struct ProcessEnv;
 
 impl EnvSource for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
+        crate::env::raw(name)
     }
 }
 

@@ -35,6 +35,50 @@ mai_fleet_core::text_enum! {
     }
 }
 
+mai_fleet_core::text_enum! {
+    /// What a recorded day-2 operation on one tenant was.
+    pub enum OperationKind, "operation" {
+        Restart = "restart",
+        Exec = "exec",
+        Rollback = "rollback",
+        Backup = "backup",
+        Restore = "restore",
+        RotateKey = "rotate_key",
+    }
+}
+
+mai_fleet_core::text_enum! {
+    /// Where a recorded operation is.
+    pub enum OperationStatus, "operation status" {
+        Running = "running",
+        Ok = "ok",
+        Failed = "failed",
+        /// A rollout that failed verification and put the previous container back.
+        RolledBack = "rolled_back",
+    }
+}
+
+impl OperationStatus {
+    /// `Ok` or `Failed` as a check came out.
+    pub fn of(ok: bool) -> Self {
+        if ok {
+            OperationStatus::Ok
+        } else {
+            OperationStatus::Failed
+        }
+    }
+}
+
+impl From<Status> for OperationStatus {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::Ok => OperationStatus::Ok,
+            Status::RolledBack => OperationStatus::RolledBack,
+            _ => OperationStatus::Failed,
+        }
+    }
+}
+
 impl Status {
     /// As a person reads it in progress lines and tables: failures stand out.
     pub fn word(self) -> String {

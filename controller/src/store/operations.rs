@@ -7,7 +7,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::model::Outcome;
+use super::model::{OperationKind, OperationStatus, Outcome};
 use super::{recorded_spec, Store, StoreError};
 use crate::plan::DesiredContainer;
 use crate::spec::TenantSpec;
@@ -131,7 +131,7 @@ impl Store {
         tenant: &str,
         host: &str,
         actor: &str,
-        kind: &str,
+        kind: OperationKind,
         command: Option<&[String]>,
         run_id: Option<i64>,
     ) -> Result<i64, StoreError> {
@@ -152,7 +152,7 @@ impl Store {
     pub async fn finish_operation(
         &self,
         id: i64,
-        status: &str,
+        status: OperationStatus,
         exit_code: Option<i32>,
         detail: &str,
     ) -> Result<(), StoreError> {

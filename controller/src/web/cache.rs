@@ -41,11 +41,9 @@ impl PageCache {
 
     /// The TTL from `MAI_FLEET_PAGE_CACHE` (`5s` by default, `off` or `0` to disable).
     pub fn ttl_from_env() -> Result<Duration, String> {
-        match std::env::var("MAI_FLEET_PAGE_CACHE") {
-            Ok(v) if v.trim() == "off" => Ok(Duration::ZERO),
-            Ok(v) if !v.trim().is_empty() => {
-                crate::duration::parse(&v).map_err(|e| format!("MAI_FLEET_PAGE_CACHE: {e}"))
-            }
+        match crate::env::text("MAI_FLEET_PAGE_CACHE") {
+            Some(v) if v.trim() == "off" => Ok(Duration::ZERO),
+            Some(v) => crate::duration::parse(&v).map_err(|e| format!("MAI_FLEET_PAGE_CACHE: {e}")),
             _ => Ok(Duration::from_secs(5)),
         }
     }

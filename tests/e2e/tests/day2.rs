@@ -721,3 +721,30 @@ fn a_remote_hosts_tenant_is_backed_up_and_restored_through_its_engine() {
         "backup:ok,restore:ok"
     );
 }
+
+/// `restart` restarts the tenant's container, verifies it as a launch is, and records
+/// who did it and how it ended.
+#[test]
+fn a_restart_is_verified_and_recorded() {
+    if !require_services() {
+        return;
+    }
+    let f = Fleet::new("restart");
+    let a = f.id("a");
+    let spec = f.write_spec(&f.spec(&[(&a, "a", DEV, "")]));
+    f.apply_ok(&spec, &[]);
+    let started = |f: &Fleet| f.inspect(&format!("mai-{a}")).unwrap()["State"]["StartedAt"].clone();
+    let before = started(&f);
+    let out = f.controller(&["restart", &a, "--spec", &spec_arg(&spec), "--settle", "1s"]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        out.stderr.contains("usage tracking initialized"),
+        "{}",
+        out.all()
+    );
+    assert_ne!(started(&f), before, "the container was restarted");
+    assert_eq!(
+        f.psql(&format!("SELECT kind || ':' || status || ':' || actor FROM tenant_operations WHERE tenant_id = '{a}'")),
+        "restart:ok:e2e@test"
+    );
+}
