@@ -8,6 +8,11 @@
 //! restart policy), fresh and no-op. Prints wall times and ratios. `BENCH_PARALLEL`
 //! and `BENCH_SETTLE` set apply's `--parallel` and `--settle`. Needs the tenant
 //! image (tests/tenant/build-images.sh) and docker-compose or the compose plugin.
+//!
+//! `BENCH_BASELINE=/path/to/an/earlier/controller` first measures the upgrade: the
+//! earlier controller applies the N tenants, this one's `plan` must find nothing to
+//! change (no tenant recreated by the upgrade), then the no-op apply of each, 10
+//! times alternating, medians and their ratio.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -56,6 +61,7 @@ fn main() {
         "no-op ratio",
         "labels ratio"
     );
+    let baseline = std::env::var_os("BENCH_BASELINE").map(PathBuf::from);
     for n in sizes {
         let dir = work.join(format!("n{n}"));
         std::fs::create_dir_all(&dir).ok();
@@ -67,6 +73,50 @@ fn main() {
         std::fs::write(&spec, spec_yaml(n, &dir.join("data-apply")))
             .unwrap_or_else(|e| fail(&e.to_string()));
         remove_containers_labelled("mai-fleet.fleet=bench");
+        let run_with = |binary: &Path, label: &str, args: &[&str]| {
+            let mut cmd = Command::new(binary);
+            cmd.args(args).env_remove("DATABASE_URL");
+            for (i, k) in keys.iter().enumerate() {
+                cmd.env(format!("BENCH_KEY_{i}"), k);
+            }
+            timed(label, &mut cmd)
+        };
+        if let Some(base) = &baseline {
+            let spec_arg = spec.to_str().unwrap_or_default();
+            let apply_args = [
+                "apply",
+                spec_arg,
+                "--parallel",
+                &parallel,
+                "--settle",
+                &settle,
+            ];
+            let fresh = run_with(base, "baseline apply fresh", &apply_args);
+            // Exit 0: nothing to change; `timed` fails the benchmark on any other.
+            run_with(
+                &controller,
+                "plan after upgrading (must find nothing to change)",
+                &["plan", spec_arg],
+            );
+            let (mut before, mut after) = (Vec::new(), Vec::new());
+            for _ in 0..10 {
+                before.push(run_with(base, "baseline apply no-op", &apply_args));
+                after.push(run_with(&controller, "apply no-op", &apply_args));
+            }
+            let median = |mut v: Vec<std::time::Duration>| {
+                v.sort();
+                v[v.len() / 2]
+            };
+            let (b, a) = (median(before), median(after));
+            println!(
+                "N={n} upgrade: earlier controller applied fresh in {:.2}s; this controller's plan: nothing to change; no-op apply (median of 10) earlier {:.3}s, this {:.3}s, ratio {:.2}x",
+                secs(fresh),
+                secs(b),
+                secs(a),
+                secs(a) / secs(b)
+            );
+            remove_containers_labelled("mai-fleet.fleet=bench");
+        }
         let apply = |label: &str, extra: &[&str]| {
             let mut cmd = Command::new(&controller);
             cmd.args([
