@@ -6,6 +6,8 @@
 //! - `rollout`: one tenant's create or update, with rollback to the previous container.
 //! - `verify`, `health`: whether a launched tenant runs and tracks usage.
 //! - `data_dir`: the tenant's data directory on a local engine.
+//! - `verbs`: the day-2 verbs on one container (output, restart, stop/start, pause,
+//!   exec, copy out and in), which `ops` uses.
 
 pub mod agent;
 mod data_dir;
@@ -15,10 +17,12 @@ mod health;
 mod rollout;
 mod ssh;
 mod transport;
+mod verbs;
 mod verify;
 
 pub use engine::{Engine, Observation};
 pub use executor::execute;
+pub use verbs::{LogsRequest, Output};
 pub use verify::{last_logs, verify, VerifyOptions};
 // Apply results are persisted: the store defines them.
 pub use crate::store::model::{Outcome, Status};

@@ -149,11 +149,6 @@ pub struct BackupReport {
 /// The app's data directory inside the container, which the archive API reads.
 const DATA_PATH: &str = mai_fleet_core::contract::DATA_MOUNT;
 
-fn api(at: &Located, what: &'static str) -> impl FnOnce(bollard::errors::Error) -> OpsError {
-    let host = at.engine.host.name.clone();
-    move |source| OpsError::Api { host, what, source }
-}
-
 /// The tenant's data directory as this machine can read it: the directory itself on
 /// a local engine; on a remote one, a frozen copy fetched into `scratch` (with
 /// `true`: a copy of ours, whose journals SQLite may replay).
@@ -167,21 +162,13 @@ async fn readable_data(
     }
     let running = at.container.state == crate::plan::RunState::Running;
     if running {
-        at.engine
-            .docker
-            .pause_container(&at.container.id)
-            .await
-            .map_err(api(at, "pause the tenant for its copy"))?;
+        at.engine.pause(&at.container.id).await?;
     }
     let tar_file = scratch.with_extension("tar");
     let fetched = fetch_archive(at, &tar_file, limits).await;
     // Resumed whatever the copy did.
     if running {
-        at.engine
-            .docker
-            .unpause_container(&at.container.id)
-            .await
-            .map_err(api(at, "resume the tenant after its copy"))?;
+        at.engine.unpause(&at.container.id).await?;
     }
     if let Err(e) = fetched {
         let _ = std::fs::remove_file(&tar_file);
@@ -199,20 +186,14 @@ async fn readable_data(
 async fn fetch_archive(at: &Located, file: &Path, limits: &BackupLimits) -> Result<(), OpsError> {
     use futures_util::StreamExt;
     use std::io::Write;
-    let options = bollard::query_parameters::DownloadFromContainerOptionsBuilder::new()
-        .path(DATA_PATH)
-        .build();
     let mut out = private_file(file)?;
     let max = limits
         .max_bytes
         .saturating_add(limits.max_files.saturating_mul(1024));
     let mut total: u64 = 0;
-    let mut stream = at
-        .engine
-        .docker
-        .download_from_container(&at.container.id, Some(options));
+    let mut stream = std::pin::pin!(at.engine.copy_out(&at.container.id, DATA_PATH));
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(api(at, "read the tenant's data directory"))?;
+        let chunk = chunk?;
         total += chunk.len() as u64;
         if total > max {
             return Err(BackupError::Budget {
@@ -736,14 +717,7 @@ pub async fn restore(
             None,
         )
         .await?;
-    let stop = bollard::query_parameters::StopContainerOptionsBuilder::new()
-        .t(10)
-        .build();
-    at.engine
-        .docker
-        .stop_container(&at.container.id, Some(stop))
-        .await
-        .map_err(api(&at, "stop the tenant"))?;
+    at.engine.stop(&at.container.id, 10).await?;
     let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
     // Beside the backups, the operator's: never inside the tenant's directory.
     let beside = from.parent().unwrap_or(from);
@@ -766,11 +740,7 @@ pub async fn restore(
     let placed = match place {
         Ok(p) => p,
         Err(e) => {
-            let _ = at
-                .engine
-                .docker
-                .start_container(&at.container.id, None)
-                .await;
+            let _ = at.engine.start(&at.container.id).await;
             store
                 .finish_operation(
                     op,
@@ -786,11 +756,7 @@ pub async fn restore(
     store
         .add_restore(tenant, backup_id, &from.display().to_string(), opts.actor)
         .await?;
-    at.engine
-        .docker
-        .start_container(&at.container.id, None)
-        .await
-        .map_err(api(&at, "start the tenant"))?;
+    at.engine.start(&at.container.id).await?;
     let d = &at.tenant.container;
     let mut verified = docker::verify(
         &at.engine,
@@ -802,14 +768,7 @@ pub async fn restore(
     .await;
     if let Err(why) = &verified {
         // What served before is put back, and serves again.
-        let stop = bollard::query_parameters::StopContainerOptionsBuilder::new()
-            .t(10)
-            .build();
-        let _ = at
-            .engine
-            .docker
-            .stop_container(&at.container.id, Some(stop))
-            .await;
+        let _ = at.engine.stop(&at.container.id, 10).await;
         let back = match &placed {
             Placed::Local { data, kept } => {
                 let (d, k) = (data.clone(), kept.clone());
@@ -821,11 +780,7 @@ pub async fn restore(
             }
             Placed::Remote { kept } => upload_archive(&at, kept, "/app/backend").await,
         };
-        let _ = at
-            .engine
-            .docker
-            .start_container(&at.container.id, None)
-            .await;
+        let _ = at.engine.start(&at.container.id).await;
         verified = Err(match back {
             Ok(()) => format!("{why}; the data it replaced was put back"),
             Err(e) => format!(
@@ -926,18 +881,7 @@ fn pack(from: &Path, file: &Path) -> Result<(), BackupError> {
 /// An archive streamed to the engine, never whole in memory.
 async fn upload_archive(at: &Located, file: &Path, path: &str) -> Result<(), OpsError> {
     let opened = tokio::fs::File::open(file).await.map_err(io_at(file))?;
-    let options = bollard::query_parameters::UploadToContainerOptionsBuilder::new()
-        .path(path)
-        .build();
-    at.engine
-        .docker
-        .upload_to_container(
-            &at.container.id,
-            Some(options),
-            bollard::body_try_stream(tokio_util::io::ReaderStream::new(opened)),
-        )
-        .await
-        .map_err(api(at, "write the tenant's data directory"))
+    Ok(at.engine.copy_in(&at.container.id, path, opened).await?)
 }
 
 /// Copies the data directory into `kept` (new, the operator's), empties it through

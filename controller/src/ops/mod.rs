@@ -8,8 +8,6 @@ pub mod backup;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicUsize;
 
-use bollard::exec::{CreateExecOptions, StartExecResults};
-use bollard::query_parameters::{LogsOptionsBuilder, RestartContainerOptionsBuilder};
 use futures_util::{Stream, StreamExt};
 
 use crate::docker::{self, DockerError, Engine, ExecuteOptions, Outcome, Progress, Status};
@@ -38,13 +36,6 @@ pub enum OpsError {
     Desired(#[from] crate::plan::DesiredError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("host {host}: {what}: {source}")]
-    Api {
-        host: String,
-        what: &'static str,
-        #[source]
-        source: bollard::errors::Error,
-    },
     #[error("{0}")]
     Revision(String),
     #[error("backup: {0}")]
@@ -99,13 +90,7 @@ pub async fn locate(spec: &FleetSpec, tenant: &str) -> Result<Located, OpsError>
 
 pub use crate::quote::Masker;
 
-/// What `logs` asks of the engine.
-pub struct LogsOptions {
-    pub follow: bool,
-    /// Unix seconds.
-    pub since: Option<i64>,
-    pub tail: Option<String>,
-}
+pub use crate::docker::LogsRequest as LogsOptions;
 
 /// The container's output, whole lines, masked. A line split across the engine's
 /// frames is joined first, so a secret cannot escape the mask by being cut in two.
@@ -113,27 +98,15 @@ pub fn logs<'a>(
     at: &'a Located,
     opts: &LogsOptions,
 ) -> impl Stream<Item = Result<String, OpsError>> + 'a {
-    let mut b = LogsOptionsBuilder::new()
-        .stdout(true)
-        .stderr(true)
-        .follow(opts.follow)
-        .timestamps(false);
-    if let Some(s) = opts.since {
-        b = b.since(s as i32);
-    }
-    if let Some(t) = &opts.tail {
-        b = b.tail(t);
-    }
     let masker = Masker::new(Some(&at.tenant.container));
-    let host = at.engine.host.name.clone();
-    let raw = at.engine.docker.logs(&at.container.id, Some(b.build()));
+    let raw = at.engine.output(&at.container.id, opts);
     let mut pending = String::new();
     raw.map(Some)
         .chain(futures_util::stream::iter([None]))
         .flat_map(move |item| {
             let lines: Vec<Result<String, OpsError>> = match item {
                 Some(Ok(chunk)) => {
-                    pending.push_str(&chunk.to_string());
+                    pending.push_str(&chunk.text);
                     let mut out = Vec::new();
                     while let Some(end) = pending.find('\n') {
                         let line: String = pending.drain(..=end).collect();
@@ -141,11 +114,7 @@ pub fn logs<'a>(
                     }
                     out
                 }
-                Some(Err(source)) => vec![Err(OpsError::Api {
-                    host: host.clone(),
-                    what: "read the container's logs",
-                    source,
-                })],
+                Some(Err(e)) => vec![Err(OpsError::Docker(e))],
                 None if pending.is_empty() => Vec::new(),
                 None => vec![Ok(masker.mask(&std::mem::take(&mut pending)))],
             };
@@ -159,18 +128,7 @@ pub async fn restart(
     verify: &docker::VerifyOptions,
     stop_timeout_s: i32,
 ) -> Result<Result<String, String>, OpsError> {
-    let options = RestartContainerOptionsBuilder::new()
-        .t(stop_timeout_s)
-        .build();
-    at.engine
-        .docker
-        .restart_container(&at.container.id, Some(options))
-        .await
-        .map_err(|source| OpsError::Api {
-            host: at.engine.host.name.clone(),
-            what: "restart the container",
-            source,
-        })?;
+    at.engine.restart(&at.container.id, stop_timeout_s).await?;
     let d = &at.tenant.container;
     Ok(docker::verify(
         &at.engine,
@@ -189,45 +147,12 @@ pub async fn exec(
     command: &[String],
     out: &mut (dyn FnMut(bool, &str) + Send),
 ) -> Result<i64, OpsError> {
-    let api = |what: &'static str| {
-        let host = at.engine.host.name.clone();
-        move |source| OpsError::Api { host, what, source }
-    };
-    let created = at
-        .engine
-        .docker
-        .create_exec(
-            &at.container.id,
-            CreateExecOptions::<String> {
-                cmd: Some(command.to_vec()),
-                attach_stdout: Some(true),
-                attach_stderr: Some(true),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(api("create the exec"))?;
     let masker = Masker::new(Some(&at.tenant.container));
-    if let StartExecResults::Attached { mut output, .. } = at
+    let mut masked = |is_err: bool, text: &str| out(is_err, &masker.mask(text));
+    Ok(at
         .engine
-        .docker
-        .start_exec(&created.id, None)
-        .await
-        .map_err(api("start the exec"))?
-    {
-        while let Some(chunk) = output.next().await {
-            let chunk = chunk.map_err(api("read the exec's output"))?;
-            let is_err = matches!(chunk, bollard::container::LogOutput::StdErr { .. });
-            out(is_err, &masker.mask(&chunk.to_string()));
-        }
-    }
-    let inspected = at
-        .engine
-        .docker
-        .inspect_exec(&created.id)
-        .await
-        .map_err(api("inspect the exec"))?;
-    Ok(inspected.exit_code.unwrap_or(-1))
+        .exec(&at.container.id, command, &mut masked)
+        .await?)
 }
 
 /// The restart use case: the tenant's container restarted, verified and recorded

@@ -610,6 +610,9 @@ mod tests {
         let one = DesiredContainer::new("f", &h, &t).spec_hash();
         assert_eq!(one, DesiredContainer::new("f", &h, &t).spec_hash());
         assert!(one.starts_with("v2-") && one.len() == 35, "{one}");
+        // The hash containers made by earlier releases carry: a change here would
+        // recreate every tenant on upgrade.
+        assert_eq!(one, "v2-f12e8817e8d4adfc90661ee756379280");
         let mut rotated = t.clone();
         rotated.api_key = Some(ApiKey::new(format!("sk-or-v1-{}", "cd".repeat(32))));
         assert_ne!(one, DesiredContainer::new("f", &h, &rotated).spec_hash());
