@@ -941,3 +941,48 @@ fn put_back(data: &Path, kept: &Path) -> Result<(), BackupError> {
     let _ = std::fs::remove_dir_all(kept);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cause of the remote backup test's flake ("attempt to write a readonly
+    /// database"): a tenant paused in the middle of a write transaction leaves a hot
+    /// journal in the frozen copy, which SQLite must roll back before it can read,
+    /// and a read-only connection cannot. The frozen copy is ours, so it is opened
+    /// writable and recovered, as after a power cut.
+    #[test]
+    fn a_frozen_copy_with_a_hot_journal_is_recovered_not_refused() {
+        let dir = std::env::temp_dir().join(format!("mai-hot-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (live, frozen) = (dir.join("live"), dir.join("frozen"));
+        std::fs::create_dir_all(&live).unwrap();
+        std::fs::create_dir_all(&frozen).unwrap();
+        let app = rusqlite::Connection::open(live.join(STORE_FILE)).unwrap();
+        app.execute_batch(
+            "PRAGMA journal_mode = DELETE; PRAGMA cache_size = 2;
+             CREATE TABLE t (x BLOB);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200)
+             INSERT INTO t SELECT randomblob(2000) FROM n;",
+        )
+        .unwrap();
+        // A write transaction under way (its pages spilled to the file, the
+        // originals in the journal) when the tenant is paused and copied.
+        app.execute_batch("BEGIN; UPDATE t SET x = randomblob(2000);")
+            .unwrap();
+        for name in [STORE_FILE.to_string(), format!("{STORE_FILE}-journal")] {
+            std::fs::copy(live.join(&name), frozen.join(&name)).unwrap();
+        }
+        app.execute_batch("ROLLBACK").unwrap();
+        let (read_only, recovered) = (dir.join("ro.db"), dir.join("rw.db"));
+        let refused = online_copy(&frozen.join(STORE_FILE), &read_only, false).unwrap_err();
+        assert!(refused.to_string().contains("readonly"), "{refused}");
+        online_copy(&frozen.join(STORE_FILE), &recovered, true).unwrap();
+        let copy = rusqlite::Connection::open(&recovered).unwrap();
+        let check: String = copy
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
