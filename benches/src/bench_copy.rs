@@ -1,8 +1,9 @@
 //! A tenant's data directory copied by handles (`mai_fleet::tree`, issue 19) against
 //! the path-based copy the previous release made (`read_dir` + `symlink_metadata` +
 //! `std::fs::copy`, kept here as the peer), on the same tree: 10,000 upload files,
-//! 1 GB in all (`MAI_BENCH_COPY_FILES`, `MAI_BENCH_COPY_MB`). Each copy runs 3 times,
-//! alternating, into a fresh directory; the medians and their ratio are printed.
+//! 1 GB in all (`MAI_BENCH_COPY_FILES`, `MAI_BENCH_COPY_MB`). Each copy runs 5 times,
+//! taking turns to go first, into a fresh directory after a `sync`; the medians and
+//! their ratio are printed.
 //!
 //!     cargo run --release --bin bench-copy
 
@@ -43,6 +44,8 @@ fn path_copy(from: &Path, to: &Path) -> std::io::Result<(u64, u64)> {
     Ok((files, bytes))
 }
 
+const ROUNDS: usize = 5;
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -64,16 +67,25 @@ fn main() {
     }
     let from = Dir::open(&src).unwrap_or_else(|e| fail(&e.to_string()));
     let (mut by_path, mut by_handle) = (Vec::new(), Vec::new());
-    for round in 0..3 {
+    // Each copy starts with nothing dirty to write back (`sync`), and the two take
+    // turns going first: neither pays for the other's writes.
+    let settle = || {
+        let _ = std::process::Command::new("sync").status();
+    };
+    let by_paths = |round: usize| {
         let dst = root.join(format!("path-{round}"));
         std::fs::create_dir_all(&dst).unwrap_or_else(|e| fail(&e.to_string()));
+        settle();
         let t = Instant::now();
         let (n, bytes) = path_copy(&src, &dst).unwrap_or_else(|e| fail(&e.to_string()));
-        by_path.push(t.elapsed());
+        let took = t.elapsed();
         assert_eq!((n, bytes), (files, per_file * files));
         let _ = std::fs::remove_dir_all(&dst);
-
+        took
+    };
+    let by_handles = |round: usize| {
         let dst = root.join(format!("handle-{round}"));
+        settle();
         let t = Instant::now();
         let to = Dir::create_private(&dst).unwrap_or_else(|e| fail(&e.to_string()));
         let copied = Copy {
@@ -83,19 +95,29 @@ fn main() {
         }
         .run(&from, &to)
         .unwrap_or_else(|e| fail(&e.to_string()));
-        by_handle.push(t.elapsed());
+        let took = t.elapsed();
         assert_eq!((copied.files, copied.bytes), (files, per_file * files));
         let _ = std::fs::remove_dir_all(&dst);
+        took
+    };
+    for round in 0..ROUNDS {
+        if round % 2 == 0 {
+            by_path.push(by_paths(round));
+            by_handle.push(by_handles(round));
+        } else {
+            by_handle.push(by_handles(round));
+            by_path.push(by_paths(round));
+        }
     }
     let _ = std::fs::remove_dir_all(&root);
     let (p, h) = (median(by_path), median(by_handle));
     println!("tree: {files} files, {} MB", (per_file * files) >> 20);
     println!(
-        "path-based copy (previous release): {:.3} s (median of 3)",
+        "path-based copy (previous release): {:.3} s (median of 5)",
         p.as_secs_f64()
     );
     println!(
-        "copy by handles (tree::Copy):       {:.3} s (median of 3)",
+        "copy by handles (tree::Copy):       {:.3} s (median of 5)",
         h.as_secs_f64()
     );
     println!("ratio: {:.2}x", h.as_secs_f64() / p.as_secs_f64());

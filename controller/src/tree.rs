@@ -377,8 +377,7 @@ impl Copy<'_> {
         self.own(&dst, &to.child(name))?;
         // A file that grows while it is copied stops at the budget.
         let room = self.budget.max_bytes - c.bytes;
-        let n = std::io::copy(&mut src.take(room.saturating_add(1)), &mut dst)
-            .map_err(|e| io(&path, e))?;
+        let n = copy_at_most(src, &mut dst, room.saturating_add(1)).map_err(|e| io(&path, e))?;
         if n > room {
             return Err(TreeError::Budget {
                 path,
@@ -393,6 +392,27 @@ impl Copy<'_> {
         c.files += 1;
         Ok(())
     }
+}
+
+/// Copies at most `limit` bytes of `src` into `dst`: in the kernel
+/// (`copy_file_range`, no copy through this process) where it can, else through a
+/// buffer. The number of bytes copied.
+fn copy_at_most(src: File, dst: &mut File, limit: u64) -> std::io::Result<u64> {
+    let mut done = 0u64;
+    while done < limit {
+        let chunk = (limit - done).min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(&src, None, &*dst, None, chunk) {
+            Ok(0) => return Ok(done),
+            Ok(n) => done += n as u64,
+            // Not between these two files (another file system on an old kernel, a
+            // file system without it): the buffered copy takes over from here.
+            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) => {
+                return Ok(done + std::io::copy(&mut src.take(limit - done), dst)?);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(done)
 }
 
 #[cfg(test)]
