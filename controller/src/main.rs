@@ -34,7 +34,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let result = runtime.block_on(run(cli.command));
+    // A blocking task left behind (a tenant's store that blocked SQLite past its
+    // budget) must not hold the exit: dropping the runtime would wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         // `controller … | head`: the reader has what it wanted.
         Err(e) if cli::is_broken_pipe(&e) => ExitCode::SUCCESS,

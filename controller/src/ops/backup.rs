@@ -165,7 +165,13 @@ async fn readable_data(
         at.engine.pause(&at.container.id).await?;
     }
     let tar_file = scratch.with_extension("tar");
-    let fetched = fetch_archive(at, &tar_file, limits).await;
+    // Bounded here, not around the whole backup: a deadline that dropped this future
+    // between the pause and the resume would leave the tenant paused.
+    let fetched =
+        match tokio::time::timeout(limits.time, fetch_archive(at, &tar_file, limits)).await {
+            Ok(r) => r,
+            Err(_) => Err(BackupError::TimedOut(limits.time.as_secs()).into()),
+        };
     // Resumed whatever the copy did.
     if running {
         at.engine.unpause(&at.container.id).await?;
@@ -304,7 +310,7 @@ pub async fn backup(
     let limits = spec.backups;
     let target_root = opts.dir.join(tenant);
     let scratch = target_root.join(format!(".fetch-{}", std::process::id()));
-    let work = async {
+    let taken = async {
         // The operator's directories, owner-only before anything goes in.
         Dir::create_private(&opts.dir).map_err(BackupError::from)?;
         Dir::create_private(&target_root).map_err(BackupError::from)?;
@@ -314,17 +320,16 @@ pub async fn backup(
             at.tenant.spec.org_id.clone(),
             target_root.clone(),
         );
-        tokio::task::spawn_blocking(move || take(&data, ours, &root, &id, &org, &limits))
-            .await
-            .map_err(BackupError::from)?
-            .map_err(OpsError::from)
-    };
-    // A store that blocks SQLite (a FIFO swapped in after the check) or the engine
-    // costs this tenant its backup, never the run.
-    let taken = match tokio::time::timeout(limits.time, work).await {
-        Ok(r) => r,
-        Err(_) => Err(BackupError::TimedOut(limits.time.as_secs()).into()),
-    };
+        // A store that blocks SQLite (a FIFO swapped in after the check) costs this
+        // tenant its backup, never the run: the blocked thread is left behind.
+        let copy =
+            tokio::task::spawn_blocking(move || take(&data, ours, &root, &id, &org, &limits));
+        match tokio::time::timeout(limits.time, copy).await {
+            Ok(joined) => joined.map_err(BackupError::from)?.map_err(OpsError::from),
+            Err(_) => Err(BackupError::TimedOut(limits.time.as_secs()).into()),
+        }
+    }
+    .await;
     let _ = std::fs::remove_dir_all(&scratch);
     let (path, manifest) = match taken {
         Ok(t) => t,
@@ -576,6 +581,16 @@ fn inspect(copy: &Path, org: &str, limits: &BackupLimits) -> Result<Inspected, B
     mai_fleet_core::store::plain_table(&c, DAILY)
         .map_err(sqlite("cannot be read"))?
         .map_err(BackupError::Refused)?;
+    // One row per organization and day: far fewer than this in any real store.
+    const MAX_ROWS: i64 = 1_000_000;
+    let rows: i64 = c
+        .query_row(&format!("SELECT count(*) FROM {DAILY}"), [], |r| r.get(0))
+        .map_err(sqlite("cannot be read"))?;
+    if rows > MAX_ROWS {
+        return Err(BackupError::Refused(format!(
+            "{DAILY} holds {rows} rows, more than the {MAX_ROWS} a store's inspection reads"
+        )));
+    }
     let integrity: String = c
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .map_err(sqlite("cannot be checked"))?;
