@@ -624,15 +624,7 @@ impl Keyring {
         {
             Ok(c) => c,
             Err(e) => {
-                let _ = self
-                    .store
-                    .finish_operation(
-                        op,
-                        crate::store::model::OperationStatus::Failed,
-                        None,
-                        &e.to_string(),
-                    )
-                    .await;
+                let _ = self.store.fail_operation(op, &e.to_string()).await;
                 return Err(e);
             }
         };

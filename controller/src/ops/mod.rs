@@ -225,9 +225,7 @@ pub async fn exec_recorded(
             Ok(code)
         }
         Err(e) => {
-            store
-                .finish_operation(op, OperationStatus::Failed, None, &e.to_string())
-                .await?;
+            store.fail_operation(op, &e.to_string()).await?;
             Err(e)
         }
     }

@@ -168,6 +168,12 @@ impl Store {
         Ok(())
     }
 
+    /// Records that operation `id` failed, the error's text as the detail.
+    pub async fn fail_operation(&self, id: i64, error: &str) -> Result<(), StoreError> {
+        self.finish_operation(id, OperationStatus::Failed, None, error)
+            .await
+    }
+
     /// Applies and operations of a tenant, newest first.
     pub async fn history(&self, tenant: &str, limit: i64) -> Result<Vec<HistoryEntry>, StoreError> {
         Ok(sqlx::query_as(

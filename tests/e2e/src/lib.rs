@@ -206,6 +206,22 @@ impl Fleet {
         cmd
     }
 
+    /// One `controller alerts evaluate` with the alerts file `config` and the
+    /// backups directory `backups` (for `backup_missing`), which must succeed.
+    pub fn evaluate_alerts(&self, config: &Path, backups: Option<&Path>) {
+        let mut cmd = self.controller_command(&["alerts", "evaluate"]);
+        cmd.env("MAI_FLEET_ALERTS_CONFIG", config);
+        if let Some(dir) = backups {
+            cmd.env("MAI_FLEET_BACKUP_DIR", dir);
+        }
+        let out = cmd.output().expect("alerts evaluate");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn apply(&self, spec: &Path, extra: &[&str]) -> RunResult {
         let mut args = vec![
             "apply",

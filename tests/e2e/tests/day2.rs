@@ -39,16 +39,7 @@ fn alert_state(f: &Fleet, rule: &str, tenant: &str) -> Option<String> {
 }
 
 fn evaluate(f: &Fleet, config: &Path) {
-    let out = f
-        .controller_command(&["alerts", "evaluate"])
-        .env("MAI_FLEET_ALERTS_CONFIG", config)
-        .output()
-        .expect("evaluate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    f.evaluate_alerts(config, None);
 }
 
 /// Issue 13's reproduction: the container is replaced by hand the way a hurried
@@ -601,17 +592,7 @@ fn a_backup_under_load_restores_without_a_regression_alert_and_missing_backups_a
     .unwrap();
     // Both tenants were applied two days ago, as far as the rule can tell.
     f.psql("UPDATE tenants SET created_at = now() - interval '2 days'");
-    let out = f
-        .controller_command(&["alerts", "evaluate"])
-        .env("MAI_FLEET_ALERTS_CONFIG", &config)
-        .env("MAI_FLEET_BACKUP_DIR", &backups)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    f.evaluate_alerts(&config, Some(&backups));
     assert_eq!(
         alert_state(&f, "store_regression", &a),
         None,

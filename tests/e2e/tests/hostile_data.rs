@@ -304,17 +304,7 @@ fn a_hostile_store_fails_its_own_backup_and_the_run_goes_on() {
     )
     .unwrap();
     f.psql("UPDATE tenants SET created_at = now() - interval '2 days'");
-    let out = f
-        .controller_command(&["alerts", "evaluate"])
-        .env("MAI_FLEET_ALERTS_CONFIG", &config)
-        .env("MAI_FLEET_BACKUP_DIR", &backups)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    f.evaluate_alerts(&config, Some(&backups));
     let firing = f.psql(
         "SELECT coalesce(string_agg(tenant_id, ','), '') FROM alerts WHERE rule = 'backup_missing' AND state = 'firing'",
     );

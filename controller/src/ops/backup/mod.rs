@@ -200,14 +200,7 @@ pub async fn backup(
         Ok(t) => t,
         Err(e) => {
             remove_partials(&target_root);
-            store
-                .finish_operation(
-                    op,
-                    crate::store::model::OperationStatus::Failed,
-                    None,
-                    &e.to_string(),
-                )
-                .await?;
+            store.fail_operation(op, &e.to_string()).await?;
             return Err(e);
         }
     };

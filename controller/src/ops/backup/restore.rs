@@ -159,14 +159,7 @@ pub async fn restore(
         Ok(p) => p,
         Err(e) => {
             let _ = at.engine.start(&at.container.id).await;
-            store
-                .finish_operation(
-                    op,
-                    crate::store::model::OperationStatus::Failed,
-                    None,
-                    &e.to_string(),
-                )
-                .await?;
+            store.fail_operation(op, &e.to_string()).await?;
             return Err(e);
         }
     };
