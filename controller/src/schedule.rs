@@ -81,6 +81,12 @@ fn standard_weekdays(field: &str) -> Result<String, String> {
     Ok(names.join(","))
 }
 
+/// A schedule that names no future time (a cron expression for a date that never
+/// comes): the job it drives stops, and the supervisor says so.
+#[derive(Debug, thiserror::Error)]
+#[error("the {0} schedule has no next time")]
+pub struct NoNextTime(pub &'static str);
+
 /// How long until the schedule's next time in `tz` (None: it has no next time).
 pub fn until_next<Z: TimeZone>(schedule: &Schedule, tz: Z) -> Option<Duration> {
     let next = schedule.upcoming(tz).next()?;

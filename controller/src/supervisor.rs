@@ -17,8 +17,11 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// Why a job stopped: any error of the domain it runs, with its causes.
+pub type JobError = Box<dyn std::error::Error + Send + Sync>;
+
 /// A job's run: the error says why it stopped.
-pub type JobFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+pub type JobFuture = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;
 
 /// What a job is handed each time it (re)starts.
 #[derive(Clone)]
@@ -62,15 +65,21 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn new<F, Fut>(name: impl Into<String>, late_after: Option<Duration>, start: F) -> Self
+    /// A job whose runs end in any error a `JobError` is made from (a domain's
+    /// typed error keeps its causes; a plain message is accepted too).
+    pub fn new<F, Fut, E>(name: impl Into<String>, late_after: Option<Duration>, start: F) -> Self
     where
         F: Fn(JobContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), String>> + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<JobError> + 'static,
     {
         Self {
             name: name.into(),
             late_after,
-            start: Box::new(move |ctx| Box::pin(start(ctx))),
+            start: Box::new(move |ctx| {
+                let run = start(ctx);
+                Box::pin(async move { run.await.map_err(Into::into) })
+            }),
         }
     }
 }
@@ -297,7 +306,7 @@ async fn supervise(job: Job, ctx: JobContext, mut inject_panic: bool) {
         let why = match handle.await {
             Ok(Ok(())) if ctx.stopping() => break,
             Ok(Ok(())) => "ended by itself".to_string(),
-            Ok(Err(e)) => e,
+            Ok(Err(e)) => crate::error_chain(&*e),
             Err(e) if e.is_panic() => format!("panicked: {}", panic_text(e.into_panic())),
             Err(_) => break,
         };
@@ -353,7 +362,7 @@ mod tests {
                 while ctx.sleep(Duration::from_secs(1)).await {
                     ctx.beat();
                 }
-                Ok(())
+                Ok::<(), JobError>(())
             }
         }));
         let health = sup.health();
@@ -383,7 +392,7 @@ mod tests {
             Some(Duration::from_secs(5)),
             |ctx| async move {
                 ctx.cancelled().await;
-                Ok(())
+                Ok::<(), JobError>(())
             },
         ));
         let health = sup.health();

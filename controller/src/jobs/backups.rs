@@ -16,10 +16,10 @@ pub async fn run_schedule(
     opts: BackupOptions,
     schedule: cron::Schedule,
     ctx: crate::supervisor::JobContext,
-) -> Result<(), String> {
+) -> Result<(), crate::schedule::NoNextTime> {
     loop {
         let Some(wait) = crate::schedule::until_next(&schedule, chrono_tz::Europe::Warsaw) else {
-            return Err("the backup schedule has no next time".into());
+            return Err(crate::schedule::NoNextTime("backup"));
         };
         ctx.beat();
         if !ctx.sleep(wait).await {

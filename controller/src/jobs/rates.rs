@@ -94,7 +94,7 @@ pub async fn run(
     table: RateTable,
     schedule: Schedule,
     ctx: crate::supervisor::JobContext,
-) -> Result<(), String> {
+) -> Result<(), crate::schedule::NoNextTime> {
     loop {
         match sync_recent(&store, &nbp, table).await {
             Ok(n) => tracing::info!(table = table.code(), stored = n, "NBP rates fetched"),
@@ -102,7 +102,7 @@ pub async fn run(
         }
         ctx.beat();
         let Some(wait) = until_next(&schedule, Warsaw) else {
-            return Err("the rate schedule has no next time".into());
+            return Err(crate::schedule::NoNextTime("rate"));
         };
         if !ctx.sleep(wait).await {
             return Ok(());
