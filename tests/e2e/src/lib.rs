@@ -222,6 +222,18 @@ impl Fleet {
         );
     }
 
+    /// `controller restore TENANT --from BACKUP --spec SPEC` (`--settle 1s` unless
+    /// `extra` says otherwise).
+    pub fn restore(&self, tenant: &str, backup: &Path, spec: &Path, extra: &[&str]) -> RunResult {
+        let (from, spec) = (backup.display().to_string(), spec.display().to_string());
+        let mut args = vec!["restore", tenant, "--from", &from, "--spec", &spec];
+        if !extra.contains(&"--settle") {
+            args.extend_from_slice(&["--settle", "1s"]);
+        }
+        args.extend_from_slice(extra);
+        self.controller(&args)
+    }
+
     pub fn apply(&self, spec: &Path, extra: &[&str]) -> RunResult {
         let mut args = vec![
             "apply",
@@ -686,6 +698,24 @@ pub fn store_tokens(data_dir: &Path) -> i64 {
     conn.query_row(
         "SELECT COALESCE(SUM(total_tokens), 0) FROM client_daily_usage",
         [],
+        |r| r.get(0),
+    )
+    .expect("query usage")
+}
+
+/// The tokens of organization `org` in a tenant's own store, read while the app may
+/// be writing (read-only, waiting out its locks).
+pub fn store_org_tokens(data_dir: &Path, org: &str) -> i64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        data_dir.join("webui.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the store");
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .expect("busy timeout");
+    conn.query_row(
+        "SELECT coalesce(sum(total_tokens), 0) FROM client_daily_usage WHERE client_org_id = ?1",
+        [org],
         |r| r.get(0),
     )
     .expect("query usage")

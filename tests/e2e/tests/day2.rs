@@ -407,21 +407,7 @@ fn logs_follow_exec_is_recorded_and_a_bad_image_is_rolled_back() {
     );
 }
 
-fn store_tokens(data: &Path, org: &str) -> i64 {
-    let conn = rusqlite::Connection::open_with_flags(
-        data.join("webui.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .unwrap();
-    conn.query_row(
-        "SELECT coalesce(sum(total_tokens), 0) FROM client_daily_usage WHERE client_org_id = ?1",
-        [org],
-        |r| r.get(0),
-    )
-    .unwrap()
-}
+use mai_fleet_e2e::store_org_tokens as store_tokens;
 
 /// One `controller backup TENANT --output json`: where the backup went, its
 /// manifest, and the store's tokens just before and just after it.
@@ -460,19 +446,6 @@ fn take_backup(
         before,
         after,
     }
-}
-
-fn restore(f: &Fleet, tenant: &str, backup: &Path, spec: &Path) -> mai_fleet_e2e::RunResult {
-    f.controller(&[
-        "restore",
-        tenant,
-        "--from",
-        &backup.display().to_string(),
-        "--spec",
-        &spec_arg(spec),
-        "--settle",
-        "1s",
-    ])
 }
 
 fn fleet_tokens(f: &Fleet, tenant: &str) -> i64 {
@@ -563,7 +536,7 @@ fn a_backup_under_load_restores_without_a_regression_alert_and_missing_backups_a
     f.agent_once("a");
     let fleet_before = fleet_tokens(&f, &a);
     assert!(fleet_before > tokens);
-    let restored = restore(&f, &a, &path, &spec);
+    let restored = f.restore(&a, &path, &spec, &[]);
     assert_eq!(restored.code, 0, "{}", restored.all());
     assert!(f.wait_health(f.base_port).is_some());
     // b's store is reset by hand: that one is a regression to be told about.
@@ -674,7 +647,7 @@ fn a_remote_hosts_tenant_is_backed_up_and_restored_through_its_engine() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     let grown = store_tokens(&data, &org);
     assert!(grown > tokens);
-    let restored = restore(&f, &a, &path, &spec);
+    let restored = f.restore(&a, &path, &spec, &[]);
     assert_eq!(restored.code, 0, "{}", restored.all());
     let now = store_tokens(&data, &org);
     assert!(

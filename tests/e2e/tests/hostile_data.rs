@@ -59,30 +59,7 @@ fn backup_ok(f: &Fleet, tenant: &str, backups: &Path, spec: &Path) -> PathBuf {
     PathBuf::from(taken[0]["path"].as_str().unwrap())
 }
 
-fn restore(f: &Fleet, tenant: &str, backup: &Path, spec: &Path, extra: &[&str]) -> RunResult {
-    let (from, spec) = (backup.display().to_string(), spec_arg(spec));
-    let mut args = vec!["restore", tenant, "--from", &from, "--spec", &spec];
-    if !extra.contains(&"--settle") {
-        args.extend_from_slice(&["--settle", "1s"]);
-    }
-    args.extend_from_slice(extra);
-    f.controller(&args)
-}
-
-fn store_tokens(data: &Path, org: &str) -> i64 {
-    let conn = rusqlite::Connection::open_with_flags(
-        data.join("webui.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    conn.query_row(
-        "SELECT coalesce(sum(total_tokens), 0) FROM client_daily_usage WHERE client_org_id = ?1",
-        [org],
-        |r| r.get(0),
-    )
-    .unwrap()
-}
+use mai_fleet_e2e::store_org_tokens as store_tokens;
 
 /// Names in `dir` starting with `prefix`.
 fn named(dir: &Path, prefix: &str) -> Vec<PathBuf> {
@@ -120,7 +97,7 @@ fn a_planted_keep_aside_folder_never_steers_a_restore() {
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::remove_dir_all(&planted).unwrap();
     std::os::unix::fs::symlink(&outside, &planted).unwrap();
-    let restored = restore(&f, &a, &path, &spec, &[]);
+    let restored = f.restore(&a, &path, &spec, &[]);
     assert_eq!(restored.code, 0, "{}", restored.all());
     assert!(
         !outside.join("planted.txt").exists(),
@@ -185,8 +162,7 @@ fn a_swapped_keep_aside_copy_is_never_put_back_through_a_link() {
         })
     };
     // A settle period longer than the time allowed: verification cannot pass.
-    let restored = restore(
-        &f,
+    let restored = f.restore(
         &a,
         &path,
         &spec,
@@ -371,7 +347,7 @@ fn a_tampered_or_unrecorded_backup_is_refused() {
     for name in ["webui.db", "manifest.json"] {
         std::fs::copy(path.join(name), forged.join(name)).unwrap();
     }
-    let refused = restore(&f, &a, &forged, &spec, &[]);
+    let refused = f.restore(&a, &forged, &spec, &[]);
     assert_ne!(refused.code, 0, "{}", refused.all());
     assert!(
         refused.stderr.contains("not a backup the fleet recorded"),
@@ -383,7 +359,7 @@ fn a_tampered_or_unrecorded_backup_is_refused() {
     // Any change to the store after the backup: here its header's user version.
     conn.pragma_update(None, "user_version", 4242).unwrap();
     drop(conn);
-    let refused = restore(&f, &a, &path, &spec, &[]);
+    let refused = f.restore(&a, &path, &spec, &[]);
     assert_ne!(refused.code, 0, "{}", refused.all());
     assert!(refused.stderr.contains("SHA-256"), "{}", refused.all());
     let ops = f.psql(&format!(
@@ -391,7 +367,7 @@ fn a_tampered_or_unrecorded_backup_is_refused() {
     ));
     assert_eq!(ops, "0", "nothing was stopped or replaced");
 
-    let forced = restore(&f, &a, &forged, &spec, &["--unverified"]);
+    let forced = f.restore(&a, &forged, &spec, &["--unverified"]);
     assert_eq!(forced.code, 0, "{}", forced.all());
     assert!(forced.stderr.contains("not checked"), "{}", forced.all());
 }
