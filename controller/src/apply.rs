@@ -12,7 +12,7 @@ use crate::docker::{
 };
 use crate::keys::{KeyError, KeyEvent, Keyring};
 use crate::plan::agent::{AgentAction, DesiredAgent};
-use crate::plan::{self, Action, DesiredContainer, PlanError};
+use crate::plan::{self, Action, PlanError, Workload};
 pub use crate::plan::{desired, DesiredTenant};
 use crate::spec::{FleetSpec, TenantSpec};
 use crate::store::{Store, StoreError};
@@ -124,7 +124,7 @@ pub async fn plan_fleet(
             if observe == Observe::Full {
                 engine.inspect_runtimes(&mut observed, &host.name).await?;
             }
-            let mine: Vec<DesiredContainer> = desired
+            let mine: Vec<Workload> = desired
                 .iter()
                 .filter(|d| d.spec.host == host.name)
                 .map(|d| d.container.clone())
@@ -511,7 +511,7 @@ pub async fn run(
     }
     let recorded = match (recorder, run_id) {
         (Some(r), Some(id)) => {
-            let pairs: Vec<(&TenantSpec, &DesiredContainer)> = plan
+            let pairs: Vec<(&TenantSpec, &Workload)> = plan
                 .desired
                 .iter()
                 .map(|d| (&d.spec, &d.container))

@@ -5,7 +5,7 @@
 //! (an escape sequence would act on the operator's terminal) and bounded.
 
 use crate::bounded;
-use crate::plan::DesiredContainer;
+use crate::plan::Workload;
 
 /// The longest line quoted from a tenant's or an agent's output.
 pub const MAX_LINE: usize = 500;
@@ -21,7 +21,7 @@ pub struct Masker {
 
 impl Masker {
     /// The secrets of the tenant `d` describes; an empty masker without one.
-    pub fn new(d: Option<&DesiredContainer>) -> Self {
+    pub fn new(d: Option<&Workload>) -> Self {
         let mut secrets: Vec<String> = d
             .into_iter()
             .flat_map(|d| d.secret_env.iter().filter_map(|name| d.env.get(name)))

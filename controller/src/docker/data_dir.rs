@@ -2,11 +2,11 @@
 //! launch, and deleted by `--purge-data` after checking the id once more.
 
 use super::engine::Engine;
-use crate::plan::DesiredContainer;
+use crate::plan::Workload;
 
 /// Creates `<data_root>/<id>/data` owner-only when the engine is local; on a remote
 /// engine Docker creates the bind source itself.
-pub(super) fn prepare_data_dir(engine: &Engine, d: &DesiredContainer) {
+pub(super) fn prepare_data_dir(engine: &Engine, d: &Workload) {
     if !engine.local {
         return;
     }

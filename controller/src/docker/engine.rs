@@ -18,7 +18,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use super::ssh::{SshError, SshTunnel};
 use super::DockerError;
 use crate::plan::agent::{is_agent_of, LABEL_AGENT_OF};
-use crate::plan::{DesiredContainer, Observed, Runtime, APP_PORT, LABEL_MANAGED};
+use crate::plan::{
+    Confinement, Observed, Resources, Restart, Runtime, Workload, APP_PORT, LABEL_MANAGED,
+};
 use crate::spec::{HostSpec, SshTarget};
 
 /// What one `observe` saw.
@@ -298,7 +300,7 @@ impl Engine {
 
 pub(super) async fn create_container(
     engine: &Engine,
-    d: &DesiredContainer,
+    d: &Workload,
     name: &str,
 ) -> Result<String, String> {
     // The seeds' incident was a container started without its key: it served and
@@ -319,18 +321,18 @@ pub(super) async fn create_container(
             port_key.clone(),
             Some(vec![PortBinding {
                 host_ip: Some(d.publish_address.clone()),
-                host_port: Some(d.host_port.to_string()),
+                host_port: Some(d.port.to_string()),
             }]),
         )])),
         restart_policy: Some(RestartPolicy {
-            name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+            name: Some(restart_policy(&d.confinement.restart)),
             maximum_retry_count: None,
         }),
-        memory: Some(d.memory_bytes),
-        nano_cpus: Some(d.nano_cpus),
-        pids_limit: Some(d.pids_limit),
-        cap_drop: Some(d.cap_drop.iter().map(|c| c.to_string()).collect()),
-        security_opt: Some(d.security_opt.iter().map(|c| c.to_string()).collect()),
+        memory: Some(d.resources.memory_bytes),
+        nano_cpus: Some(d.resources.nano_cpus),
+        pids_limit: Some(d.resources.pids_limit),
+        cap_drop: Some(d.confinement.cap_drop.clone()),
+        security_opt: Some(d.confinement.security_words()),
         network_mode: Some(d.network.clone()),
         ..Default::default()
     };
@@ -353,7 +355,7 @@ pub(super) async fn create_container(
 
 /// The fleet's bridge network, made once per engine, with inter-container traffic
 /// off (`enable_icc=false`): tenants reach the internet, not each other.
-pub(super) async fn ensure_network(engine: &Engine, d: &DesiredContainer) -> Result<(), String> {
+pub(super) async fn ensure_network(engine: &Engine, d: &Workload) -> Result<(), String> {
     // Docker lets two networks share a name (and then refuses to attach to either):
     // tenants, and host entries on one engine, are rolled out in parallel, so the
     // check and the creation happen one at a time.
@@ -515,6 +517,16 @@ pub(super) async fn remove(engine: &Engine, id: &str) -> Result<(), DockerError>
         .map_err(engine.api_err(format!("remove container {}", &id[..12.min(id.len())])))
 }
 
+/// Docker's word for a restart policy.
+fn restart_policy(restart: &Restart) -> RestartPolicyNameEnum {
+    match restart {
+        Restart::UnlessStopped => RestartPolicyNameEnum::UNLESS_STOPPED,
+        Restart::Always => RestartPolicyNameEnum::ALWAYS,
+        Restart::OnFailure => RestartPolicyNameEnum::ON_FAILURE,
+        Restart::Never | Restart::Other(_) => RestartPolicyNameEnum::NO,
+    }
+}
+
 /// A container's inspection as the plan compares it. Variables its image sets, with
 /// the image's value, are the image's, not the spec's: left out.
 fn runtime_of(info: bollard::models::ContainerInspectResponse, image_env: &[String]) -> Runtime {
@@ -543,21 +555,33 @@ fn runtime_of(info: bollard::models::ContainerInspectResponse, image_env: &[Stri
             )
         })
         .collect();
+    let (no_new_privileges, other_security): (Vec<String>, Vec<String>) = host
+        .security_opt
+        .unwrap_or_default()
+        .into_iter()
+        .partition(|o| o == "no-new-privileges" || o == "no-new-privileges:true");
     Runtime {
         image: config.image.unwrap_or_default(),
         env,
-        binds: host.binds.unwrap_or_default(),
-        memory_bytes: host.memory.unwrap_or(0),
-        nano_cpus: host.nano_cpus.unwrap_or(0),
-        pids_limit: host.pids_limit.unwrap_or(0),
+        mounts: host.binds.unwrap_or_default(),
+        resources: Resources {
+            memory_bytes: host.memory.unwrap_or(0),
+            nano_cpus: host.nano_cpus.unwrap_or(0),
+            pids_limit: host.pids_limit.unwrap_or(0),
+        },
         ports,
-        restart_policy: host
-            .restart_policy
-            .and_then(|r| r.name)
-            .map(|n| n.to_string())
-            .unwrap_or_default(),
-        cap_drop: host.cap_drop.unwrap_or_default(),
-        security_opt: host.security_opt.unwrap_or_default(),
+        confinement: Confinement {
+            cap_drop: host.cap_drop.unwrap_or_default(),
+            no_new_privileges: !no_new_privileges.is_empty(),
+            other_security,
+            restart: Restart::parse(
+                &host
+                    .restart_policy
+                    .and_then(|r| r.name)
+                    .map(|n| n.to_string())
+                    .unwrap_or_default(),
+            ),
+        },
         network: host.network_mode.unwrap_or_default(),
         labels: config
             .labels
@@ -565,5 +589,54 @@ fn runtime_of(info: bollard::models::ContainerInspectResponse, image_env: &[Stri
             .into_iter()
             .filter(|(k, _)| k.starts_with("mai-fleet."))
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bollard::models::{ContainerConfig, ContainerInspectResponse};
+
+    /// Docker's words come back as the plan's terms, and a confinement weakened by
+    /// hand (seccomp off, a restart policy changed) is drift the plan names.
+    #[test]
+    fn an_inspection_is_read_into_the_plans_terms() {
+        let info = ContainerInspectResponse {
+            config: Some(ContainerConfig {
+                image: Some("mai/app:1".into()),
+                env: Some(vec!["A=1".into(), "PATH=/bin".into()]),
+                ..Default::default()
+            }),
+            host_config: Some(HostConfig {
+                binds: Some(vec!["/srv/aa/data:/app/backend/data".into()]),
+                memory: Some(1 << 30),
+                nano_cpus: Some(500_000_000),
+                pids_limit: Some(512),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec![
+                    "no-new-privileges:true".into(),
+                    "seccomp=unconfined".into(),
+                ]),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
+                network_mode: Some("mai-f".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let r = runtime_of(info, &["PATH=/bin".to_string()]);
+        assert_eq!(r.env.keys().collect::<Vec<_>>(), ["A"]);
+        assert_eq!(r.mounts, ["/srv/aa/data:/app/backend/data"]);
+        assert_eq!(r.resources.nano_cpus, 500_000_000);
+        assert!(r.confinement.no_new_privileges);
+        assert_eq!(r.confinement.other_security, ["seccomp=unconfined"]);
+        assert_eq!(r.confinement.restart, Restart::Never);
+        let mut want = Confinement::tenant();
+        assert_ne!(r.confinement, want);
+        want.restart = Restart::Never;
+        want.other_security = vec!["seccomp=unconfined".into()];
+        assert_eq!(r.confinement, want);
     }
 }

@@ -7,14 +7,14 @@ use bollard::query_parameters::StopContainerOptionsBuilder;
 use super::data_dir::prepare_data_dir;
 use super::engine::{create_container, remove, rename, Engine};
 use super::{verify, ExecuteOptions, Status};
-use crate::plan::{DesiredContainer, Observed};
+use crate::plan::{Observed, Workload};
 
 /// How an action ended: its status, what to say, the container it left (short id).
 pub(super) type Done = (Status, String, Option<String>);
 
 pub(super) async fn create(
     engine: &Engine,
-    d: &DesiredContainer,
+    d: &Workload,
     opts: &ExecuteOptions,
     say: &(dyn Fn(&str) + Sync),
 ) -> Done {
@@ -35,7 +35,7 @@ pub(super) async fn create(
         );
     }
     say("verifying");
-    match verify::verify(engine, &id, Some(d.host_port), &opts.verify, Some(d)).await {
+    match verify::verify(engine, &id, Some(d.port), &opts.verify, Some(d)).await {
         Ok(v) => (Status::Ok, v, Some(short)),
         Err(e) => {
             let _ = remove(engine, &id).await;
@@ -52,7 +52,7 @@ pub(super) async fn create(
 /// until the new one is verified.
 pub(super) async fn update(
     engine: &Engine,
-    d: &DesiredContainer,
+    d: &Workload,
     previous: &Observed,
     opts: &ExecuteOptions,
     say: &(dyn Fn(&str) + Sync),
@@ -69,14 +69,7 @@ pub(super) async fn update(
         if let Err(e) = docker.start_container(&previous.id, None).await {
             return (Status::Failed, format!("start failed: {e}"), None);
         }
-        return match verify::verify(
-            engine,
-            &previous.id,
-            Some(d.host_port),
-            &opts.verify,
-            Some(d),
-        )
-        .await
+        return match verify::verify(engine, &previous.id, Some(d.port), &opts.verify, Some(d)).await
         {
             Ok(v) => (Status::Ok, v, Some(previous.short_id().to_string())),
             Err(e) => (Status::Failed, e, Some(previous.short_id().to_string())),
@@ -121,7 +114,7 @@ pub(super) async fn update(
     let failure = match started {
         Ok(id) => {
             say("verifying");
-            match verify::verify(engine, &id, Some(d.host_port), &opts.verify, Some(d)).await {
+            match verify::verify(engine, &id, Some(d.port), &opts.verify, Some(d)).await {
                 Ok(v) => {
                     let _ = remove(engine, &previous.id).await;
                     return (Status::Ok, v, Some(id[..12.min(id.len())].to_string()));

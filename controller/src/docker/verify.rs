@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 
 use super::health::{self, Health};
 use super::Engine;
-use crate::plan::{DesiredContainer, APP_PORT};
+use crate::plan::{Workload, APP_PORT};
 
 #[derive(Debug, Clone)]
 pub struct VerifyOptions {
@@ -37,7 +37,7 @@ pub async fn verify(
     id: &str,
     port: Option<u16>,
     opts: &VerifyOptions,
-    desired: Option<&DesiredContainer>,
+    desired: Option<&Workload>,
 ) -> Result<String, String> {
     let started = Instant::now();
     let mut baseline_restarts: Option<i64> = None;
@@ -176,7 +176,7 @@ pub(super) async fn log_tail(engine: &Engine, id: &str, lines: usize) -> String 
 
 /// The last lines the container printed, quoted (`crate::quote`: every secret of the
 /// tenant masked, control characters gone, each line bounded).
-pub async fn last_logs(engine: &Engine, id: &str, desired: Option<&DesiredContainer>) -> String {
+pub async fn last_logs(engine: &Engine, id: &str, desired: Option<&Workload>) -> String {
     let text = log_tail(engine, id, 8).await;
     let lines = crate::quote::Masker::new(desired).last_lines(&text, 8);
     if lines.is_empty() {

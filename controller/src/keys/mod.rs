@@ -20,7 +20,7 @@ use crate::crypto::{SealError, Sealer};
 use crate::docker::{ExecuteOptions, Outcome, Progress, Status};
 use crate::openrouter::{decimal_json, Created, KeyInfo, Management, OpenRouterError};
 use crate::ops::{self, OpsError};
-use crate::plan::DesiredContainer;
+use crate::plan::Workload;
 use crate::spec::{ApiKey, FleetSpec, KeySource, TenantSpec};
 use crate::store::keys::{
     KeyOrigin, KeyRecord, KeyStatus, NewKey, DISABLED_OFFBOARDED, DISABLED_ROTATED,

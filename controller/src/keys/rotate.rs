@@ -84,7 +84,7 @@ impl Keyring {
                 with_new.api_key = Some(created.key.clone());
                 let outcome = ops::launch_revision(spec, &at, &with_new, opts, progress).await;
                 if outcome.status == Status::Ok {
-                    let hash = DesiredContainer::new(&spec.fleet, &at.engine.host, &with_new)
+                    let hash = Workload::new(&spec.fleet, &at.engine.host, &with_new)
                         .hash_label()
                         .to_string();
                     self.store.promote_key(tenant, &next, &hash).await?;

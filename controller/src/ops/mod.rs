@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicUsize;
 use futures_util::{Stream, StreamExt};
 
 use crate::docker::{self, DockerError, Engine, ExecuteOptions, Outcome, Progress, Status};
-use crate::plan::{changes, Action, DesiredContainer, Observed};
+use crate::plan::{changes, Action, Observed, Workload};
 use crate::plan::{desired, DesiredTenant};
 use crate::spec::{FleetSpec, TenantSpec};
 use crate::store::model::{OperationKind, OperationStatus};
@@ -130,14 +130,7 @@ pub async fn restart(
 ) -> Result<Result<String, String>, OpsError> {
     at.engine.restart(&at.container.id, stop_timeout_s).await?;
     let d = &at.tenant.container;
-    Ok(docker::verify(
-        &at.engine,
-        &at.container.id,
-        Some(d.host_port),
-        verify,
-        Some(d),
-    )
-    .await)
+    Ok(docker::verify(&at.engine, &at.container.id, Some(d.port), verify, Some(d)).await)
 }
 
 /// Runs `command` in the tenant's container, its output (masked) handed to `out`
@@ -300,7 +293,7 @@ pub async fn launch_revision(
     progress: &Progress,
 ) -> Outcome {
     let host = &at.engine.host;
-    let d = DesiredContainer::new(&spec.fleet, host, t);
+    let d = Workload::new(&spec.fleet, host, t);
     let found = at
         .container
         .runtime
@@ -359,7 +352,7 @@ pub async fn rollback(
         .await?;
     if outcome.status == Status::Ok {
         let mut running = target.clone();
-        running.spec_hash = DesiredContainer::new(&spec.fleet, &at.engine.host, &t)
+        running.spec_hash = Workload::new(&spec.fleet, &at.engine.host, &t)
             .hash_label()
             .to_string();
         store.record_rollback(&running).await?;

@@ -3,42 +3,12 @@
 //! container replaced by hand may carry the label and still lack a variable (the
 //! incident mai-fleet exists for), so the plan compares what the engine reports.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::Serialize;
 
-use super::{DesiredContainer, LABEL_SPEC_HASH};
-
-/// What a container runs, from its inspection. `env` holds secrets: it is never
-/// serialized and `Debug` shows names only.
-#[derive(Clone, Default, PartialEq)]
-pub struct Runtime {
-    pub image: String,
-    /// The container's environment less what its image sets by itself.
-    pub env: BTreeMap<String, String>,
-    pub binds: Vec<String>,
-    pub memory_bytes: i64,
-    pub nano_cpus: i64,
-    pub pids_limit: i64,
-    /// `address:port` of every binding of the app port.
-    pub ports: Vec<String>,
-    pub restart_policy: String,
-    pub cap_drop: Vec<String>,
-    pub security_opt: Vec<String>,
-    pub network: String,
-    /// The `mai-fleet.*` labels.
-    pub labels: BTreeMap<String, String>,
-}
-
-impl fmt::Debug for Runtime {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Runtime")
-            .field("image", &self.image)
-            .field("env", &self.env.keys().collect::<Vec<_>>())
-            .finish_non_exhaustive()
-    }
-}
+use super::{Runtime, Workload, LABEL_SPEC_HASH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -135,8 +105,8 @@ fn cpus(nano: i64) -> String {
 }
 
 /// Every field in which `runtime` differs from `desired`, in a fixed order. Empty:
-/// the container is what the spec wants.
-pub fn changes(desired: &DesiredContainer, runtime: &Runtime) -> Vec<Change> {
+/// the workload is what the spec wants.
+pub fn changes(desired: &Workload, runtime: &Runtime) -> Vec<Change> {
     let mut out = Vec::new();
     if runtime.image != desired.image {
         out.push(changed(
@@ -146,26 +116,23 @@ pub fn changes(desired: &DesiredContainer, runtime: &Runtime) -> Vec<Change> {
         ));
     }
     out.extend(env_changes(desired, runtime));
+    let (have, want) = (&runtime.resources, &desired.resources);
     let scalar = [
         (
             Field::Memory,
-            mib(runtime.memory_bytes),
-            mib(desired.memory_bytes),
+            mib(have.memory_bytes),
+            mib(want.memory_bytes),
         ),
-        (
-            Field::Cpus,
-            cpus(runtime.nano_cpus),
-            cpus(desired.nano_cpus),
-        ),
+        (Field::Cpus, cpus(have.nano_cpus), cpus(want.nano_cpus)),
         (
             Field::Pids,
-            runtime.pids_limit.to_string(),
-            desired.pids_limit.to_string(),
+            have.pids_limit.to_string(),
+            want.pids_limit.to_string(),
         ),
         (
             Field::RestartPolicy,
-            runtime.restart_policy.clone(),
-            desired.restart_policy.to_string(),
+            runtime.confinement.restart.as_str().to_string(),
+            desired.confinement.restart.as_str().to_string(),
         ),
         (
             Field::Network,
@@ -178,32 +145,22 @@ pub fn changes(desired: &DesiredContainer, runtime: &Runtime) -> Vec<Change> {
             out.push(changed(field, from, to));
         }
     }
-    let port = vec![format!("{}:{}", desired.publish_address, desired.host_port)];
-    if runtime.ports != port {
-        out.push(changed(
-            Field::Port,
-            runtime.ports.join(","),
-            port.join(","),
-        ));
-    }
-    let mount = vec![desired.mount()];
-    if runtime.binds != mount {
-        out.push(changed(
-            Field::Mount,
-            runtime.binds.join(","),
-            mount.join(","),
-        ));
-    }
     let lists = [
-        (Field::CapDrop, &runtime.cap_drop, desired.cap_drop),
+        (Field::Port, runtime.ports.clone(), vec![desired.endpoint()]),
+        (Field::Mount, runtime.mounts.clone(), vec![desired.mount()]),
+        (
+            Field::CapDrop,
+            runtime.confinement.cap_drop.clone(),
+            desired.confinement.cap_drop.clone(),
+        ),
         (
             Field::SecurityOpt,
-            &runtime.security_opt,
-            desired.security_opt,
+            runtime.confinement.security_words(),
+            desired.confinement.security_words(),
         ),
     ];
     for (field, have, want) in lists {
-        if have.iter().map(String::as_str).ne(want.iter().copied()) {
+        if have != want {
             out.push(changed(field, have.join(","), want.join(",")));
         }
     }
@@ -236,7 +193,7 @@ pub fn changes(desired: &DesiredContainer, runtime: &Runtime) -> Vec<Change> {
 /// Changes of the environment, by name. A secret's value (the key, a `${env:}` or
 /// `${file:}` variable) is neither shown nor kept; the container's current value of
 /// any variable is never shown (it may have been a secret before).
-fn env_changes(desired: &DesiredContainer, runtime: &Runtime) -> Vec<Change> {
+fn env_changes(desired: &Workload, runtime: &Runtime) -> Vec<Change> {
     let names: BTreeSet<&String> = desired.env.keys().chain(runtime.env.keys()).collect();
     let mut out = Vec::new();
     for name in names {

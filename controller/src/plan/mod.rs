@@ -1,19 +1,25 @@
 //! The plan: desired tenants against the containers found on a host, as actions.
 //!
-//! Pure: no Docker here, so every case is unit-tested without an engine. The Docker
-//! backend ([`crate::docker`]) only executes what this decides.
+//! Pure and backend-neutral: a [`Workload`] and what a backend reports ([`Observed`],
+//! [`Runtime`]) are in the plan's own terms, so every case is unit-tested without an
+//! engine or a cluster, and drift is computed here once for every backend. A backend
+//! only executes what this decides.
 
 pub mod agent;
 mod drift;
+mod workload;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::spec::{FleetSpec, HostSpec, TenantSpec};
 
-pub use drift::{changes, Change, ChangeKind, Field, Runtime};
+pub use drift::{changes, Change, ChangeKind, Field};
+pub use workload::{
+    Confinement, Resources, Restart, Runtime, Workload, DEFAULT_MEMORY_BYTES, DEFAULT_NANO_CPUS,
+    DEFAULT_PIDS_LIMIT, SPEC_HASH_VERSION,
+};
 
 // The container contract is the agent's too: defined once, in the core crate.
 pub use mai_fleet_core::contract::labels::{
@@ -21,132 +27,6 @@ pub use mai_fleet_core::contract::labels::{
     SPEC_HASH as LABEL_SPEC_HASH, TENANT as LABEL_TENANT,
 };
 pub use mai_fleet_core::contract::{network_name, APP_PORT, DATA_MOUNT};
-
-/// Version of the canonical form hashed into `mai-fleet.spec-hash`. A controller that
-/// adds fields keeps hashing old containers in the version their label names, so an
-/// upgrade does not recreate the fleet (the Compose failure DESIGN.md warns of).
-///
-/// v2 (issue 9) added the confinement every tenant gets (capabilities, privileges,
-/// processes, network, published address): a v1 container runs unconfined, so the
-/// first apply after the upgrade replaces each tenant once, verified as any update.
-pub const SPEC_HASH_VERSION: &str = "v2";
-
-/// Limits a tenant gets when neither its spec nor the defaults name one: a tenant
-/// without limits can starve every other tenant of its host.
-pub const DEFAULT_MEMORY_BYTES: i64 = 2 << 30;
-pub const DEFAULT_NANO_CPUS: i64 = 1_000_000_000;
-pub const DEFAULT_PIDS_LIMIT: i64 = 512;
-
-/// Everything a tenant container is made of, derived from the spec. The Docker backend
-/// creates containers from this and nothing else, so the hash covers all of it.
-#[derive(Clone, Serialize)]
-pub struct DesiredContainer {
-    #[serde(skip)]
-    pub tenant: String,
-    #[serde(skip)]
-    pub name: String,
-    pub image: String,
-    /// Holds the API key: never print it (`Debug` shows the names only).
-    pub env: BTreeMap<String, String>,
-    pub host_port: u16,
-    /// Host address the port is published on.
-    pub publish_address: String,
-    pub data_dir: String,
-    pub memory_bytes: i64,
-    pub nano_cpus: i64,
-    pub pids_limit: i64,
-    /// Every capability is dropped: the app listens above 1024 and writes only its
-    /// data directory.
-    pub cap_drop: &'static [&'static str],
-    pub security_opt: &'static [&'static str],
-    /// The fleet's bridge network on the engine, made with inter-container traffic off:
-    /// no tenant reaches another's port (one network, not one per tenant: an engine
-    /// has address space for about thirty).
-    pub network: String,
-    pub restart_policy: &'static str,
-    #[serde(skip)]
-    pub labels: BTreeMap<String, String>,
-    /// Names of the variables whose values are secrets (the key, `${env:}`/`${file:}`
-    /// values): a plan shows that they change, never their values.
-    #[serde(skip)]
-    pub secret_env: BTreeSet<String>,
-}
-
-/// Shows env names only: values include the API key.
-impl std::fmt::Debug for DesiredContainer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DesiredContainer")
-            .field("name", &self.name)
-            .field("image", &self.image)
-            .field("env", &self.env.keys().collect::<Vec<_>>())
-            .field("host_port", &self.host_port)
-            .field("data_dir", &self.data_dir)
-            .finish_non_exhaustive()
-    }
-}
-
-impl DesiredContainer {
-    pub fn new(fleet: &str, host: &HostSpec, t: &TenantSpec) -> Self {
-        let nano_cpus = t
-            .cpus
-            .and_then(|c| {
-                (c * rust_decimal::Decimal::from(1_000_000_000u64))
-                    .trunc()
-                    .try_into()
-                    .ok()
-            })
-            .unwrap_or(DEFAULT_NANO_CPUS);
-        let mut d = Self {
-            tenant: t.id.clone(),
-            name: t.container_name(),
-            image: t.image.clone(),
-            env: t.container_env(),
-            host_port: t.port,
-            publish_address: host.publish_address.clone(),
-            data_dir: format!("{}/{}/data", host.data_root, t.id),
-            memory_bytes: t.memory_bytes.unwrap_or(DEFAULT_MEMORY_BYTES),
-            nano_cpus,
-            pids_limit: t.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT),
-            cap_drop: &["ALL"],
-            security_opt: &["no-new-privileges"],
-            network: network_name(fleet),
-            restart_policy: "unless-stopped",
-            labels: BTreeMap::new(),
-            secret_env: t
-                .secret_env
-                .keys()
-                .cloned()
-                .chain(["OPENROUTER_API_KEY".to_string()])
-                .collect(),
-        };
-        let hash = d.spec_hash();
-        d.labels = BTreeMap::from([
-            (LABEL_MANAGED.to_string(), "true".to_string()),
-            (LABEL_TENANT.to_string(), t.id.clone()),
-            (LABEL_HOST.to_string(), host.name.clone()),
-            (LABEL_FLEET.to_string(), fleet.to_string()),
-            (LABEL_SPEC_HASH.to_string(), hash),
-        ]);
-        d
-    }
-
-    /// `v2-` + 32 hex digits of SHA-256 over the canonical JSON (fields in declaration
-    /// order, env sorted). The key is inside, so a rotation recreates the container.
-    pub fn spec_hash(&self) -> String {
-        let canonical = serde_json::to_vec(self).unwrap_or_default();
-        let digest = Sha256::digest(&canonical);
-        format!("{SPEC_HASH_VERSION}-{}", crate::crypto::hex(&digest[..16]))
-    }
-
-    pub fn hash_label(&self) -> &str {
-        self.labels.get(LABEL_SPEC_HASH).map_or("", String::as_str)
-    }
-
-    /// The data directory's bind mount, as the engine reports it.
-    pub fn mount(&self) -> String {
-        format!("{}:{DATA_MOUNT}", self.data_dir)
-    }
-}
 
 /// What a tenant's workload is doing, as its backend reports it (Docker's state
 /// words; another backend maps its own onto them).
@@ -245,7 +125,7 @@ pub enum Action {
     /// No container for the tenant: create, start, verify.
     Create {
         #[serde(skip)]
-        desired: Box<DesiredContainer>,
+        desired: Box<Workload>,
         tenant: String,
     },
     /// The spec changed, or the container drifted from it: start a new container,
@@ -253,7 +133,7 @@ pub enum Action {
     /// if verification fails.
     Update {
         #[serde(skip)]
-        desired: Box<DesiredContainer>,
+        desired: Box<Workload>,
         tenant: String,
         previous: Observed,
         /// What changes, field by field.
@@ -344,7 +224,7 @@ pub enum PlanError {
 pub fn plan_host(
     fleet: &str,
     host: &HostSpec,
-    desired: &[DesiredContainer],
+    desired: &[Workload],
     observed: &[Observed],
     unmanaged_names: &[String],
     prune: bool,
@@ -471,7 +351,7 @@ pub fn plan_host(
 
 /// What an update of `previous` to `d` changes: the fields that differ, or the
 /// hashes when no field the engine reports does.
-fn update_changes(d: &DesiredContainer, previous: &Observed) -> Vec<Change> {
+fn update_changes(d: &Workload, previous: &Observed) -> Vec<Change> {
     let found = previous
         .runtime
         .as_ref()
@@ -489,7 +369,7 @@ fn update_changes(d: &DesiredContainer, previous: &Observed) -> Vec<Change> {
 #[derive(Clone)]
 pub struct DesiredTenant {
     pub spec: TenantSpec,
-    pub container: DesiredContainer,
+    pub container: Workload,
 }
 
 /// Why a tenant of the spec has no desired container.
@@ -522,7 +402,7 @@ pub fn desired(spec: &FleetSpec) -> Result<Vec<DesiredTenant>, DesiredError> {
             }
             Ok(DesiredTenant {
                 spec: t.clone(),
-                container: DesiredContainer::new(&spec.fleet, host, t),
+                container: Workload::new(&spec.fleet, host, t),
             })
         })
         .collect()
@@ -569,7 +449,7 @@ mod tests {
         }
     }
 
-    fn observed(d: &DesiredContainer, name: &str, state: &str) -> Observed {
+    fn observed(d: &Workload, name: &str, state: &str) -> Observed {
         Observed {
             id: format!("{name}-id-0123456789"),
             name: name.into(),
@@ -590,9 +470,9 @@ mod tests {
     #[test]
     fn same_spec_is_unchanged_and_a_changed_one_updates() {
         let h = host();
-        let a = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
-        let b = DesiredContainer::new("f", &h, &tenant("bb", "mai/app:1"));
-        let b2 = DesiredContainer::new("f", &h, &tenant("bb", "mai/app:2"));
+        let a = Workload::new("f", &h, &tenant("aa", "mai/app:1"));
+        let b = Workload::new("f", &h, &tenant("bb", "mai/app:1"));
+        let b2 = Workload::new("f", &h, &tenant("bb", "mai/app:2"));
         let obs = vec![
             observed(&a, "mai-aa", "running"),
             observed(&b, "mai-bb", "running"),
@@ -607,25 +487,25 @@ mod tests {
     fn hash_is_stable_and_covers_the_key() {
         let h = host();
         let t = tenant("aa", "mai/app:1");
-        let one = DesiredContainer::new("f", &h, &t).spec_hash();
-        assert_eq!(one, DesiredContainer::new("f", &h, &t).spec_hash());
+        let one = Workload::new("f", &h, &t).spec_hash();
+        assert_eq!(one, Workload::new("f", &h, &t).spec_hash());
         assert!(one.starts_with("v2-") && one.len() == 35, "{one}");
         // The hash containers made by earlier releases carry: a change here would
         // recreate every tenant on upgrade.
         assert_eq!(one, "v2-f12e8817e8d4adfc90661ee756379280");
         let mut rotated = t.clone();
         rotated.api_key = Some(ApiKey::new(format!("sk-or-v1-{}", "cd".repeat(32))));
-        assert_ne!(one, DesiredContainer::new("f", &h, &rotated).spec_hash());
+        assert_ne!(one, Workload::new("f", &h, &rotated).spec_hash());
         // Billing-only fields do not touch the container.
         let mut billing = t;
         billing.monthly_limit_usd = Some(rust_decimal::Decimal::from(100));
-        assert_eq!(one, DesiredContainer::new("f", &h, &billing).spec_hash());
+        assert_eq!(one, Workload::new("f", &h, &billing).spec_hash());
     }
 
     #[test]
     fn dropped_tenant_is_orphan_without_prune_and_removed_with_it() {
         let h = host();
-        let a = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
+        let a = Workload::new("f", &h, &tenant("aa", "mai/app:1"));
         let obs = vec![observed(&a, "mai-aa", "running")];
         assert_eq!(
             verbs(&plan_host("f", &h, &[], &obs, &[], false).unwrap()),
@@ -640,8 +520,8 @@ mod tests {
     #[test]
     fn stopped_container_is_started_and_leftovers_are_cleaned() {
         let h = host();
-        let a = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
-        let old = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:0"));
+        let a = Workload::new("f", &h, &tenant("aa", "mai/app:1"));
+        let old = Workload::new("f", &h, &tenant("aa", "mai/app:0"));
         let obs = vec![
             observed(&a, "mai-aa", "exited"),
             observed(&old, "mai-aa.prev", "exited"),
@@ -653,8 +533,8 @@ mod tests {
     #[test]
     fn interrupted_update_takes_the_renamed_container_as_previous() {
         let h = host();
-        let new = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:2"));
-        let old = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
+        let new = Workload::new("f", &h, &tenant("aa", "mai/app:2"));
+        let old = Workload::new("f", &h, &tenant("aa", "mai/app:1"));
         let obs = vec![observed(&old, "mai-aa.prev", "exited")];
         let p = plan_host("f", &h, &[new], &obs, &[], false).unwrap();
         assert_eq!(verbs(&p), ["update:aa"]);
@@ -667,11 +547,11 @@ mod tests {
     #[test]
     fn other_fleet_on_the_host_is_refused_and_name_clash_blocks() {
         let h = host();
-        let a = DesiredContainer::new("other", &h, &tenant("aa", "mai/app:1"));
+        let a = Workload::new("other", &h, &tenant("aa", "mai/app:1"));
         let obs = vec![observed(&a, "mai-aa", "running")];
         let err = plan_host("f", &h, &[], &obs, &[], true).unwrap_err();
         assert!(matches!(err, PlanError::ForeignFleet { .. }));
-        let mine = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
+        let mine = Workload::new("f", &h, &tenant("aa", "mai/app:1"));
         let p = plan_host("f", &h, &[mine], &[], &["mai-aa".to_string()], false).unwrap();
         assert_eq!(verbs(&p), ["blocked:aa"]);
     }
@@ -679,7 +559,7 @@ mod tests {
     #[test]
     fn a_container_whose_tenant_label_is_not_a_tenant_id_is_refused_even_with_prune() {
         let h = host();
-        let a = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
+        let a = Workload::new("f", &h, &tenant("aa", "mai/app:1"));
         let mut obs = vec![observed(&a, "mai-aa", "running")];
         for (name, label) in [("empty", ""), ("dots", "../x"), ("slash", "a/b")] {
             let mut o = observed(&a, name, "running");
@@ -700,27 +580,9 @@ mod tests {
             name: "hel1-b".into(),
             ..host()
         };
-        let b = DesiredContainer::new("f", &other_host, &tenant("bb", "mai/app:1"));
+        let b = Workload::new("f", &other_host, &tenant("bb", "mai/app:1"));
         let obs = vec![observed(&b, "mai-bb", "running")];
         assert!(plan_host("f", &h, &[], &obs, &[], true).unwrap().is_empty());
-    }
-
-    /// What the engine reports of a container made exactly from `d`.
-    fn runtime_of(d: &DesiredContainer) -> Runtime {
-        Runtime {
-            image: d.image.clone(),
-            env: d.env.clone(),
-            binds: vec![d.mount()],
-            memory_bytes: d.memory_bytes,
-            nano_cpus: d.nano_cpus,
-            pids_limit: d.pids_limit,
-            ports: vec![format!("{}:{}", d.publish_address, d.host_port)],
-            restart_policy: d.restart_policy.to_string(),
-            cap_drop: d.cap_drop.iter().map(|c| c.to_string()).collect(),
-            security_opt: d.security_opt.iter().map(|c| c.to_string()).collect(),
-            network: d.network.clone(),
-            labels: d.labels.clone(),
-        }
     }
 
     fn update_of(actions: &[Action]) -> (&[Change], bool) {
@@ -735,9 +597,9 @@ mod tests {
     #[test]
     fn a_container_that_differs_from_its_spec_hash_is_an_update_naming_what_differs() {
         let h = host();
-        let d = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
+        let d = Workload::new("f", &h, &tenant("aa", "mai/app:1"));
         let mut o = observed(&d, "mai-aa", "running");
-        o.runtime = Some(runtime_of(&d));
+        o.runtime = Some(Runtime::of(&d));
         let p = plan_host(
             "f",
             &h,
@@ -749,11 +611,12 @@ mod tests {
         .unwrap();
         assert_eq!(verbs(&p), ["unchanged:aa"], "what the spec says: no change");
 
-        let mut by_hand = runtime_of(&d);
+        let mut by_hand = Runtime::of(&d);
         by_hand.env.remove("OPENROUTER_EXTERNAL_USER");
         by_hand.env.insert("DEBUG_HACK".into(), "1".into());
-        by_hand.memory_bytes = 0;
-        by_hand.cap_drop.clear();
+        by_hand.resources.memory_bytes = 0;
+        by_hand.confinement.cap_drop.clear();
+        by_hand.confinement.other_security = vec!["seccomp=unconfined".into()];
         o.runtime = Some(by_hand);
         let p = plan_host(
             "f",
@@ -774,6 +637,7 @@ mod tests {
                 "env OPENROUTER_EXTERNAL_USER added (aa_org)",
                 "memory 0m -> 1024m",
                 "cap_drop (none) -> ALL",
+                "security_opt no-new-privileges,seccomp=unconfined -> no-new-privileges",
             ]
         );
     }
@@ -782,7 +646,7 @@ mod tests {
     fn a_changed_spec_lists_its_changes_and_never_a_secret_value() {
         let h = host();
         let mut t = tenant("aa", "mai/app:1");
-        let old = DesiredContainer::new("f", &h, &t);
+        let old = Workload::new("f", &h, &t);
         t.image = "mai/app:2".into();
         t.env.insert("LOG_LEVEL".into(), "DEBUG".into());
         t.env
@@ -791,9 +655,9 @@ mod tests {
             .insert("SMTP_PASSWORD".into(), "${env:SMTP_PASSWORD}".into());
         t.api_key = Some(ApiKey::new(format!("sk-or-v1-{}", "cd".repeat(32))));
         t.port = 3002;
-        let new = DesiredContainer::new("f", &h, &t);
+        let new = Workload::new("f", &h, &t);
         let mut o = observed(&old, "mai-aa", "running");
-        o.runtime = Some(runtime_of(&old));
+        o.runtime = Some(Runtime::of(&old));
         let p = plan_host("f", &h, std::slice::from_ref(&new), &[o], &[], false).unwrap();
         let (changes, drift) = update_of(&p);
         assert!(!drift, "the spec changed; the container did not drift");
@@ -822,8 +686,8 @@ mod tests {
     #[test]
     fn without_an_inspection_an_update_names_the_hashes() {
         let h = host();
-        let old = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:1"));
-        let new = DesiredContainer::new("f", &h, &tenant("aa", "mai/app:2"));
+        let old = Workload::new("f", &h, &tenant("aa", "mai/app:1"));
+        let new = Workload::new("f", &h, &tenant("aa", "mai/app:2"));
         let o = observed(&old, "mai-aa", "running");
         let p = plan_host("f", &h, &[new], &[o], &[], false).unwrap();
         let (changes, _) = update_of(&p);

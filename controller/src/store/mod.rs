@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
-use crate::plan::DesiredContainer;
+use crate::plan::Workload;
 use crate::spec::{FleetSpec, TenantSpec};
 use model::{Outcome, Status};
 
@@ -156,7 +156,7 @@ impl Store {
         &self,
         run_id: i64,
         spec: &FleetSpec,
-        desired: &[(&TenantSpec, &DesiredContainer)],
+        desired: &[(&TenantSpec, &Workload)],
         outcomes: &[Outcome],
     ) -> Result<&'static str, StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -228,7 +228,7 @@ async fn upsert_tenant(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     fleet: &str,
     t: &TenantSpec,
-    d: &DesiredContainer,
+    d: &Workload,
     run_id: i64,
 ) -> Result<(), StoreError> {
     let spec = recorded_spec(t);

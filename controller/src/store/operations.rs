@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::model::{OperationKind, OperationStatus, Outcome};
 use super::{recorded_spec, Store, StoreError};
-use crate::plan::DesiredContainer;
+use crate::plan::Workload;
 use crate::spec::TenantSpec;
 
 /// A tenant as one run launched it.
@@ -85,7 +85,7 @@ pub(super) async fn add_revision(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     run_id: i64,
     t: &TenantSpec,
-    d: &DesiredContainer,
+    d: &Workload,
     o: &Outcome,
 ) -> Result<(), StoreError> {
     sqlx::query(

@@ -172,7 +172,7 @@ pub async fn restore(
     let mut verified = docker::verify(
         &at.engine,
         &at.container.id,
-        Some(d.host_port),
+        Some(d.port),
         opts.verify,
         Some(d),
     )
