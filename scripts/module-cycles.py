@@ -7,6 +7,9 @@ belongs to on X. Prints each strongly connected component with more than one mod
 With `--layers FILE`, the lines `layer N: a b c` of FILE (docs/architecture.md) name
 the layers of the controller's modules: every module must be in one, and may use only
 modules of lower layers; each use that does not is printed, and the exit code is 1.
+The table of the controller library's modules must say what each uses, as the code
+has it (`env` aside). A line `sealed: X used only by a b` says that no other module may use X (a backend
+only its seam names).
 
     scripts/module-cycles.py [--layers docs/architecture.md] controller/src agent/src core/src
 """
@@ -100,17 +103,60 @@ def sccs(edges):
 
 
 def layers(path):
-    found = {}
+    found, sealed = {}, {}
     for line in open(path, encoding="utf-8"):
         m = re.match(r"^layer (\d+): (.*)$", line.strip())
         if m:
             for name in m.group(2).split():
                 found[name] = int(m.group(1))
-    return found
+        m = re.match(r"^sealed: (\S+) used only by (.*)$", line.strip())
+        if m:
+            sealed[m.group(1)] = set(m.group(2).split())
+    return found, sealed
 
 
-def check_layers(src, edges, layer_of):
+def documented_uses(path):
+    """The `uses` column of the controller library's table: {module: set(modules)}."""
+    uses, inside = {}, False
+    for line in open(path, encoding="utf-8"):
+        if line.startswith("## "):
+            inside = line.startswith("## controller library")
+        if not inside or not line.startswith("| `"):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        names = re.findall(r"`([a-z_]+)`", cells[0])
+        used = {u.split("::")[0] for u in re.findall(r"`([a-z_:]+)`", cells[-1])}
+        for n in names:
+            uses[n] = used
+    return uses
+
+
+def check_uses(src, edges, documented):
+    # `env` is every module's (the one place the environment is read): not listed.
     problems = []
+    for m in sorted(edges):
+        if m not in documented:
+            problems.append(f"{m} has no row in the table")
+            continue
+        code = set(edges[m]) - {"env"}
+        doc = documented[m] & set(edges)
+        if code != doc:
+            extra = ", ".join(sorted(code - doc)) or "-"
+            gone = ", ".join(sorted(doc - code)) or "-"
+            problems.append(f"{m}: the code uses, the table does not say: {extra}; the table says, the code does not: {gone}")
+    print(f"{src}: {len(problems)} difference(s) between the table of uses and the code")
+    for p in problems:
+        print("  " + p)
+    return bool(problems)
+
+
+def check_layers(src, edges, layer_of, sealed):
+    problems = []
+    for m in sorted(edges):
+        for n in sorted(edges[m]):
+            if n in sealed and m != n and m not in sealed[n]:
+                problems.append(
+                    f"{m} uses {n}, which only {', '.join(sorted(sealed[n]))} may use")
     for m in sorted(edges):
         if m not in layer_of:
             problems.append(f"{m} is in no layer")
@@ -127,9 +173,10 @@ def check_layers(src, edges, layer_of):
 
 def main():
     args = sys.argv[1:]
-    layer_of = None
+    layer_of, sealed, documented = None, {}, None
     if args[:1] == ["--layers"]:
-        layer_of = layers(args[1])
+        layer_of, sealed = layers(args[1])
+        documented = documented_uses(args[1])
         args = args[2:]
     bad = False
     for src in args:
@@ -143,7 +190,8 @@ def main():
                 inner = sorted(n for n in edges[m] if n in c)
                 print(f"    {m} -> {', '.join(inner)}")
         if layer_of is not None and src.rstrip("/").endswith("controller/src"):
-            bad |= check_layers(src, edges, layer_of)
+            bad |= check_layers(src, edges, layer_of, sealed)
+            bad |= check_uses(src, edges, documented)
     sys.exit(1 if bad else 0)
 
 

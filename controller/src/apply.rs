@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 
-use crate::docker::{
-    self, DockerError, Engine, ExecuteOptions, Observation, Outcome, Progress, Status,
-};
+pub use crate::backend::Observe;
+use crate::backend::{BackendError, Host, Observation};
+use crate::execution::{ExecuteOptions, Outcome, Progress, Status};
 use crate::keys::{KeyError, KeyEvent, Keyring};
 use crate::plan::agent::{AgentAction, DesiredAgent};
 use crate::plan::{self, Action, PlanError, Workload};
@@ -20,7 +20,7 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
     #[error(transparent)]
-    Docker(#[from] DockerError),
+    Backend(#[from] BackendError),
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error(transparent)]
@@ -28,7 +28,7 @@ pub enum FleetError {
 }
 
 pub struct HostPlan {
-    pub engine: Engine,
+    pub host: Host,
     pub actions: Vec<Action>,
     /// The host's agent container, when `apply` keeps one (or removes the last one).
     pub agent: Option<(AgentAction, Option<DesiredAgent>)>,
@@ -84,23 +84,13 @@ impl FleetPlan {
             "fleet": fleet,
             "changes": self.changes(),
             "hosts": self.hosts.iter().map(|h| serde_json::json!({
-                "host": h.engine.host.name,
+                "host": h.host.name(),
                 "actions": h.actions,
                 "agent": h.agent.as_ref().map(|(a, _)| a),
             })).collect::<Vec<_>>(),
             "unreachable": self.unreachable,
         })
     }
-}
-
-/// How much of each container a plan looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Observe {
-    /// Labels and what each container runs (drift is an update).
-    #[default]
-    Full,
-    /// Labels only: one API call a host, blind to containers changed by hand.
-    LabelsOnly,
 }
 
 /// Connects to every host and plans it. A host whose engine cannot be reached is set
@@ -115,15 +105,12 @@ pub async fn plan_fleet(
     let planned = join_all(spec.hosts.iter().map(|host| {
         let desired = &desired;
         async move {
-            let engine = Engine::connect(host).await?;
+            let connected = Host::connect(host).await?;
             let Observation {
-                managed: mut observed,
+                managed: observed,
                 agents,
                 others,
-            } = engine.observe().await?;
-            if observe == Observe::Full {
-                engine.inspect_runtimes(&mut observed, &host.name).await?;
-            }
+            } = connected.observe(observe).await?;
             let mine: Vec<Workload> = desired
                 .iter()
                 .filter(|d| d.spec.host == host.name)
@@ -135,7 +122,7 @@ pub async fn plan_fleet(
                 plan::agent::plan_agent(&spec.fleet, &host.name, desired_agent.as_ref(), &agents)
                     .map(|a| (a, desired_agent));
             Ok::<_, FleetError>(HostPlan {
-                engine,
+                host: connected,
                 actions,
                 agent,
             })
@@ -146,11 +133,7 @@ pub async fn plan_fleet(
     for (p, host) in planned.into_iter().zip(&spec.hosts) {
         match p {
             Ok(h) => hosts.push(h),
-            Err(FleetError::Docker(
-                e @ (DockerError::Unreachable { .. }
-                | DockerError::Connect { .. }
-                | DockerError::HostKey { .. }),
-            )) => unreachable.push((
+            Err(FleetError::Backend(e)) if e.is_unreachable() => unreachable.push((
                 UnreachableHost {
                     host: host.name.clone(),
                     reason: crate::error_chain(&e),
@@ -166,7 +149,7 @@ pub async fn plan_fleet(
         }
     }
     if hosts.is_empty() && !unreachable.is_empty() {
-        errors.extend(unreachable.into_iter().map(|(_, e)| FleetError::Docker(e)));
+        errors.extend(unreachable.into_iter().map(|(_, e)| FleetError::Backend(e)));
         return Err(errors);
     }
     if !errors.is_empty() {
@@ -219,19 +202,19 @@ async fn apply_host(
     progress: &Progress,
     store: Option<&Store>,
 ) -> (Vec<Outcome>, Option<AgentOutcome>) {
-    let mut engine = h.engine.clone();
-    let host = engine.host.name.clone();
+    let mut connected = h.host.clone();
+    let host = connected.name().to_string();
     let mut agent_outcome = None;
     if let Some((action, desired)) = &h.agent {
         let mut agent_runs = action.serves_before_tenants();
         let first = match (action, desired) {
             (AgentAction::Create, Some(d)) => Some((
                 "create",
-                deploy_agent(&engine, d, opts, progress, store).await,
+                deploy_agent(&connected, d, opts, progress, store).await,
             )),
             (AgentAction::Start { container }, _) => Some((
                 "start",
-                docker::agent::start(&engine, container, opts.verify.settle).await,
+                connected.start_agent(container, opts.verify.settle).await,
             )),
             _ => None,
         };
@@ -240,20 +223,21 @@ async fn apply_host(
             agent_outcome = Some(agent_result(&host, verb, result, progress));
         }
         if agent_runs {
-            engine.probe_via = desired.as_ref().map(|d| d.name.clone());
+            connected.verify_through(desired.as_ref().map(|d| d.name.clone()));
         }
     }
-    let outcomes = docker::execute(&engine, h.actions.clone(), opts, failures, progress).await;
+    let outcomes = connected
+        .execute(h.actions.clone(), opts, failures, progress)
+        .await;
     if let Some((action, desired)) = &h.agent {
         let after = match (action, desired) {
             (AgentAction::Roll { .. }, Some(d)) => Some((
                 "roll",
-                deploy_agent(&engine, d, opts, progress, store).await,
+                deploy_agent(&connected, d, opts, progress, store).await,
             )),
-            (AgentAction::Remove { container }, _) => Some((
-                "remove",
-                docker::agent::remove_agent(&engine, container).await,
-            )),
+            (AgentAction::Remove { container }, _) => {
+                Some(("remove", connected.remove_agent(container).await))
+            }
             _ => None,
         };
         if let Some((verb, result)) = after {
@@ -289,7 +273,7 @@ fn agent_result(
 /// New credentials for the host, the container replaced, then its first heartbeat
 /// awaited: an agent that cannot reach the database is a failed deployment.
 async fn deploy_agent(
-    engine: &Engine,
+    connected: &Host,
     desired: &DesiredAgent,
     opts: &ExecuteOptions,
     progress: &Progress,
@@ -299,7 +283,7 @@ async fn deploy_agent(
     let store =
         store.ok_or("agents need the fleet database (DATABASE_URL) for their credentials")?;
     let say = |msg: &str| progress(host, "agent", msg);
-    docker::agent::prepare(engine, desired, &say).await?;
+    connected.prepare_agent(desired, &say).await?;
     // Only heartbeats after the old agent is gone count.
     let since = store.now().await.map_err(|e| e.to_string())?;
     let creds = store
@@ -308,7 +292,9 @@ async fn deploy_agent(
         .map_err(|e| format!("credentials for host {host}: {e}"))?;
     let url = desired.url_with(&creds.role, &creds.password);
     let started = Instant::now();
-    let detail = docker::agent::deploy(engine, desired, &url, opts.verify.settle).await?;
+    let detail = connected
+        .deploy_agent(desired, &url, opts.verify.settle)
+        .await?;
     loop {
         if store.heartbeat_since(host, since).await.unwrap_or(false) {
             return Ok(format!(
@@ -317,7 +303,7 @@ async fn deploy_agent(
             ));
         }
         if started.elapsed() >= opts.verify.timeout {
-            let logs = docker::agent::last_warnings(engine, &desired.name).await;
+            let logs = connected.agent_warnings(&desired.name).await;
             return Err(format!(
                 "{detail}, but no heartbeat reached the database within {}s{logs}",
                 opts.verify.timeout.as_secs()

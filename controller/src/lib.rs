@@ -3,10 +3,12 @@
 
 pub mod alerts;
 pub mod apply;
+pub mod backend;
 pub mod billing;
 pub mod crypto;
 pub mod docker;
 pub mod env;
+pub mod execution;
 pub use mai_fleet_core::duration;
 pub mod http;
 pub mod jobs;

@@ -9,7 +9,7 @@ use clap::Args;
 use mai_fleet::apply::{
     self, AgentOutcome, ApplyError, ApplyOptions, ApplyReport, FleetPlan, Hooks, Recorder,
 };
-use mai_fleet::docker::{ExecuteOptions, Outcome, Status, VerifyOptions};
+use mai_fleet::execution::{ExecuteOptions, Outcome, Status, VerifyOptions};
 use mai_fleet::keys::{KeyEvent, Keyring};
 use mai_fleet::spec::FleetSpec;
 use mai_fleet::store::Store;
@@ -157,12 +157,12 @@ fn announce(spec: &FleetSpec, plan: &FleetPlan, run_id: Option<i64>) {
     }
     for h in &plan.hosts {
         if let Some((a, _)) = h.agent.as_ref().filter(|(a, _)| a.is_change()) {
-            eprintln!("  {}/(agent): {}", h.engine.host.name, a.describe());
+            eprintln!("  {}/(agent): {}", h.host.name(), a.describe());
         }
         for a in h.actions.iter().filter(|a| a.is_change()) {
             eprintln!(
                 "  {}/{}: {} ({})",
-                h.engine.host.name,
+                h.host.name(),
                 a.tenant(),
                 a.verb(),
                 describe(a)

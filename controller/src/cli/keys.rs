@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Subcommand;
 
 use mai_fleet::billing::money::{format_usd, format_usd_or_dash};
-use mai_fleet::docker::{ExecuteOptions, Status};
+use mai_fleet::execution::{ExecuteOptions, Status};
 use mai_fleet::keys::{KeyEvent, Keyring};
 use mai_fleet::spec::FleetSpec;
 use mai_fleet::store::Store;

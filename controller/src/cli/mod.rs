@@ -250,8 +250,8 @@ pub struct VerifyArgs {
 }
 
 impl VerifyArgs {
-    pub fn options(&self) -> mai_fleet::docker::VerifyOptions {
-        mai_fleet::docker::VerifyOptions {
+    pub fn options(&self) -> mai_fleet::execution::VerifyOptions {
+        mai_fleet::execution::VerifyOptions {
             settle: self.settle,
             timeout: self.verify_timeout,
             ..Default::default()

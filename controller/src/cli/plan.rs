@@ -141,7 +141,7 @@ pub fn print_plan(spec: &FleetSpec, plan: &FleetPlan, output: OutputFormat) -> a
     for h in &plan.hosts {
         for a in &h.actions {
             rows.push(vec![
-                h.engine.host.name.clone(),
+                h.host.name().to_string(),
                 a.tenant().to_string(),
                 a.verb().to_string(),
                 describe(a),
@@ -149,7 +149,7 @@ pub fn print_plan(spec: &FleetSpec, plan: &FleetPlan, output: OutputFormat) -> a
         }
         if let Some((a, _)) = &h.agent {
             rows.push(vec![
-                h.engine.host.name.clone(),
+                h.host.name().to_string(),
                 "(agent)".into(),
                 if a.is_change() { "change" } else { "unchanged" }.into(),
                 a.describe(),

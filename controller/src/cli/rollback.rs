@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use mai_fleet::docker::{ExecuteOptions, Status};
+use mai_fleet::execution::{ExecuteOptions, Status};
 use mai_fleet::ops;
 
 use super::{actor, TenantArgs, VerifyArgs};

@@ -20,12 +20,10 @@ mod transport;
 mod verbs;
 mod verify;
 
+use crate::execution::{ExecuteOptions, Outcome, Progress, Status};
 pub use engine::{Engine, Observation};
 pub use executor::execute;
-pub use verbs::{LogsRequest, Output};
-pub use verify::{last_logs, verify, VerifyOptions};
-// Apply results are persisted: the store defines them.
-pub use crate::store::model::{Outcome, Status};
+pub use verify::{last_logs, verify};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -63,16 +61,4 @@ pub enum DockerError {
         #[source]
         source: bollard::errors::Error,
     },
-}
-
-/// Receives progress lines as they happen (host, tenant, message).
-pub type Progress = dyn Fn(&str, &str, &str) + Send + Sync;
-
-pub struct ExecuteOptions {
-    pub parallel: usize,
-    pub verify: VerifyOptions,
-    pub stop_timeout_s: i32,
-    pub purge_data: bool,
-    /// Stop starting rollouts once this many tenants failed, fleet-wide.
-    pub max_failures: Option<usize>,
 }

@@ -7,20 +7,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 
 use super::{DockerError, Engine};
-
-/// What a logs request asks for.
-pub struct LogsRequest {
-    pub follow: bool,
-    /// Unix seconds.
-    pub since: Option<i64>,
-    pub tail: Option<String>,
-}
-
-/// A piece of a container's output, as the engine frames it.
-pub struct Output {
-    pub stderr: bool,
-    pub text: String,
-}
+use crate::execution::{LogsRequest, Output};
 
 impl Engine {
     fn api(&self, what: &'static str) -> impl FnOnce(bollard::errors::Error) -> DockerError {

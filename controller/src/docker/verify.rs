@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::execution::VerifyOptions;
+
 use bollard::models::ContainerStateStatusEnum;
 use bollard::query_parameters::LogsOptionsBuilder;
 use futures_util::StreamExt;
@@ -10,25 +12,6 @@ use futures_util::StreamExt;
 use super::health::{self, Health};
 use super::Engine;
 use crate::plan::{Workload, APP_PORT};
-
-#[derive(Debug, Clone)]
-pub struct VerifyOptions {
-    /// How long the container must run without restarting.
-    pub settle: Duration,
-    /// Give up after this long.
-    pub timeout: Duration,
-    pub poll: Duration,
-}
-
-impl Default for VerifyOptions {
-    fn default() -> Self {
-        Self {
-            settle: Duration::from_secs(2),
-            timeout: Duration::from_secs(60),
-            poll: Duration::from_millis(100),
-        }
-    }
-}
 
 /// `Ok` says how it was verified; `Err` says why not, with the container's last log
 /// lines (secrets masked).

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::crypto::{SealError, Sealer};
-use crate::docker::{ExecuteOptions, Outcome, Progress, Status};
+use crate::execution::{ExecuteOptions, Outcome, Progress, Status};
 use crate::openrouter::{decimal_json, Created, KeyInfo, Management, OpenRouterError};
 use crate::ops::{self, OpsError};
 use crate::plan::Workload;

@@ -47,7 +47,7 @@ impl Keyring {
             .store
             .begin_operation(
                 tenant,
-                &at.engine.host.name,
+                at.host.name(),
                 actor,
                 crate::store::model::OperationKind::RotateKey,
                 None,
@@ -65,7 +65,7 @@ impl Keyring {
             }
         };
         let new_mask = created.key.masked();
-        let host = at.engine.host.name.clone();
+        let host = at.host.name().to_string();
         let failed = |detail: String| Outcome {
             host: host.clone(),
             tenant: tenant.to_string(),
@@ -84,7 +84,7 @@ impl Keyring {
                 with_new.api_key = Some(created.key.clone());
                 let outcome = ops::launch_revision(spec, &at, &with_new, opts, progress).await;
                 if outcome.status == Status::Ok {
-                    let hash = Workload::new(&spec.fleet, &at.engine.host, &with_new)
+                    let hash = Workload::new(&spec.fleet, at.host.spec(), &with_new)
                         .hash_label()
                         .to_string();
                     self.store.promote_key(tenant, &next, &hash).await?;

@@ -10,7 +10,8 @@ use std::sync::atomic::AtomicUsize;
 
 use futures_util::{Stream, StreamExt};
 
-use crate::docker::{self, DockerError, Engine, ExecuteOptions, Outcome, Progress, Status};
+use crate::backend::{BackendError, Host, Observe};
+use crate::execution::{ExecuteOptions, Outcome, Progress, Status, VerifyOptions};
 use crate::plan::{changes, Action, Observed, Workload};
 use crate::plan::{desired, DesiredTenant};
 use crate::spec::{FleetSpec, TenantSpec};
@@ -31,7 +32,7 @@ pub enum OpsError {
         host: String,
     },
     #[error(transparent)]
-    Docker(#[from] DockerError),
+    Backend(#[from] BackendError),
     #[error(transparent)]
     Desired(#[from] crate::plan::DesiredError),
     #[error(transparent)]
@@ -42,9 +43,9 @@ pub enum OpsError {
     Backup(#[from] backup::BackupError),
 }
 
-/// A tenant of the spec, its engine and its container as found there.
+/// A tenant of the spec, its host and its workload as found there.
 pub struct Located {
-    pub engine: Engine,
+    pub host: Host,
     pub tenant: DesiredTenant,
     pub container: Observed,
 }
@@ -61,12 +62,11 @@ pub async fn locate(spec: &FleetSpec, tenant: &str) -> Result<Located, OpsError>
         .iter()
         .find(|h| h.name == wanted.spec.host)
         .ok_or_else(|| OpsError::UnknownTenant(tenant.to_string()))?;
-    let mut engine = Engine::connect(host).await?;
-    let observation = engine.observe().await?;
+    let mut connected = Host::connect(host).await?;
+    let observation = connected.observe(Observe::Full).await?;
     // Rollouts of day 2 (rollback, restore, key rotation) verify as apply does.
-    engine.use_running_agent(&spec.fleet, &observation.agents);
-    let mut observed = observation.managed;
-    engine.inspect_runtimes(&mut observed, &host.name).await?;
+    connected.use_running_agent(&spec.fleet, &observation.agents);
+    let observed = observation.managed;
     let name = wanted.container.name.clone();
     let container = observed
         .into_iter()
@@ -82,7 +82,7 @@ pub async fn locate(spec: &FleetSpec, tenant: &str) -> Result<Located, OpsError>
             host: host.name.clone(),
         })?;
     Ok(Located {
-        engine,
+        host: connected,
         tenant: wanted,
         container,
     })
@@ -90,7 +90,7 @@ pub async fn locate(spec: &FleetSpec, tenant: &str) -> Result<Located, OpsError>
 
 pub use crate::quote::Masker;
 
-pub use crate::docker::LogsRequest as LogsOptions;
+pub use crate::execution::LogsRequest as LogsOptions;
 
 /// The container's output, whole lines, masked. A line split across the engine's
 /// frames is joined first, so a secret cannot escape the mask by being cut in two.
@@ -99,7 +99,7 @@ pub fn logs<'a>(
     opts: &LogsOptions,
 ) -> impl Stream<Item = Result<String, OpsError>> + 'a {
     let masker = Masker::new(Some(&at.tenant.container));
-    let raw = at.engine.output(&at.container.id, opts);
+    let raw = at.host.output(&at.container.id, opts);
     let mut pending = String::new();
     raw.map(Some)
         .chain(futures_util::stream::iter([None]))
@@ -114,7 +114,7 @@ pub fn logs<'a>(
                     }
                     out
                 }
-                Some(Err(e)) => vec![Err(OpsError::Docker(e))],
+                Some(Err(e)) => vec![Err(OpsError::Backend(e))],
                 None if pending.is_empty() => Vec::new(),
                 None => vec![Ok(masker.mask(&std::mem::take(&mut pending)))],
             };
@@ -125,12 +125,14 @@ pub fn logs<'a>(
 /// Restarts the tenant's container and verifies it as a launch is verified.
 pub async fn restart(
     at: &Located,
-    verify: &docker::VerifyOptions,
+    verify: &VerifyOptions,
     stop_timeout_s: i32,
 ) -> Result<Result<String, String>, OpsError> {
-    at.engine.restart(&at.container.id, stop_timeout_s).await?;
-    let d = &at.tenant.container;
-    Ok(docker::verify(&at.engine, &at.container.id, Some(d.port), verify, Some(d)).await)
+    at.host.restart(&at.container.id, stop_timeout_s).await?;
+    Ok(at
+        .host
+        .verify(&at.container.id, &at.tenant.container, verify)
+        .await)
 }
 
 /// Runs `command` in the tenant's container, its output (masked) handed to `out`
@@ -142,10 +144,7 @@ pub async fn exec(
 ) -> Result<i64, OpsError> {
     let masker = Masker::new(Some(&at.tenant.container));
     let mut masked = |is_err: bool, text: &str| out(is_err, &masker.mask(text));
-    Ok(at
-        .engine
-        .exec(&at.container.id, command, &mut masked)
-        .await?)
+    Ok(at.host.exec(&at.container.id, command, &mut masked).await?)
 }
 
 /// The restart use case: the tenant's container restarted, verified and recorded
@@ -155,7 +154,7 @@ pub async fn restart_recorded(
     store: &Store,
     tenant: &str,
     actor: &str,
-    verify: &docker::VerifyOptions,
+    verify: &VerifyOptions,
     stop_timeout_s: i32,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Result<String, String>, OpsError> {
@@ -163,14 +162,14 @@ pub async fn restart_recorded(
     let op = store
         .begin_operation(
             tenant,
-            &at.engine.host.name,
+            at.host.name(),
             actor,
             OperationKind::Restart,
             None,
             None,
         )
         .await?;
-    progress(&format!("{}/{tenant}: restarting", at.engine.host.name));
+    progress(&format!("{}/{tenant}: restarting", at.host.name()));
     let verified = restart(&at, verify, stop_timeout_s).await;
     let (status, detail) = match &verified {
         Ok(Ok(v)) => (OperationStatus::Ok, v.clone()),
@@ -198,7 +197,7 @@ pub async fn exec_recorded(
     let op = store
         .begin_operation(
             tenant,
-            &at.engine.host.name,
+            at.host.name(),
             actor,
             OperationKind::Exec,
             Some(&recorded),
@@ -292,7 +291,7 @@ pub async fn launch_revision(
     opts: &ExecuteOptions,
     progress: &Progress,
 ) -> Outcome {
-    let host = &at.engine.host;
+    let host = at.host.spec();
     let d = Workload::new(&spec.fleet, host, t);
     let found = at
         .container
@@ -308,7 +307,10 @@ pub async fn launch_revision(
         drift: false,
     };
     let failures = AtomicUsize::new(0);
-    let mut outcomes = docker::execute(&at.engine, vec![action], opts, &failures, progress).await;
+    let mut outcomes = at
+        .host
+        .execute(vec![action], opts, &failures, progress)
+        .await;
     outcomes.pop().unwrap_or(Outcome {
         host: host.name.clone(),
         tenant: t.id.clone(),
@@ -339,7 +341,7 @@ pub async fn rollback(
     let op = store
         .begin_operation(
             tenant,
-            &at.engine.host.name,
+            at.host.name(),
             actor,
             crate::store::model::OperationKind::Rollback,
             None,
@@ -352,7 +354,7 @@ pub async fn rollback(
         .await?;
     if outcome.status == Status::Ok {
         let mut running = target.clone();
-        running.spec_hash = Workload::new(&spec.fleet, &at.engine.host, &t)
+        running.spec_hash = Workload::new(&spec.fleet, at.host.spec(), &t)
             .hash_label()
             .to_string();
         store.record_rollback(&running).await?;

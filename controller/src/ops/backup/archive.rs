@@ -19,12 +19,12 @@ pub(super) async fn readable_data(
     scratch: &Path,
     limits: &BackupLimits,
 ) -> Result<(PathBuf, bool), OpsError> {
-    if at.engine.local {
+    if at.host.is_local() {
         return Ok((PathBuf::from(&at.tenant.container.data_dir), false));
     }
     let running = at.container.state == crate::plan::RunState::Running;
     if running {
-        at.engine.pause(&at.container.id).await?;
+        at.host.pause(&at.container.id).await?;
     }
     let tar_file = scratch.with_extension("tar");
     // Bounded here, not around the whole backup: a deadline that dropped this future
@@ -36,7 +36,7 @@ pub(super) async fn readable_data(
         };
     // Resumed whatever the copy did.
     if running {
-        at.engine.unpause(&at.container.id).await?;
+        at.host.unpause(&at.container.id).await?;
     }
     if let Err(e) = fetched {
         let _ = std::fs::remove_file(&tar_file);
@@ -63,7 +63,7 @@ pub(super) async fn fetch_archive(
         .max_bytes
         .saturating_add(limits.max_files.saturating_mul(1024));
     let mut total: u64 = 0;
-    let mut stream = std::pin::pin!(at.engine.copy_out(&at.container.id, DATA_PATH));
+    let mut stream = std::pin::pin!(at.host.copy_out(&at.container.id, DATA_PATH));
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         total += chunk.len() as u64;
@@ -215,5 +215,5 @@ pub(super) fn pack(from: &Path, file: &Path) -> Result<(), BackupError> {
 /// An archive streamed to the engine, never whole in memory.
 pub(super) async fn upload_archive(at: &Located, file: &Path, path: &str) -> Result<(), OpsError> {
     let opened = tokio::fs::File::open(file).await.map_err(io_at(file))?;
-    Ok(at.engine.copy_in(&at.container.id, path, opened).await?)
+    Ok(at.host.copy_in(&at.container.id, path, opened).await?)
 }

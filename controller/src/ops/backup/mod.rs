@@ -161,7 +161,7 @@ pub async fn backup(
     opts: &BackupOptions,
 ) -> Result<BackupReport, OpsError> {
     let at = locate(spec, tenant).await?;
-    let host = at.engine.host.name.clone();
+    let host = at.host.name().to_string();
     let op = store
         .begin_operation(
             tenant,

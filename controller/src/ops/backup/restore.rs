@@ -9,7 +9,7 @@ use chrono::Utc;
 
 use super::archive::{upload_archive, upload_in};
 use super::{check_store_files, inspect, sha256_file, BackupError, Manifest, MANIFEST, STORE_FILE};
-use crate::docker::{self, VerifyOptions};
+use crate::execution::VerifyOptions;
 use crate::ops::{locate, OpsError};
 use crate::spec::{BackupLimits, FleetSpec};
 use crate::store::Store;
@@ -128,18 +128,18 @@ pub async fn restore(
     let op = store
         .begin_operation(
             tenant,
-            &at.engine.host.name,
+            at.host.name(),
             opts.actor,
             crate::store::model::OperationKind::Restore,
             None,
             None,
         )
         .await?;
-    at.engine.stop(&at.container.id, 10).await?;
+    at.host.stop(&at.container.id, 10).await?;
     let stamp = Utc::now().format("%Y%m%dT%H%M%SZ");
     // Beside the backups, the operator's: never inside the tenant's directory.
     let beside = from.parent().unwrap_or(from);
-    let place = if at.engine.local {
+    let place = if at.host.is_local() {
         let data = PathBuf::from(&at.tenant.container.data_dir);
         let kept = beside.join(format!(".pre-restore-{stamp}"));
         let (d, k, f) = (data.clone(), kept.clone(), from.to_path_buf());
@@ -158,7 +158,7 @@ pub async fn restore(
     let placed = match place {
         Ok(p) => p,
         Err(e) => {
-            let _ = at.engine.start(&at.container.id).await;
+            let _ = at.host.start(&at.container.id).await;
             store.fail_operation(op, &e.to_string()).await?;
             return Err(e);
         }
@@ -167,19 +167,14 @@ pub async fn restore(
     store
         .add_restore(tenant, backup_id, &from.display().to_string(), opts.actor)
         .await?;
-    at.engine.start(&at.container.id).await?;
-    let d = &at.tenant.container;
-    let mut verified = docker::verify(
-        &at.engine,
-        &at.container.id,
-        Some(d.port),
-        opts.verify,
-        Some(d),
-    )
-    .await;
+    at.host.start(&at.container.id).await?;
+    let mut verified = at
+        .host
+        .verify(&at.container.id, &at.tenant.container, opts.verify)
+        .await;
     if let Err(why) = &verified {
         // What served before is put back, and serves again.
-        let _ = at.engine.stop(&at.container.id, 10).await;
+        let _ = at.host.stop(&at.container.id, 10).await;
         let back = match &placed {
             Placed::Local { data, kept } => {
                 let (d, k) = (data.clone(), kept.clone());
@@ -191,7 +186,7 @@ pub async fn restore(
             }
             Placed::Remote { kept } => upload_archive(&at, kept, "/app/backend").await,
         };
-        let _ = at.engine.start(&at.container.id).await;
+        let _ = at.host.start(&at.container.id).await;
         verified = Err(match back {
             Ok(()) => format!("{why}; the data it replaced was put back"),
             Err(e) => format!(

@@ -1,0 +1,288 @@
+//! The seam between the use cases and the backends. A [`Host`] is one host of the
+//! spec, connected: it observes its tenants (in the plan's terms), executes a host's
+//! planned actions with verification and rollback, keeps the host's agent, and serves
+//! the day-2 verbs. `apply`, `ops` and `keys` hold a `Host` and never a backend's own
+//! types; only this module names [`crate::docker`] (CI checks it: `docs/architecture.md`).
+//!
+//! A second backend (Kubernetes) is a second variant, matched here and nowhere else.
+
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+use crate::docker::{self, DockerError, Engine};
+use crate::execution::{ExecuteOptions, LogsRequest, Outcome, Output, Progress, VerifyOptions};
+use crate::plan::agent::DesiredAgent;
+use crate::plan::{Action, Observed, Workload};
+use crate::spec::HostSpec;
+
+/// A backend's failure, with its causes.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Docker(#[from] DockerError),
+}
+
+impl BackendError {
+    /// The host could not be reached (connection refused, timed out, host key
+    /// refused): its tenants are reported `unreachable` and the other hosts go on.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            BackendError::Docker(e) => matches!(
+                e,
+                DockerError::Unreachable { .. }
+                    | DockerError::Connect { .. }
+                    | DockerError::HostKey { .. }
+            ),
+        }
+    }
+}
+
+/// How much of each workload a plan looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Observe {
+    /// Labels and what each workload runs (drift is an update).
+    #[default]
+    Full,
+    /// Labels only: one API call a host, blind to workloads changed by hand.
+    LabelsOnly,
+}
+
+/// What one observation of a host saw.
+pub struct Observation {
+    /// Every managed workload on the host's backend (all hosts' and fleets').
+    pub managed: Vec<Observed>,
+    /// The agents found there.
+    pub agents: Vec<Observed>,
+    /// Names of everything else (to detect name clashes).
+    pub others: Vec<String>,
+}
+
+/// One host of the spec, connected to its backend.
+#[derive(Clone)]
+pub enum Host {
+    Docker(Engine),
+}
+
+impl Host {
+    /// Connects within the backend's timeout; an unreachable host is an error for
+    /// which [`BackendError::is_unreachable`] holds.
+    pub async fn connect(spec: &HostSpec) -> Result<Self, BackendError> {
+        Ok(Host::Docker(Engine::connect(spec).await?))
+    }
+
+    pub fn spec(&self) -> &HostSpec {
+        match self {
+            Host::Docker(e) => &e.host,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec().name
+    }
+
+    /// Whether the host's `data_root` is on this machine, so the controller reaches
+    /// tenants' data directories itself (else through the backend).
+    pub fn is_local(&self) -> bool {
+        match self {
+            Host::Docker(e) => e.local,
+        }
+    }
+
+    /// The host's workloads, with what each runs when `depth` is [`Observe::Full`].
+    pub async fn observe(&self, depth: Observe) -> Result<Observation, BackendError> {
+        match self {
+            Host::Docker(e) => {
+                let docker::Observation {
+                    mut managed,
+                    agents,
+                    others,
+                } = e.observe().await?;
+                if depth == Observe::Full {
+                    e.inspect_runtimes(&mut managed, &e.host.name).await?;
+                }
+                Ok(Observation {
+                    managed,
+                    agents,
+                    others,
+                })
+            }
+        }
+    }
+
+    /// Launch verification goes through `agent` (this host's agent, running), or
+    /// straight to the tenant when `None`.
+    pub fn verify_through(&mut self, agent: Option<String>) {
+        match self {
+            Host::Docker(e) => e.probe_via = agent,
+        }
+    }
+
+    /// Verification through this fleet's agent of the host when `agents` (as
+    /// observed) has one running.
+    pub fn use_running_agent(&mut self, fleet: &str, agents: &[Observed]) {
+        match self {
+            Host::Docker(e) => e.use_running_agent(fleet, agents),
+        }
+    }
+
+    /// Executes a host's actions: tenants in parallel up to `opts.parallel`, each
+    /// launch verified, a failed update rolled back, the fleet-wide failure budget.
+    pub async fn execute(
+        &self,
+        actions: Vec<Action>,
+        opts: &ExecuteOptions,
+        failures: &AtomicUsize,
+        progress: &Progress,
+    ) -> Vec<Outcome> {
+        match self {
+            Host::Docker(e) => docker::execute(e, actions, opts, failures, progress).await,
+        }
+    }
+
+    /// Verifies a running workload as a launch is verified: `Ok` says how, `Err` why
+    /// not with its last log lines (masked for `desired`'s secrets).
+    pub async fn verify(
+        &self,
+        id: &str,
+        desired: &Workload,
+        opts: &VerifyOptions,
+    ) -> Result<String, String> {
+        match self {
+            Host::Docker(e) => docker::verify(e, id, Some(desired.port), opts, Some(desired)).await,
+        }
+    }
+
+    // The day-2 verbs on one workload.
+
+    pub fn output(
+        &self,
+        id: &str,
+        req: &LogsRequest,
+    ) -> impl Stream<Item = Result<Output, BackendError>> + use<> {
+        use futures_util::StreamExt;
+        match self {
+            Host::Docker(e) => e.output(id, req).map(|r| r.map_err(BackendError::from)),
+        }
+    }
+
+    pub async fn restart(&self, id: &str, stop_timeout_s: i32) -> Result<(), BackendError> {
+        match self {
+            Host::Docker(e) => Ok(e.restart(id, stop_timeout_s).await?),
+        }
+    }
+
+    pub async fn stop(&self, id: &str, stop_timeout_s: i32) -> Result<(), BackendError> {
+        match self {
+            Host::Docker(e) => Ok(e.stop(id, stop_timeout_s).await?),
+        }
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), BackendError> {
+        match self {
+            Host::Docker(e) => Ok(e.start(id).await?),
+        }
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<(), BackendError> {
+        match self {
+            Host::Docker(e) => Ok(e.pause(id).await?),
+        }
+    }
+
+    pub async fn unpause(&self, id: &str) -> Result<(), BackendError> {
+        match self {
+            Host::Docker(e) => Ok(e.unpause(id).await?),
+        }
+    }
+
+    /// Runs `command` in the workload; its output goes to `out` (stderr flagged).
+    pub async fn exec(
+        &self,
+        id: &str,
+        command: &[String],
+        out: &mut (dyn FnMut(bool, &str) + Send),
+    ) -> Result<i64, BackendError> {
+        match self {
+            Host::Docker(e) => Ok(e.exec(id, command, out).await?),
+        }
+    }
+
+    /// `path` in the workload as a tar stream.
+    pub fn copy_out(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> impl Stream<Item = Result<Bytes, BackendError>> + use<> {
+        use futures_util::StreamExt;
+        match self {
+            Host::Docker(e) => e.copy_out(id, path).map(|r| r.map_err(BackendError::from)),
+        }
+    }
+
+    /// A tar stream unpacked at `path` in the workload, streamed from `file`.
+    pub async fn copy_in(
+        &self,
+        id: &str,
+        path: &str,
+        file: tokio::fs::File,
+    ) -> Result<(), BackendError> {
+        match self {
+            Host::Docker(e) => Ok(e.copy_in(id, path, file).await?),
+        }
+    }
+
+    /// The workload's last log lines as a suffix for a failure's detail (masked).
+    pub async fn last_logs(&self, id: &str, desired: Option<&Workload>) -> String {
+        match self {
+            Host::Docker(e) => docker::last_logs(e, id, desired).await,
+        }
+    }
+
+    // The host's agent.
+
+    /// The agent's image on the host and no agent left: the old one goes before the
+    /// new one is made (its password is being rotated).
+    pub async fn prepare_agent(
+        &self,
+        desired: &DesiredAgent,
+        say: &(dyn Fn(&str) + Sync),
+    ) -> Result<(), String> {
+        match self {
+            Host::Docker(e) => docker::agent::prepare(e, desired, say).await,
+        }
+    }
+
+    /// Makes the agent with this database URL, starts it and watches it for `settle`.
+    pub async fn deploy_agent(
+        &self,
+        desired: &DesiredAgent,
+        database_url: &str,
+        settle: Duration,
+    ) -> Result<String, String> {
+        match self {
+            Host::Docker(e) => docker::agent::deploy(e, desired, database_url, settle).await,
+        }
+    }
+
+    pub async fn start_agent(&self, name: &str, settle: Duration) -> Result<String, String> {
+        match self {
+            Host::Docker(e) => docker::agent::start(e, name, settle).await,
+        }
+    }
+
+    pub async fn remove_agent(&self, name: &str) -> Result<String, String> {
+        match self {
+            Host::Docker(e) => docker::agent::remove_agent(e, name).await,
+        }
+    }
+
+    /// The agent's last warnings (why it cannot ship), as a suffix for a failure.
+    pub async fn agent_warnings(&self, name: &str) -> String {
+        match self {
+            Host::Docker(e) => docker::agent::last_warnings(e, name).await,
+        }
+    }
+}
