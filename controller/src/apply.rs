@@ -214,7 +214,10 @@ async fn apply_host(
             )),
             (AgentAction::Start { container }, _) => Some((
                 "start",
-                connected.start_agent(container, opts.verify.settle).await,
+                connected
+                    .start_agent(container, opts.verify.settle)
+                    .await
+                    .map_err(AgentError::from),
             )),
             _ => None,
         };
@@ -235,9 +238,13 @@ async fn apply_host(
                 "roll",
                 deploy_agent(&connected, d, opts, progress, store).await,
             )),
-            (AgentAction::Remove { container }, _) => {
-                Some(("remove", connected.remove_agent(container).await))
-            }
+            (AgentAction::Remove { container }, _) => Some((
+                "remove",
+                connected
+                    .remove_agent(container)
+                    .await
+                    .map_err(AgentError::from),
+            )),
             _ => None,
         };
         if let Some((verb, result)) = after {
@@ -250,12 +257,12 @@ async fn apply_host(
 fn agent_result(
     host: &str,
     action: &'static str,
-    result: Result<String, String>,
+    result: Result<String, AgentError>,
     progress: &Progress,
 ) -> AgentOutcome {
     let (ok, detail) = match result {
         Ok(d) => (true, d),
-        Err(e) => (false, e),
+        Err(e) => (false, crate::error_chain(&e)),
     };
     progress(
         host,
@@ -270,6 +277,29 @@ fn agent_result(
     }
 }
 
+/// Why a host's agent was not made, started or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("agents need the fleet database (DATABASE_URL) for their credentials")]
+    NoDatabase,
+    #[error("credentials for host {host}: {source}")]
+    Credentials {
+        host: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error("{detail}, but no heartbeat reached the database within {seconds}s{logs}")]
+    NoHeartbeat {
+        detail: String,
+        seconds: u64,
+        logs: String,
+    },
+}
+
 /// New credentials for the host, the container replaced, then its first heartbeat
 /// awaited: an agent that cannot reach the database is a failed deployment.
 async fn deploy_agent(
@@ -278,18 +308,20 @@ async fn deploy_agent(
     opts: &ExecuteOptions,
     progress: &Progress,
     store: Option<&Store>,
-) -> Result<String, String> {
+) -> Result<String, AgentError> {
     let host = desired.host.as_str();
-    let store =
-        store.ok_or("agents need the fleet database (DATABASE_URL) for their credentials")?;
+    let store = store.ok_or(AgentError::NoDatabase)?;
     let say = |msg: &str| progress(host, "agent", msg);
     connected.prepare_agent(desired, &say).await?;
     // Only heartbeats after the old agent is gone count.
-    let since = store.now().await.map_err(|e| e.to_string())?;
+    let since = store.now().await?;
     let creds = store
         .agent_credentials(host)
         .await
-        .map_err(|e| format!("credentials for host {host}: {e}"))?;
+        .map_err(|source| AgentError::Credentials {
+            host: host.to_string(),
+            source,
+        })?;
     let url = desired.url_with(&creds.role, &creds.password);
     let started = Instant::now();
     let detail = connected
@@ -303,11 +335,11 @@ async fn deploy_agent(
             ));
         }
         if started.elapsed() >= opts.verify.timeout {
-            let logs = connected.agent_warnings(&desired.name).await;
-            return Err(format!(
-                "{detail}, but no heartbeat reached the database within {}s{logs}",
-                opts.verify.timeout.as_secs()
-            ));
+            return Err(AgentError::NoHeartbeat {
+                detail,
+                seconds: opts.verify.timeout.as_secs(),
+                logs: connected.agent_warnings(&desired.name).await,
+            });
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use crate::docker::{self, DockerError, Engine};
+use crate::docker::{self, DockerError, Engine, LaunchError};
 use crate::execution::{ExecuteOptions, LogsRequest, Outcome, Output, Progress, VerifyOptions};
 use crate::plan::agent::DesiredAgent;
 use crate::plan::{Action, Observed, Workload};
@@ -23,20 +23,24 @@ use crate::spec::HostSpec;
 pub enum BackendError {
     #[error(transparent)]
     Docker(#[from] DockerError),
+    #[error(transparent)]
+    DockerLaunch(#[from] LaunchError),
 }
 
 impl BackendError {
     /// The host could not be reached (connection refused, timed out, host key
     /// refused): its tenants are reported `unreachable` and the other hosts go on.
     pub fn is_unreachable(&self) -> bool {
-        match self {
-            BackendError::Docker(e) => matches!(
-                e,
-                DockerError::Unreachable { .. }
-                    | DockerError::Connect { .. }
-                    | DockerError::HostKey { .. }
-            ),
-        }
+        let docker = match self {
+            BackendError::Docker(e) | BackendError::DockerLaunch(LaunchError::Engine(e)) => e,
+            BackendError::DockerLaunch(_) => return false,
+        };
+        matches!(
+            docker,
+            DockerError::Unreachable { .. }
+                | DockerError::Connect { .. }
+                | DockerError::HostKey { .. }
+        )
     }
 }
 
@@ -249,9 +253,9 @@ impl Host {
         &self,
         desired: &DesiredAgent,
         say: &(dyn Fn(&str) + Sync),
-    ) -> Result<(), String> {
+    ) -> Result<(), BackendError> {
         match self {
-            Host::Docker(e) => docker::agent::prepare(e, desired, say).await,
+            Host::Docker(e) => Ok(docker::agent::prepare(e, desired, say).await?),
         }
     }
 
@@ -261,21 +265,21 @@ impl Host {
         desired: &DesiredAgent,
         database_url: &str,
         settle: Duration,
-    ) -> Result<String, String> {
+    ) -> Result<String, BackendError> {
         match self {
-            Host::Docker(e) => docker::agent::deploy(e, desired, database_url, settle).await,
+            Host::Docker(e) => Ok(docker::agent::deploy(e, desired, database_url, settle).await?),
         }
     }
 
-    pub async fn start_agent(&self, name: &str, settle: Duration) -> Result<String, String> {
+    pub async fn start_agent(&self, name: &str, settle: Duration) -> Result<String, BackendError> {
         match self {
-            Host::Docker(e) => docker::agent::start(e, name, settle).await,
+            Host::Docker(e) => Ok(docker::agent::start(e, name, settle).await?),
         }
     }
 
-    pub async fn remove_agent(&self, name: &str) -> Result<String, String> {
+    pub async fn remove_agent(&self, name: &str) -> Result<String, BackendError> {
         match self {
-            Host::Docker(e) => docker::agent::remove_agent(e, name).await,
+            Host::Docker(e) => Ok(docker::agent::remove_agent(e, name).await?),
         }
     }
 

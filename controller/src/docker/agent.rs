@@ -15,6 +15,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use super::engine::{ensure_image, remove, Engine};
+use super::LaunchError;
 use crate::plan::agent::{
     is_agent_of, DesiredAgent, CA_PATH, DATABASE_URL_PATH, LABEL_AGENT_OF, SOCKET_PATH, SPOOL_PATH,
 };
@@ -27,7 +28,7 @@ pub async fn prepare(
     engine: &Engine,
     desired: &DesiredAgent,
     say: &(dyn Fn(&str) + Sync),
-) -> Result<(), String> {
+) -> Result<(), LaunchError> {
     ensure_image(engine, &desired.image, say).await?;
     if let Ok(old) = engine.docker.inspect_container(&desired.name, None).await {
         // Only this fleet's agent of this host is removed: a container of anyone
@@ -35,17 +36,14 @@ pub async fn prepare(
         let labels = old.config.and_then(|c| c.labels).unwrap_or_default();
         let fleet = desired.labels.get(LABEL_FLEET).map_or("", String::as_str);
         if !is_agent_of(&labels, fleet, &desired.host) {
-            return Err(format!(
-                "a container named {} is on the host but is not this fleet's agent (labels {} = {:?}, {} = {:?}); apply never removes a container it does not own: rename or remove it",
-                desired.name,
-                LABEL_AGENT_OF,
-                labels.get(LABEL_AGENT_OF).map(|v| crate::bounded(v, 80)),
-                LABEL_FLEET,
-                labels.get(LABEL_FLEET).map(|v| crate::bounded(v, 80)),
-            ));
+            return Err(LaunchError::NotOurs {
+                name: desired.name.clone(),
+                agent_of: labels.get(LABEL_AGENT_OF).map(|v| crate::bounded(v, 80)),
+                fleet: labels.get(LABEL_FLEET).map(|v| crate::bounded(v, 80)),
+            });
         }
         if let Some(id) = old.id {
-            remove(engine, &id).await.map_err(|e| e.to_string())?;
+            remove(engine, &id).await?;
         }
     }
     Ok(())
@@ -58,7 +56,7 @@ pub async fn deploy(
     desired: &DesiredAgent,
     database_url: &str,
     settle: Duration,
-) -> Result<String, String> {
+) -> Result<String, LaunchError> {
     let id = create(engine, desired).await?;
     let started = async {
         upload_files(engine, &id, desired, database_url).await?;
@@ -66,36 +64,39 @@ pub async fn deploy(
             .docker
             .start_container(&id, None::<StartContainerOptions>)
             .await
-            .map_err(|e| format!("start failed: {e}"))?;
+            .map_err(engine.api_err("start the agent"))?;
         watch(engine, &id, settle).await
     };
     match started.await {
         Ok(()) => Ok(format!("{} runs {}", desired.name, desired.image)),
-        Err(e) => {
-            let logs = super::last_logs(engine, &id, None).await;
-            Err(format!("agent {}: {e}{logs}", desired.name))
-        }
+        Err(e) => Err(LaunchError::Failed {
+            name: format!("agent {}", desired.name),
+            source: Box::new(e),
+            logs: super::last_logs(engine, &id, None).await,
+        }),
     }
 }
 
-pub async fn start(engine: &Engine, container: &str, settle: Duration) -> Result<String, String> {
+pub async fn start(
+    engine: &Engine,
+    container: &str,
+    settle: Duration,
+) -> Result<String, LaunchError> {
     engine
         .docker
         .start_container(container, None::<StartContainerOptions>)
         .await
-        .map_err(|e| format!("start {container} failed: {e}"))?;
+        .map_err(engine.api_err(format!("start {container}")))?;
     watch(engine, container, settle).await?;
     Ok(format!("{container} started"))
 }
 
-pub async fn remove_agent(engine: &Engine, container: &str) -> Result<String, String> {
-    remove(engine, container)
-        .await
-        .map(|()| format!("{container} removed"))
-        .map_err(|e| e.to_string())
+pub async fn remove_agent(engine: &Engine, container: &str) -> Result<String, LaunchError> {
+    remove(engine, container).await?;
+    Ok(format!("{container} removed"))
 }
 
-async fn create(engine: &Engine, d: &DesiredAgent) -> Result<String, String> {
+async fn create(engine: &Engine, d: &DesiredAgent) -> Result<String, LaunchError> {
     let host_config = HostConfig {
         // The spool is a named volume: what waits in it outlives the container.
         binds: Some(vec![
@@ -147,7 +148,7 @@ async fn create(engine: &Engine, d: &DesiredAgent) -> Result<String, String> {
         .create_container(Some(options), body)
         .await
         .map(|r| r.id)
-        .map_err(|e| format!("create {} failed: {e}", d.name))
+        .map_err(|e| engine.api_err(format!("create {}", d.name))(e).into())
 }
 
 /// The URL (owner-only) and the CA, into the created container before it starts.
@@ -156,7 +157,7 @@ async fn upload_files(
     id: &str,
     d: &DesiredAgent,
     database_url: &str,
-) -> Result<(), String> {
+) -> Result<(), LaunchError> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut add = |path: &str, mode: u32, data: &[u8]| {
         let mut header = tar::Header::new_gnu();
@@ -168,24 +169,21 @@ async fn upload_files(
         header.set_entry_type(tar::EntryType::Regular);
         tar.append_data(&mut header, path.trim_start_matches('/'), data)
     };
-    add(DATABASE_URL_PATH, 0o400, database_url.as_bytes())
-        .map_err(|e| format!("packing the database URL: {e}"))?;
+    add(DATABASE_URL_PATH, 0o400, database_url.as_bytes()).map_err(LaunchError::Pack)?;
     if let Some(ca) = &d.ca_pem {
-        add(CA_PATH, 0o444, ca.as_bytes()).map_err(|e| format!("packing the CA: {e}"))?;
+        add(CA_PATH, 0o444, ca.as_bytes()).map_err(LaunchError::Pack)?;
     }
-    let bytes = tar
-        .into_inner()
-        .map_err(|e| format!("packing the agent's files: {e}"))?;
+    let bytes = tar.into_inner().map_err(LaunchError::Pack)?;
     let options = UploadToContainerOptionsBuilder::new().path("/").build();
     engine
         .docker
         .upload_to_container(id, Some(options), bollard::body_full(bytes.into()))
         .await
-        .map_err(|e| format!("copying the agent's files in failed: {e}"))
+        .map_err(|e| engine.api_err("copy the agent's files in")(e).into())
 }
 
 /// Running, and not restarting, for `settle`.
-async fn watch(engine: &Engine, id: &str, settle: Duration) -> Result<(), String> {
+async fn watch(engine: &Engine, id: &str, settle: Duration) -> Result<(), LaunchError> {
     let since = Instant::now();
     let mut base = None;
     loop {
@@ -193,14 +191,14 @@ async fn watch(engine: &Engine, id: &str, settle: Duration) -> Result<(), String
             .docker
             .inspect_container(id, None)
             .await
-            .map_err(|e| format!("inspect failed: {e}"))?;
+            .map_err(engine.api_err("inspect the agent"))?;
         let restarts = info.restart_count.unwrap_or(0);
         let state = info.state.unwrap_or_default();
         if state.running != Some(true) || restarts > *base.get_or_insert(restarts) {
-            return Err(format!(
-                "not running (exit code {}, {restarts} restart(s))",
-                state.exit_code.unwrap_or(-1)
-            ));
+            return Err(LaunchError::NotRunning {
+                code: state.exit_code.unwrap_or(-1),
+                restarts,
+            });
         }
         if since.elapsed() >= settle {
             return Ok(());

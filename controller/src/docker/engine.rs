@@ -16,7 +16,7 @@ use bollard::Docker;
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::ssh::{SshError, SshTunnel};
-use super::DockerError;
+use super::{DockerError, LaunchError, ICC};
 use crate::plan::agent::{is_agent_of, LABEL_AGENT_OF};
 use crate::plan::{
     Confinement, Observed, Resources, Restart, Runtime, Workload, APP_PORT, LABEL_MANAGED,
@@ -176,7 +176,7 @@ impl Engine {
         }
     }
 
-    fn api_err(
+    pub(super) fn api_err(
         &self,
         what: impl Into<String>,
     ) -> impl FnOnce(bollard::errors::Error) -> DockerError + '_ {
@@ -302,16 +302,12 @@ pub(super) async fn create_container(
     engine: &Engine,
     d: &Workload,
     name: &str,
-) -> Result<String, String> {
-    // The seeds' incident was a container started without its key: it served and
-    // recorded nothing. No path (a plan's placeholder, a key not yet provisioned)
-    // may create one.
+) -> Result<String, LaunchError> {
+    // No path (a plan's placeholder, a key not yet provisioned) may create a tenant
+    // without its key.
     let key = d.env.get("OPENROUTER_API_KEY").map_or("", String::as_str);
     if crate::spec::check_openrouter_key(key).is_err() {
-        return Err(
-            "refused: the container would start without a valid OPENROUTER_API_KEY and track nothing"
-                .into(),
-        );
+        return Err(LaunchError::NoKey);
     }
     ensure_network(engine, d).await?;
     let port_key = format!("{APP_PORT}/tcp");
@@ -350,18 +346,17 @@ pub(super) async fn create_container(
         .create_container(Some(options), body)
         .await
         .map(|r| r.id)
-        .map_err(|e| format!("create failed: {e}"))
+        .map_err(|e| engine.api_err("create the container")(e).into())
 }
 
 /// The fleet's bridge network, made once per engine, with inter-container traffic
 /// off (`enable_icc=false`): tenants reach the internet, not each other.
-pub(super) async fn ensure_network(engine: &Engine, d: &Workload) -> Result<(), String> {
+pub(super) async fn ensure_network(engine: &Engine, d: &Workload) -> Result<(), LaunchError> {
     // Docker lets two networks share a name (and then refuses to attach to either):
     // tenants, and host entries on one engine, are rolled out in parallel, so the
     // check and the creation happen one at a time.
     static MAKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _one_at_a_time = MAKING.lock().await;
-    const ICC: &str = "com.docker.network.bridge.enable_icc";
     // A network made by anyone else under the fleet's name is used only if it keeps
     // tenants apart as the fleet's own would.
     let found = || async {
@@ -374,17 +369,19 @@ pub(super) async fn ensure_network(engine: &Engine, d: &Workload) -> Result<(), 
             .await
             .ok()
             .map(|n| {
-                let icc = n.options.as_ref().and_then(|o| o.get(ICC)).map(String::as_str);
+                let icc = n
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.get(ICC))
+                    .map(String::as_str);
                 if n.driver.as_deref() == Some("bridge") && icc == Some("false") {
                     Ok(())
                 } else {
-                    Err(format!(
-                        "network {} exists without {ICC}=false (driver {}, {ICC}={}): its containers reach each other's ports; remove it (`docker network rm {}`) and apply again",
-                        d.network,
-                        n.driver.as_deref().unwrap_or("?"),
-                        icc.unwrap_or("unset"),
-                        d.network
-                    ))
+                    Err(LaunchError::SharedNetwork {
+                        network: d.network.clone(),
+                        driver: n.driver.as_deref().unwrap_or("?").to_string(),
+                        icc: icc.unwrap_or("unset").to_string(),
+                    })
                 }
             })
     };
@@ -402,17 +399,17 @@ pub(super) async fn ensure_network(engine: &Engine, d: &Workload) -> Result<(), 
         name: d.network.clone(),
         driver: Some("bridge".into()),
         labels: Some(labels),
-        options: Some(HashMap::from([(
-            "com.docker.network.bridge.enable_icc".to_string(),
-            "false".to_string(),
-        )])),
+        options: Some(HashMap::from([(ICC.to_string(), "false".to_string())])),
         ..Default::default()
     };
     match engine.docker.create_network(request).await {
         Ok(_) => Ok(()),
         // Made meanwhile by a concurrent apply: fine if it is as ours.
         Err(_) if exists().await => found().await.unwrap_or(Ok(())),
-        Err(e) => Err(format!("network {} could not be made: {e}", d.network)),
+        Err(source) => Err(LaunchError::Network {
+            network: d.network.clone(),
+            source,
+        }),
     }
 }
 
@@ -423,7 +420,7 @@ pub(super) async fn ensure_image(
     engine: &Engine,
     image: &str,
     say: &(dyn Fn(&str) + Sync),
-) -> Result<(), String> {
+) -> Result<(), LaunchError> {
     if engine.docker.inspect_image(image).await.is_ok() {
         return Ok(());
     }
@@ -441,11 +438,10 @@ pub(super) async fn ensure_image(
         .try_collect::<Vec<_>>()
         .await
         .map(|_| ())
-        .map_err(|e| {
-            format!(
-                "image {image} is not on host {}, not on this machine, and pulling it failed: {e}",
-                engine.host.name
-            )
+        .map_err(|source| LaunchError::Pull {
+            image: image.to_string(),
+            host: engine.host.name.clone(),
+            source,
         })
 }
 
@@ -467,8 +463,9 @@ async fn image_source(target: &Engine) -> Option<Docker> {
 }
 
 /// `docker save | docker load`, streamed from one engine to the other.
-async fn send_image(source: &Docker, target: &Engine, image: &str) -> Result<(), String> {
-    let tar = source.export_image(image);
+async fn send_image(source: &Docker, target: &Engine, image: &str) -> Result<(), LaunchError> {
+    let (image, host) = (image.to_string(), target.host.name.clone());
+    let tar = source.export_image(&image);
     let options = bollard::query_parameters::ImportImageOptionsBuilder::new()
         .quiet(true)
         .build();
@@ -477,35 +474,31 @@ async fn send_image(source: &Docker, target: &Engine, image: &str) -> Result<(),
         .import_image_stream(options, tar, None)
         .try_collect()
         .await
-        .map_err(|e| {
-            format!(
-                "sending image {image} to host {} failed: {e}",
-                target.host.name
-            )
+        .map_err(|source| LaunchError::Send {
+            image: image.clone(),
+            host: host.clone(),
+            source,
         })?;
     if let Some(err) = progress.iter().find_map(|p| p.error_detail.as_ref()) {
-        return Err(format!(
-            "host {} refused image {image}: {}",
-            target.host.name,
-            err.message.clone().unwrap_or_default()
-        ));
+        return Err(LaunchError::ImageRefused {
+            message: crate::bounded(&err.message.clone().unwrap_or_default(), 500),
+            image,
+            host,
+        });
     }
-    if target.docker.inspect_image(image).await.is_err() {
-        return Err(format!(
-            "image {image} was sent to host {} but is not there",
-            target.host.name
-        ));
+    if target.docker.inspect_image(&image).await.is_err() {
+        return Err(LaunchError::ImageMissing { image, host });
     }
     Ok(())
 }
 
-pub(super) async fn rename(engine: &Engine, id: &str, name: &str) -> Result<(), String> {
+pub(super) async fn rename(engine: &Engine, id: &str, name: &str) -> Result<(), DockerError> {
     let options = RenameContainerOptionsBuilder::new().name(name).build();
     engine
         .docker
         .rename_container(id, options)
         .await
-        .map_err(|e| format!("rename to {name} failed: {e}"))
+        .map_err(engine.api_err(format!("rename to {name}")))
 }
 
 pub(super) async fn remove(engine: &Engine, id: &str) -> Result<(), DockerError> {

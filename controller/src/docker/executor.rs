@@ -52,7 +52,9 @@ async fn ensure_images(engine: &Engine, actions: &[Action], progress: &Progress)
         };
         if !images.contains_key(image) {
             let say = |msg: &str| progress(&engine.host.name, "-", msg);
-            images.insert(image.clone(), ensure_image(engine, image, &say).await);
+            // Shared by every tenant of the image: kept as its text.
+            let ensured = ensure_image(engine, image, &say).await;
+            images.insert(image.clone(), ensured.map_err(|e| e.to_string()));
         }
     }
     images

@@ -62,3 +62,74 @@ pub enum DockerError {
         source: bollard::errors::Error,
     },
 }
+
+/// Why a container (a tenant's or the host's agent) could not be launched. The
+/// texts are what an operator reads in apply's table and the history.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The seeds' incident was a container started without its key: it served and
+    /// recorded nothing. No path may create one.
+    #[error(
+        "refused: the container would start without a valid OPENROUTER_API_KEY and track nothing"
+    )]
+    NoKey,
+    #[error("network {network} exists without {ICC}=false (driver {driver}, {ICC}={icc}): its containers reach each other's ports; remove it (`docker network rm {network}`) and apply again")]
+    SharedNetwork {
+        network: String,
+        driver: String,
+        icc: String,
+    },
+    #[error("network {network} could not be made: {source}")]
+    Network {
+        network: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error(
+        "image {image} is not on host {host}, not on this machine, and pulling it failed: {source}"
+    )]
+    Pull {
+        image: String,
+        host: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("sending image {image} to host {host} failed: {source}")]
+    Send {
+        image: String,
+        host: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("host {host} refused image {image}: {message}")]
+    ImageRefused {
+        image: String,
+        host: String,
+        message: String,
+    },
+    #[error("image {image} was sent to host {host} but is not there")]
+    ImageMissing { image: String, host: String },
+    #[error("a container named {name} is on the host but is not this fleet's agent (labels {agent_of_label} = {agent_of:?}, {fleet_label} = {fleet:?}); apply never removes a container it does not own: rename or remove it", agent_of_label = crate::plan::agent::LABEL_AGENT_OF, fleet_label = crate::plan::LABEL_FLEET)]
+    NotOurs {
+        name: String,
+        agent_of: Option<String>,
+        fleet: Option<String>,
+    },
+    #[error("packing the agent's files: {0}")]
+    Pack(#[source] std::io::Error),
+    #[error("not running (exit code {code}, {restarts} restart(s))")]
+    NotRunning { code: i64, restarts: i64 },
+    /// A launch that failed, with the container's last log lines (masked).
+    #[error("{name}: {source}{logs}")]
+    Failed {
+        name: String,
+        #[source]
+        source: Box<LaunchError>,
+        logs: String,
+    },
+    #[error(transparent)]
+    Engine(#[from] DockerError),
+}
+
+/// Docker's option that keeps a bridge's containers from reaching each other.
+pub const ICC: &str = "com.docker.network.bridge.enable_icc";

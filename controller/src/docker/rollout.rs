@@ -22,7 +22,7 @@ pub(super) async fn create(
     say("creating");
     let id = match create_container(engine, d, &d.name).await {
         Ok(id) => id,
-        Err(e) => return (Status::Failed, e, None),
+        Err(e) => return (Status::Failed, e.to_string(), None),
     };
     let short = id[..12.min(id.len())].to_string();
     if let Err(e) = engine.docker.start_container(&id, None).await {
@@ -64,7 +64,7 @@ pub(super) async fn update(
     if previous.spec_hash() == d.hash_label() && previous.name != d.name {
         say("restoring the container an interrupted apply left");
         if let Err(e) = rename(engine, &previous.id, &d.name).await {
-            return (Status::Failed, e, None);
+            return (Status::Failed, e.to_string(), None);
         }
         if let Err(e) = docker.start_container(&previous.id, None).await {
             return (Status::Failed, format!("start failed: {e}"), None);
@@ -97,7 +97,7 @@ pub(super) async fn update(
     if previous.name != parked {
         if let Err(e) = rename(engine, &previous.id, &parked).await {
             let _ = docker.start_container(&previous.id, None).await;
-            return (Status::Failed, e, None);
+            return (Status::Failed, e.to_string(), None);
         }
     }
     say("creating");
@@ -109,7 +109,7 @@ pub(super) async fn update(
                 Err((Some(id), format!("start failed: {e}{logs}")))
             }
         },
-        Err(e) => Err((None, e)),
+        Err(e) => Err((None, e.to_string())),
     };
     let failure = match started {
         Ok(id) => {
@@ -130,7 +130,9 @@ pub(super) async fn update(
         let _ = remove(engine, &id).await;
     }
     let restored = async {
-        rename(engine, &previous.id, &d.name).await?;
+        rename(engine, &previous.id, &d.name)
+            .await
+            .map_err(|e| e.to_string())?;
         // A tenant is meant to run: the previous container serves again even when an
         // interrupted apply had left it stopped.
         docker
