@@ -445,24 +445,13 @@ pub async fn run(
     };
     // Keys are made under the lock: two applies never both create one.
     let mut prepared = spec.clone();
-    let mut key_events = match recorder {
-        Some(r) => r
-            .keyring
-            .prepare(&mut prepared, opts.dry_run)
+    let mut key_events =
+        Keyring::prepare_if_any(recorder.map(|r| r.keyring), &mut prepared, opts.dry_run)
             .await
-            .map_err(ApplyError::Keys)?,
-        None => {
-            let n = spec
-                .tenants
-                .iter()
-                .filter(|t| t.key_source.is_provisioned())
-                .count();
-            if n > 0 {
-                return Err(ApplyError::KeysNeedDatabase(n));
-            }
-            Vec::new()
-        }
-    };
+            .map_err(|e| match e {
+                KeyError::NeedDatabase(n) => ApplyError::KeysNeedDatabase(n),
+                e => ApplyError::Keys(e),
+            })?;
     let spec = &prepared;
     let plan = plan_fleet(spec, opts.prune, opts.observe)
         .await

@@ -75,6 +75,65 @@ pub async fn run_cycle(
     })
 }
 
+/// Why a one-off round could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RoundError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
+    #[error("OpenRouter account settings: {0}")]
+    Account(String),
+}
+
+/// What a one-off round did.
+#[derive(Debug, Clone, Default)]
+pub struct RoundReport {
+    /// Key snapshots taken from OpenRouter (with a spec).
+    pub polled: usize,
+    pub cycle: CycleReport,
+    /// Notifications delivered.
+    pub sent: usize,
+    /// The account's round failed (credit, ledger); the alerts were evaluated anyway.
+    pub account_error: Option<String>,
+}
+
+/// One round as `serve`'s jobs take it, once (`controller alerts evaluate`): with the
+/// spec, each key's snapshot from OpenRouter and, with the management key, the
+/// account's round (credit, daily ledger); then the rules; then every receiver's due
+/// deliveries, one receiver after another.
+pub async fn round(
+    store: &Store,
+    config: &AlertsConfig,
+    table: RateTable,
+    spec: Option<crate::spec::FleetSpec>,
+) -> Result<RoundReport, RoundError> {
+    let mut report = RoundReport::default();
+    if let Some(mut spec) = spec {
+        let keyring = crate::keys::Keyring::from_env(store, &spec.fleet)?;
+        keyring.prepare(&mut spec, true).await?;
+        report.polled = super::openrouter::Poller::from_spec(&spec)
+            .poll_all(store)
+            .await;
+        if keyring.has_management_key() {
+            let job = crate::keys::AccountJob::from_env(None).map_err(RoundError::Account)?;
+            let job = crate::keys::AccountJob {
+                activity_every: Duration::ZERO,
+                ..job
+            };
+            if let Err(e) = keyring.account_round(&job).await {
+                report.account_error = Some(e);
+            }
+        }
+    }
+    report.cycle = run_cycle(store, config, table).await?;
+    let http = crate::http::client();
+    for r in &config.receivers {
+        report.sent += notify::deliver_due(store, config, r, &http).await?;
+    }
+    Ok(report)
+}
+
 /// Evaluates on the configured schedule for as long as the server runs.
 pub async fn run_schedule(
     store: Store,

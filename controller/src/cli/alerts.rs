@@ -7,9 +7,7 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use mai_fleet::alerts::config::AlertsConfig;
-use mai_fleet::alerts::openrouter::Poller;
-use mai_fleet::alerts::{evaluate, notify, Rule};
-use mai_fleet::keys::{AccountJob, Keyring};
+use mai_fleet::alerts::{evaluate, Rule};
 use mai_fleet::rates::RateTable;
 
 use super::{out, outln, table, DatabaseArgs, OutputFormat};
@@ -166,36 +164,19 @@ pub async fn run(cmd: AlertsCommand) -> anyhow::Result<ExitCode> {
             let config = AlertsConfig::from_env()?;
             let table: RateTable = rate_table.parse().map_err(anyhow::Error::msg)?;
             let store = db.migrated().await?;
-            let mut polled = 0;
-            if let Some(path) = spec {
-                let mut spec = mai_fleet::spec::load(&path)
-                    .map_err(|e| anyhow::anyhow!("{e}"))
-                    .context("loading the spec for its keys")?;
-                let keyring = Keyring::from_env(&store, &spec.fleet)?;
-                keyring.prepare(&mut spec, true).await?;
-                polled = Poller::from_spec(&spec).poll_all(&store).await;
-                // With the management key, the account's round too: credit and
-                // OpenRouter's daily ledger, as `serve` takes them.
-                if keyring.has_management_key() {
-                    let job = AccountJob::from_env(None).map_err(anyhow::Error::msg)?;
-                    if let Err(e) = keyring
-                        .account_round(&AccountJob {
-                            activity_every: std::time::Duration::ZERO,
-                            ..job
-                        })
-                        .await
-                    {
-                        eprintln!("alerts: OpenRouter account: {e}");
-                    }
-                }
+            let spec = match spec {
+                Some(path) => Some(
+                    mai_fleet::spec::load(&path)
+                        .map_err(|e| anyhow::anyhow!("{e}"))
+                        .context("loading the spec for its keys")?,
+                ),
+                None => None,
+            };
+            let round = evaluate::round(&store, &config, table, spec).await?;
+            if let Some(e) = &round.account_error {
+                eprintln!("alerts: OpenRouter account: {e}");
             }
-            let report = evaluate::run_cycle(&store, &config, table).await?;
-            let http = mai_fleet::http::client();
-            let mut sent = 0;
-            // Receivers one after another here; `serve` gives each its own loop.
-            for r in &config.receivers {
-                sent += notify::deliver_due(&store, &config, r, &http).await?;
-            }
+            let (polled, report, sent) = (round.polled, &round.cycle, round.sent);
             match output {
                 OutputFormat::Json => outln!(
                     "{}",

@@ -81,23 +81,17 @@ pub async fn plan(
     spec: &mut FleetSpec,
     database_url: Option<&str>,
 ) -> anyhow::Result<Vec<KeyEvent>> {
-    let provisioned = spec
-        .tenants
-        .iter()
-        .filter(|t| t.key_source.is_provisioned())
-        .count();
-    if provisioned == 0 {
-        return Ok(Vec::new());
-    }
-    let Some(url) = database_url else {
-        anyhow::bail!(
-            "{provisioned} tenant(s) have `provision: true`: their keys are kept in the fleet database; set DATABASE_URL or --database-url"
-        );
+    let store = match database_url {
+        Some(url) if spec.tenants.iter().any(|t| t.key_source.is_provisioned()) => {
+            Some(Store::connect(url).await?)
+        }
+        _ => None,
     };
-    let store = Store::connect(url).await?;
-    Ok(Keyring::from_env(&store, &spec.fleet)?
-        .prepare(spec, true)
-        .await?)
+    let keyring = match &store {
+        Some(s) => Some(Keyring::from_env(s, &spec.fleet)?),
+        None => None,
+    };
+    Ok(Keyring::prepare_if_any(keyring.as_ref(), spec, true).await?)
 }
 
 /// The spec with its tenants' keys, and the keyring and store behind them.

@@ -62,6 +62,8 @@ pub enum KeyError {
     UnknownTenant(String),
     #[error("{0}")]
     Refused(String),
+    #[error("{0} tenant(s) have `provision: true`, which needs the fleet database (DATABASE_URL or --database-url) to keep their keys")]
+    NeedDatabase(usize),
     /// Boxed: the tenant's engine errors are large, and rare here.
     #[error(transparent)]
     Ops(Box<OpsError>),
@@ -327,6 +329,28 @@ impl Keyring {
             ));
         }
         Ok(())
+    }
+
+    /// The rule `plan` and `apply` share: with a keyring (a fleet database), every
+    /// provisioned tenant gets its key ([`Keyring::prepare`]); without one, a spec
+    /// with provisioned tenants cannot be planned, and any other needs no database.
+    pub async fn prepare_if_any(
+        keyring: Option<&Keyring>,
+        spec: &mut FleetSpec,
+        dry_run: bool,
+    ) -> Result<Vec<KeyEvent>, KeyError> {
+        match keyring {
+            Some(k) => k.prepare(spec, dry_run).await,
+            None => match spec
+                .tenants
+                .iter()
+                .filter(|t| t.key_source.is_provisioned())
+                .count()
+            {
+                0 => Ok(Vec::new()),
+                n => Err(KeyError::NeedDatabase(n)),
+            },
+        }
     }
 
     /// Gives every provisioned tenant of `spec` its key, creating the ones missing,
