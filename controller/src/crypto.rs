@@ -30,30 +30,49 @@ pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
     Ok(buf)
 }
 
+/// Why a secret file could not be used. Never holds the content.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretFileError {
+    #[error("secret file {path} is readable by group or others (mode {mode:03o}); run `chmod 600 {path}`")]
+    Exposed { path: String, mode: u32 },
+    #[error("cannot read secret file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("secret file {path} is not UTF-8 text")]
+    NotText { path: String },
+}
+
 /// A secret kept in a file, trimmed. As ssh does with private keys, a file the group
 /// or others may read is refused: a secret anybody on the machine can read is no
-/// longer one. The error never holds the content.
-pub fn read_secret_file(path: &Path) -> Result<String, String> {
+/// longer one.
+pub fn read_secret_file(path: &Path) -> Result<String, SecretFileError> {
     let bytes = read_secret_bytes(path)?;
     String::from_utf8(bytes)
         .map(|s| s.trim().to_string())
-        .map_err(|_| format!("secret file {} is not UTF-8 text", path.display()))
+        .map_err(|_| SecretFileError::NotText {
+            path: path.display().to_string(),
+        })
 }
 
 /// [`read_secret_file`]'s bytes as they are (a master key is raw random bytes).
-pub fn read_secret_bytes(path: &Path) -> Result<Vec<u8>, String> {
+pub fn read_secret_bytes(path: &Path) -> Result<Vec<u8>, SecretFileError> {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path) {
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(format!(
-                "secret file {} is readable by group or others (mode {mode:03o}); run `chmod 600 {}`",
-                path.display(),
-                path.display()
-            ));
+            return Err(SecretFileError::Exposed {
+                path: path.display().to_string(),
+                mode,
+            });
         }
     }
-    std::fs::read(path).map_err(|e| format!("cannot read secret file {}: {e}", path.display()))
+    std::fs::read(path).map_err(|source| SecretFileError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// The least a master key file may hold: `head -c 32 /dev/urandom` makes one.
@@ -63,6 +82,8 @@ pub const MASTER_KEY_MIN_BYTES: usize = 32;
 pub enum SealError {
     #[error("{0}")]
     MasterKey(String),
+    #[error(transparent)]
+    File(#[from] SecretFileError),
     #[error("no randomness for a nonce: {0}")]
     Random(#[source] std::io::Error),
     /// Wrong master key, or a ciphertext moved to another row or altered.
@@ -94,7 +115,7 @@ impl ring::hkdf::KeyType for KeyLen {
 impl Sealer {
     /// From the master key file: owner-only, at least 32 bytes.
     pub fn from_file(path: &Path) -> Result<Self, SealError> {
-        let bytes = read_secret_bytes(path).map_err(SealError::MasterKey)?;
+        let bytes = read_secret_bytes(path)?;
         Self::from_master(&bytes).map_err(|e| match e {
             SealError::MasterKey(m) => SealError::MasterKey(format!("{}: {m}", path.display())),
             other => other,

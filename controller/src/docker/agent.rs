@@ -15,6 +15,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use super::engine::{ensure_image, remove, Engine};
+use super::health::HealthError;
 use super::LaunchError;
 use crate::plan::agent::{
     is_agent_of, DesiredAgent, CA_PATH, DATABASE_URL_PATH, LABEL_AGENT_OF, SOCKET_PATH, SPOOL_PATH,
@@ -234,7 +235,11 @@ pub async fn probe(
     address: &str,
     port: u16,
     timeout: Duration,
-) -> Result<String, String> {
+) -> Result<String, HealthError> {
+    let exec_err = |source| HealthError::Exec {
+        agent: agent.to_string(),
+        source,
+    };
     let target = if address.contains(':') {
         format!("[{address}]:{port}")
     } else {
@@ -253,14 +258,14 @@ pub async fn probe(
             },
         )
         .await
-        .map_err(|e| format!("probe through agent {agent}: {e}"))?;
+        .map_err(exec_err)?;
     let mut out = String::new();
     let mut err = String::new();
     if let StartExecResults::Attached { mut output, .. } = engine
         .docker
         .start_exec(&exec.id, None)
         .await
-        .map_err(|e| format!("probe through agent {agent}: {e}"))?
+        .map_err(exec_err)?
     {
         while let Some(chunk) = output.next().await {
             match chunk {
@@ -268,7 +273,7 @@ pub async fn probe(
                     out.push_str(&String::from_utf8_lossy(&message))
                 }
                 Ok(other) => err.push_str(&other.to_string()),
-                Err(e) => return Err(format!("probe through agent {agent}: {e}")),
+                Err(e) => return Err(exec_err(e)),
             }
             if out.len() as u64 > mai_fleet_core::probe::MAX_RESPONSE {
                 break;
@@ -283,7 +288,10 @@ pub async fn probe(
         .and_then(|i| i.exit_code);
     match code {
         Some(0) => Ok(out),
-        _ => Err(format!("{} (through agent {agent})", err.trim())),
+        _ => Err(HealthError::Agent {
+            agent: agent.to_string(),
+            said: crate::bounded(err.trim(), 500),
+        }),
     }
 }
 

@@ -87,11 +87,11 @@ impl Engine {
         } else if let Some(addr) = url.strip_prefix("tcp://") {
             let d = match &host.tls {
                 Some(tls) => {
-                    super::transport::connect_tls(addr, tls, API_TIMEOUT_S).map_err(|reason| {
-                        DockerError::UnsupportedEndpoint {
+                    super::transport::connect_tls(addr, tls, API_TIMEOUT_S).map_err(|source| {
+                        DockerError::Transport {
                             host: host.name.clone(),
                             url: url.to_string(),
-                            reason,
+                            source: Box::new(source),
                         }
                     })?
                 }
@@ -123,10 +123,10 @@ impl Engine {
                     },
                 })?;
             let d = super::transport::connect_unix_pooled(&t.socket, API_TIMEOUT_S).map_err(
-                |reason| DockerError::UnsupportedEndpoint {
+                |source| DockerError::Transport {
                     host: host.name.clone(),
                     url: url.to_string(),
-                    reason,
+                    source: Box::new(source),
                 },
             )?;
             tunnel = Some(Arc::new(t));

@@ -15,32 +15,55 @@ pub enum Health {
     NoEndpoint,
 }
 
-/// `Err` is a transport problem (not listening yet, timeout): worth retrying.
-pub async fn probe(address: &str, port: u16, timeout: Duration) -> Result<Health, String> {
+/// Why no health answer was had: every case is worth retrying until verification's
+/// deadline (the app may still be starting).
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error(transparent)]
+    Probe(#[from] mai_fleet_core::probe::ProbeError),
+    #[error("probe through agent {agent}: {source}")]
+    Exec {
+        agent: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The agent's probe failed; its words, bounded.
+    #[error("{said} (through agent {agent})")]
+    Agent { agent: String, said: String },
+    #[error("not an HTTP response")]
+    NotHttp,
+    #[error("{PATH} answered HTTP {0}")]
+    Status(u16),
+    #[error("{PATH} is not JSON: {0}")]
+    NotJson(#[source] serde_json::Error),
+    #[error("{PATH} has no boolean `initialized`")]
+    NoFlag,
+}
+
+pub async fn probe(address: &str, port: u16, timeout: Duration) -> Result<Health, HealthError> {
     parse(&mai_fleet_core::probe::get(address, port, timeout).await?)
 }
 
-pub(super) fn parse(response: &str) -> Result<Health, String> {
+pub(super) fn parse(response: &str) -> Result<Health, HealthError> {
     let status: u16 = response
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| "not an HTTP response".to_string())?;
+        .ok_or(HealthError::NotHttp)?;
     if status == 404 {
         return Ok(Health::NoEndpoint);
     }
     if status != 200 {
-        return Err(format!("{PATH} answered HTTP {status}"));
+        return Err(HealthError::Status(status));
     }
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let json: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| format!("{PATH} is not JSON: {e}"))?;
+    let json: serde_json::Value = serde_json::from_str(body).map_err(HealthError::NotJson)?;
     match json["initialized"].as_bool() {
         Some(true) => Ok(Health::Active),
         Some(false) => Ok(Health::Inactive(
             json["status"].as_str().unwrap_or("inactive").to_string(),
         )),
-        None => Err(format!("{PATH} has no boolean `initialized`")),
+        None => Err(HealthError::NoFlag),
     }
 }
 
@@ -51,13 +74,17 @@ mod tests {
     #[test]
     fn parses_the_contract() {
         let ok = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"initialized\":true,\"status\":\"active\"}";
-        assert_eq!(parse(ok), Ok(Health::Active));
+        assert_eq!(parse(ok).unwrap(), Health::Active);
         let off = "HTTP/1.1 200 OK\r\n\r\n{\"initialized\":false,\"status\":\"inactive\"}";
-        assert_eq!(parse(off), Ok(Health::Inactive("inactive".into())));
+        assert_eq!(parse(off).unwrap(), Health::Inactive("inactive".into()));
         assert_eq!(
-            parse("HTTP/1.1 404 Not Found\r\n\r\n"),
-            Ok(Health::NoEndpoint)
+            parse("HTTP/1.1 404 Not Found\r\n\r\n").unwrap(),
+            Health::NoEndpoint
         );
-        assert!(parse("HTTP/1.1 500 Oops\r\n\r\n").is_err());
+        assert!(matches!(
+            parse("HTTP/1.1 500 Oops\r\n\r\n"),
+            Err(HealthError::Status(500))
+        ));
+        assert!(matches!(parse("garbage"), Err(HealthError::NotHttp)));
     }
 }

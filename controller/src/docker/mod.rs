@@ -33,6 +33,13 @@ pub enum DockerError {
         url: String,
         reason: String,
     },
+    #[error("host {host}: {url} cannot be used: {source}")]
+    Transport {
+        host: String,
+        url: String,
+        #[source]
+        source: Box<transport::TransportError>,
+    },
     #[error("host {host}: cannot reach the Docker engine at {url}: {source}")]
     Connect {
         host: String,

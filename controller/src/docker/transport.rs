@@ -16,9 +16,36 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::spec::TlsFiles;
 
+/// Why a transport to a remote engine could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("{path}: {source}")]
+    Pem {
+        path: String,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{path}: {source}")]
+    Ca {
+        path: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("client certificate {path}: {source}")]
+    ClientCert {
+        path: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error(transparent)]
+    Client(#[from] bollard::errors::Error),
+}
+
 /// A client for `https://ADDR` that shows the client certificate and checks the
 /// engine's against the CA (and the address it is reached by).
-pub fn connect_tls(addr: &str, tls: &TlsFiles, timeout_s: u64) -> Result<Docker, String> {
+pub fn connect_tls(addr: &str, tls: &TlsFiles, timeout_s: u64) -> Result<Docker, TransportError> {
     let config = client_config(tls)?;
     let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
     tcp.enforce_http(false);
@@ -34,7 +61,7 @@ pub fn connect_tls(addr: &str, tls: &TlsFiles, timeout_s: u64) -> Result<Docker,
 }
 
 /// A bollard client whose requests go through one kept-alive hyper client.
-fn pooled<C>(connector: C, base: &str, timeout_s: u64) -> Result<Docker, String>
+fn pooled<C>(connector: C, base: &str, timeout_s: u64) -> Result<Docker, TransportError>
 where
     C: tower_service::Service<hyper::Uri> + Clone + Send + Sync + 'static,
     C::Response: hyper::rt::Read
@@ -65,36 +92,43 @@ where
         timeout_s,
         bollard::API_DEFAULT_VERSION,
     )
-    .map_err(|e| e.to_string())
+    .map_err(TransportError::from)
 }
 
-fn client_config(tls: &TlsFiles) -> Result<rustls::ClientConfig, String> {
-    let read_certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, String> {
+fn client_config(tls: &TlsFiles) -> Result<rustls::ClientConfig, TransportError> {
+    let pem = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| TransportError::Pem { path, source }
+    };
+    let read_certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, TransportError> {
         CertificateDer::pem_file_iter(path)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(pem(path))
     };
     let mut roots = rustls::RootCertStore::empty();
     for ca in read_certs(&tls.ca)? {
-        roots
-            .add(ca)
-            .map_err(|e| format!("{}: {e}", tls.ca.display()))?;
+        roots.add(ca).map_err(|source| TransportError::Ca {
+            path: tls.ca.display().to_string(),
+            source,
+        })?;
     }
     let certs = read_certs(&tls.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key)
-        .map_err(|e| format!("{}: {e}", tls.key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(pem(&tls.key))?;
     rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(TransportError::Tls)?
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)
-        .map_err(|e| format!("client certificate {}: {e}", tls.cert.display()))
+        .map_err(|source| TransportError::ClientCert {
+            path: tls.cert.display().to_string(),
+            source,
+        })
 }
 
 /// A unix socket over a pooled connection: the local end of an `ssh://` engine's
 /// forward, where bollard's own transport would open a new SSH channel (a round
 /// trip to the server) for every request.
-pub fn connect_unix_pooled(path: &Path, timeout_s: u64) -> Result<Docker, String> {
+pub fn connect_unix_pooled(path: &Path, timeout_s: u64) -> Result<Docker, TransportError> {
     pooled(
         UnixConnector(Arc::new(path.to_path_buf())),
         "http://docker",

@@ -9,7 +9,7 @@ use bollard::models::ContainerStateStatusEnum;
 use bollard::query_parameters::LogsOptionsBuilder;
 use futures_util::StreamExt;
 
-use super::health::{self, Health};
+use super::health::{self, Health, HealthError};
 use super::Engine;
 use crate::plan::{Workload, APP_PORT};
 
@@ -64,7 +64,7 @@ pub async fn verify(
             if !matches!(health, Some(Health::Active | Health::NoEndpoint)) {
                 match probe(engine, port, opts.poll.max(Duration::from_secs(2))).await {
                     Ok(h) => health = Some(h),
-                    Err(e) => last_problem = e,
+                    Err(e) => last_problem = e.to_string(),
                 }
             }
             let settled = since.elapsed() >= opts.settle;
@@ -115,7 +115,7 @@ pub async fn verify(
 
 /// The tenant's health answer: through the host's agent when one runs (it reaches
 /// ports bound to the host's loopback), else over the published port.
-async fn probe(engine: &Engine, port: u16, timeout: Duration) -> Result<Health, String> {
+async fn probe(engine: &Engine, port: u16, timeout: Duration) -> Result<Health, HealthError> {
     match &engine.probe_via {
         Some(agent) => {
             // A port published on every interface answers on the host's loopback.

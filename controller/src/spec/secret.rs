@@ -120,7 +120,9 @@ pub fn resolve(
                 "environment variable {name} is not set; export it before running the controller"
             )),
         },
-        Reference::File(p) => crate::crypto::read_secret_file(&base_dir.join(p)),
+        Reference::File(p) => {
+            crate::crypto::read_secret_file(&base_dir.join(p)).map_err(|e| e.to_string())
+        }
     }
 }
 
