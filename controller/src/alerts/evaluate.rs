@@ -87,7 +87,7 @@ pub enum RoundError {
 }
 
 /// What a one-off round did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct RoundReport {
     /// Key snapshots taken from OpenRouter (with a spec).
     pub polled: usize,
@@ -95,7 +95,7 @@ pub struct RoundReport {
     /// Notifications delivered.
     pub sent: usize,
     /// The account's round failed (credit, ledger); the alerts were evaluated anyway.
-    pub account_error: Option<String>,
+    pub account_error: Option<crate::keys::AccountRoundError>,
 }
 
 /// One round as `serve`'s jobs take it, once (`controller alerts evaluate`): with the
@@ -140,7 +140,7 @@ pub async fn run_schedule(
     config: Arc<AlertsConfig>,
     table: RateTable,
     ctx: crate::supervisor::JobContext,
-) -> Result<(), String> {
+) -> Result<(), crate::supervisor::JobError> {
     let failures = mai_fleet_core::log::Repeats::new(Duration::from_secs(300));
     loop {
         match run_cycle(&store, &config, table).await {

@@ -282,7 +282,7 @@ pub async fn sender(
     config: std::sync::Arc<AlertsConfig>,
     receiver: Receiver,
     ctx: crate::supervisor::JobContext,
-) -> Result<(), String> {
+) -> Result<(), crate::supervisor::JobError> {
     let http = crate::http::client();
     let failures = mai_fleet_core::log::Repeats::new(Duration::from_secs(300));
     loop {

@@ -110,7 +110,7 @@ impl Poller {
         store: Store,
         interval: Duration,
         ctx: crate::supervisor::JobContext,
-    ) -> Result<(), String> {
+    ) -> Result<(), crate::supervisor::JobError> {
         loop {
             let n = self.poll_all(&store).await;
             if n > 0 {

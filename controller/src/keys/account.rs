@@ -126,27 +126,35 @@ impl AccountJob {
     }
 }
 
+/// The steps of an account round that failed (each step runs whatever the others
+/// did), with their causes.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .failures.iter().map(|(step, e)| format!("{step}: {}", crate::error_chain(e))).collect::<Vec<_>>().join("; "))]
+pub struct AccountRoundError {
+    pub failures: Vec<(&'static str, KeyError)>,
+}
+
 impl Keyring {
     /// One round of the account job; its failures are logged, each step on its own.
-    pub async fn account_round(&self, job: &AccountJob) -> Result<(), String> {
-        let mut failed = Vec::new();
+    pub async fn account_round(&self, job: &AccountJob) -> Result<(), AccountRoundError> {
+        let mut failed: Vec<(&'static str, KeyError)> = Vec::new();
         match self.poll_credits().await {
             Ok(c) => tracing::debug!(remaining = %c.remaining(), "OpenRouter credit polled"),
-            Err(e) => failed.push(format!("credits: {e}")),
+            Err(e) => failed.push(("credits", e)),
         }
         let due = match self.store.last_activity_fetch().await {
             Ok(last) => last.is_none_or(|t| {
                 Utc::now() - t >= chrono::Duration::from_std(job.activity_every).unwrap_or_default()
             }),
             Err(e) => {
-                failed.push(e.to_string());
+                failed.push(("activity", e.into()));
                 false
             }
         };
         if due {
             match self.snapshot_activity().await {
                 Ok(n) => tracing::info!(items = n, "OpenRouter activity snapshotted"),
-                Err(e) => failed.push(format!("activity: {e}")),
+                Err(e) => failed.push(("activity", e)),
             }
         }
         match self.enforce_limits().await {
@@ -160,17 +168,17 @@ impl Keyring {
                     );
                 }
             }
-            Err(e) => failed.push(format!("limits: {e}")),
+            Err(e) => failed.push(("limits", e)),
         }
         if let Some(spec) = &job.spec {
             if let Err(e) = self.rotate_due(spec, job).await {
-                failed.push(format!("rotation: {e}"));
+                failed.push(("rotation", e));
             }
         }
         if failed.is_empty() {
             Ok(())
         } else {
-            Err(failed.join("; "))
+            Err(AccountRoundError { failures: failed })
         }
     }
 
@@ -204,7 +212,7 @@ impl Keyring {
         self,
         job: &AccountJob,
         ctx: crate::supervisor::JobContext,
-    ) -> Result<(), String> {
+    ) -> Result<(), crate::supervisor::JobError> {
         let repeats = mai_fleet_core::log::Repeats::new(Duration::from_secs(300));
         loop {
             match self.account_round(job).await {
@@ -217,7 +225,7 @@ impl Keyring {
                     if let Some(held_back) = repeats.check("account") {
                         tracing::warn!(
                             held_back,
-                            error = e.as_str(),
+                            error = %e,
                             "OpenRouter account checks failed"
                         );
                     }

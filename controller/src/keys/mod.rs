@@ -28,7 +28,7 @@ use crate::store::keys::{
 use crate::store::{Store, StoreError};
 
 pub use crate::spec::MASTER_KEY_FILE_ENV;
-pub use account::AccountJob;
+pub use account::{AccountJob, AccountRoundError};
 pub use adopt::{ListedKey, Listing, OrphanKey};
 
 mod account;

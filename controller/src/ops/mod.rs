@@ -37,8 +37,8 @@ pub enum OpsError {
     Desired(#[from] crate::plan::DesiredError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
-    Revision(String),
+    #[error(transparent)]
+    Revision(#[from] RevisionError),
     #[error("backup: {0}")]
     Backup(#[from] backup::BackupError),
 }
@@ -223,6 +223,22 @@ pub async fn exec_recorded(
     }
 }
 
+/// Why a rollback has no revision to put back.
+#[derive(Debug, thiserror::Error)]
+pub enum RevisionError {
+    #[error("run #{run} did not launch this tenant successfully; {known}")]
+    NotLaunched { run: i64, known: String },
+    #[error("no earlier revision differs from what runs now; {known}")]
+    NoEarlier { known: String },
+    #[error("the revision has no image")]
+    NoImage,
+    #[error("its env: {0}")]
+    Env(#[source] serde_json::Error),
+    /// A secret of the revision's env that cannot be resolved now.
+    #[error("{0}")]
+    Secret(String),
+}
+
 /// The revision a rollback puts back: run `to` (which must have launched the
 /// tenant successfully), or else the newest successful one that differs from what
 /// runs now.
@@ -230,7 +246,7 @@ pub fn rollback_target(
     revisions: &[Revision],
     running_hash: &str,
     to: Option<i64>,
-) -> Result<Revision, String> {
+) -> Result<Revision, RevisionError> {
     let ok = |r: &&Revision| r.status == "ok";
     let found = match to {
         Some(run) => revisions.iter().filter(ok).find(|r| r.run_id == run),
@@ -251,8 +267,8 @@ pub fn rollback_target(
             format!("runs that launched it: {}", runs.join(", "))
         };
         match to {
-            Some(run) => format!("run #{run} did not launch this tenant successfully; {known}"),
-            None => format!("no earlier revision differs from what runs now; {known}"),
+            Some(run) => RevisionError::NotLaunched { run, known },
+            None => RevisionError::NoEarlier { known },
         }
     })
 }
@@ -264,16 +280,17 @@ pub fn tenant_at(
     spec: &FleetSpec,
     current: &TenantSpec,
     revision: &Revision,
-) -> Result<TenantSpec, String> {
+) -> Result<TenantSpec, RevisionError> {
     let r = &revision.spec;
     let mut t = current.clone();
     t.image = r["image"]
         .as_str()
-        .ok_or("the revision has no image")?
+        .ok_or(RevisionError::NoImage)?
         .to_string();
     let recorded: BTreeMap<String, String> =
-        serde_json::from_value(r["env"].clone()).map_err(|e| format!("its env: {e}"))?;
-    let (env, secrets) = crate::spec::resolve_recorded_env(&spec.file, &recorded)?;
+        serde_json::from_value(r["env"].clone()).map_err(RevisionError::Env)?;
+    let (env, secrets) =
+        crate::spec::resolve_recorded_env(&spec.file, &recorded).map_err(RevisionError::Secret)?;
     t.env = env;
     t.secret_env = secrets;
     t.memory_bytes = r["memory_bytes"].as_i64();
@@ -335,9 +352,8 @@ pub async fn rollback(
 ) -> Result<(Revision, Outcome), OpsError> {
     let at = locate(spec, tenant).await?;
     let revisions = store.revisions(tenant).await?;
-    let target =
-        rollback_target(&revisions, at.container.spec_hash(), to).map_err(OpsError::Revision)?;
-    let t = tenant_at(spec, &at.tenant.spec, &target).map_err(OpsError::Revision)?;
+    let target = rollback_target(&revisions, at.container.spec_hash(), to)?;
+    let t = tenant_at(spec, &at.tenant.spec, &target)?;
     let op = store
         .begin_operation(
             tenant,

@@ -231,14 +231,23 @@ pub async fn logout(
     Ok(res)
 }
 
+/// Why a password could not be hashed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error("no randomness for a salt: {0}")]
+    Random(#[source] std::io::Error),
+    #[error("hashing the password failed: {0}")]
+    Hash(argon2::password_hash::Error),
+}
+
 /// An argon2id PHC string for `controller user add`.
-pub fn hash_password(password: &str) -> Result<String, String> {
-    let bytes = random_bytes::<16>().map_err(|e| format!("no randomness for a salt: {e}"))?;
-    let salt = SaltString::encode_b64(&bytes).map_err(|e| e.to_string())?;
+pub fn hash_password(password: &str) -> Result<String, HashError> {
+    let bytes = random_bytes::<16>().map_err(HashError::Random)?;
+    let salt = SaltString::encode_b64(&bytes).map_err(HashError::Hash)?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
-        .map_err(|e| format!("hashing the password failed: {e}"))
+        .map_err(HashError::Hash)
 }
 
 // A valid hash of a random password, verified against when the user does not exist.

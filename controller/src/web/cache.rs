@@ -94,7 +94,7 @@ impl PageCache {
         self: Arc<Self>,
         pool: PgPool,
         ctx: crate::supervisor::JobContext,
-    ) -> Result<(), String> {
+    ) -> Result<(), crate::supervisor::JobError> {
         if self.ttl.is_zero() {
             ctx.cancelled().await;
             return Ok(());
