@@ -159,6 +159,211 @@ fn default_policy(rule: Rule, repeat: Duration) -> RulePolicy {
     }
 }
 
+/// How often rules are evaluated: the environment's cron or interval, else the
+/// file's, else every minute.
+fn evaluation(path: &str, f: &FileConfig) -> Result<Evaluation, ConfigError> {
+    Ok(
+        match (
+            env("MAI_FLEET_ALERT_CRON").or(f.evaluation_cron.clone()),
+            env("MAI_FLEET_ALERT_INTERVAL").or(f.evaluation_interval.clone()),
+        ) {
+            (Some(c), _) => Evaluation::Cron(Box::new(crate::schedule::parse_cron(&c).map_err(
+                |detail| ConfigError::Invalid {
+                    path: path.to_string(),
+                    detail: format!("evaluation_cron: {detail}"),
+                },
+            )?)),
+            (None, Some(i)) => Evaluation::Every(dur(path, "evaluation_interval", &i)?),
+            (None, None) => Evaluation::Every(Duration::from_secs(60)),
+        },
+    )
+}
+
+/// Each rule's policy and the settings of the rules that have some.
+struct RuleSettings {
+    rules: HashMap<Rule, RulePolicy>,
+    backup_max_age: Duration,
+    credit_low_days: Decimal,
+    tol_pct: Decimal,
+    tol_usd: Decimal,
+}
+
+fn rule_settings(
+    path: &str,
+    files: &BTreeMap<String, RuleFile>,
+    repeat: Duration,
+) -> Result<RuleSettings, ConfigError> {
+    let mut rules: HashMap<Rule, RulePolicy> = Rule::ALL
+        .iter()
+        .map(|r| (*r, default_policy(*r, repeat)))
+        .collect();
+    // Nightly backups, with two hours' grace.
+    let mut backup_max_age = Duration::from_secs(26 * 3600);
+    let mut credit_low_days = Decimal::from(7);
+    let mut tol_pct = Decimal::from(2);
+    let mut tol_usd = Decimal::new(5, 2);
+    for (name, rf) in files {
+        let rule = Rule::from_str(name).map_err(|detail| ConfigError::Invalid {
+            path: path.to_string(),
+            detail: format!("rules: {detail}"),
+        })?;
+        let p = rules
+            .entry(rule)
+            .or_insert_with(|| default_policy(rule, repeat));
+        if let Some(e) = rf.enabled {
+            p.enabled = e;
+        }
+        if let Some(d) = &rf.for_ {
+            p.for_ = dur(path, &format!("rules.{name}.for"), d)?;
+        }
+        if let Some(r) = &rf.repeat_interval {
+            p.repeat = if r.trim() == "never" {
+                None
+            } else {
+                Some(dur(path, &format!("rules.{name}.repeat_interval"), r)?)
+            };
+        }
+        if let Some(a) = &rf.max_age {
+            if rule != Rule::BackupMissing {
+                return Err(ConfigError::Invalid {
+                    path: path.to_string(),
+                    detail: format!("rules.{name}: max_age applies to backup_missing only"),
+                });
+            }
+            backup_max_age = dur(path, &format!("rules.{name}.max_age"), a)?;
+        }
+        if let Some(d) = rf.days {
+            if rule != Rule::AccountCreditLow || d <= Decimal::ZERO {
+                return Err(ConfigError::Invalid {
+                    path: path.to_string(),
+                    detail: format!(
+                        "rules.{name}: days (above 0) applies to account_credit_low only"
+                    ),
+                });
+            }
+            credit_low_days = d;
+        }
+        if rule == Rule::CaptureGap {
+            tol_pct = rf.tolerance_percent.unwrap_or(tol_pct);
+            tol_usd = rf.tolerance_usd.unwrap_or(tol_usd);
+        } else if rf.tolerance_percent.is_some() || rf.tolerance_usd.is_some() {
+            return Err(ConfigError::Invalid {
+                path: path.to_string(),
+                detail: format!("rules.{name}: tolerances apply to capture_gap only"),
+            });
+        }
+    }
+    Ok(RuleSettings {
+        rules,
+        backup_max_age,
+        credit_low_days,
+        tol_pct,
+        tol_usd,
+    })
+}
+
+/// The receivers set up by environment alone (`MAI_FLEET_ALERT_WEBHOOK_URL`,
+/// `..._SLACK_URL`, `..._SMTP_URL` with `..._EMAIL_TO`).
+fn env_receivers() -> Result<Vec<Receiver>, ConfigError> {
+    let mut receivers = Vec::new();
+    if let Some(url) = env("MAI_FLEET_ALERT_WEBHOOK_URL") {
+        receivers.push(Receiver {
+            name: "webhook".into(),
+            kind: ReceiverKind::Webhook { url },
+        });
+    }
+    if let Some(url) = env("MAI_FLEET_ALERT_SLACK_URL") {
+        receivers.push(Receiver {
+            name: "slack".into(),
+            kind: ReceiverKind::Slack { url },
+        });
+    }
+    if let Some(smtp) = env("MAI_FLEET_ALERT_SMTP_URL") {
+        let to: Vec<String> = env("MAI_FLEET_ALERT_EMAIL_TO")
+            .unwrap_or_default()
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if to.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: "environment".into(),
+                detail: "MAI_FLEET_ALERT_SMTP_URL is set but MAI_FLEET_ALERT_EMAIL_TO names nobody"
+                    .into(),
+            });
+        }
+        receivers.push(Receiver {
+            name: "email".into(),
+            kind: ReceiverKind::Email {
+                smtp,
+                from: env("MAI_FLEET_ALERT_EMAIL_FROM")
+                    .unwrap_or_else(|| "mai-fleet@localhost".into()),
+                to,
+                username: env("MAI_FLEET_ALERT_SMTP_USER"),
+                password_env: env("MAI_FLEET_ALERT_SMTP_USER")
+                    .map(|_| "MAI_FLEET_ALERT_SMTP_PASSWORD".into()),
+            },
+        });
+    }
+    Ok(receivers)
+}
+
+/// The file's receivers, then the environment's quick ones; every name once, and no
+/// SMTP password over plain smtp://.
+fn receivers(path: &str, files: Vec<ReceiverFile>) -> Result<Vec<Receiver>, ConfigError> {
+    let mut receivers = Vec::new();
+    for r in files {
+        let kind = match (r.webhook, r.slack, r.email) {
+            (Some(w), None, None) => ReceiverKind::Webhook { url: w.url },
+            (None, Some(s), None) => ReceiverKind::Slack { url: s.url },
+            (None, None, Some(e)) => ReceiverKind::Email {
+                smtp: e.smtp,
+                from: e.from,
+                to: e.to,
+                username: e.username,
+                password_env: e.password_env,
+            },
+            _ => {
+                return Err(ConfigError::Invalid {
+                    path: path.to_string(),
+                    detail: format!(
+                        "receiver `{}` needs exactly one of webhook, slack, email",
+                        r.name
+                    ),
+                })
+            }
+        };
+        receivers.push(Receiver { name: r.name, kind });
+    }
+    receivers.extend(env_receivers()?);
+    let mut seen = std::collections::HashSet::new();
+    for r in &receivers {
+        if let ReceiverKind::Email {
+            smtp,
+            username: Some(_),
+            ..
+        } = &r.kind
+        {
+            if smtp.starts_with("smtp://") {
+                return Err(ConfigError::Invalid {
+                    path: path.to_string(),
+                    detail: format!(
+                        "receiver `{}` would send its SMTP password in plain text over {smtp}; use smtp+starttls:// or smtps://",
+                        r.name
+                    ),
+                });
+            }
+        }
+        if !seen.insert(r.name.clone()) {
+            return Err(ConfigError::Invalid {
+                path: path.to_string(),
+                detail: format!("two receivers are named `{}`", r.name),
+            });
+        }
+    }
+    Ok(receivers)
+}
+
 fn dur(path: &str, what: &str, text: &str) -> Result<Duration, ConfigError> {
     duration::parse(text).map_err(|e| ConfigError::Invalid {
         path: path.to_string(),
@@ -205,172 +410,19 @@ impl AlertsConfig {
                 detail: e.to_string(),
             })?
         };
-        let evaluation = match (
-            env("MAI_FLEET_ALERT_CRON").or(f.evaluation_cron),
-            env("MAI_FLEET_ALERT_INTERVAL").or(f.evaluation_interval),
-        ) {
-            (Some(c), _) => Evaluation::Cron(Box::new(crate::schedule::parse_cron(&c).map_err(
-                |detail| ConfigError::Invalid {
-                    path: path.to_string(),
-                    detail: format!("evaluation_cron: {detail}"),
-                },
-            )?)),
-            (None, Some(i)) => Evaluation::Every(dur(path, "evaluation_interval", &i)?),
-            (None, None) => Evaluation::Every(Duration::from_secs(60)),
-        };
+        let evaluation = evaluation(path, &f)?;
         let repeat = match &f.repeat_interval {
             Some(r) => dur(path, "repeat_interval", r)?,
             None => Duration::from_secs(4 * 3600),
         };
-        let mut rules: HashMap<Rule, RulePolicy> = Rule::ALL
-            .iter()
-            .map(|r| (*r, default_policy(*r, repeat)))
-            .collect();
-        // Nightly backups, with two hours' grace.
-        let mut backup_max_age = Duration::from_secs(26 * 3600);
-        let mut credit_low_days = Decimal::from(7);
-        let mut tol_pct = Decimal::from(2);
-        let mut tol_usd = Decimal::new(5, 2);
-        for (name, rf) in &f.rules {
-            let rule = Rule::from_str(name).map_err(|detail| ConfigError::Invalid {
-                path: path.to_string(),
-                detail: format!("rules: {detail}"),
-            })?;
-            let p = rules
-                .entry(rule)
-                .or_insert_with(|| default_policy(rule, repeat));
-            if let Some(e) = rf.enabled {
-                p.enabled = e;
-            }
-            if let Some(d) = &rf.for_ {
-                p.for_ = dur(path, &format!("rules.{name}.for"), d)?;
-            }
-            if let Some(r) = &rf.repeat_interval {
-                p.repeat = if r.trim() == "never" {
-                    None
-                } else {
-                    Some(dur(path, &format!("rules.{name}.repeat_interval"), r)?)
-                };
-            }
-            if let Some(a) = &rf.max_age {
-                if rule != Rule::BackupMissing {
-                    return Err(ConfigError::Invalid {
-                        path: path.to_string(),
-                        detail: format!("rules.{name}: max_age applies to backup_missing only"),
-                    });
-                }
-                backup_max_age = dur(path, &format!("rules.{name}.max_age"), a)?;
-            }
-            if let Some(d) = rf.days {
-                if rule != Rule::AccountCreditLow || d <= Decimal::ZERO {
-                    return Err(ConfigError::Invalid {
-                        path: path.to_string(),
-                        detail: format!(
-                            "rules.{name}: days (above 0) applies to account_credit_low only"
-                        ),
-                    });
-                }
-                credit_low_days = d;
-            }
-            if rule == Rule::CaptureGap {
-                tol_pct = rf.tolerance_percent.unwrap_or(tol_pct);
-                tol_usd = rf.tolerance_usd.unwrap_or(tol_usd);
-            } else if rf.tolerance_percent.is_some() || rf.tolerance_usd.is_some() {
-                return Err(ConfigError::Invalid {
-                    path: path.to_string(),
-                    detail: format!("rules.{name}: tolerances apply to capture_gap only"),
-                });
-            }
-        }
-        let mut receivers = Vec::new();
-        for r in f.receivers {
-            let kind = match (r.webhook, r.slack, r.email) {
-                (Some(w), None, None) => ReceiverKind::Webhook { url: w.url },
-                (None, Some(s), None) => ReceiverKind::Slack { url: s.url },
-                (None, None, Some(e)) => ReceiverKind::Email {
-                    smtp: e.smtp,
-                    from: e.from,
-                    to: e.to,
-                    username: e.username,
-                    password_env: e.password_env,
-                },
-                _ => {
-                    return Err(ConfigError::Invalid {
-                        path: path.to_string(),
-                        detail: format!(
-                            "receiver `{}` needs exactly one of webhook, slack, email",
-                            r.name
-                        ),
-                    })
-                }
-            };
-            receivers.push(Receiver { name: r.name, kind });
-        }
-        if let Some(url) = env("MAI_FLEET_ALERT_WEBHOOK_URL") {
-            receivers.push(Receiver {
-                name: "webhook".into(),
-                kind: ReceiverKind::Webhook { url },
-            });
-        }
-        if let Some(url) = env("MAI_FLEET_ALERT_SLACK_URL") {
-            receivers.push(Receiver {
-                name: "slack".into(),
-                kind: ReceiverKind::Slack { url },
-            });
-        }
-        if let Some(smtp) = env("MAI_FLEET_ALERT_SMTP_URL") {
-            let to: Vec<String> = env("MAI_FLEET_ALERT_EMAIL_TO")
-                .unwrap_or_default()
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
-            if to.is_empty() {
-                return Err(ConfigError::Invalid {
-                    path: "environment".into(),
-                    detail:
-                        "MAI_FLEET_ALERT_SMTP_URL is set but MAI_FLEET_ALERT_EMAIL_TO names nobody"
-                            .into(),
-                });
-            }
-            receivers.push(Receiver {
-                name: "email".into(),
-                kind: ReceiverKind::Email {
-                    smtp,
-                    from: env("MAI_FLEET_ALERT_EMAIL_FROM")
-                        .unwrap_or_else(|| "mai-fleet@localhost".into()),
-                    to,
-                    username: env("MAI_FLEET_ALERT_SMTP_USER"),
-                    password_env: env("MAI_FLEET_ALERT_SMTP_USER")
-                        .map(|_| "MAI_FLEET_ALERT_SMTP_PASSWORD".into()),
-                },
-            });
-        }
-        let mut seen = std::collections::HashSet::new();
-        for r in &receivers {
-            if let ReceiverKind::Email {
-                smtp,
-                username: Some(_),
-                ..
-            } = &r.kind
-            {
-                if smtp.starts_with("smtp://") {
-                    return Err(ConfigError::Invalid {
-                        path: path.to_string(),
-                        detail: format!(
-                            "receiver `{}` would send its SMTP password in plain text over {smtp}; use smtp+starttls:// or smtps://",
-                            r.name
-                        ),
-                    });
-                }
-            }
-            if !seen.insert(r.name.clone()) {
-                return Err(ConfigError::Invalid {
-                    path: path.to_string(),
-                    detail: format!("two receivers are named `{}`", r.name),
-                });
-            }
-        }
+        let RuleSettings {
+            rules,
+            backup_max_age,
+            credit_low_days,
+            tol_pct,
+            tol_usd,
+        } = rule_settings(path, &f.rules, repeat)?;
+        let receivers = receivers(path, f.receivers)?;
         Ok(AlertsConfig {
             evaluation,
             send_resolved: f.send_resolved.unwrap_or(true),
