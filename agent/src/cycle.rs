@@ -149,45 +149,7 @@ pub async fn sync_tenants(
     let away = |e: &sqlx::Error, spool: &Option<Spool>| spool.is_some() && is_unavailable(e);
 
     if let Some(sp) = spool.as_mut() {
-        for path in sp.pending() {
-            let batch = match Spool::load(&path) {
-                Ok(b) => b,
-                // Retrying would fail the same way every cycle: kept for a person.
-                Err(e) => {
-                    sp.set_aside(&path)?;
-                    report.warnings.push(format!("{e}; set aside as .rejected"));
-                    continue;
-                }
-            };
-            match sink
-                .ship(
-                    &batch.tenant,
-                    &batch.snapshot,
-                    &batch.previous,
-                    &batch.health,
-                )
-                .await
-            {
-                Ok(s) => {
-                    sp.remove(&path)?;
-                    report.unspooled += 1;
-                    report.rows_changed += s.rows_changed;
-                    report.regressions += s.regressions;
-                }
-                Err(e) if is_unavailable(&e) => {
-                    report.mark_away(&e);
-                    break;
-                }
-                // Refused for good (e.g. this host's credentials may not write it):
-                // set aside so that it does not block the batches behind it.
-                Err(e) => {
-                    sp.set_aside(&path)?;
-                    report
-                        .errors
-                        .push(format!("{}: spooled batch rejected: {e}", batch.tenant));
-                }
-            }
-        }
+        deliver_spooled(sink, sp, &mut report).await?;
     }
     let ids: Vec<String> = containers.iter().map(|c| c.tenant.clone()).collect();
     let mut watermarks = HashMap::new();
@@ -209,126 +171,245 @@ pub async fn sync_tenants(
     }
 
     for c in containers {
-        let in_spec = memory
-            .desired
-            .get(&c.tenant)
-            .is_some_and(|h| *h == c.spec_hash);
-        let db = c
-            .data_dir
-            .as_ref()
-            .map(|d| d.join(mai_fleet_core::contract::STORE_FILE));
-        let print = db.as_deref().and_then(fingerprint);
-        let unchanged = match (memory.seen.get(&c.tenant), &print) {
-            (Some(seen), Some(p)) => seen.fingerprint == *p,
-            _ => false,
+        sync_tenant(sink, c, memory, spool, &watermarks, &mut report).await?;
+    }
+    Ok(report)
+}
+
+/// Batches spooled while Postgres was away, delivered in order; the first that finds
+/// it away again stops the delivery (the rest wait for the next cycle).
+async fn deliver_spooled(
+    sink: &Sink,
+    sp: &mut Spool,
+    report: &mut CycleReport,
+) -> anyhow::Result<()> {
+    for path in sp.pending() {
+        let batch = match Spool::load(&path) {
+            Ok(b) => b,
+            // Retrying would fail the same way every cycle: kept for a person.
+            Err(e) => {
+                sp.set_aside(&path)?;
+                report.warnings.push(format!("{e}; set aside as .rejected"));
+                continue;
+            }
         };
-        if unchanged {
-            // Nothing written since the last cycle: health may still change (the
-            // container stopped, env differs), the store need not be opened.
-            let seen = memory
-                .seen
-                .get_mut(&c.tenant)
-                .context("remembered tenant")?;
-            let health = health::assess(&c, in_spec, &seen.store);
-            if health != seen.health && !report.database_away {
+        match sink
+            .ship(
+                &batch.tenant,
+                &batch.snapshot,
+                &batch.previous,
+                &batch.health,
+            )
+            .await
+        {
+            Ok(s) => {
+                sp.remove(&path)?;
+                report.unspooled += 1;
+                report.rows_changed += s.rows_changed;
+                report.regressions += s.regressions;
+            }
+            Err(e) if is_unavailable(&e) => {
+                report.mark_away(&e);
+                break;
+            }
+            // Refused for good (e.g. this host's credentials may not write it):
+            // set aside so that it does not block the batches behind it.
+            Err(e) => {
+                sp.set_aside(&path)?;
+                report
+                    .errors
+                    .push(format!("{}: spooled batch rejected: {e}", batch.tenant));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One tenant: its health refreshed when its store is unchanged, else its store read
+/// and shipped (or spooled while Postgres is away). A failing tenant is an error in
+/// the report, never the cycle's.
+async fn sync_tenant(
+    sink: &Sink,
+    c: TenantContainer,
+    memory: &mut Memory,
+    spool: &mut Option<Spool>,
+    watermarks: &HashMap<String, HashMap<String, Watermark>>,
+    report: &mut CycleReport,
+) -> anyhow::Result<()> {
+    let away = |e: &sqlx::Error, spool: &Option<Spool>| spool.is_some() && is_unavailable(e);
+    let in_spec = memory
+        .desired
+        .get(&c.tenant)
+        .is_some_and(|h| *h == c.spec_hash);
+    let db = c
+        .data_dir
+        .as_ref()
+        .map(|d| d.join(mai_fleet_core::contract::STORE_FILE));
+    let print = db.as_deref().and_then(fingerprint);
+    let unchanged = match (memory.seen.get(&c.tenant), &print) {
+        (Some(seen), Some(p)) => seen.fingerprint == *p,
+        _ => false,
+    };
+    if unchanged {
+        return refresh_health(sink, &c, in_spec, memory, spool, report).await;
+    }
+    let previous = match (memory.known.get(&c.tenant), watermarks.get(&c.tenant)) {
+        (Some(known), _) => known.clone(),
+        (None, Some(w)) => w.clone(),
+        // Postgres away and nothing known of what it holds: the store keeps the
+        // rows until it is back.
+        (None, None) if report.database_away => return Ok(()),
+        (None, None) => HashMap::new(),
+    };
+    report.stores_read += 1;
+    let since: HashMap<String, i64> = previous
+        .iter()
+        .map(|(t, w)| (t.clone(), w.updated_at))
+        .collect();
+    let org = c.org_id.clone().unwrap_or_default();
+    let snapshot = read_store(memory, &c.tenant, db.clone(), org, since).await;
+    let store = StoreState::of(&snapshot, c.data_dir.is_some());
+    let health = health::assess(&c, in_spec, &store);
+    note_inactive(report, &health);
+    let snapshot = match snapshot {
+        Ok(s) => s,
+        Err(_) => {
+            memory.seen.remove(&c.tenant);
+            if !report.database_away {
                 match sink.record_health(&health).await {
-                    Ok(()) => seen.health = health.clone(),
+                    Ok(()) => {}
                     Err(e) if away(&e, spool) => report.mark_away(&e),
                     Err(e) => report.errors.push(format!("{}: {e}", c.tenant)),
                 }
             }
-            note_inactive(&mut report, &health);
-            continue;
+            return Ok(());
         }
-        let previous = match (memory.known.get(&c.tenant), watermarks.get(&c.tenant)) {
-            (Some(known), _) => known.clone(),
-            (None, Some(w)) => w.clone(),
-            // Postgres away and nothing known of what it holds: the store keeps the
-            // rows until it is back.
-            (None, None) if report.database_away => continue,
-            (None, None) => HashMap::new(),
-        };
-        report.stores_read += 1;
-        let since: HashMap<String, i64> = previous
-            .iter()
-            .map(|(t, w)| (t.clone(), w.updated_at))
-            .collect();
-        let org = c.org_id.clone().unwrap_or_default();
-        let snapshot = read_store(memory, &c.tenant, db.clone(), org, since).await;
-        let store = StoreState::of(&snapshot, c.data_dir.is_some());
-        let health = health::assess(&c, in_spec, &store);
-        note_inactive(&mut report, &health);
-        let snapshot = match snapshot {
-            Ok(s) => s,
-            Err(_) => {
-                memory.seen.remove(&c.tenant);
-                if !report.database_away {
-                    match sink.record_health(&health).await {
-                        Ok(()) => {}
-                        Err(e) if away(&e, spool) => report.mark_away(&e),
-                        Err(e) => report.errors.push(format!("{}: {e}", c.tenant)),
-                    }
-                }
-                continue;
-            }
-        };
-        let queued = spool
-            .as_ref()
-            .is_some_and(|sp| sp.has_pending_for(&c.tenant));
-        let mut to_spool = report.database_away || queued;
-        if !to_spool {
-            match sink.ship(&c.tenant, &snapshot, &previous, &health).await {
-                Ok(s) => {
-                    report.rows_changed += s.rows_changed;
-                    report.regressions += s.regressions;
-                    memory
-                        .known
-                        .insert(c.tenant.clone(), watermarks_after(&snapshot));
-                    remember(
-                        memory,
-                        &c.tenant,
-                        print.clone(),
-                        store.clone(),
-                        health.clone(),
-                    );
-                }
-                Err(e) if away(&e, spool) => {
-                    report.mark_away(&e);
-                    to_spool = true;
-                }
-                Err(e) => {
-                    memory.seen.remove(&c.tenant);
-                    memory.known.remove(&c.tenant);
-                    report.errors.push(format!("{}: {e}", c.tenant));
-                }
-            }
-        }
-        if to_spool {
-            let Some(sp) = spool.as_mut() else { continue };
-            let batch = Batch {
-                tenant: c.tenant.clone(),
-                snapshot,
-                previous,
-                health: health.clone(),
-            };
-            match sp.push(&batch) {
-                Ok(_) => {
-                    report.spooled += 1;
-                    memory
-                        .known
-                        .insert(c.tenant.clone(), watermarks_after(&batch.snapshot));
-                    remember(memory, &c.tenant, print, store, health);
-                }
-                // Not spooled: the watermark does not move, so the store is read
-                // again once there is room or a database.
-                Err(e) => {
-                    memory.seen.remove(&c.tenant);
-                    report.errors.push(format!("{}: {e}", c.tenant));
-                }
-            }
+    };
+    let queued = spool
+        .as_ref()
+        .is_some_and(|sp| sp.has_pending_for(&c.tenant));
+    let batch = Batch {
+        tenant: c.tenant.clone(),
+        snapshot,
+        previous,
+        health,
+    };
+    let shipped = !(report.database_away || queued)
+        && ship(
+            sink,
+            &batch,
+            memory,
+            &print,
+            &store,
+            spool.is_some(),
+            report,
+        )
+        .await;
+    if !shipped && (report.database_away || queued) {
+        if let Some(sp) = spool.as_mut() {
+            spool_tenant(sp, batch, memory, print, store, report);
         }
     }
-    Ok(report)
+    Ok(())
+}
+
+/// A tenant's batch upserted into the fleet Postgres; what it holds is remembered.
+/// `false` when it was not shipped: Postgres away (`report` says so, the batch waits
+/// in the spool), or refused (an error of the tenant's).
+async fn ship(
+    sink: &Sink,
+    batch: &Batch,
+    memory: &mut Memory,
+    print: &Option<Fingerprint>,
+    store: &StoreState,
+    spooling: bool,
+    report: &mut CycleReport,
+) -> bool {
+    let tenant = batch.tenant.as_str();
+    match sink
+        .ship(tenant, &batch.snapshot, &batch.previous, &batch.health)
+        .await
+    {
+        Ok(s) => {
+            report.rows_changed += s.rows_changed;
+            report.regressions += s.regressions;
+            memory
+                .known
+                .insert(tenant.to_string(), watermarks_after(&batch.snapshot));
+            remember(
+                memory,
+                tenant,
+                print.clone(),
+                store.clone(),
+                batch.health.clone(),
+            );
+            true
+        }
+        Err(e) if spooling && is_unavailable(&e) => {
+            report.mark_away(&e);
+            false
+        }
+        Err(e) => {
+            memory.seen.remove(tenant);
+            memory.known.remove(tenant);
+            report.errors.push(format!("{tenant}: {e}"));
+            false
+        }
+    }
+}
+
+/// A tenant whose store is unchanged since the last cycle: its health may still
+/// change (the container stopped, env differs), the store need not be opened.
+async fn refresh_health(
+    sink: &Sink,
+    c: &TenantContainer,
+    in_spec: bool,
+    memory: &mut Memory,
+    spool: &Option<Spool>,
+    report: &mut CycleReport,
+) -> anyhow::Result<()> {
+    let seen = memory
+        .seen
+        .get_mut(&c.tenant)
+        .context("remembered tenant")?;
+    let health = health::assess(c, in_spec, &seen.store);
+    if health != seen.health && !report.database_away {
+        match sink.record_health(&health).await {
+            Ok(()) => seen.health = health.clone(),
+            Err(e) if spool.is_some() && is_unavailable(&e) => report.mark_away(&e),
+            Err(e) => report.errors.push(format!("{}: {e}", c.tenant)),
+        }
+    }
+    note_inactive(report, &health);
+    Ok(())
+}
+
+/// A tenant's batch kept on disk while Postgres is away (or behind batches already
+/// waiting). Not spooled: the watermark does not move, so the store is read again.
+fn spool_tenant(
+    sp: &mut Spool,
+    batch: Batch,
+    memory: &mut Memory,
+    print: Option<Fingerprint>,
+    store: StoreState,
+    report: &mut CycleReport,
+) {
+    let tenant = batch.tenant.as_str();
+    match sp.push(&batch) {
+        Ok(_) => {
+            report.spooled += 1;
+            memory
+                .known
+                .insert(tenant.to_string(), watermarks_after(&batch.snapshot));
+            remember(memory, tenant, print, store, batch.health.clone());
+        }
+        // Not spooled: the watermark does not move, so the store is read
+        // again once there is room or a database.
+        Err(e) => {
+            memory.seen.remove(tenant);
+            report.errors.push(format!("{tenant}: {e}"));
+        }
+    }
 }
 
 /// Reads a store off the async workers, within its budget. SQLite interrupts itself
