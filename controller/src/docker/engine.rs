@@ -139,7 +139,24 @@ impl Engine {
             });
         };
         // Engines older than bollard's API version (20.10 speaks 1.41) need this.
-        let docker = docker.negotiate_version().await.map_err(connect_err)?;
+        let docker = match docker.negotiate_version().await {
+            Ok(d) => d,
+            Err(source) => {
+                // A refused client certificate surfaces as a bare "connection was
+                // not ready" when the engine's alert races the pooled request: asked
+                // again on a connection of its own, TLS says why.
+                if let (Some(addr), Some(tls)) = (url.strip_prefix("tcp://"), &host.tls) {
+                    if let Some(reason) = super::transport::tls_refusal(addr, tls, timeout).await {
+                        return Err(DockerError::Unreachable {
+                            host: host.name.clone(),
+                            url: url.to_string(),
+                            reason: format!("TLS: {reason}"),
+                        });
+                    }
+                }
+                return Err(connect_err(source));
+            }
+        };
         Ok(Self {
             host: host.clone(),
             docker,

@@ -60,6 +60,35 @@ pub fn connect_tls(addr: &str, tls: &TlsFiles, timeout_s: u64) -> Result<Docker,
     pooled(https, &format!("https://{addr}"), timeout_s)
 }
 
+/// Why a TLS engine refuses this client, in TLS's words (`received fatal alert:
+/// UnknownCA`), or `None` when it does not. Asked when a request failed without a
+/// cause: with TLS 1.3 the engine judges the client certificate after the handshake,
+/// and a pooled client that sees the connection close before its request went out
+/// reports only that the connection was not ready. One request on a connection of its
+/// own always reads the engine's alert.
+pub async fn tls_refusal(addr: &str, tls: &TlsFiles, timeout: Duration) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = Arc::new(client_config(tls).ok()?);
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let name = rustls_pki_types::ServerName::try_from(host.to_string()).ok()?;
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let mut stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await?;
+        stream
+            .write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = [0u8; 64];
+        let _answered = stream.read(&mut answer).await?;
+        Ok::<(), std::io::Error>(())
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Err(e)) => Some(crate::error_chain(&e)),
+        _ => None,
+    }
+}
+
 /// A bollard client whose requests go through one kept-alive hyper client.
 fn pooled<C>(connector: C, base: &str, timeout_s: u64) -> Result<Docker, TransportError>
 where
