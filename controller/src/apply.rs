@@ -503,7 +503,7 @@ pub async fn run(
         u.tenants.iter().map(|t| Outcome {
             host: u.host.clone(),
             tenant: t.clone(),
-            action: "observe",
+            action: crate::plan::Verb::Observe,
             status: Status::Unreachable,
             detail: u.reason.clone(),
             container: None,

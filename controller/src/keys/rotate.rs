@@ -69,7 +69,7 @@ impl Keyring {
         let failed = |detail: String| Outcome {
             host: host.clone(),
             tenant: tenant.to_string(),
-            action: "rotate",
+            action: crate::plan::Verb::Rotate,
             status: Status::Failed,
             detail,
             container: None,

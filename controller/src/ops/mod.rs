@@ -331,7 +331,7 @@ pub async fn launch_revision(
     outcomes.pop().unwrap_or(Outcome {
         host: host.name.clone(),
         tenant: t.id.clone(),
-        action: "update",
+        action: crate::plan::Verb::Update,
         status: Status::Failed,
         detail: "nothing was executed".into(),
         container: None,

@@ -119,6 +119,24 @@ impl Observed {
     }
 }
 
+mai_fleet_core::text_enum! {
+    /// What was done, or found to do, for one tenant: a planned action's verb, and
+    /// the steps an apply records that are no action of the plan (`observe` for an
+    /// unreachable host, `rotate` for a key rotation's rollout).
+    pub enum Verb, "apply action" {
+        Create = "create",
+        Update = "update",
+        Start = "start",
+        Unchanged = "unchanged",
+        RemoveLeftover = "remove-leftover",
+        Remove = "remove",
+        Orphan = "orphan",
+        Blocked = "blocked",
+        Observe = "observe",
+        Rotate = "rotate",
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
@@ -186,16 +204,16 @@ impl Action {
         }
     }
 
-    pub fn verb(&self) -> &'static str {
+    pub fn verb(&self) -> Verb {
         match self {
-            Action::Create { .. } => "create",
-            Action::Update { .. } => "update",
-            Action::Start { .. } => "start",
-            Action::Unchanged { .. } => "unchanged",
-            Action::RemoveLeftover { .. } => "remove-leftover",
-            Action::Remove { .. } => "remove",
-            Action::Orphan { .. } => "orphan",
-            Action::Blocked { .. } => "blocked",
+            Action::Create { .. } => Verb::Create,
+            Action::Update { .. } => Verb::Update,
+            Action::Start { .. } => Verb::Start,
+            Action::Unchanged { .. } => Verb::Unchanged,
+            Action::RemoveLeftover { .. } => Verb::RemoveLeftover,
+            Action::Remove { .. } => Verb::Remove,
+            Action::Orphan { .. } => Verb::Orphan,
+            Action::Blocked { .. } => Verb::Blocked,
         }
     }
 

@@ -12,7 +12,7 @@ use serde::Serialize;
 pub struct Outcome {
     pub host: String,
     pub tenant: String,
-    pub action: &'static str,
+    pub action: crate::plan::Verb,
     pub status: Status,
     pub detail: String,
     pub container: Option<String>,
