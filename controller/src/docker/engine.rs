@@ -21,7 +21,7 @@ use crate::plan::agent::{is_agent_of, LABEL_AGENT_OF};
 use crate::plan::{
     Confinement, Observed, Resources, Restart, Runtime, Workload, APP_PORT, LABEL_MANAGED,
 };
-use crate::spec::{HostSpec, SshTarget};
+use crate::spec::{DockerEndpoint, HostSpec};
 
 /// What one `observe` saw.
 pub struct Observation {
@@ -80,63 +80,66 @@ impl Engine {
             source,
         };
         let mut tunnel = None;
-        let (docker, tenant_address, local) = if let Some(path) = url.strip_prefix("unix://") {
-            let d = Docker::connect_with_unix(path, API_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
-                .map_err(connect_err)?;
-            (d, "127.0.0.1".to_string(), true)
-        } else if let Some(addr) = url.strip_prefix("tcp://") {
-            let d = match &host.tls {
-                Some(tls) => {
-                    super::transport::connect_tls(addr, tls, API_TIMEOUT_S).map_err(|source| {
-                        DockerError::Transport {
+        let endpoint =
+            DockerEndpoint::parse(url).map_err(|reason| DockerError::UnsupportedEndpoint {
+                host: host.name.clone(),
+                url: url.to_string(),
+                reason,
+            })?;
+        let (docker, tenant_address, local) = match &endpoint {
+            DockerEndpoint::Unix(path) => {
+                let d =
+                    Docker::connect_with_unix(path, API_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
+                        .map_err(connect_err)?;
+                (d, "127.0.0.1".to_string(), true)
+            }
+            DockerEndpoint::Tcp(addr) => {
+                let d = match &host.tls {
+                    Some(tls) => super::transport::connect_tls(addr, tls, API_TIMEOUT_S).map_err(
+                        |source| DockerError::Transport {
                             host: host.name.clone(),
                             url: url.to_string(),
                             source: Box::new(source),
-                        }
-                    })?
-                }
-                None => Docker::connect_with_http(url, API_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
-                    .map_err(connect_err)?,
-            };
-            let name = addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_string();
-            (d, name, false)
-        } else if url.starts_with("ssh://") {
-            let target =
-                SshTarget::parse(url).map_err(|reason| DockerError::UnsupportedEndpoint {
-                    host: host.name.clone(),
-                    url: url.to_string(),
-                    reason,
-                })?;
-            let t = super::ssh::open(&target, &host.ssh, timeout)
-                .await
-                .map_err(|e| match e {
-                    SshError::UnknownHostKey { .. } | SshError::ChangedHostKey { .. } => {
-                        DockerError::HostKey {
-                            host: host.name.clone(),
-                            source: e,
-                        }
+                        },
+                    )?,
+                    None => {
+                        Docker::connect_with_http(url, API_TIMEOUT_S, bollard::API_DEFAULT_VERSION)
+                            .map_err(connect_err)?
                     }
-                    other => DockerError::Unreachable {
+                };
+                let name = addr
+                    .rsplit_once(':')
+                    .map_or(addr.as_str(), |(h, _)| h)
+                    .to_string();
+                (d, name, false)
+            }
+            DockerEndpoint::Ssh(target) => {
+                let t =
+                    super::ssh::open(target, &host.ssh, timeout)
+                        .await
+                        .map_err(|e| match e {
+                            SshError::UnknownHostKey { .. } | SshError::ChangedHostKey { .. } => {
+                                DockerError::HostKey {
+                                    host: host.name.clone(),
+                                    source: e,
+                                }
+                            }
+                            other => DockerError::Unreachable {
+                                host: host.name.clone(),
+                                url: url.to_string(),
+                                reason: other.to_string(),
+                            },
+                        })?;
+                let d = super::transport::connect_unix_pooled(&t.socket, API_TIMEOUT_S).map_err(
+                    |source| DockerError::Transport {
                         host: host.name.clone(),
                         url: url.to_string(),
-                        reason: other.to_string(),
+                        source: Box::new(source),
                     },
-                })?;
-            let d = super::transport::connect_unix_pooled(&t.socket, API_TIMEOUT_S).map_err(
-                |source| DockerError::Transport {
-                    host: host.name.clone(),
-                    url: url.to_string(),
-                    source: Box::new(source),
-                },
-            )?;
-            tunnel = Some(Arc::new(t));
-            (d, target.host, false)
-        } else {
-            return Err(DockerError::UnsupportedEndpoint {
-                host: host.name.clone(),
-                url: url.to_string(),
-                reason: "use unix://, tcp:// or ssh://".into(),
-            });
+                )?;
+                tunnel = Some(Arc::new(t));
+                (d, target.host.clone(), false)
+            }
         };
         // Engines older than bollard's API version (20.10 speaks 1.41) need this.
         let docker = match docker.negotiate_version().await {
@@ -145,7 +148,7 @@ impl Engine {
                 // A refused client certificate surfaces as a bare "connection was
                 // not ready" when the engine's alert races the pooled request: asked
                 // again on a connection of its own, TLS says why.
-                if let (Some(addr), Some(tls)) = (url.strip_prefix("tcp://"), &host.tls) {
+                if let (DockerEndpoint::Tcp(addr), Some(tls)) = (&endpoint, &host.tls) {
                     if let Some(reason) = super::transport::tls_refusal(addr, tls, timeout).await {
                         return Err(DockerError::Unreachable {
                             host: host.name.clone(),
@@ -470,12 +473,14 @@ async fn image_source(target: &Engine) -> Option<Docker> {
     if url == target.host.docker {
         return None;
     }
-    let path = url.strip_prefix("unix://")?;
-    if !std::path::Path::new(path).exists() {
+    let DockerEndpoint::Unix(path) = DockerEndpoint::parse(&url).ok()? else {
+        return None;
+    };
+    if !std::path::Path::new(&path).exists() {
         return None;
     }
     let docker =
-        Docker::connect_with_unix(path, API_TIMEOUT_S, bollard::API_DEFAULT_VERSION).ok()?;
+        Docker::connect_with_unix(&path, API_TIMEOUT_S, bollard::API_DEFAULT_VERSION).ok()?;
     docker.negotiate_version().await.ok()
 }
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{Observed, LABEL_FLEET};
-use crate::spec::{HostAgent, HostSpec, SshTarget, DEFAULT_REMOTE_SOCKET};
+use crate::spec::{DockerEndpoint, HostAgent, HostSpec, DEFAULT_REMOTE_SOCKET};
 
 /// The host an agent container serves (never `mai-fleet.managed`: tenants' plans
 /// and the agent's own discovery ignore it).
@@ -46,15 +46,9 @@ impl DesiredAgent {
         let HostAgent::Deployed(a) = &host.agent else {
             return None;
         };
-        let host_socket = if host.docker.starts_with("ssh://") {
-            SshTarget::parse(&host.docker)
-                .map(|t| t.socket)
-                .unwrap_or_else(|_| DEFAULT_REMOTE_SOCKET.to_string())
-        } else if let Some(path) = host.docker.strip_prefix("unix://") {
-            path.to_string()
-        } else {
-            DEFAULT_REMOTE_SOCKET.to_string()
-        };
+        let host_socket = DockerEndpoint::parse(&host.docker)
+            .map(|e| e.socket_on_host())
+            .unwrap_or_else(|_| DEFAULT_REMOTE_SOCKET.to_string());
         let mut d = Self {
             host: host.name.clone(),
             name: container_name(&host.name),

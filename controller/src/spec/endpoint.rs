@@ -12,6 +12,39 @@ pub struct SshTarget {
 
 pub const DEFAULT_REMOTE_SOCKET: &str = "/var/run/docker.sock";
 
+/// A host's `docker:` URL, parsed: the one place its scheme is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerEndpoint {
+    /// `unix:///path`: an engine on this machine.
+    Unix(String),
+    /// `tcp://host:port` (with `tls`, or on loopback).
+    Tcp(String),
+    Ssh(SshTarget),
+}
+
+impl DockerEndpoint {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if let Some(path) = url.strip_prefix("unix://") {
+            Ok(DockerEndpoint::Unix(path.to_string()))
+        } else if let Some(addr) = url.strip_prefix("tcp://") {
+            Ok(DockerEndpoint::Tcp(addr.to_string()))
+        } else if url.starts_with("ssh://") {
+            SshTarget::parse(url).map(DockerEndpoint::Ssh)
+        } else {
+            Err("use unix://, tcp:// or ssh://".into())
+        }
+    }
+
+    /// The engine's socket as its own machine sees it (what a host's agent mounts).
+    pub fn socket_on_host(&self) -> String {
+        match self {
+            DockerEndpoint::Unix(path) => path.clone(),
+            DockerEndpoint::Ssh(t) => t.socket.clone(),
+            DockerEndpoint::Tcp(_) => DEFAULT_REMOTE_SOCKET.to_string(),
+        }
+    }
+}
+
 impl SshTarget {
     pub fn parse(url: &str) -> Result<Self, String> {
         let rest = url

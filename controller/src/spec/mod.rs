@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-pub use endpoint::{SshTarget, DEFAULT_REMOTE_SOCKET};
+pub use endpoint::{DockerEndpoint, SshTarget, DEFAULT_REMOTE_SOCKET};
 pub use secret::ApiKey;
 
 /// Where the fleet's own secrets come from (the spec checks that a provisioning

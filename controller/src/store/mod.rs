@@ -191,9 +191,13 @@ impl Store {
         }
         for (t, d) in desired {
             upsert_tenant(&mut tx, &spec.fleet, t, d, run_id).await?;
-            let launched = outcomes
-                .iter()
-                .find(|o| o.tenant == t.id && matches!(o.action, crate::plan::Verb::Create | crate::plan::Verb::Update));
+            let launched = outcomes.iter().find(|o| {
+                o.tenant == t.id
+                    && matches!(
+                        o.action,
+                        crate::plan::Verb::Create | crate::plan::Verb::Update
+                    )
+            });
             if let Some(o) = launched {
                 operations::add_revision(&mut tx, run_id, t, d, o).await?;
             }
