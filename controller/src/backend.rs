@@ -13,7 +13,9 @@ use bytes::Bytes;
 use futures_util::Stream;
 
 use crate::docker::{self, DockerError, Engine, LaunchError};
-use crate::execution::{ExecuteOptions, LogsRequest, Outcome, Output, Progress, VerifyOptions};
+use crate::execution::{
+    ExecuteOptions, LogsRequest, Outcome, Output, Progress, Unverified, VerifyOptions,
+};
 use crate::plan::agent::DesiredAgent;
 use crate::plan::{Action, Observed, Workload};
 use crate::spec::HostSpec;
@@ -153,7 +155,7 @@ impl Host {
         id: &str,
         desired: &Workload,
         opts: &VerifyOptions,
-    ) -> Result<String, String> {
+    ) -> Result<String, Unverified> {
         match self {
             Host::Docker(e) => docker::verify(e, id, Some(desired.port), opts, Some(desired)).await,
         }

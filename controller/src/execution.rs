@@ -52,3 +52,15 @@ pub struct Output {
     pub stderr: bool,
     pub text: String,
 }
+
+/// Why a launched workload was not verified, with its last log lines (masked): the
+/// outcome's detail. `Ok` of a verification says how it was verified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Unverified(pub String);
+
+impl From<String> for Unverified {
+    fn from(why: String) -> Self {
+        Unverified(why)
+    }
+}

@@ -1,5 +1,6 @@
 //! Cron expressions as operators write them (NBP fetches, alert evaluation).
 
+use mai_fleet_core::Invalid;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use cron::Schedule;
 /// Sunday and 1–5 Monday to Friday. Or six/seven fields (seconds first, years last),
 /// as the `cron` crate reads them (there day numbers run 1 = Sunday to 7; names are
 /// the same either way).
-pub fn parse_cron(text: &str) -> Result<Schedule, String> {
+pub fn parse_cron(text: &str) -> Result<Schedule, Invalid> {
     let hint = "e.g. `20 8 * * 1-5` (or `Mon-Fri`) for 08:20 on business days";
     let fields: Vec<&str> = text.split_whitespace().collect();
     let full = if fields.len() == 5 {
@@ -21,29 +22,29 @@ pub fn parse_cron(text: &str) -> Result<Schedule, String> {
     } else {
         text.to_string()
     };
-    Schedule::from_str(&full).map_err(|e| format!("not a cron expression ({e}); {hint}"))
+    Schedule::from_str(&full).map_err(|e| Invalid(format!("not a cron expression ({e}); {hint}")))
 }
 
 const DAY_NAMES: [&str; 7] = ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
 
 /// A standard cron day-of-week field (`*`, `1-5`, `0,6`, `*/2`, `Mon-Fri`, `5-7`) as
 /// a list of day names. 7 is Sunday, as 0 is.
-fn standard_weekdays(field: &str) -> Result<String, String> {
+fn standard_weekdays(field: &str) -> Result<String, Invalid> {
     if field == "*" || field == "?" {
         return Ok("*".into());
     }
-    let day = |t: &str| -> Result<usize, String> {
+    let day = |t: &str| -> Result<usize, Invalid> {
         if let Ok(n) = t.parse::<usize>() {
             return if n <= 7 {
                 Ok(n % 7)
             } else {
-                Err(format!("day of week {n} is not 0-7"))
+                Err(format!("day of week {n} is not 0-7").into())
             };
         }
         DAY_NAMES
             .iter()
             .position(|d| d.eq_ignore_ascii_case(t))
-            .ok_or_else(|| format!("`{t}` is not a day of the week"))
+            .ok_or_else(|| Invalid(format!("`{t}` is not a day of the week")))
     };
     let mut set = [false; 7];
     for item in field.split(',') {
@@ -71,7 +72,7 @@ fn standard_weekdays(field: &str) -> Result<String, String> {
             }
         };
         if first > last {
-            return Err(format!("`{item}`: the range runs backwards"));
+            return Err(format!("`{item}`: the range runs backwards").into());
         }
         for d in (first..=last).step_by(step) {
             set[d % 7] = true;
@@ -128,8 +129,11 @@ mod tests {
         assert_eq!(days("0 0 * * */2"), [Tue, Thu, Sat, Sun]);
         assert_eq!(days("0 0 * * 1/2"), [Mon, Wed, Fri]);
         assert_eq!(days("0 0 * * *").len(), 7);
-        assert!(parse_cron("0 0 * * 8").unwrap_err().contains("0-7"));
-        assert!(parse_cron("0 0 * * 5-1").unwrap_err().contains("backwards"));
+        assert!(parse_cron("0 0 * * 8").unwrap_err().0.contains("0-7"));
+        assert!(parse_cron("0 0 * * 5-1")
+            .unwrap_err()
+            .0
+            .contains("backwards"));
         // Six fields keep the crate's own reading (names are the same).
         assert_eq!(days("0 0 0 * * Mon-Fri"), [Mon, Tue, Wed, Thu, Fri]);
     }

@@ -108,7 +108,8 @@ struct JobHealth {
 #[derive(Default)]
 pub struct Health {
     jobs: Mutex<BTreeMap<String, JobHealth>>,
-    database: Mutex<Option<(Instant, Result<(), String>)>>,
+    /// When the database was last probed, and what was wrong with it then.
+    database: Mutex<Option<(Instant, Option<String>)>>,
 }
 
 /// The database probe's verdict is stale past this (the probe itself is stuck).
@@ -143,8 +144,9 @@ impl Health {
         }
     }
 
-    pub fn set_database(&self, result: Result<(), String>) {
-        *self.database.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), result));
+    /// The database probe's verdict: `None` when it answered, else what is wrong.
+    pub fn set_database(&self, problem: Option<String>) {
+        *self.database.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), problem));
     }
 
     pub fn report(&self) -> HealthReport {
@@ -162,9 +164,9 @@ impl Health {
                 ));
                 "late".to_string()
             }
-            Some((_, Ok(()))) => "ok".to_string(),
+            Some((_, None)) => "ok".to_string(),
             // The error itself goes to the log: /healthz is open to anyone.
-            Some((_, Err(_))) => {
+            Some((_, Some(_))) => {
                 problems.push("fleet database: unavailable".to_string());
                 "unavailable".to_string()
             }
@@ -366,7 +368,7 @@ mod tests {
             }
         }));
         let health = sup.health();
-        health.set_database(Ok(()));
+        health.set_database(None);
         tokio::time::sleep(Duration::from_millis(10)).await;
         let r = health.report();
         assert!(!r.ok, "down between failure and restart: {:?}", r.problems);
@@ -396,10 +398,10 @@ mod tests {
             },
         ));
         let health = sup.health();
-        health.set_database(Ok(()));
+        health.set_database(None);
         tokio::time::sleep(Duration::from_secs(6)).await;
         // The database probe is stale by now too: both are named.
-        health.set_database(Ok(()));
+        health.set_database(None);
         let r = health.report();
         assert!(!r.ok);
         assert!(r.jobs["stuck"].late);

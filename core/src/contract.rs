@@ -1,6 +1,8 @@
 //! What a managed tenant container is, as both the controller (which creates it) and
 //! the agent (which finds and reads it) must see it.
 
+use crate::Invalid;
+
 /// Labels on every managed container. The agent trusts none of their values: each
 /// is checked again where it is used (a tenant controls nothing here, but anyone with
 /// access to the engine may start a container carrying them).
@@ -44,16 +46,16 @@ pub fn network_name(fleet: &str) -> String {
 
 /// Tenant ids become container names (`mai-<id>`), label values and directory names:
 /// anything else found in a label is refused before it is used.
-pub fn check_tenant_id(id: &str) -> Result<(), String> {
+pub fn check_tenant_id(id: &str) -> Result<(), Invalid> {
     lowercase_name(id, 2, 40)
 }
 
 /// Host and fleet names: label values.
-pub fn check_name_label(name: &str) -> Result<(), String> {
+pub fn check_name_label(name: &str) -> Result<(), Invalid> {
     lowercase_name(name, 1, 63)
 }
 
-fn lowercase_name(text: &str, min: usize, max: usize) -> Result<(), String> {
+fn lowercase_name(text: &str, min: usize, max: usize) -> Result<(), Invalid> {
     let ok = (min..=max).contains(&text.len())
         && text
             .bytes()
@@ -61,7 +63,7 @@ fn lowercase_name(text: &str, min: usize, max: usize) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("use {min} to {max} characters of a-z, 0-9 and '-'"))
+        Err(format!("use {min} to {max} characters of a-z, 0-9 and '-'").into())
     }
 }
 

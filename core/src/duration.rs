@@ -1,9 +1,10 @@
 //! Durations as operators write them on the command line and in settings.
 
+use crate::Invalid;
 use std::time::Duration;
 
 /// `500ms`, `5s`, `10m`, `1h`, `90d` (key ages); a bare number is seconds.
-pub fn parse(text: &str) -> Result<Duration, String> {
+pub fn parse(text: &str) -> Result<Duration, Invalid> {
     let t = text.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -18,9 +19,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "m" => n * 60.0,
         "h" => n * 3600.0,
         "d" => n * 86_400.0,
-        _ => return Err(format!("`{text}`: use ms, s, m, h or d")),
+        _ => return Err(format!("`{text}`: use ms, s, m, h or d").into()),
     };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is out of range"))
+    Duration::try_from_secs_f64(secs).map_err(|_| Invalid(format!("`{text}` is out of range")))
 }
 
 /// As operators write them, in the largest unit that divides it: `26h`, `90s`,

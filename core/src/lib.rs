@@ -12,3 +12,22 @@ pub mod tracking;
 
 pub use contract::{check_name_label, check_tenant_id, labels};
 pub use tracking::{StoreStatus, Tracking};
+
+/// A value someone wrote (a spec value, an argument, a setting) that is not valid.
+/// The sentence says why and how to mend it; the caller says where (the spec loader
+/// places it at `file:line:col`, a command names its flag).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<String> for Invalid {
+    fn from(why: String) -> Self {
+        Invalid(why)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(why: &str) -> Self {
+        Invalid(why.to_string())
+    }
+}

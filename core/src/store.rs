@@ -6,6 +6,7 @@
 //! table, since a view or a virtual table under its name runs the tenant's code (a
 //! recursive view never ends).
 
+use crate::Invalid;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -53,7 +54,7 @@ pub fn refusal(e: &rusqlite::Error) -> Option<&'static str> {
 
 /// `Ok(Err(why))` when `table` exists and is not a plain table (a view, a virtual
 /// table); `Ok(Ok(()))` when it is one or is absent.
-pub fn plain_table(conn: &Connection, table: &str) -> rusqlite::Result<Result<(), String>> {
+pub fn plain_table(conn: &Connection, table: &str) -> rusqlite::Result<Result<(), Invalid>> {
     let kind: Option<(String, String)> = conn
         .query_row(
             "SELECT type, coalesce(sql, '') FROM sqlite_schema WHERE name = ?1 COLLATE NOCASE",
@@ -66,14 +67,16 @@ pub fn plain_table(conn: &Connection, table: &str) -> rusqlite::Result<Result<()
             e => Err(e),
         })?;
     Ok(match kind {
-        Some((kind, _)) if kind != "table" => Err(format!("{table} is a {kind}, not a table")),
+        Some((kind, _)) if kind != "table" => {
+            Err(format!("{table} is a {kind}, not a table").into())
+        }
         Some((_, sql))
             if sql
                 .trim_start()
                 .to_ascii_uppercase()
                 .starts_with("CREATE VIRTUAL") =>
         {
-            Err(format!("{table} is a virtual table, not a table"))
+            Err(format!("{table} is a virtual table, not a table").into())
         }
         _ => Ok(()),
     })
@@ -104,6 +107,7 @@ mod tests {
         assert!(plain_table(&conn, "V")
             .unwrap()
             .unwrap_err()
+            .0
             .contains("view"));
         let started = Instant::now();
         let e = conn

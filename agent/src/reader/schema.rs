@@ -68,7 +68,8 @@ pub(super) fn variant(conn: &Connection) -> Result<Schema, ReadError> {
         .map(|(t, _)| *t)
         .chain(OPTIONAL.iter().map(|(t, _)| *t))
     {
-        mai_fleet_core::store::plain_table(conn, table)?.map_err(ReadError::Refused)?;
+        mai_fleet_core::store::plain_table(conn, table)?
+            .map_err(|why| ReadError::Refused(why.0))?;
     }
     // A table: absent (None), or the wanted columns it lacks.
     let lacking = |table: &str, wanted: &[&str]| -> Result<Option<Vec<String>>, rusqlite::Error> {

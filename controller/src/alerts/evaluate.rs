@@ -83,7 +83,7 @@ pub enum RoundError {
     #[error(transparent)]
     Keys(#[from] crate::keys::KeyError),
     #[error("OpenRouter account settings: {0}")]
-    Account(String),
+    Account(#[source] mai_fleet_core::Invalid),
 }
 
 /// What a one-off round did.

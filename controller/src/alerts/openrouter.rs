@@ -2,6 +2,7 @@
 //! schedule (jittered; 429/5xx back off), kept as snapshots next to what the fleet
 //! recorded. Keys are read from the spec at start and never logged.
 
+use mai_fleet_core::Invalid;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -151,10 +152,10 @@ fn rand_u32() -> u32 {
 }
 
 /// `MAI_FLEET_OPENROUTER_POLL_INTERVAL`, default 10 minutes.
-pub fn poll_interval_from_env() -> Result<Duration, String> {
+pub fn poll_interval_from_env() -> Result<Duration, Invalid> {
     match crate::env::text("MAI_FLEET_OPENROUTER_POLL_INTERVAL") {
-        Some(v) => crate::duration::parse(&v)
-            .map_err(|e| format!("MAI_FLEET_OPENROUTER_POLL_INTERVAL: {e}")),
+        Some(v) => Ok(crate::duration::parse(&v)
+            .map_err(|e| format!("MAI_FLEET_OPENROUTER_POLL_INTERVAL: {e}"))?),
         _ => Ok(Duration::from_secs(600)),
     }
 }

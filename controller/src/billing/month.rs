@@ -1,5 +1,6 @@
 //! A calendar month, as written on the command line and in URLs: `2026-10`.
 
+use mai_fleet_core::Invalid;
 use std::fmt;
 use std::str::FromStr;
 
@@ -30,7 +31,7 @@ impl Month {
     }
 
     /// `text` as a month; none (or empty): this month in Warsaw.
-    pub fn parse_or_current(text: Option<&str>) -> Result<Self, String> {
+    pub fn parse_or_current(text: Option<&str>) -> Result<Self, Invalid> {
         match text.map(str::trim).filter(|m| !m.is_empty()) {
             Some(m) => m.parse(),
             None => Ok(Month::of(super::fleet_today())),
@@ -43,12 +44,16 @@ impl Month {
 }
 
 impl FromStr for Month {
-    type Err = String;
+    type Err = Invalid;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, Invalid> {
         NaiveDate::parse_from_str(&format!("{}-01", s.trim()), "%Y-%m-%d")
             .map(Month)
-            .map_err(|_| format!("`{s}` is not a month; write it as YYYY-MM, e.g. 2026-10"))
+            .map_err(|_| {
+                Invalid(format!(
+                    "`{s}` is not a month; write it as YYYY-MM, e.g. 2026-10"
+                ))
+            })
     }
 }
 
@@ -79,6 +84,10 @@ mod tests {
             "2026-01"
         );
         assert!("2025-13".parse::<Month>().is_err());
-        assert!("october".parse::<Month>().unwrap_err().contains("YYYY-MM"));
+        assert!("october"
+            .parse::<Month>()
+            .unwrap_err()
+            .0
+            .contains("YYYY-MM"));
     }
 }

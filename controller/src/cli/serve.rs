@@ -317,7 +317,7 @@ async fn probe_database(
     store: Store,
     health: Arc<mai_fleet::supervisor::Health>,
     ctx: mai_fleet::supervisor::JobContext,
-) -> Result<(), String> {
+) -> Result<(), mai_fleet::supervisor::JobError> {
     let repeats = mai_fleet_core::log::Repeats::new(Duration::from_secs(300));
     loop {
         let result = match tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await {
@@ -337,7 +337,7 @@ async fn probe_database(
                 }
             }
         }
-        health.set_database(result);
+        health.set_database(result.err());
         ctx.beat();
         if !ctx.sleep(PROBE_EVERY).await {
             return Ok(());

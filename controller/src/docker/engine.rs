@@ -84,7 +84,7 @@ impl Engine {
             DockerEndpoint::parse(url).map_err(|reason| DockerError::UnsupportedEndpoint {
                 host: host.name.clone(),
                 url: url.to_string(),
-                reason,
+                reason: reason.to_string(),
             })?;
         let (docker, tenant_address, local) = match &endpoint {
             DockerEndpoint::Unix(path) => {

@@ -41,7 +41,7 @@ pub async fn execute(
 
 /// Whether each image a rollout needs is on the host: checked (and pulled if missing)
 /// once per host, not once per tenant.
-type Images = HashMap<String, Result<(), String>>;
+type Images = HashMap<String, Result<(), std::sync::Arc<super::LaunchError>>>;
 
 async fn ensure_images(engine: &Engine, actions: &[Action], progress: &Progress) -> Images {
     let mut images = Images::new();
@@ -52,9 +52,9 @@ async fn ensure_images(engine: &Engine, actions: &[Action], progress: &Progress)
         };
         if !images.contains_key(image) {
             let say = |msg: &str| progress(&engine.host.name, "-", msg);
-            // Shared by every tenant of the image: kept as its text.
+            // Shared by every tenant of the image.
             let ensured = ensure_image(engine, image, &say).await;
-            images.insert(image.clone(), ensured.map_err(|e| e.to_string()));
+            images.insert(image.clone(), ensured.map_err(std::sync::Arc::new));
         }
     }
     images
@@ -114,11 +114,10 @@ async fn run_action(
     images: &Images,
     say: &(dyn Fn(&str) + Sync),
 ) -> Done {
-    let image_ok = |image: &str| {
-        images
-            .get(image)
-            .cloned()
-            .unwrap_or_else(|| Err(format!("image {image} was not checked")))
+    let image_ok = |image: &str| match images.get(image) {
+        Some(Ok(())) => Ok(()),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Err(format!("image {image} was not checked")),
     };
     match action {
         Action::Unchanged { current, .. } => (
@@ -158,7 +157,11 @@ async fn run_action(
             }
             match verify::verify(engine, &current.id, None, &opts.verify, None).await {
                 Ok(v) => (Status::Ok, v, Some(current.short_id().to_string())),
-                Err(e) => (Status::Failed, e, Some(current.short_id().to_string())),
+                Err(e) => (
+                    Status::Failed,
+                    e.to_string(),
+                    Some(current.short_id().to_string()),
+                ),
             }
         }
         Action::Create { desired, .. } => match image_ok(&desired.image) {

@@ -72,7 +72,11 @@ pub(super) async fn update(
         return match verify::verify(engine, &previous.id, Some(d.port), &opts.verify, Some(d)).await
         {
             Ok(v) => (Status::Ok, v, Some(previous.short_id().to_string())),
-            Err(e) => (Status::Failed, e, Some(previous.short_id().to_string())),
+            Err(e) => (
+                Status::Failed,
+                e.to_string(),
+                Some(previous.short_id().to_string()),
+            ),
         };
     }
     prepare_data_dir(engine, d);
@@ -119,7 +123,7 @@ pub(super) async fn update(
                     let _ = remove(engine, &previous.id).await;
                     return (Status::Ok, v, Some(id[..12.min(id.len())].to_string()));
                 }
-                Err(e) => (Some(id), e),
+                Err(e) => (Some(id), e.0),
             }
         }
         Err(f) => f,

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::execution::VerifyOptions;
+use crate::execution::{Unverified, VerifyOptions};
 
 use bollard::models::ContainerStateStatusEnum;
 use bollard::query_parameters::LogsOptionsBuilder;
@@ -21,7 +21,7 @@ pub async fn verify(
     port: Option<u16>,
     opts: &VerifyOptions,
     desired: Option<&Workload>,
-) -> Result<String, String> {
+) -> Result<String, Unverified> {
     let started = Instant::now();
     let mut baseline_restarts: Option<i64> = None;
     let mut running_since: Option<Instant> = None;
@@ -45,15 +45,14 @@ pub async fn verify(
         });
         if restarts > base || state.restarting == Some(true) {
             let logs = last_logs(engine, id, desired).await;
-            return Err(format!("restarting (restart count {restarts}){logs}"));
+            return Err(format!("restarting (restart count {restarts}){logs}").into());
         }
         match state.status {
             Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD) => {
                 let logs = last_logs(engine, id, desired).await;
-                return Err(format!(
-                    "exited with code {}{logs}",
-                    state.exit_code.unwrap_or(-1)
-                ));
+                return Err(
+                    format!("exited with code {}{logs}", state.exit_code.unwrap_or(-1)).into(),
+                );
             }
             Some(ContainerStateStatusEnum::RUNNING) => {
                 running_since.get_or_insert_with(Instant::now);
@@ -89,7 +88,8 @@ pub async fn verify(
                     return Err(format!(
                         "{} says usage tracking is not initialized (status: {status}){logs}",
                         health::PATH
-                    ));
+                    )
+                    .into());
                 }
                 _ => {}
             }
@@ -107,7 +107,8 @@ pub async fn verify(
             return Err(format!(
                 "not verified within {}s: {last_problem}{logs}",
                 opts.timeout.as_secs()
-            ));
+            )
+            .into());
         }
         tokio::time::sleep(opts.poll).await;
     }

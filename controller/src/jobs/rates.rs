@@ -5,6 +5,7 @@
 use chrono::{NaiveDate, Utc};
 use chrono_tz::Europe::Warsaw;
 use cron::Schedule;
+use mai_fleet_core::Invalid;
 
 use crate::schedule::{parse_cron, until_next};
 
@@ -29,13 +30,13 @@ pub enum SyncError {
 
 /// The fetch schedule of a table: `MAI_FLEET_NBP_CRON_C` / `_A`, else the default.
 /// Five fields (minute first) or six/seven (seconds first, years last) are accepted.
-pub fn schedule_for(table: RateTable) -> Result<Schedule, String> {
+pub fn schedule_for(table: RateTable) -> Result<Schedule, Invalid> {
     let (var, default) = match table {
         RateTable::C => ("MAI_FLEET_NBP_CRON_C", DEFAULT_CRON_C),
         RateTable::A => ("MAI_FLEET_NBP_CRON_A", DEFAULT_CRON_A),
     };
     let text = crate::env::text(var).unwrap_or_else(|| default.to_string());
-    parse_cron(&text).map_err(|e| format!("{var}=`{text}`: {e}"))
+    parse_cron(&text).map_err(|e| Invalid(format!("{var}=`{text}`: {e}")))
 }
 
 /// Fetches `table` from `from` to `to` and stores what NBP published; the attempt
@@ -128,6 +129,6 @@ mod tests {
         let monday = it.next().unwrap();
         assert_eq!((monday.day(), monday.hour()), (23, 8));
         assert!(parse_cron("20 8 * * Mon-Fri").is_ok());
-        assert!(parse_cron("every morning").unwrap_err().contains("e.g."));
+        assert!(parse_cron("every morning").unwrap_err().0.contains("e.g."));
     }
 }

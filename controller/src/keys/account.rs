@@ -2,6 +2,7 @@
 //! limits enforced, rotations that are due.
 
 use super::*;
+use mai_fleet_core::Invalid;
 
 impl Keyring {
     /// Snapshots `GET /activity` for every key of the fleet that may have spent in
@@ -106,7 +107,7 @@ pub struct AccountJob {
 impl AccountJob {
     /// `MAI_FLEET_OPENROUTER_ACCOUNT_INTERVAL` (default 15m) and
     /// `MAI_FLEET_OPENROUTER_ACTIVITY_INTERVAL` (default 24h).
-    pub fn from_env(spec: Option<FleetSpec>) -> Result<Self, String> {
+    pub fn from_env(spec: Option<FleetSpec>) -> Result<Self, Invalid> {
         let read = |name: &str, default: u64| match crate::env::text(name) {
             Some(v) => crate::duration::parse(&v).map_err(|e| format!("{name}: {e}")),
             _ => Ok(Duration::from_secs(default)),

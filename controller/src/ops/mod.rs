@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicUsize;
 use futures_util::{Stream, StreamExt};
 
 use crate::backend::{BackendError, Host, Observe};
-use crate::execution::{ExecuteOptions, Outcome, Progress, Status, VerifyOptions};
+use crate::execution::{ExecuteOptions, Outcome, Progress, Status, Unverified, VerifyOptions};
 use crate::plan::{changes, Action, Observed, Workload};
 use crate::plan::{desired, DesiredTenant};
 use crate::spec::{FleetSpec, TenantSpec};
@@ -127,7 +127,7 @@ pub async fn restart(
     at: &Located,
     verify: &VerifyOptions,
     stop_timeout_s: i32,
-) -> Result<Result<String, String>, OpsError> {
+) -> Result<Result<String, Unverified>, OpsError> {
     at.host.restart(&at.container.id, stop_timeout_s).await?;
     Ok(at
         .host
@@ -157,7 +157,7 @@ pub async fn restart_recorded(
     verify: &VerifyOptions,
     stop_timeout_s: i32,
     progress: &(dyn Fn(&str) + Sync),
-) -> Result<Result<String, String>, OpsError> {
+) -> Result<Result<String, Unverified>, OpsError> {
     let at = locate(spec, tenant).await?;
     let op = store
         .begin_operation(
@@ -173,7 +173,7 @@ pub async fn restart_recorded(
     let verified = restart(&at, verify, stop_timeout_s).await;
     let (status, detail) = match &verified {
         Ok(Ok(v)) => (OperationStatus::Ok, v.clone()),
-        Ok(Err(e)) => (OperationStatus::Failed, e.clone()),
+        Ok(Err(e)) => (OperationStatus::Failed, e.0.clone()),
         Err(e) => (OperationStatus::Failed, e.to_string()),
     };
     store.finish_operation(op, status, None, &detail).await?;
@@ -236,7 +236,7 @@ pub enum RevisionError {
     Env(#[source] serde_json::Error),
     /// A secret of the revision's env that cannot be resolved now.
     #[error("{0}")]
-    Secret(String),
+    Secret(#[source] mai_fleet_core::Invalid),
 }
 
 /// The revision a rollback puts back: run `to` (which must have launched the

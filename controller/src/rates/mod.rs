@@ -7,6 +7,7 @@
 
 pub mod nbp;
 
+use mai_fleet_core::Invalid;
 use std::fmt;
 use std::str::FromStr;
 
@@ -43,7 +44,7 @@ impl RateTable {
     }
 
     /// The fleet's choice from `MAI_FLEET_RATE_TABLE` (C when unset).
-    pub fn from_env() -> Result<Self, String> {
+    pub fn from_env() -> Result<Self, Invalid> {
         match crate::env::text("MAI_FLEET_RATE_TABLE") {
             Some(v) => v.parse(),
             None => Ok(RateTable::C),
@@ -52,14 +53,15 @@ impl RateTable {
 }
 
 impl FromStr for RateTable {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
         match s.trim().to_ascii_uppercase().as_str() {
             "C" => Ok(RateTable::C),
             "A" => Ok(RateTable::A),
             _ => Err(format!(
                 "`{s}` is not an NBP table the fleet bills with; use C (ask, default) or A (mid)"
-            )),
+            )
+            .into()),
         }
     }
 }
@@ -88,8 +90,8 @@ pub struct Rate {
 pub struct TableCode(pub RateTable);
 
 impl TryFrom<String> for TableCode {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
         s.parse().map(TableCode)
     }
 }

@@ -1,12 +1,13 @@
 //! Shape checks of single values in tenants.yaml. Each returns `Err(hint)` with
 //! what to write instead, so that the caller can locate and report it.
 
+use mai_fleet_core::Invalid;
 use rust_decimal::Decimal;
 
 pub use mai_fleet_core::contract::{check_name_label as name_label, check_tenant_id as tenant_id};
 
 /// The organization id the app writes as `client_org_id` and sends to OpenRouter.
-pub fn org_id(org: &str) -> Result<(), String> {
+pub fn org_id(org: &str) -> Result<(), Invalid> {
     let ok = !org.is_empty()
         && org.len() <= 64
         && org
@@ -20,7 +21,7 @@ pub fn org_id(org: &str) -> Result<(), String> {
 }
 
 /// `sk-or-v1-` followed by 64 lowercase hex digits (OpenRouter's key format).
-pub fn openrouter_key(key: &str) -> Result<(), String> {
+pub fn openrouter_key(key: &str) -> Result<(), Invalid> {
     match key.strip_prefix("sk-or-v1-") {
         Some(hex) if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => Ok(()),
         Some(_) => Err("an OpenRouter key is 'sk-or-v1-' followed by 64 lowercase hex digits; check that the whole key was copied".into()),
@@ -29,7 +30,7 @@ pub fn openrouter_key(key: &str) -> Result<(), String> {
 }
 
 /// Polish tax id: 10 digits (dashes and spaces allowed) with the mod-11 checksum.
-pub fn nip(nip: &str) -> Result<(), String> {
+pub fn nip(nip: &str) -> Result<(), Invalid> {
     const WEIGHTS: [u32; 9] = [6, 5, 7, 2, 3, 4, 5, 6, 7];
     let digits: Vec<u32> = nip
         .chars()
@@ -38,10 +39,7 @@ pub fn nip(nip: &str) -> Result<(), String> {
         .collect::<Option<_>>()
         .ok_or_else(|| "a NIP has only digits (dashes and spaces are allowed)".to_string())?;
     if digits.len() != 10 {
-        return Err(format!(
-            "a NIP has 10 digits, this one has {}",
-            digits.len()
-        ));
+        return Err(format!("a NIP has 10 digits, this one has {}", digits.len()).into());
     }
     let sum: u32 = WEIGHTS.iter().zip(&digits).map(|(w, d)| w * d).sum();
     let check = sum % 11;
@@ -54,7 +52,7 @@ pub fn nip(nip: &str) -> Result<(), String> {
 }
 
 /// A deliberately plain e-mail shape check: `local@domain.tld`, no spaces.
-pub fn email(addr: &str) -> Result<(), String> {
+pub fn email(addr: &str) -> Result<(), Invalid> {
     let hint = || "write an address like faktury@example.pl".to_string();
     let (local, domain) = addr.split_once('@').ok_or_else(hint)?;
     let ok = !local.is_empty()
@@ -66,15 +64,15 @@ pub fn email(addr: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(hint())
+        Err(hint().into())
     }
 }
 
 /// Docker image reference: `[registry[:port]/]path[:tag][@sha256:digest]`, path lowercase.
-pub fn image_ref(image: &str) -> Result<(), String> {
+pub fn image_ref(image: &str) -> Result<(), Invalid> {
     let hint = || "write an image like registry.example.com/mai/open-webui:2025.07".to_string();
     if image.is_empty() || image.contains(char::is_whitespace) {
-        return Err(hint());
+        return Err(hint().into());
     }
     let (rest, digest) = match image.split_once('@') {
         Some((r, d)) => (r, Some(d)),
@@ -122,14 +120,14 @@ pub fn image_ref(image: &str) -> Result<(), String> {
             && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
             && c.ends_with(|ch: char| ch.is_ascii_alphanumeric());
         if !ok {
-            return Err(format!("'{c}' is not a valid repository name: use lowercase letters, digits, '.', '_' and '-'"));
+            return Err(format!("'{c}' is not a valid repository name: use lowercase letters, digits, '.', '_' and '-'").into());
         }
     }
     Ok(())
 }
 
 /// Memory like Docker's `--memory`: a number with an optional b, k, m or g suffix.
-pub fn memory_bytes(text: &str) -> Result<i64, String> {
+pub fn memory_bytes(text: &str) -> Result<i64, Invalid> {
     let t = text.trim().to_ascii_lowercase();
     let (num, mult) = match t.chars().last() {
         Some('k') => (&t[..t.len() - 1], 1i64 << 10),
@@ -151,7 +149,7 @@ pub fn memory_bytes(text: &str) -> Result<i64, String> {
 }
 
 /// A size like `500m`, `20g` or `1t` (binary units), in bytes; above 0.
-pub fn byte_size(text: &str) -> Result<u64, String> {
+pub fn byte_size(text: &str) -> Result<u64, Invalid> {
     let t = text.trim().to_ascii_lowercase();
     let units: [(char, u32); 5] = [('b', 0), ('k', 10), ('m', 20), ('g', 30), ('t', 40)];
     let (num, shift) = match units.iter().find(|(u, _)| t.ends_with(*u)) {
@@ -162,10 +160,10 @@ pub fn byte_size(text: &str) -> Result<u64, String> {
         .ok()
         .filter(|n| *n > 0)
         .and_then(|n| n.checked_mul(1u64 << shift))
-        .ok_or_else(|| "write a size like 500m, 20g or 1t".to_string())
+        .ok_or_else(|| "write a size like 500m, 20g or 1t".into())
 }
 
-pub fn cpus(text: &str) -> Result<Decimal, String> {
+pub fn cpus(text: &str) -> Result<Decimal, Invalid> {
     let d: Decimal = text
         .trim()
         .parse()
@@ -176,7 +174,7 @@ pub fn cpus(text: &str) -> Result<Decimal, String> {
     Ok(d.normalize())
 }
 
-pub fn markup_rate(text: &str) -> Result<Decimal, String> {
+pub fn markup_rate(text: &str) -> Result<Decimal, Invalid> {
     let d: Decimal = text
         .trim()
         .parse()
@@ -189,7 +187,7 @@ pub fn markup_rate(text: &str) -> Result<Decimal, String> {
     Ok(d.normalize())
 }
 
-pub fn money_usd(text: &str) -> Result<Decimal, String> {
+pub fn money_usd(text: &str) -> Result<Decimal, Invalid> {
     let d: Decimal = text
         .trim()
         .parse()
@@ -200,13 +198,13 @@ pub fn money_usd(text: &str) -> Result<Decimal, String> {
     Ok(d.normalize())
 }
 
-pub fn timezone(tz: &str) -> Result<(), String> {
+pub fn timezone(tz: &str) -> Result<(), Invalid> {
     tz.parse::<chrono_tz::Tz>()
         .map(|_| ())
         .map_err(|_| "use an IANA timezone name like Europe/Warsaw".into())
 }
 
-pub fn env_name(name: &str) -> Result<(), String> {
+pub fn env_name(name: &str) -> Result<(), Invalid> {
     let ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if ok {
@@ -248,7 +246,7 @@ fn levenshtein(a: &str, b: &str) -> usize {
 /// read as the driver reads it (percent-decoded, with its aliases), and a TLS key
 /// given twice is refused: the driver obeys the last, a check reading the first would
 /// pass `?sslmode=verify-full&sslmode=disable`.
-pub fn agent_database_url(url: &str) -> Result<(), String> {
+pub fn agent_database_url(url: &str) -> Result<(), Invalid> {
     let rest = url
         .strip_prefix("postgres://")
         .or_else(|| url.strip_prefix("postgresql://"))
@@ -284,14 +282,14 @@ pub fn agent_database_url(url: &str) -> Result<(), String> {
             "host" | "hostaddr" | "port" => {
                 return Err(format!(
                     "name the server before the `/`, not with `{key}=`: the driver would connect where the check does not look"
-                ))
+                ).into())
             }
             _ => continue,
         };
         if let Some((_, first, _)) = given.iter().find(|(c, _, _)| *c == canonical) {
             return Err(format!(
                 "`{canonical}` is given twice (as `{first}` and `{key}`): the driver obeys the last one; write it once"
-            ));
+            ).into());
         }
         given.push((canonical, key.into_owned(), value.into_owned()));
     }
@@ -307,7 +305,8 @@ pub fn agent_database_url(url: &str) -> Result<(), String> {
         };
         return Err(format!(
             "sslmode={sslmode} {what}; write ?sslmode=verify-full (with `ca_file`)"
-        ));
+        )
+        .into());
     }
     Ok(())
 }
@@ -377,9 +376,9 @@ mod tests {
         );
         assert!(agent_database_url("postgres://127.0.0.1:5432/mai_fleet").is_ok());
         let plain = agent_database_url("postgres://db.internal:5432/mai_fleet").unwrap_err();
-        assert!(plain.contains("checks no certificate"), "{plain}");
+        assert!(plain.0.contains("checks no certificate"), "{plain}");
         let off = agent_database_url("postgres://db.internal/x?sslmode=disable").unwrap_err();
-        assert!(off.contains("plain text"), "{off}");
+        assert!(off.0.contains("plain text"), "{off}");
         // Encryption without a certificate check, a repeated or aliased mode, an
         // encoded key, a server named in the query: all refused.
         for bad in [
@@ -398,7 +397,7 @@ mod tests {
         .is_ok());
         let creds =
             agent_database_url("postgres://u:p@db.internal/mai_fleet?sslmode=require").unwrap_err();
-        assert!(creds.contains("credentials"), "{creds}");
+        assert!(creds.0.contains("credentials"), "{creds}");
         assert!(agent_database_url("postgres://db.internal:5432/?sslmode=require").is_err());
         assert!(agent_database_url("mysql://db/x").is_err());
         assert!(agent_database_url("postgres://db/x?sslmode=verify-full&sslrootcert=/x").is_err());

@@ -1,5 +1,7 @@
 //! Docker endpoints as the spec names them.
 
+use mai_fleet_core::Invalid;
+
 /// Where an `ssh://` URL points.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SshTarget {
@@ -23,7 +25,7 @@ pub enum DockerEndpoint {
 }
 
 impl DockerEndpoint {
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, Invalid> {
         if let Some(path) = url.strip_prefix("unix://") {
             Ok(DockerEndpoint::Unix(path.to_string()))
         } else if let Some(addr) = url.strip_prefix("tcp://") {
@@ -46,7 +48,7 @@ impl DockerEndpoint {
 }
 
 impl SshTarget {
-    pub fn parse(url: &str) -> Result<Self, String> {
+    pub fn parse(url: &str) -> Result<Self, Invalid> {
         let rest = url
             .strip_prefix("ssh://")
             .ok_or_else(|| "not an ssh:// URL".to_string())?;
@@ -82,15 +84,15 @@ impl SshTarget {
                     .all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c))
         };
         if !valid(&host) {
-            return Err(format!("`{host}` is not a host name or address"));
+            return Err(format!("`{host}` is not a host name or address").into());
         }
         if let Some(u) = &user {
             if !valid(u) {
-                return Err(format!("`{u}` is not a user name"));
+                return Err(format!("`{u}` is not a user name").into());
             }
         }
         if !path.is_empty() && (path.contains("..") || path.contains(char::is_whitespace)) {
-            return Err(format!("`{path}` is not a socket path"));
+            return Err(format!("`{path}` is not a socket path").into());
         }
         Ok(Self {
             user,

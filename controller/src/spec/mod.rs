@@ -9,6 +9,7 @@ mod endpoint;
 mod load;
 mod secret;
 
+use mai_fleet_core::Invalid;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -300,7 +301,7 @@ pub fn load_str(
 pub fn resolve_recorded_env(
     file: &Path,
     recorded: &BTreeMap<String, String>,
-) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), String> {
+) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), Invalid> {
     let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut env = BTreeMap::new();
     let mut secrets = BTreeMap::new();

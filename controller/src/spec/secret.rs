@@ -1,6 +1,7 @@
 //! Secrets named in a spec (`${env:VAR}`, `${file:PATH}`), resolved at load time and
 //! kept in a type that never prints its value.
 
+use mai_fleet_core::Invalid;
 use std::fmt;
 use std::path::Path;
 
@@ -111,17 +112,18 @@ pub fn resolve(
     reference: &Reference<'_>,
     base_dir: &Path,
     env: &dyn EnvSource,
-) -> Result<String, String> {
+) -> Result<String, Invalid> {
     match reference {
         Reference::Env(name) => match env.var(name) {
             Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
-            Some(_) => Err(format!("environment variable {name} is empty")),
+            Some(_) => Err(format!("environment variable {name} is empty").into()),
             None => Err(format!(
                 "environment variable {name} is not set; export it before running the controller"
-            )),
+            )
+            .into()),
         },
         Reference::File(p) => {
-            crate::crypto::read_secret_file(&base_dir.join(p)).map_err(|e| e.to_string())
+            crate::crypto::read_secret_file(&base_dir.join(p)).map_err(|e| Invalid(e.to_string()))
         }
     }
 }

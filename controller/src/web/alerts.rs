@@ -149,7 +149,7 @@ pub async fn silence(
             "say what to silence: a tenant, a rule, or both".into(),
         ));
     }
-    let d = crate::duration::parse(&f.duration).map_err(WebError::BadRequest)?;
+    let d = crate::duration::parse(&f.duration).map_err(|e| WebError::BadRequest(e.0))?;
     state
         .store
         .add_silence(

@@ -6,6 +6,7 @@
 //! (ages and "today" move with the clock). Without a live listener nothing is
 //! cached, so a missed notification can never show stale money.
 
+use mai_fleet_core::Invalid;
 use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,10 +41,11 @@ impl PageCache {
     }
 
     /// The TTL from `MAI_FLEET_PAGE_CACHE` (`5s` by default, `off` or `0` to disable).
-    pub fn ttl_from_env() -> Result<Duration, String> {
+    pub fn ttl_from_env() -> Result<Duration, Invalid> {
         match crate::env::text("MAI_FLEET_PAGE_CACHE") {
             Some(v) if v.trim() == "off" => Ok(Duration::ZERO),
-            Some(v) => crate::duration::parse(&v).map_err(|e| format!("MAI_FLEET_PAGE_CACHE: {e}")),
+            Some(v) => crate::duration::parse(&v)
+                .map_err(|e| Invalid(format!("MAI_FLEET_PAGE_CACHE: {e}"))),
             _ => Ok(Duration::from_secs(5)),
         }
     }

@@ -24,7 +24,7 @@ pub struct MonthQuery {
 }
 
 pub fn parse_month(q: Option<&str>) -> Result<Month, WebError> {
-    Month::parse_or_current(q).map_err(WebError::BadRequest)
+    Month::parse_or_current(q).map_err(|e| WebError::BadRequest(e.0))
 }
 
 #[derive(Clone)]

@@ -8,6 +8,7 @@
 //! spread over many addresses (the per-user limit is the looser one). Rate-limiting
 //! crates count every call; this needs "peek, then count failures only".
 
+use mai_fleet_core::Invalid;
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -22,7 +23,7 @@ pub struct Limit {
 
 impl Limit {
     /// `10/15m`: ten failures in fifteen minutes.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, Invalid> {
         let (max, window) = text
             .split_once('/')
             .ok_or_else(|| format!("`{text}`: write failures/window, e.g. 10/15m"))?;

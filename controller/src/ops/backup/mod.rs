@@ -442,7 +442,7 @@ pub(crate) fn inspect(
     const DAILY: &str = "client_daily_usage";
     mai_fleet_core::store::plain_table(&c, DAILY)
         .map_err(sqlite("cannot be read"))?
-        .map_err(BackupError::Refused)?;
+        .map_err(|why| BackupError::Refused(why.0))?;
     // One row per organization and day: far fewer than this in any real store.
     const MAX_ROWS: i64 = 1_000_000;
     let rows: i64 = c

@@ -16,7 +16,7 @@ use crate::store::Store;
 use crate::tree::{self, Copy, Dir};
 
 pub struct RestoreReport {
-    pub verified: Result<String, String>,
+    pub verified: Result<String, crate::execution::Unverified>,
     /// Where the replaced store and files were kept.
     pub kept: PathBuf,
     pub manifest: Manifest,
@@ -188,11 +188,12 @@ pub async fn restore(
         };
         let _ = at.host.start(&at.container.id).await;
         verified = Err(match back {
-            Ok(()) => format!("{why}; the data it replaced was put back"),
+            Ok(()) => format!("{why}; the data it replaced was put back").into(),
             Err(e) => format!(
                 "{why}; putting the replaced data back failed ({e}): it is in {}",
                 placed.kept().display()
-            ),
+            )
+            .into(),
         });
     }
     let status = crate::store::model::OperationStatus::of(verified.is_ok());

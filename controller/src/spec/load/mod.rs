@@ -10,6 +10,7 @@ mod tenants;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
+use mai_fleet_core::Invalid;
 use marked_yaml::types::{MarkedMappingNode, MarkedSequenceNode};
 use marked_yaml::{LoadError, LoaderOptions, Node, Span};
 use rust_decimal::Decimal;
@@ -408,11 +409,11 @@ impl<'e> Loader<'e> {
         at: Pos,
         what: &str,
         value: &str,
-        result: Result<T, String>,
+        result: Result<T, impl Into<Invalid>>,
     ) -> Option<T> {
-        match result {
+        match result.map_err(Into::into) {
             Ok(v) => Some(v),
-            Err(hint) => {
+            Err(Invalid(hint)) => {
                 self.diag(
                     at,
                     format!("`{what}` value `{value}` is not valid"),

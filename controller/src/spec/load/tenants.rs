@@ -227,7 +227,7 @@ impl Loader<'_> {
             Some((v, at)) => {
                 let parsed = crate::duration::parse(v).and_then(|d| {
                     if d < std::time::Duration::from_secs(3600) {
-                        Err("rotate at most once an hour (e.g. `90d`)".to_string())
+                        Err("rotate at most once an hour (e.g. `90d`)".into())
                     } else {
                         Ok(d)
                     }
@@ -282,7 +282,7 @@ impl Loader<'_> {
                             "`openrouter.api_key` from {} is not an OpenRouter API key",
                             text.trim()
                         ),
-                        Some(hint),
+                        Some(hint.0),
                     );
                     None
                 }
