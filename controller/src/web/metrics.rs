@@ -80,7 +80,19 @@ pub async fn metrics(
     let last_apply = state.store.last_apply().await?;
     let rate = state.store.rate_on(state.rate_table, fleet_today()).await?;
     let mut out = String::new();
+    tenant_metrics(&mut out, &rows);
+    host_metrics(&mut out, &hosts);
+    fleet_metrics(&mut out, last_apply.as_ref(), rate.as_ref());
+    let mut res = out.into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(res)
+}
 
+/// Per tenant: tokens, cost, tracking, data age, the monthly limit.
+fn tenant_metrics(out: &mut String, rows: &[crate::store::dashboard::FleetRow]) {
     type Pick = fn(&crate::store::dashboard::FleetRow) -> Option<String>;
     let per_tenant: [(&str, &str, Pick); 6] = [
         (
@@ -115,8 +127,8 @@ pub async fn metrics(
         ),
     ];
     for (name, help, pick) in per_tenant {
-        family(&mut out, name, help);
-        for r in &rows {
+        family(out, name, help);
+        for r in rows {
             if let Some(v) = pick(r) {
                 let _ = writeln!(
                     out,
@@ -128,11 +140,11 @@ pub async fn metrics(
         }
     }
     family(
-        &mut out,
+        out,
         "mai_fleet_tenant_monthly_limit_usd",
         "The tenant's monthly limit, USD.",
     );
-    for r in &rows {
+    for r in rows {
         if let Some(l) = r.monthly_limit_usd {
             let _ = writeln!(
                 out,
@@ -141,12 +153,16 @@ pub async fn metrics(
             );
         }
     }
+}
+
+/// Per host: the agent's heartbeat age and cycle time.
+fn host_metrics(out: &mut String, hosts: &[crate::store::dashboard::HostRow]) {
     family(
-        &mut out,
+        out,
         "mai_fleet_agent_heartbeat_age_seconds",
         "Seconds since the host's agent last reported (agent lag).",
     );
-    for h in &hosts {
+    for h in hosts {
         if let Some(age) = h.heartbeat_age_s {
             let _ = writeln!(
                 out,
@@ -156,11 +172,11 @@ pub async fn metrics(
         }
     }
     family(
-        &mut out,
+        out,
         "mai_fleet_agent_cycle_seconds",
         "Duration of the agent's last cycle.",
     );
-    for h in &hosts {
+    for h in hosts {
         if let Some(ms) = h.cycle_ms {
             let _ = writeln!(
                 out,
@@ -170,9 +186,17 @@ pub async fn metrics(
             );
         }
     }
+}
+
+/// The fleet's: the last apply and the exchange rate in force.
+fn fleet_metrics(
+    out: &mut String,
+    last_apply: Option<&crate::store::dashboard::LastApply>,
+    rate: Option<&crate::rates::Rate>,
+) {
     if let Some(a) = last_apply {
         family(
-            &mut out,
+            out,
             "mai_fleet_last_apply_success",
             "1 when the last apply succeeded for every tenant.",
         );
@@ -184,7 +208,7 @@ pub async fn metrics(
             u8::from(a.status == "succeeded")
         );
         family(
-            &mut out,
+            out,
             "mai_fleet_last_apply_timestamp_seconds",
             "When the last apply started (Unix time).",
         );
@@ -196,7 +220,7 @@ pub async fn metrics(
         );
     }
     family(
-        &mut out,
+        out,
         "mai_fleet_exchange_rate_pln",
         "USD->PLN rate in force today (absent: USD only).",
     );
@@ -208,7 +232,7 @@ pub async fn metrics(
             r.rate
         );
         family(
-            &mut out,
+            out,
             "mai_fleet_exchange_rate_age_days",
             "Days since the rate in force was published.",
         );
@@ -219,10 +243,4 @@ pub async fn metrics(
             (fleet_today() - r.effective_date).num_days()
         );
     }
-    let mut res = out.into_response();
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    Ok(res)
 }
