@@ -281,64 +281,7 @@ pub fn plan_host(
         let (current, leftovers): (Vec<&Observed>, Vec<&Observed>) =
             found.into_iter().partition(|o| o.name == d.name);
         let tenant = d.tenant.clone();
-        let action = match current.first() {
-            None if unmanaged_names.contains(&d.name) => Action::Blocked {
-                tenant: tenant.clone(),
-                reason: format!(
-                    "a container named {} exists that mai-fleet does not manage; rename or remove it",
-                    d.name
-                ),
-            },
-            // Interrupted after the old container was parked: take the one that already
-            // matches (it is restored), else the newest parked one, as the previous.
-            None => match leftovers
-                .iter()
-                .find(|o| o.spec_hash() == d.hash_label())
-                .or(leftovers.first())
-            {
-                Some(prev) => Action::Update {
-                    desired: Box::new(d.clone()),
-                    tenant: tenant.clone(),
-                    previous: (*prev).clone(),
-                    changes: update_changes(d, prev),
-                    drift: false,
-                },
-                None => Action::Create {
-                    desired: Box::new(d.clone()),
-                    tenant: tenant.clone(),
-                },
-            },
-            Some(cur) if cur.spec_hash() != d.hash_label() => Action::Update {
-                desired: Box::new(d.clone()),
-                tenant: tenant.clone(),
-                previous: (*cur).clone(),
-                changes: update_changes(d, cur),
-                drift: false,
-            },
-            // The label says this spec; the container says otherwise.
-            Some(cur)
-                if cur
-                    .runtime
-                    .as_ref()
-                    .is_some_and(|r| !changes(d, r).is_empty()) =>
-            {
-                Action::Update {
-                    desired: Box::new(d.clone()),
-                    tenant: tenant.clone(),
-                    previous: (*cur).clone(),
-                    changes: update_changes(d, cur),
-                    drift: true,
-                }
-            }
-            Some(cur) if cur.state != RunState::Running => Action::Start {
-                tenant: tenant.clone(),
-                current: (*cur).clone(),
-            },
-            Some(cur) => Action::Unchanged {
-                tenant: tenant.clone(),
-                current: (*cur).clone(),
-            },
-        };
+        let action = tenant_action(d, current.first().copied(), &leftovers, unmanaged_names);
         let previous_id = match &action {
             Action::Update { previous, .. } => Some(previous.id.clone()),
             _ => None,
@@ -365,6 +308,76 @@ pub fn plan_host(
         }
     }
     Ok(actions)
+}
+
+/// What to do for one desired tenant given its container (`current`, named
+/// `mai-<id>`), the other containers of the tenant (`leftovers`) and the names of
+/// containers that are not the fleet's.
+fn tenant_action(
+    d: &Workload,
+    current: Option<&Observed>,
+    leftovers: &[&Observed],
+    unmanaged_names: &[String],
+) -> Action {
+    let tenant = d.tenant.clone();
+    match current {
+        None if unmanaged_names.contains(&d.name) => Action::Blocked {
+            tenant: tenant.clone(),
+            reason: format!(
+                "a container named {} exists that mai-fleet does not manage; rename or remove it",
+                d.name
+            ),
+        },
+        // Interrupted after the old container was parked: take the one that already
+        // matches (it is restored), else the newest parked one, as the previous.
+        None => match leftovers
+            .iter()
+            .find(|o| o.spec_hash() == d.hash_label())
+            .or(leftovers.first())
+        {
+            Some(prev) => Action::Update {
+                desired: Box::new(d.clone()),
+                tenant: tenant.clone(),
+                previous: (*prev).clone(),
+                changes: update_changes(d, prev),
+                drift: false,
+            },
+            None => Action::Create {
+                desired: Box::new(d.clone()),
+                tenant: tenant.clone(),
+            },
+        },
+        Some(cur) if cur.spec_hash() != d.hash_label() => Action::Update {
+            desired: Box::new(d.clone()),
+            tenant: tenant.clone(),
+            previous: (*cur).clone(),
+            changes: update_changes(d, cur),
+            drift: false,
+        },
+        // The label says this spec; the container says otherwise.
+        Some(cur)
+            if cur
+                .runtime
+                .as_ref()
+                .is_some_and(|r| !changes(d, r).is_empty()) =>
+        {
+            Action::Update {
+                desired: Box::new(d.clone()),
+                tenant: tenant.clone(),
+                previous: (*cur).clone(),
+                changes: update_changes(d, cur),
+                drift: true,
+            }
+        }
+        Some(cur) if cur.state != RunState::Running => Action::Start {
+            tenant: tenant.clone(),
+            current: (*cur).clone(),
+        },
+        Some(cur) => Action::Unchanged {
+            tenant: tenant.clone(),
+            current: (*cur).clone(),
+        },
+    }
 }
 
 /// What an update of `previous` to `d` changes: the fields that differ, or the
