@@ -422,6 +422,55 @@ impl ApplyReport {
     }
 }
 
+/// The fleet's apply lock, in a migrated database: one apply at a time.
+async fn lock(r: &Recorder<'_>, fleet: &str) -> Result<crate::store::ApplyLock, ApplyError> {
+    r.store.migrate().await.map_err(ApplyError::Record)?;
+    r.store
+        .lock_fleet(r.database_url, fleet)
+        .await
+        .map_err(ApplyError::Record)
+}
+
+/// The run recorded before anything changes: who, the spec, the options, the plan.
+async fn begin_run(
+    r: &Recorder<'_>,
+    spec: &FleetSpec,
+    opts: &ApplyOptions,
+    plan: &FleetPlan,
+) -> Result<i64, ApplyError> {
+    let e = &opts.execute;
+    let options = serde_json::json!({
+        "prune": opts.prune, "purge_data": e.purge_data, "parallel": e.parallel,
+        "max_failures": e.max_failures, "settle_ms": e.verify.settle.as_millis() as u64,
+        "verify_timeout_ms": e.verify.timeout.as_millis() as u64,
+    });
+    r.store
+        .begin_run(
+            spec,
+            &opts.actor,
+            &spec.source_sha256,
+            options,
+            plan.to_json(&spec.fleet),
+        )
+        .await
+        .map_err(ApplyError::Record)
+}
+
+impl UnreachableHost {
+    /// Each of its tenants, reported unreachable.
+    fn outcomes(&self) -> impl Iterator<Item = Outcome> + '_ {
+        self.tenants.iter().map(|t| Outcome {
+            host: self.host.clone(),
+            tenant: t.clone(),
+            action: crate::plan::Verb::Observe,
+            status: Status::Unreachable,
+            detail: self.reason.clone(),
+            container: None,
+            duration_ms: 0,
+        })
+    }
+}
+
 /// lock → plan → record the plan → execute → record the results. With a recorder,
 /// an apply that cannot be recorded does not start; the fleet's apply lock is held
 /// throughout.
@@ -432,15 +481,7 @@ pub async fn run(
     hooks: &Hooks<'_>,
 ) -> Result<ApplyReport, ApplyError> {
     let lock = match recorder {
-        Some(r) => {
-            r.store.migrate().await.map_err(ApplyError::Record)?;
-            Some(
-                r.store
-                    .lock_fleet(r.database_url, &spec.fleet)
-                    .await
-                    .map_err(ApplyError::Record)?,
-            )
-        }
+        Some(r) => Some(lock(r, &spec.fleet).await?),
         None => None,
     };
     // Keys are made under the lock: two applies never both create one.
@@ -473,43 +514,14 @@ pub async fn run(
         });
     }
     let run_id = match recorder {
-        Some(r) => {
-            let e = &opts.execute;
-            let options = serde_json::json!({
-                "prune": opts.prune, "purge_data": e.purge_data, "parallel": e.parallel,
-                "max_failures": e.max_failures, "settle_ms": e.verify.settle.as_millis() as u64,
-                "verify_timeout_ms": e.verify.timeout.as_millis() as u64,
-            });
-            Some(
-                r.store
-                    .begin_run(
-                        spec,
-                        &opts.actor,
-                        &spec.source_sha256,
-                        options,
-                        plan.to_json(&spec.fleet),
-                    )
-                    .await
-                    .map_err(ApplyError::Record)?,
-            )
-        }
+        Some(r) => Some(begin_run(r, spec, opts, &plan).await?),
         None => None,
     };
     (hooks.planned)(spec, &plan, run_id);
     let started = Instant::now();
     let (mut outcomes, agents) =
         apply_fleet(&plan, &opts.execute, hooks.step, recorder.map(|r| r.store)).await;
-    outcomes.extend(plan.unreachable.iter().flat_map(|u| {
-        u.tenants.iter().map(|t| Outcome {
-            host: u.host.clone(),
-            tenant: t.clone(),
-            action: crate::plan::Verb::Observe,
-            status: Status::Unreachable,
-            detail: u.reason.clone(),
-            container: None,
-            duration_ms: 0,
-        })
-    }));
+    outcomes.extend(plan.unreachable.iter().flat_map(UnreachableHost::outcomes));
     outcomes.sort_by(|a, b| (&a.host, &a.tenant).cmp(&(&b.host, &b.tenant)));
     // A removed tenant may still run on a host that could not be seen: its key is
     // offboarded by the first apply that sees every host.
