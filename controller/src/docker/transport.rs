@@ -65,14 +65,18 @@ pub fn connect_tls(addr: &str, tls: &TlsFiles, timeout_s: u64) -> Result<Docker,
 /// cause: with TLS 1.3 the engine judges the client certificate after the handshake,
 /// and a pooled client that sees the connection close before its request went out
 /// reports only that the connection was not ready. One request on a connection of its
-/// own always reads the engine's alert.
+/// own always reads the engine's alert. An engine that cannot be reached at all is no
+/// TLS refusal: `None`, and the original error stands.
 pub async fn tls_refusal(addr: &str, tls: &TlsFiles, timeout: Duration) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let config = Arc::new(client_config(tls).ok()?);
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     let name = rustls_pki_types::ServerName::try_from(host.to_string()).ok()?;
+    let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .ok()?
+        .ok()?;
     let attempt = async {
-        let tcp = tokio::net::TcpStream::connect(addr).await?;
         let mut stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await?;

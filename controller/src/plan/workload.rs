@@ -282,6 +282,7 @@ impl fmt::Debug for Runtime {
     }
 }
 
+#[cfg(test)]
 impl Runtime {
     /// What a backend reports of a workload made exactly from `w`.
     pub fn of(w: &Workload) -> Self {
