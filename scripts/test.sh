@@ -45,4 +45,16 @@ tests/tenant/build-images.sh
 manifests/build-images.sh
 . scripts/postgres.sh
 cargo build --locked --workspace --bins
+# The Kubernetes hosts' tests run on a real cluster: Kubernetes 1.20.2 built once from
+# Debian's source package into a cache outside the checkout (tests/k8s/cluster.sh),
+# started for this run and stopped on every path. MAI_FLEET_E2E_KUBECONFIG (with
+# MAI_FLEET_E2E_K8S_NODE) runs them against a cluster of your own instead.
+if [ -z "${MAI_FLEET_E2E_KUBECONFIG:-}" ]; then
+  tests/k8s/cluster.sh build
+  k8s_dir=$(mktemp -d /tmp/mai-fleet-k8s.XXXXXX)
+  trap 'tests/k8s/cluster.sh stop "$k8s_dir"' EXIT
+  MAI_FLEET_E2E_KUBECONFIG=$(tests/k8s/cluster.sh start "$k8s_dir")
+  export MAI_FLEET_E2E_KUBECONFIG MAI_FLEET_E2E_K8S_NODE=mai-k8s-node
+  export MAI_FLEET_E2E_KUBECTL=${MAI_FLEET_K8S_CACHE:-/var/cache/mai-fleet/k8s-1.20.2}/bin/kubectl
+fi
 cargo test --locked --workspace

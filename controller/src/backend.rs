@@ -4,7 +4,8 @@
 //! the day-2 verbs. `apply`, `ops` and `keys` hold a `Host` and never a backend's own
 //! types; only this module names [`crate::docker`] (CI checks it: `docs/architecture.md`).
 //!
-//! A second backend (Kubernetes) is a second variant, matched here and nowhere else.
+//! The Kubernetes backend ([`crate::kubernetes`]) is the second variant, matched here
+//! and nowhere else.
 
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use crate::docker::{self, DockerError, Engine, LaunchError};
 use crate::execution::{
     ExecuteOptions, LogsRequest, Outcome, Output, Progress, Unverified, VerifyOptions,
 };
+use crate::kubernetes::{self, Cluster, KubeError};
 use crate::plan::agent::DesiredAgent;
 use crate::plan::{Action, Observed, Workload};
 use crate::spec::HostSpec;
@@ -27,6 +29,8 @@ pub enum BackendError {
     Docker(#[from] DockerError),
     #[error(transparent)]
     DockerLaunch(#[from] LaunchError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
 }
 
 impl BackendError {
@@ -36,6 +40,7 @@ impl BackendError {
         let docker = match self {
             BackendError::Docker(e) | BackendError::DockerLaunch(LaunchError::Engine(e)) => e,
             BackendError::DockerLaunch(_) => return false,
+            BackendError::Kube(e) => return e.is_unreachable(),
         };
         matches!(
             docker,
@@ -70,18 +75,23 @@ pub struct Observation {
 #[derive(Clone)]
 pub enum Host {
     Docker(Engine),
+    Kubernetes(Cluster),
 }
 
 impl Host {
     /// Connects within the backend's timeout; an unreachable host is an error for
     /// which [`BackendError::is_unreachable`] holds.
     pub async fn connect(spec: &HostSpec) -> Result<Self, BackendError> {
-        Ok(Host::Docker(Engine::connect(spec).await?))
+        match &spec.kubernetes {
+            Some(k) => Ok(Host::Kubernetes(Cluster::connect(spec, k).await?)),
+            None => Ok(Host::Docker(Engine::connect(spec).await?)),
+        }
     }
 
     pub fn spec(&self) -> &HostSpec {
         match self {
             Host::Docker(e) => &e.host,
+            Host::Kubernetes(c) => &c.host,
         }
     }
 
@@ -94,6 +104,8 @@ impl Host {
     pub fn is_local(&self) -> bool {
         match self {
             Host::Docker(e) => e.local,
+            // The node's disk is the node's, wherever it is.
+            Host::Kubernetes(_) => false,
         }
     }
 
@@ -115,6 +127,14 @@ impl Host {
                     others,
                 })
             }
+            Host::Kubernetes(c) => {
+                let found = c.observe(depth == Observe::Full).await?;
+                Ok(Observation {
+                    managed: found.managed,
+                    agents: Vec::new(),
+                    others: found.others,
+                })
+            }
         }
     }
 
@@ -123,6 +143,8 @@ impl Host {
     pub fn verify_through(&mut self, agent: Option<String>) {
         match self {
             Host::Docker(e) => e.probe_via = agent,
+            // Verified through the API's pod proxy.
+            Host::Kubernetes(_) => {}
         }
     }
 
@@ -131,6 +153,7 @@ impl Host {
     pub fn use_running_agent(&mut self, fleet: &str, agents: &[Observed]) {
         match self {
             Host::Docker(e) => e.use_running_agent(fleet, agents),
+            Host::Kubernetes(_) => {}
         }
     }
 
@@ -145,6 +168,7 @@ impl Host {
     ) -> Vec<Outcome> {
         match self {
             Host::Docker(e) => docker::execute(e, actions, opts, failures, progress).await,
+            Host::Kubernetes(c) => kubernetes::execute(c, actions, opts, failures, progress).await,
         }
     }
 
@@ -158,6 +182,7 @@ impl Host {
     ) -> Result<String, Unverified> {
         match self {
             Host::Docker(e) => docker::verify(e, id, Some(desired.port), opts, Some(desired)).await,
+            Host::Kubernetes(c) => kubernetes::verify(c, id, opts, Some(desired)).await,
         }
     }
 
@@ -170,37 +195,49 @@ impl Host {
     ) -> impl Stream<Item = Result<Output, BackendError>> + use<> {
         use futures_util::StreamExt;
         match self {
-            Host::Docker(e) => e.output(id, req).map(|r| r.map_err(BackendError::from)),
+            Host::Docker(e) => e
+                .output(id, req)
+                .map(|r| r.map_err(BackendError::from))
+                .left_stream(),
+            Host::Kubernetes(c) => {
+                futures_util::stream::iter([Err(c.not_built("logs").into())]).right_stream()
+            }
         }
     }
 
     pub async fn restart(&self, id: &str, stop_timeout_s: i32) -> Result<(), BackendError> {
         match self {
             Host::Docker(e) => Ok(e.restart(id, stop_timeout_s).await?),
+            // The StatefulSet makes its pod anew.
+            Host::Kubernetes(c) => Ok(kubernetes::delete_pod(c, id).await?),
         }
     }
 
     pub async fn stop(&self, id: &str, stop_timeout_s: i32) -> Result<(), BackendError> {
         match self {
             Host::Docker(e) => Ok(e.stop(id, stop_timeout_s).await?),
+            Host::Kubernetes(c) => Ok(kubernetes::scale(c, id, 0).await?),
         }
     }
 
     pub async fn start(&self, id: &str) -> Result<(), BackendError> {
         match self {
             Host::Docker(e) => Ok(e.start(id).await?),
+            Host::Kubernetes(c) => Ok(kubernetes::scale(c, id, 1).await?),
         }
     }
 
     pub async fn pause(&self, id: &str) -> Result<(), BackendError> {
         match self {
             Host::Docker(e) => Ok(e.pause(id).await?),
+            Host::Kubernetes(c) => Err(c.not_built("pause").into()),
         }
     }
 
     pub async fn unpause(&self, id: &str) -> Result<(), BackendError> {
         match self {
             Host::Docker(e) => Ok(e.unpause(id).await?),
+            Host::Kubernetes(c) => Err(c.not_built("unpause").into()),
         }
     }
 
@@ -213,6 +250,7 @@ impl Host {
     ) -> Result<i64, BackendError> {
         match self {
             Host::Docker(e) => Ok(e.exec(id, command, out).await?),
+            Host::Kubernetes(c) => Err(c.not_built("exec").into()),
         }
     }
 
@@ -224,7 +262,14 @@ impl Host {
     ) -> impl Stream<Item = Result<Bytes, BackendError>> + use<> {
         use futures_util::StreamExt;
         match self {
-            Host::Docker(e) => e.copy_out(id, path).map(|r| r.map_err(BackendError::from)),
+            Host::Docker(e) => e
+                .copy_out(id, path)
+                .map(|r| r.map_err(BackendError::from))
+                .left_stream(),
+            Host::Kubernetes(c) => {
+                futures_util::stream::iter([Err(c.not_built("copying files").into())])
+                    .right_stream()
+            }
         }
     }
 
@@ -237,6 +282,7 @@ impl Host {
     ) -> Result<(), BackendError> {
         match self {
             Host::Docker(e) => Ok(e.copy_in(id, path, file).await?),
+            Host::Kubernetes(c) => Err(c.not_built("copying files").into()),
         }
     }
 
@@ -244,6 +290,7 @@ impl Host {
     pub async fn last_logs(&self, id: &str, desired: Option<&Workload>) -> String {
         match self {
             Host::Docker(e) => docker::last_logs(e, id, desired).await,
+            Host::Kubernetes(c) => kubernetes::last_logs(c, id, desired).await,
         }
     }
 
@@ -258,6 +305,7 @@ impl Host {
     ) -> Result<(), BackendError> {
         match self {
             Host::Docker(e) => Ok(docker::agent::prepare(e, desired, say).await?),
+            Host::Kubernetes(c) => Err(c.not_built("the agent").into()),
         }
     }
 
@@ -270,18 +318,21 @@ impl Host {
     ) -> Result<String, BackendError> {
         match self {
             Host::Docker(e) => Ok(docker::agent::deploy(e, desired, database_url, settle).await?),
+            Host::Kubernetes(c) => Err(c.not_built("the agent").into()),
         }
     }
 
     pub async fn start_agent(&self, name: &str, settle: Duration) -> Result<String, BackendError> {
         match self {
             Host::Docker(e) => Ok(docker::agent::start(e, name, settle).await?),
+            Host::Kubernetes(c) => Err(c.not_built("the agent").into()),
         }
     }
 
     pub async fn remove_agent(&self, name: &str) -> Result<String, BackendError> {
         match self {
             Host::Docker(e) => Ok(docker::agent::remove_agent(e, name).await?),
+            Host::Kubernetes(c) => Err(c.not_built("the agent").into()),
         }
     }
 
@@ -289,6 +340,7 @@ impl Host {
     pub async fn agent_warnings(&self, name: &str) -> String {
         match self {
             Host::Docker(e) => docker::agent::last_warnings(e, name).await,
+            Host::Kubernetes(_) => String::new(),
         }
     }
 }

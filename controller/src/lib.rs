@@ -13,6 +13,7 @@ pub use mai_fleet_core::duration;
 pub mod http;
 pub mod jobs;
 pub mod keys;
+pub mod kubernetes;
 pub mod openrouter;
 pub mod ops;
 pub mod plan;

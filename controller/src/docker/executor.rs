@@ -2,15 +2,15 @@
 //! own actions in order, images checked once per host, the fleet-wide failure budget.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::atomic::AtomicUsize;
 
-use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 
 use super::data_dir::purge_or_keep_data;
 use super::engine::{ensure_image, remove, Engine};
-use super::rollout::{self, Done};
+use super::rollout;
 use super::{verify, ExecuteOptions, Outcome, Progress, Status};
+use crate::execution::{schedule, Done, Launcher};
 use crate::plan::Action;
 
 /// Executes a host's actions: tenants in parallel up to `parallel`, each tenant's own
@@ -23,20 +23,32 @@ pub async fn execute(
     progress: &Progress,
 ) -> Vec<Outcome> {
     let images = ensure_images(engine, &actions, progress).await;
-    let images = &images;
-    let mut by_tenant: Vec<(String, Vec<Action>)> = Vec::new();
-    for a in actions {
-        match by_tenant.iter_mut().find(|(t, _)| t == a.tenant()) {
-            Some((_, list)) => list.push(a),
-            None => by_tenant.push((a.tenant().to_string(), vec![a])),
-        }
+    let launcher = DockerLauncher {
+        engine,
+        opts,
+        images: &images,
+    };
+    schedule(
+        &engine.host.name,
+        actions,
+        opts,
+        failures,
+        progress,
+        &launcher,
+    )
+    .await
+}
+
+struct DockerLauncher<'a> {
+    engine: &'a Engine,
+    opts: &'a ExecuteOptions,
+    images: &'a Images,
+}
+
+impl Launcher for DockerLauncher<'_> {
+    fn run<'a>(&'a self, action: Action, say: &'a (dyn Fn(&str) + Sync)) -> BoxFuture<'a, Done> {
+        Box::pin(run_action(self.engine, action, self.opts, self.images, say))
     }
-    futures_util::stream::iter(by_tenant)
-        .map(|(_, actions)| execute_tenant(engine, actions, opts, images, failures, progress))
-        .buffer_unordered(opts.parallel.max(1))
-        .flat_map(futures_util::stream::iter)
-        .collect()
-        .await
 }
 
 /// Whether each image a rollout needs is on the host: checked (and pulled if missing)
@@ -58,53 +70,6 @@ async fn ensure_images(engine: &Engine, actions: &[Action], progress: &Progress)
         }
     }
     images
-}
-
-async fn execute_tenant(
-    engine: &Engine,
-    actions: Vec<Action>,
-    opts: &ExecuteOptions,
-    images: &Images,
-    failures: &AtomicUsize,
-    progress: &Progress,
-) -> Vec<Outcome> {
-    let mut outcomes = Vec::new();
-    for action in actions {
-        let started = Instant::now();
-        let tenant = action.tenant().to_string();
-        let verb = action.verb();
-        let budget_spent = opts
-            .max_failures
-            .is_some_and(|max| failures.load(Ordering::SeqCst) >= max);
-        let (status, detail, container) = if budget_spent && action.is_change() {
-            (
-                Status::Skipped,
-                "failure budget spent (--max-failures); left as it was".to_string(),
-                None,
-            )
-        } else {
-            let say = |msg: &str| progress(&engine.host.name, &tenant, msg);
-            run_action(engine, action, opts, images, &say).await
-        };
-        if matches!(status, Status::Failed | Status::RolledBack) {
-            failures.fetch_add(1, Ordering::SeqCst);
-        }
-        progress(
-            &engine.host.name,
-            &tenant,
-            &format!("{verb}: {} {detail}", status.word()),
-        );
-        outcomes.push(Outcome {
-            host: engine.host.name.clone(),
-            tenant,
-            action: verb,
-            status,
-            detail,
-            container,
-            duration_ms: started.elapsed().as_millis() as u64,
-        });
-    }
-    outcomes
 }
 
 async fn run_action(

@@ -3,17 +3,7 @@
 
 use std::time::Duration;
 
-pub use mai_fleet_core::probe::PATH;
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum Health {
-    /// `initialized: true`
-    Active,
-    /// `initialized: false`, with the app's status word.
-    Inactive(String),
-    /// The image does not serve the endpoint (404): the contract makes it optional.
-    NoEndpoint,
-}
+pub use crate::execution::{Health, HealthAnswerError, HEALTH_PATH as PATH};
 
 /// Why no health answer was had: every case is worth retrying until verification's
 /// deadline (the app may still be starting).
@@ -32,12 +22,8 @@ pub enum HealthError {
     Agent { agent: String, said: String },
     #[error("not an HTTP response")]
     NotHttp,
-    #[error("{PATH} answered HTTP {0}")]
-    Status(u16),
-    #[error("{PATH} is not JSON: {0}")]
-    NotJson(#[source] serde_json::Error),
-    #[error("{PATH} has no boolean `initialized`")]
-    NoFlag,
+    #[error(transparent)]
+    Answer(#[from] HealthAnswerError),
 }
 
 pub async fn probe(address: &str, port: u16, timeout: Duration) -> Result<Health, HealthError> {
@@ -50,21 +36,8 @@ pub(super) fn parse(response: &str) -> Result<Health, HealthError> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .ok_or(HealthError::NotHttp)?;
-    if status == 404 {
-        return Ok(Health::NoEndpoint);
-    }
-    if status != 200 {
-        return Err(HealthError::Status(status));
-    }
     let body = response.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    let json: serde_json::Value = serde_json::from_str(body).map_err(HealthError::NotJson)?;
-    match json["initialized"].as_bool() {
-        Some(true) => Ok(Health::Active),
-        Some(false) => Ok(Health::Inactive(
-            json["status"].as_str().unwrap_or("inactive").to_string(),
-        )),
-        None => Err(HealthError::NoFlag),
-    }
+    Ok(crate::execution::read_health(status, body)?)
 }
 
 #[cfg(test)]
@@ -83,7 +56,7 @@ mod tests {
         );
         assert!(matches!(
             parse("HTTP/1.1 500 Oops\r\n\r\n"),
-            Err(HealthError::Status(500))
+            Err(HealthError::Answer(HealthAnswerError::Status(500)))
         ));
         assert!(matches!(parse("garbage"), Err(HealthError::NotHttp)));
     }

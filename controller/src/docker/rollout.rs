@@ -9,8 +9,7 @@ use super::engine::{create_container, remove, rename, Engine};
 use super::{verify, ExecuteOptions, Status};
 use crate::plan::{Observed, Workload};
 
-/// How an action ended: its status, what to say, the container it left (short id).
-pub(super) type Done = (Status, String, Option<String>);
+use crate::execution::Done;
 
 pub(super) async fn create(
     engine: &Engine,

@@ -214,6 +214,7 @@ mod tests {
     fn host(agent: HostAgent) -> HostSpec {
         HostSpec {
             name: "hel1-b".into(),
+            kubernetes: None,
             docker: "ssh://root@10.0.0.2/run/docker.sock".into(),
             data_root: "/srv/mai".into(),
             tls: None,

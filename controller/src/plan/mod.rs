@@ -447,6 +447,7 @@ mod tests {
     fn host() -> HostSpec {
         HostSpec {
             name: "hel1-a".into(),
+            kubernetes: None,
             docker: "unix:///var/run/docker.sock".into(),
             data_root: "/srv/mai".into(),
             tls: None,

@@ -201,7 +201,13 @@ impl Workload {
             resources: Resources {
                 memory_bytes: t.memory_bytes.unwrap_or(DEFAULT_MEMORY_BYTES),
                 nano_cpus,
-                pids_limit: t.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT),
+                // Kubernetes limits processes per node (the kubelet's podPidsLimit),
+                // not per pod: a Kubernetes tenant has no limit of its own.
+                pids_limit: if host.kubernetes.is_some() {
+                    0
+                } else {
+                    t.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT)
+                },
             },
             confinement: Confinement::tenant(),
             network: network_name(fleet),

@@ -311,6 +311,32 @@ pub fn agent_database_url(url: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// A Kubernetes DNS-1123 label (a namespace): 1 to 63 of a-z, 0-9 and '-', starting
+/// and ending with a letter or digit.
+pub fn dns_label(name: &str) -> Result<(), Invalid> {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = name.as_bytes();
+    let ok = (1..=63).contains(&bytes.len())
+        && bytes.iter().all(|&b| alnum(b) || b == b'-')
+        && bytes.first().copied().is_some_and(alnum)
+        && bytes.last().copied().is_some_and(alnum);
+    if ok {
+        Ok(())
+    } else {
+        Err("a DNS label: 1 to 63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit".to_string().into())
+    }
+}
+
+/// A Kubernetes DNS-1123 subdomain (a node's name): DNS labels joined by dots, at
+/// most 253 characters.
+pub fn dns_subdomain(name: &str) -> Result<(), Invalid> {
+    if name.len() <= 253 && name.split('.').all(|l| dns_label(l).is_ok()) {
+        Ok(())
+    } else {
+        Err("a node name: DNS labels (a-z, 0-9 and '-', starting and ending with a letter or digit) joined by dots, at most 253 characters".to_string().into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

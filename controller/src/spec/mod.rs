@@ -108,8 +108,11 @@ pub struct SshOptions {
 #[derive(Debug, Clone, Serialize)]
 pub struct HostSpec {
     pub name: String,
-    /// `unix:///var/run/docker.sock`, `tcp://host:2376` or `ssh://user@host`.
+    /// `unix:///var/run/docker.sock`, `tcp://host:2376` or `ssh://user@host`; empty
+    /// for a Kubernetes node.
     pub docker: String,
+    /// Set for a Kubernetes node (then `docker`, `tls` and `ssh` are not).
+    pub kubernetes: Option<KubernetesHost>,
     /// Tenant data lives in `<data_root>/<tenant id>/data` on that host.
     pub data_root: String,
     pub tls: Option<TlsFiles>,
@@ -117,6 +120,19 @@ pub struct HostSpec {
     pub publish_address: String,
     pub ssh: SshOptions,
     pub agent: HostAgent,
+}
+
+/// `hosts[i].kubernetes`: one node of a cluster, the host's tenants and agent pinned
+/// to it, their objects in `namespace`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KubernetesHost {
+    /// `None`: `$KUBECONFIG`, then `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// `None`: the kubeconfig's current context.
+    pub context: Option<String>,
+    pub node: String,
+    /// `mai-<fleet>` unless the spec names one.
+    pub namespace: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -445,3 +445,39 @@ fn agent_and_ssh_mistakes_are_located() {
         "{all}"
     );
 }
+
+/// Issue 21: a host is a Docker engine or a Kubernetes node; the node's settings are
+/// checked with line and column like the rest, every mistake at once.
+#[test]
+fn kubernetes_hosts_are_read_and_their_mistakes_located() {
+    let good = GOOD.replace(
+        "    docker: unix:///var/run/docker.sock\n",
+        "    kubernetes: { node: fsn1-k1, context: k3s-fsn1 }\n",
+    );
+    let spec = load_str(Path::new("tenants.yaml"), &good, &env()).expect("valid");
+    let k = spec.hosts[0]
+        .kubernetes
+        .as_ref()
+        .expect("a kubernetes host");
+    assert_eq!(k.node, "fsn1-k1");
+    assert_eq!(k.context.as_deref(), Some("k3s-fsn1"));
+    assert_eq!(k.namespace, "mai-mai-production");
+    assert!(k.kubeconfig.is_none());
+    assert_eq!(spec.hosts[0].docker, "");
+
+    let bad = GOOD.replace(
+        "    docker: unix:///var/run/docker.sock\n",
+        "    docker: unix:///var/run/docker.sock\n    kubernetes:\n      nodes: fsn1-k1\n      namespace: Mai_Prod\n      kubeconfig: missing-kubeconfig\n",
+    );
+    let got: Vec<String> = errors(&bad).iter().map(|d| d.to_string()).collect();
+    let want = [
+        "tenants.yaml:10:13: `hosts[0].docker` is set on a Kubernetes host",
+        "tenants.yaml:12:7: unknown key `nodes` in hosts[0].kubernetes (did you mean `node`?)",
+        "tenants.yaml:12:12: missing `hosts[0].kubernetes.node`",
+        "tenants.yaml:13:18: `hosts[0].kubernetes.namespace` value `Mai_Prod` is not valid (a DNS label",
+        "tenants.yaml:14:19: `hosts[0].kubernetes.kubeconfig`: cannot read missing-kubeconfig",
+    ];
+    for w in want {
+        assert!(got.iter().any(|g| g.starts_with(w)), "{w} not in {got:#?}");
+    }
+}

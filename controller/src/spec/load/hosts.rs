@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// What `hosts[i]` runs its tenants on.
+enum HostBackend {
+    Docker {
+        url: String,
+        tls: Option<TlsFiles>,
+        ssh: SshOptions,
+    },
+    Kubernetes(KubernetesHost),
+}
+
 impl Loader<'_> {
     pub(super) fn agents(&mut self, node: &Node) -> Option<AgentsSpec> {
         let map = self.mapping(node, "`agents`")?;
@@ -172,7 +182,12 @@ impl Loader<'_> {
         })
     }
 
-    pub(super) fn hosts(&mut self, node: &Node, agents: Option<&AgentsSpec>) -> Vec<HostSpec> {
+    pub(super) fn hosts(
+        &mut self,
+        node: &Node,
+        agents: Option<&AgentsSpec>,
+        fleet: &str,
+    ) -> Vec<HostSpec> {
         let mut hosts: Vec<HostSpec> = Vec::new();
         let Some(seq) = self.sequence(node, "`hosts`") else {
             return hosts;
@@ -190,23 +205,13 @@ impl Loader<'_> {
                 &format!("{what}.name"),
                 "name the host, e.g. `name: hel1-a`",
             );
-            let docker = self.required(
-                map,
-                "docker",
-                &format!("{what}.docker"),
-                "e.g. `docker: unix:///var/run/docker.sock`",
-            );
+            let backend = self.backend(map, &what, fleet);
             let data_root = self.required(
                 map,
                 "data_root",
                 &format!("{what}.data_root"),
                 "e.g. `data_root: /srv/mai-fleet`",
             );
-            let tls = map.get_node("tls").and_then(|t| self.tls(t, &what));
-            let ssh = match map.get_node("ssh") {
-                Some(n) => self.ssh(n, &what),
-                None => Some(SshOptions::default()),
-            };
             let agent = self.host_agent(map, &what, agents);
             let publish = self.publish_address(map, &what);
             if let Some((n, at)) = name {
@@ -223,9 +228,6 @@ impl Loader<'_> {
                     }
                 }
             }
-            if let Some(endpoint) = docker {
-                self.docker_endpoint(map, &what, endpoint, tls.is_some());
-            }
             if let Some((r, at)) = data_root {
                 if !r.starts_with('/') {
                     self.diag(
@@ -235,18 +237,38 @@ impl Loader<'_> {
                     );
                 }
             }
-            if let (
-                Some((n, _)),
-                Some((d, _)),
-                Some((r, _)),
-                Some(publish_address),
-                Some(ssh),
-                Some(agent),
-            ) = (name, docker, data_root, publish, ssh, agent)
+            if let (Some((n, _)), Some(backend), Some((r, _)), Some(publish_address), Some(agent)) =
+                (name, backend, data_root, publish, agent)
             {
+                let (docker, tls, ssh, kubernetes) = match backend {
+                    HostBackend::Docker { url, tls, ssh } => (url, tls, ssh, None),
+                    HostBackend::Kubernetes(k) => {
+                        (String::new(), None, SshOptions::default(), Some(k))
+                    }
+                };
+                if kubernetes.is_some() && matches!(agent, HostAgent::Deployed(_)) {
+                    let at = map
+                        .iter()
+                        .find(|(k, _)| k.as_str() == "agent")
+                        .map_or(pos(map.span()), |(_, v)| pos(v.span()));
+                    self.diag(
+                        at,
+                        format!("`{what}`: the agent on a Kubernetes node is not built yet"),
+                        Some("write `agent: false` on this host; its tenants run, but their usage is not mirrored until an agent runs there".into()),
+                    );
+                    continue;
+                }
+                // A Kubernetes tenant is reached through its Service, on no address
+                // of the node.
+                let publish_address = if kubernetes.is_some() {
+                    String::new()
+                } else {
+                    publish_address
+                };
                 hosts.push(HostSpec {
                     name: n.to_string(),
-                    docker: d.to_string(),
+                    docker,
+                    kubernetes,
                     data_root: r.trim_end_matches('/').to_string(),
                     tls,
                     publish_address,
@@ -256,6 +278,100 @@ impl Loader<'_> {
             }
         }
         hosts
+    }
+
+    /// A host's backend: `docker:` (with `tls`/`ssh`) or `kubernetes:`, exactly one.
+    fn backend(&mut self, map: &MarkedMappingNode, what: &str, fleet: &str) -> Option<HostBackend> {
+        if let Some(k) = map.get_node("kubernetes") {
+            let mut clash = false;
+            for key in ["docker", "tls", "ssh", "publish_address"] {
+                if let Some((_, v)) = map.iter().find(|(k, _)| k.as_str() == key) {
+                    let at = pos(v.span());
+                    self.diag(
+                        at,
+                        format!("`{what}.{key}` is set on a Kubernetes host"),
+                        Some("a host is a Docker engine or a Kubernetes node, never both".into()),
+                    );
+                    clash = true;
+                }
+            }
+            let k = self.kubernetes(k, what, fleet);
+            return if clash {
+                None
+            } else {
+                k.map(HostBackend::Kubernetes)
+            };
+        }
+        let docker = self.required(
+            map,
+            "docker",
+            &format!("{what}.docker"),
+            "e.g. `docker: unix:///var/run/docker.sock`, or `kubernetes: {node: …}` for a Kubernetes node",
+        );
+        let tls = map.get_node("tls").and_then(|t| self.tls(t, what));
+        let ssh = match map.get_node("ssh") {
+            Some(n) => self.ssh(n, what),
+            None => Some(SshOptions::default()),
+        };
+        if let Some(endpoint) = docker {
+            self.docker_endpoint(map, what, endpoint, tls.is_some());
+        }
+        Some(HostBackend::Docker {
+            url: docker?.0.to_string(),
+            tls,
+            ssh: ssh?,
+        })
+    }
+
+    /// `hosts[i].kubernetes`: `node` required, a readable kubeconfig when one is named,
+    /// a namespace that is a DNS label (`mai-<fleet>` by default).
+    fn kubernetes(&mut self, node: &Node, host_what: &str, fleet: &str) -> Option<KubernetesHost> {
+        let what = format!("{host_what}.kubernetes");
+        let map = self.mapping(node, &format!("`{what}`"))?;
+        self.keys(map, KUBERNETES_KEYS, &what);
+        let kubeconfig = match self.scalar(map, "kubeconfig", &format!("{what}.kubeconfig")) {
+            Some((p, at)) => {
+                let path = self.base_dir.join(p);
+                match std::fs::File::open(&path) {
+                    Ok(_) => Some(Some(path)),
+                    Err(e) => {
+                        self.diag(
+                            at,
+                            format!("`{what}.kubeconfig`: cannot read {}: {e}", path.display()),
+                            None,
+                        );
+                        None
+                    }
+                }
+            }
+            None => Some(None),
+        };
+        let context = self
+            .scalar(map, "context", &format!("{what}.context"))
+            .map(|(c, _)| c.to_string());
+        let node_name = match self.required(
+            map,
+            "node",
+            &format!("{what}.node"),
+            "the node this host's tenants and agent run on, e.g. `node: fsn1-k1`",
+        ) {
+            Some((n, at)) => self
+                .check(at, &format!("{what}.node"), n, checks::dns_subdomain(n))
+                .map(|()| n.to_string()),
+            None => None,
+        };
+        let namespace = match self.scalar(map, "namespace", &format!("{what}.namespace")) {
+            Some((n, at)) => self
+                .check(at, &format!("{what}.namespace"), n, checks::dns_label(n))
+                .map(|()| n.to_string()),
+            None => Some(format!("mai-{fleet}")),
+        };
+        Some(KubernetesHost {
+            kubeconfig: kubeconfig?,
+            context,
+            node: node_name?,
+            namespace: namespace?,
+        })
     }
 
     /// `hosts[i].publish_address`: an IP address, loopback by default.

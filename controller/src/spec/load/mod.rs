@@ -18,7 +18,7 @@ use rust_decimal::Decimal;
 use super::secret::{self, ApiKey, EnvSource};
 use super::{
     checks, AgentsSpec, BackupLimits, Diagnostic, FleetSpec, HostAgent, HostSpec, KeySource,
-    OnLimit, Pos, SpecError, SshOptions, TenantSpec, TlsFiles, REQUIRED_ENV,
+    KubernetesHost, OnLimit, Pos, SpecError, SshOptions, TenantSpec, TlsFiles, REQUIRED_ENV,
 };
 
 const TOP_KEYS: &[&str] = &[
@@ -37,7 +37,9 @@ const HOST_KEYS: &[&str] = &[
     "ssh",
     "publish_address",
     "agent",
+    "kubernetes",
 ];
+const KUBERNETES_KEYS: &[&str] = &["kubeconfig", "context", "node", "namespace"];
 const TLS_KEYS: &[&str] = &["ca", "cert", "key"];
 const TENANT_KEYS: &[&str] = &[
     "id",
@@ -235,7 +237,7 @@ impl<'e> Loader<'e> {
             .map(|n| self.backups(n))
             .unwrap_or_default();
         let hosts = match root.get_node("hosts") {
-            Some(node) => self.hosts(node, agents.as_ref()),
+            Some(node) => self.hosts(node, agents.as_ref(), &fleet),
             None => {
                 self.diag(
                     pos(root.span()),

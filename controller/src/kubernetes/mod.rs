@@ -1,0 +1,341 @@
+//! The Kubernetes backend: a host of the spec is one node of a cluster. Each tenant
+//! is a Secret, a StatefulSet of one replica pinned to the node, a Service, and the
+//! fleet's NetworkPolicy, all server-side applied with field manager `mai-fleet`
+//! (docs/kubernetes.md). Only [`crate::backend`] names this module.
+
+mod objects;
+mod rollout;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+use crate::plan::{network_name, Observed, RunState, LABEL_FLEET, LABEL_MANAGED};
+use crate::spec::{HostSpec, KubernetesHost};
+
+pub use rollout::{delete_pod, execute, last_logs, scale, verify};
+
+/// Server-side apply's field manager: what this controller owns in each object.
+pub const FIELD_MANAGER: &str = "mai-fleet";
+
+/// How long one call to the API may take before the cluster counts as unreachable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("{host}: kubeconfig {path}: {source}")]
+    Config {
+        host: String,
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("{host}: no kubeconfig: set `kubeconfig:` on the host, $KUBECONFIG, or write ~/.kube/config")]
+    NoConfig { host: String },
+    #[error("{host}: the Kubernetes API cannot be reached: {source}")]
+    Unreachable {
+        host: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{host}: the Kubernetes API did not answer within {}s", CALL_TIMEOUT.as_secs())]
+    Timeout { host: String },
+    /// Wrong or expired credentials: as unreachable as a server that is down.
+    #[error("{host}: the Kubernetes API refused the credentials: {message}")]
+    Credentials { host: String, message: String },
+    #[error("{host}: node `{node}` is not in the cluster (kubectl get nodes lists them)")]
+    NoNode { host: String, node: String },
+    #[error("{host}: namespace `{namespace}` belongs to fleet `{owner}`; name another with `namespace:`")]
+    ForeignNamespace {
+        host: String,
+        namespace: String,
+        owner: String,
+    },
+    #[error("{host}: {what}: {source}")]
+    Api {
+        host: String,
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{host}: {what} is not built for Kubernetes hosts yet")]
+    NotBuilt { host: String, what: &'static str },
+}
+
+impl KubeError {
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            KubeError::Unreachable { .. }
+                | KubeError::Timeout { .. }
+                | KubeError::Credentials { .. }
+        )
+    }
+}
+
+/// One Kubernetes host of the spec, connected.
+#[derive(Clone)]
+pub struct Cluster {
+    pub host: HostSpec,
+    pub node: KubernetesHost,
+    client: Client,
+}
+
+/// What one observation of a host's namespace saw.
+pub struct Observation {
+    pub managed: Vec<Observed>,
+    /// Names of StatefulSets this controller does not manage (name clashes).
+    pub others: Vec<String>,
+}
+
+impl Cluster {
+    /// Reads the kubeconfig, and asks the API for the host's node within
+    /// [`CALL_TIMEOUT`]: a cluster that cannot be reached, or refuses the
+    /// credentials, is an error for which [`KubeError::is_unreachable`] holds.
+    pub async fn connect(host: &HostSpec, node: &KubernetesHost) -> Result<Self, KubeError> {
+        let name = host.name.clone();
+        let path = match &node.kubeconfig {
+            Some(p) => p.clone(),
+            None => match std::env::var_os("KUBECONFIG") {
+                Some(p) if !p.is_empty() => p.into(),
+                _ => match std::env::var_os("HOME") {
+                    Some(home) => std::path::Path::new(&home).join(".kube/config"),
+                    None => return Err(KubeError::NoConfig { host: name }),
+                },
+            },
+        };
+        let config_err = |source| KubeError::Config {
+            host: name.clone(),
+            path: path.display().to_string(),
+            source,
+        };
+        let kubeconfig = Kubeconfig::read_from(&path).map_err(config_err)?;
+        let options = KubeConfigOptions {
+            context: node.context.clone(),
+            ..KubeConfigOptions::default()
+        };
+        let mut config = Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(config_err)?;
+        config.connect_timeout = Some(Duration::from_secs(5));
+        config.read_timeout = Some(CALL_TIMEOUT);
+        config.write_timeout = Some(CALL_TIMEOUT);
+        let client = Client::try_from(config).map_err(|source| KubeError::Unreachable {
+            host: name.clone(),
+            source,
+        })?;
+        let cluster = Self {
+            host: host.clone(),
+            node: node.clone(),
+            client,
+        };
+        let nodes: Api<Node> = Api::all(cluster.client.clone());
+        match cluster
+            .call("read the node", nodes.get_opt(&node.node))
+            .await?
+        {
+            Some(_) => Ok(cluster),
+            None => Err(KubeError::NoNode {
+                host: name,
+                node: node.node.clone(),
+            }),
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.node.namespace
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), self.namespace())
+    }
+
+    /// One API call, bounded by [`CALL_TIMEOUT`], its failure named.
+    async fn call<T>(
+        &self,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, KubeError> {
+        let host = self.host.name.clone();
+        match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+            Err(_) => Err(KubeError::Timeout { host }),
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(classify(host, what, e)),
+        }
+    }
+
+    /// Server-side apply of `object` (forced: a field another manager took is taken
+    /// back, as a plan said it would be).
+    async fn apply<K>(&self, name: &str, object: &K) -> Result<K, KubeError>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let api = self.api::<K>();
+        let what = format!("apply {} {name}", K::kind(&Default::default()));
+        self.call(&what, api.patch(name, &params, &Patch::Apply(object)))
+            .await
+    }
+
+    /// The namespace, made and labelled as the fleet's when missing; one another
+    /// fleet labelled as its own is refused.
+    async fn ensure_namespace(&self, fleet: &str) -> Result<(), KubeError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let ns = self.namespace();
+        let found = self.call("read the namespace", api.get_opt(ns)).await?;
+        match found {
+            Some(n) => {
+                let owner = n
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(LABEL_FLEET))
+                    .cloned();
+                match owner {
+                    Some(owner) if owner != fleet => Err(KubeError::ForeignNamespace {
+                        host: self.host.name.clone(),
+                        namespace: ns.to_string(),
+                        owner,
+                    }),
+                    _ => Ok(()),
+                }
+            }
+            None => {
+                let params = PatchParams::apply(FIELD_MANAGER).force();
+                let object = objects::namespace(ns, fleet);
+                self.call(
+                    "make the namespace",
+                    api.patch(ns, &params, &Patch::Apply(&object)),
+                )
+                .await
+                .map(|_| ())
+            }
+        }
+    }
+
+    /// The fleet's tenants in the namespace: every managed StatefulSet (all hosts'
+    /// and fleets'), what each runs when `full` (its Secret resolved, its Service's
+    /// ports, the fleet's NetworkPolicy).
+    pub async fn observe(&self, full: bool) -> Result<Observation, KubeError> {
+        let sets = self
+            .call(
+                "list StatefulSets",
+                self.api::<StatefulSet>().list(&ListParams::default()),
+            )
+            .await?;
+        let (secrets, services, policies) = if full {
+            let managed = ListParams::default().labels(&format!("{LABEL_MANAGED}=true"));
+            let secrets = self
+                .call("list Secrets", self.api::<Secret>().list(&managed))
+                .await?;
+            let services = self
+                .call("list Services", self.api::<Service>().list(&managed))
+                .await?;
+            let policies = self
+                .call(
+                    "list NetworkPolicies",
+                    self.api::<NetworkPolicy>().list(&managed),
+                )
+                .await?;
+            (secrets.items, services.items, policies.items)
+        } else {
+            Default::default()
+        };
+        let mut managed = Vec::new();
+        let mut others = Vec::new();
+        for set in sets.items {
+            let name = set.metadata.name.clone().unwrap_or_default();
+            let labels = set.metadata.labels.clone().unwrap_or_default();
+            if labels.get(LABEL_MANAGED).map(String::as_str) != Some("true") {
+                others.push(name);
+                continue;
+            }
+            let replicas = set.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let image = set
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|p| p.containers.first())
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default();
+            let runtime = full.then(|| {
+                let named = |n: &Option<String>| n.as_deref() == Some(name.as_str());
+                let secret = secrets.iter().find(|s| named(&s.metadata.name));
+                let ports = services
+                    .iter()
+                    .filter(|s| named(&s.metadata.name))
+                    .flat_map(|s| s.spec.iter().flat_map(|sp| sp.ports.iter().flatten()))
+                    .map(|p| format!(":{}", p.port))
+                    .collect();
+                let fleet = labels.get(LABEL_FLEET).cloned().unwrap_or_default();
+                let network = network_name(&fleet);
+                let network = if policies
+                    .iter()
+                    .any(|p| p.metadata.name.as_deref() == Some(network.as_str()))
+                {
+                    network
+                } else {
+                    String::new()
+                };
+                objects::runtime(&set, secret, ports, network)
+            });
+            managed.push(Observed {
+                id: name.clone(),
+                name,
+                image,
+                state: if replicas > 0 {
+                    RunState::Running
+                } else {
+                    RunState::Exited
+                },
+                labels: labels.into_iter().collect(),
+                runtime,
+            });
+        }
+        Ok(Observation { managed, others })
+    }
+
+    pub fn not_built(&self, what: &'static str) -> KubeError {
+        KubeError::NotBuilt {
+            host: self.host.name.clone(),
+            what,
+        }
+    }
+}
+
+/// A failed call named: what cannot reach the API, or is refused by it for its
+/// credentials, makes the host unreachable.
+fn classify(host: String, what: &str, e: kube::Error) -> KubeError {
+    match e {
+        kube::Error::Api(status)
+            if status.code == 401 || status.code == 403 && what == "read the node" =>
+        {
+            KubeError::Credentials {
+                host,
+                message: format!("{} {}", status.code, status.message),
+            }
+        }
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::Auth(_) => {
+            KubeError::Unreachable { host, source: e }
+        }
+        _ => KubeError::Api {
+            host,
+            what: what.to_string(),
+            source: e,
+        },
+    }
+}

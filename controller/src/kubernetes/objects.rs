@@ -1,0 +1,539 @@
+//! A tenant's objects rendered from its `plan::Workload`, and a StatefulSet read back
+//! into a `plan::Runtime` (so drift is the plan's one comparison). Only fields that
+//! Kubernetes 1.20 knows are set.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HostPathVolumeSource, Namespace,
+    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
+
+use crate::plan::{
+    Confinement, Resources, Restart, Runtime, Workload, APP_PORT, DATA_MOUNT, LABEL_FLEET,
+    LABEL_HOST, LABEL_MANAGED, LABEL_SPEC_HASH, LABEL_TENANT,
+};
+
+/// The one container of a tenant's pod.
+pub const CONTAINER: &str = "app";
+/// The label a StatefulSet puts on each pod: the revision of its template.
+pub const REVISION_LABEL: &str = "controller-revision-hash";
+/// Marks the pods of the fleet's agents (the NetworkPolicy lets them in).
+pub const AGENT_COMPONENT: &str = "agent";
+
+/// Labels every object of a tenant carries: the fleet's, the spec hash, and the
+/// `app.kubernetes.io/*` set.
+pub fn labels(w: &Workload) -> BTreeMap<String, String> {
+    let mut l = w.labels.clone();
+    l.insert("app.kubernetes.io/name".into(), "mai".into());
+    l.insert("app.kubernetes.io/instance".into(), w.name.clone());
+    l.insert("app.kubernetes.io/component".into(), "tenant".into());
+    l.insert("app.kubernetes.io/managed-by".into(), "mai-fleet".into());
+    l
+}
+
+/// What selects a tenant's pod: never changes (a StatefulSet's selector is
+/// immutable), so it holds no hash.
+fn selector(w: &Workload) -> BTreeMap<String, String> {
+    [LABEL_FLEET, LABEL_TENANT]
+        .iter()
+        .filter_map(|k| w.labels.get(*k).map(|v| (k.to_string(), v.clone())))
+        .collect()
+}
+
+fn meta(w: &Workload, namespace: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(w.name.clone()),
+        namespace: Some(namespace.to_string()),
+        labels: Some(labels(w)),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The namespace a fleet makes, labelled as its own.
+pub fn namespace(name: &str, fleet: &str) -> Namespace {
+    Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([
+                (LABEL_MANAGED.to_string(), "true".to_string()),
+                (LABEL_FLEET.to_string(), fleet.to_string()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    }
+}
+
+/// The key and every `${env:}`/`${file:}` value: the pod reads them by reference.
+pub fn secret(w: &Workload, namespace: &str) -> Secret {
+    let data = w
+        .env
+        .iter()
+        .filter(|(k, _)| w.secret_env.contains(*k))
+        .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+        .collect();
+    Secret {
+        metadata: meta(w, namespace),
+        data: Some(data),
+        type_: Some("Opaque".into()),
+        ..Secret::default()
+    }
+}
+
+pub fn service(w: &Workload, namespace: &str) -> Service {
+    Service {
+        metadata: meta(w, namespace),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(selector(w)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: i32::from(w.port),
+                target_port: Some(IntOrString::Int(i32::from(APP_PORT))),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn env(w: &Workload) -> Vec<EnvVar> {
+    w.env
+        .iter()
+        .map(|(name, value)| {
+            if w.secret_env.contains(name) {
+                EnvVar {
+                    name: name.clone(),
+                    value_from: Some(EnvVarSource {
+                        secret_key_ref: Some(SecretKeySelector {
+                            name: w.name.clone(),
+                            key: name.clone(),
+                            optional: Some(false),
+                        }),
+                        ..EnvVarSource::default()
+                    }),
+                    ..EnvVar::default()
+                }
+            } else {
+                EnvVar {
+                    name: name.clone(),
+                    value: Some(value.clone()),
+                    ..EnvVar::default()
+                }
+            }
+        })
+        .collect()
+}
+
+fn quantities(r: &Resources) -> BTreeMap<String, Quantity> {
+    BTreeMap::from([
+        ("memory".to_string(), Quantity(r.memory_bytes.to_string())),
+        (
+            "cpu".to_string(),
+            Quantity(format!("{}m", r.nano_cpus / 1_000_000)),
+        ),
+    ])
+}
+
+/// One replica pinned to `node`, the data directory from the node's disk, requests
+/// equal to limits, the Docker tenants' confinement as a security context.
+pub fn stateful_set(w: &Workload, namespace: &str, node: &str, replicas: i32) -> StatefulSet {
+    let mut pod_labels = selector(w);
+    pod_labels.insert(LABEL_MANAGED.into(), "true".into());
+    if let Some(h) = w.labels.get(LABEL_HOST) {
+        pod_labels.insert(LABEL_HOST.into(), h.clone());
+    }
+    pod_labels.insert("app.kubernetes.io/component".into(), "tenant".into());
+    // The hash in the template: a change of a secret alone (a key rotation) still
+    // rolls the pod, which reads secrets only when it starts.
+    let annotations = BTreeMap::from([(LABEL_SPEC_HASH.to_string(), w.hash_label().to_string())]);
+    let container = Container {
+        name: CONTAINER.into(),
+        image: Some(w.image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        env: Some(env(w)),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: i32::from(APP_PORT),
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities(&w.resources)),
+            limits: Some(quantities(&w.resources)),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(!w.confinement.no_new_privileges),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(w.confinement.cap_drop.clone()),
+                ..Capabilities::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "data".into(),
+            mount_path: DATA_MOUNT.into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    StatefulSet {
+        metadata: meta(w, namespace),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            service_name: Some(w.name.clone()),
+            selector: LabelSelector {
+                match_labels: Some(selector(w)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: Some(annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    node_name: Some(node.to_string()),
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    restart_policy: Some("Always".into()),
+                    termination_grace_period_seconds: Some(10),
+                    containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: "data".into(),
+                        host_path: Some(HostPathVolumeSource {
+                            path: w.data_dir.clone(),
+                            type_: Some("DirectoryOrCreate".into()),
+                        }),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    }
+}
+
+/// The fleet's NetworkPolicy in a namespace (Docker: the fleet's bridge network with
+/// inter-container traffic off): a tenant's pod lets in only the fleet's agents and
+/// the cluster's ingress controller, and reaches out only to DNS and HTTPS.
+pub fn network_policy(fleet: &str, network: &str, namespace: &str) -> NetworkPolicy {
+    let tenants = BTreeMap::from([
+        (LABEL_FLEET.to_string(), fleet.to_string()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            "tenant".to_string(),
+        ),
+    ]);
+    let agents = BTreeMap::from([
+        (LABEL_FLEET.to_string(), fleet.to_string()),
+        (
+            "app.kubernetes.io/component".to_string(),
+            AGENT_COMPONENT.to_string(),
+        ),
+    ]);
+    let port = |p: i32, proto: &str| NetworkPolicyPort {
+        port: Some(IntOrString::Int(p)),
+        protocol: Some(proto.into()),
+        ..NetworkPolicyPort::default()
+    };
+    NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(network.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([
+                (LABEL_MANAGED.to_string(), "true".to_string()),
+                (LABEL_FLEET.to_string(), fleet.to_string()),
+                (
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "mai-fleet".to_string(),
+                ),
+            ])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(tenants),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![
+                    NetworkPolicyPeer {
+                        pod_selector: Some(LabelSelector {
+                            match_labels: Some(agents),
+                            ..LabelSelector::default()
+                        }),
+                        ..NetworkPolicyPeer::default()
+                    },
+                    // The ingress controller, wherever the cluster runs it.
+                    NetworkPolicyPeer {
+                        namespace_selector: Some(LabelSelector {
+                            match_labels: Some(BTreeMap::from([(
+                                "mai-fleet.ingress".to_string(),
+                                "true".to_string(),
+                            )])),
+                            ..LabelSelector::default()
+                        }),
+                        ..NetworkPolicyPeer::default()
+                    },
+                ]),
+                ports: Some(vec![port(i32::from(APP_PORT), "TCP")]),
+            }]),
+            egress: Some(vec![
+                NetworkPolicyEgressRule {
+                    ports: Some(vec![port(53, "UDP"), port(53, "TCP")]),
+                    ..NetworkPolicyEgressRule::default()
+                },
+                NetworkPolicyEgressRule {
+                    ports: Some(vec![port(443, "TCP")]),
+                    ..NetworkPolicyEgressRule::default()
+                },
+            ]),
+        }),
+    }
+}
+
+/// What a StatefulSet runs, in the plan's terms: secret references resolved from
+/// `secret` (the tenant's Secret as the server holds it), the data mount as
+/// `source:target`, the Service's ports as `:port`, `network` when the fleet's
+/// NetworkPolicy exists in the namespace.
+pub fn runtime(
+    set: &StatefulSet,
+    secret: Option<&Secret>,
+    service_ports: Vec<String>,
+    network: String,
+) -> Runtime {
+    let spec = set.spec.as_ref();
+    let pod = spec.and_then(|s| s.template.spec.as_ref());
+    let container = pod.and_then(|p| p.containers.iter().find(|c| c.name == CONTAINER));
+    let secret_data = secret.and_then(|s| s.data.as_ref());
+    let secret_name = secret.and_then(|s| s.metadata.name.as_deref());
+    let env = container
+        .and_then(|c| c.env.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let value = match (&e.value, &e.value_from) {
+                (_, Some(from)) => match &from.secret_key_ref {
+                    Some(r) if Some(r.name.as_str()) == secret_name => secret_data
+                        .and_then(|d| d.get(&r.key))
+                        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                        .unwrap_or_default(),
+                    // Another source than the tenant's Secret: never what the
+                    // spec wants.
+                    _ => "(from another source)".to_string(),
+                },
+                (Some(v), None) => v.clone(),
+                (None, None) => String::new(),
+            };
+            (e.name.clone(), value)
+        })
+        .collect();
+    let volumes = pod.and_then(|p| p.volumes.as_ref());
+    let mounts = container
+        .and_then(|c| c.volume_mounts.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            let source = volumes
+                .and_then(|v| v.iter().find(|v| v.name == m.name))
+                .map(|v| match &v.host_path {
+                    Some(h) => h.path.clone(),
+                    None => format!("volume {}", v.name),
+                })
+                .unwrap_or_default();
+            format!("{source}:{}", m.mount_path)
+        })
+        .collect();
+    let limits = container
+        .and_then(|c| c.resources.as_ref())
+        .and_then(|r| r.limits.as_ref());
+    let quantity = |name: &str| limits.and_then(|l| l.get(name)).map(|q| q.0.as_str());
+    let resources = Resources {
+        memory_bytes: quantity("memory").and_then(bytes_of).unwrap_or(0),
+        nano_cpus: quantity("cpu").and_then(nano_cpus_of).unwrap_or(0),
+        pids_limit: 0,
+    };
+    let sc = container.and_then(|c| c.security_context.as_ref());
+    let mut other_security = Vec::new();
+    match sc
+        .and_then(|s| s.seccomp_profile.as_ref())
+        .map(|p| p.type_.as_str())
+    {
+        Some("RuntimeDefault") => {}
+        Some(other) => other_security.push(format!("seccomp={}", other.to_lowercase())),
+        None => other_security.push("seccomp=unset".into()),
+    }
+    if sc.and_then(|s| s.privileged) == Some(true) {
+        other_security.push("privileged".into());
+    }
+    let restart = match pod.and_then(|p| p.restart_policy.as_deref()) {
+        Some("Always") | None => Restart::UnlessStopped,
+        Some("OnFailure") => Restart::OnFailure,
+        Some("Never") => Restart::Never,
+        Some(other) => Restart::Other(other.to_string()),
+    };
+    let labels = set
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with("mai-fleet."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Runtime {
+        image: container.and_then(|c| c.image.clone()).unwrap_or_default(),
+        env,
+        mounts,
+        resources,
+        ports: service_ports,
+        confinement: Confinement {
+            cap_drop: sc
+                .and_then(|s| s.capabilities.as_ref())
+                .and_then(|c| c.drop.clone())
+                .unwrap_or_default(),
+            no_new_privileges: sc.and_then(|s| s.allow_privilege_escalation) == Some(false),
+            other_security,
+            restart,
+        },
+        network,
+        labels,
+    }
+}
+
+/// A memory quantity in bytes (`2147483648`, `2Gi`, `512M`, `1e9`).
+pub fn bytes_of(q: &str) -> Option<i64> {
+    const SUFFIXES: [(&str, i64); 12] = [
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("Pi", 1 << 50),
+        ("Ei", 1 << 60),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+        ("P", 1_000_000_000_000_000),
+        ("E", 1_000_000_000_000_000_000),
+    ];
+    for (suffix, factor) in SUFFIXES {
+        if let Some(n) = q.strip_suffix(suffix) {
+            return n.parse::<i64>().ok()?.checked_mul(factor);
+        }
+    }
+    if let Some((m, e)) = q.split_once(['e', 'E']) {
+        return m
+            .parse::<i64>()
+            .ok()?
+            .checked_mul(10i64.checked_pow(e.parse().ok()?)?);
+    }
+    q.parse().ok()
+}
+
+/// A CPU quantity in billionths (`1`, `500m`, `0.5`).
+pub fn nano_cpus_of(q: &str) -> Option<i64> {
+    if let Some(m) = q.strip_suffix('m') {
+        return m.parse::<i64>().ok()?.checked_mul(1_000_000);
+    }
+    let d: rust_decimal::Decimal = q.parse().ok()?;
+    (d * rust_decimal::Decimal::from(1_000_000_000u64))
+        .trunc()
+        .try_into()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::changes;
+
+    fn workload() -> Workload {
+        let spec = crate::spec::load_str(
+            std::path::Path::new("t.yaml"),
+            "version: 1\nfleet: f\nhosts:\n  - name: k1\n    kubernetes: { node: n1 }\n    data_root: /srv/mai\ntenants:\n  - id: acme\n    name: Acme\n    org_id: acme_1\n    host: k1\n    image: mai/app:1\n    openrouter: { api_key: \"${env:K}\" }\n    port: 3001\n",
+            &std::collections::HashMap::from([(
+                "K".to_string(),
+                format!("sk-or-v1-{}", "a".repeat(64)),
+            )]),
+        )
+        .expect("valid");
+        Workload::new("f", &spec.hosts[0], &spec.tenants[0])
+    }
+
+    #[test]
+    fn a_rendered_tenant_reads_back_as_itself_and_keeps_its_key_out_of_the_pod() {
+        let w = workload();
+        let set = stateful_set(&w, "mai-f", "n1", 1);
+        let secret = secret(&w, "mai-f");
+        let rt = runtime(&set, Some(&secret), vec![":3001".into()], w.network.clone());
+        assert_eq!(changes(&w, &rt), vec![], "{rt:?}");
+        let text = serde_json::to_string(&set).expect("json");
+        assert!(!text.contains("sk-or-v1"), "the key is in the StatefulSet");
+        assert!(text.contains("secretKeyRef"));
+        assert_eq!(w.resources.pids_limit, 0);
+    }
+
+    #[test]
+    fn a_variable_removed_by_hand_and_seccomp_off_are_drift() {
+        let w = workload();
+        let mut set = stateful_set(&w, "mai-f", "n1", 1);
+        let pod = set
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+            .expect("pod");
+        let c = &mut pod.containers[0];
+        c.env
+            .as_mut()
+            .expect("env")
+            .retain(|e| e.name != "OPENROUTER_EXTERNAL_USER");
+        c.security_context.as_mut().expect("sc").seccomp_profile = None;
+        let rt = runtime(
+            &set,
+            Some(&secret(&w, "mai-f")),
+            vec![":3001".into()],
+            w.network.clone(),
+        );
+        let words: Vec<String> = changes(&w, &rt).iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            words,
+            vec![
+                "env OPENROUTER_EXTERNAL_USER added (acme_1)".to_string(),
+                "security_opt no-new-privileges,seccomp=unset -> no-new-privileges".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn quantities_are_read_as_the_server_writes_them() {
+        assert_eq!(bytes_of("2Gi"), Some(2 << 30));
+        assert_eq!(bytes_of("2147483648"), Some(2 << 30));
+        assert_eq!(bytes_of("1e3"), Some(1000));
+        assert_eq!(nano_cpus_of("1"), Some(1_000_000_000));
+        assert_eq!(nano_cpus_of("500m"), Some(500_000_000));
+        assert_eq!(nano_cpus_of("0.25"), Some(250_000_000));
+    }
+}

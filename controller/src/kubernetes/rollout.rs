@@ -1,0 +1,601 @@
+//! A Kubernetes host's actions: a tenant's objects applied and its pod verified (Ready,
+//! and `GET /health/usage-tracking` initialized through the API's pod proxy); a
+//! failed update rolled back to the previous template and Secret, the pod stuck on
+//! the bad template replaced (a StatefulSet does not replace a pod that never
+//! became Ready by itself).
+
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::DeleteParams;
+
+use super::objects::{self, REVISION_LABEL};
+use super::{Cluster, KubeError};
+use crate::execution::{
+    read_health, schedule, Done, ExecuteOptions, Health, Launcher, Outcome, Progress, Status,
+    Unverified, VerifyOptions, HEALTH_PATH,
+};
+use crate::plan::{Action, Observed, Workload, APP_PORT};
+
+/// Waiting reasons of a container that will not get better by waiting.
+const HOPELESS: [&str; 6] = [
+    "CrashLoopBackOff",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "InvalidImageName",
+];
+
+pub async fn execute(
+    cluster: &Cluster,
+    actions: Vec<Action>,
+    opts: &ExecuteOptions,
+    failures: &AtomicUsize,
+    progress: &Progress,
+) -> Vec<Outcome> {
+    let fleet = actions.iter().find_map(|a| match a {
+        Action::Create { desired, .. } | Action::Update { desired, .. } => {
+            desired.labels.get(crate::plan::LABEL_FLEET).cloned()
+        }
+        _ => None,
+    });
+    // The namespace and the fleet's NetworkPolicy, once per host, before any tenant.
+    let ready = match fleet {
+        Some(fleet) => prepare(cluster, &fleet).await.map_err(|e| e.to_string()),
+        None => Ok(()),
+    };
+    let launcher = KubeLauncher {
+        cluster,
+        opts,
+        ready,
+    };
+    schedule(
+        &cluster.host.name,
+        actions,
+        opts,
+        failures,
+        progress,
+        &launcher,
+    )
+    .await
+}
+
+async fn prepare(cluster: &Cluster, fleet: &str) -> Result<(), KubeError> {
+    cluster.ensure_namespace(fleet).await?;
+    let network = crate::plan::network_name(fleet);
+    let policy = objects::network_policy(fleet, &network, cluster.namespace());
+    cluster.apply::<NetworkPolicy>(&network, &policy).await?;
+    Ok(())
+}
+
+struct KubeLauncher<'a> {
+    cluster: &'a Cluster,
+    opts: &'a ExecuteOptions,
+    ready: Result<(), String>,
+}
+
+impl Launcher for KubeLauncher<'_> {
+    fn run<'a>(&'a self, action: Action, say: &'a (dyn Fn(&str) + Sync)) -> BoxFuture<'a, Done> {
+        Box::pin(async move {
+            if let (Err(e), true) = (&self.ready, action.is_change()) {
+                return (Status::Failed, e.clone(), None);
+            }
+            run_action(self.cluster, action, self.opts, say).await
+        })
+    }
+}
+
+async fn run_action(
+    cluster: &Cluster,
+    action: Action,
+    opts: &ExecuteOptions,
+    say: &(dyn Fn(&str) + Sync),
+) -> Done {
+    match action {
+        Action::Unchanged { current, .. } => (
+            Status::Ok,
+            "running, spec unchanged".into(),
+            Some(current.name),
+        ),
+        Action::Orphan { container, .. } => (
+            Status::Ok,
+            format!(
+                "{} is not in the spec; kept (use --prune to remove it)",
+                container.name
+            ),
+            Some(container.name),
+        ),
+        Action::Blocked { reason, .. } => (Status::Failed, reason, None),
+        Action::RemoveLeftover { container, .. } => match remove(cluster, &container.name).await {
+            Ok(()) => (
+                Status::Ok,
+                format!("removed leftover {}", container.name),
+                None,
+            ),
+            Err(e) => (Status::Failed, e.to_string(), None),
+        },
+        Action::Remove { container, tenant } => match remove(cluster, &container.name).await {
+            Ok(()) => {
+                let dir = format!("{}/{tenant}", cluster.host.data_root);
+                let data = if opts.purge_data {
+                    format!(
+                        "; data NOT purged: {dir} is on node {} (purging a node's data is not built for Kubernetes hosts yet; remove it there)",
+                        cluster.node.node
+                    )
+                } else {
+                    format!("; data kept in {dir} on node {}", cluster.node.node)
+                };
+                (
+                    Status::Ok,
+                    format!("removed {}{data}", container.name),
+                    None,
+                )
+            }
+            Err(e) => (Status::Failed, e.to_string(), None),
+        },
+        Action::Start { current, .. } => start(cluster, &current, opts, say).await,
+        Action::Create { desired, .. } => create(cluster, &desired, opts, say).await,
+        Action::Update {
+            desired, previous, ..
+        } => update(cluster, &desired, &previous, opts, say).await,
+    }
+}
+
+/// The tenant's objects as `w` wants them, with `replicas` pods.
+async fn apply_tenant(cluster: &Cluster, w: &Workload, replicas: i32) -> Result<(), KubeError> {
+    let ns = cluster.namespace();
+    cluster.apply(&w.name, &objects::secret(w, ns)).await?;
+    cluster.apply(&w.name, &objects::service(w, ns)).await?;
+    let set = objects::stateful_set(w, ns, &cluster.node.node, replicas);
+    cluster.apply(&w.name, &set).await?;
+    Ok(())
+}
+
+async fn create(
+    cluster: &Cluster,
+    d: &Workload,
+    opts: &ExecuteOptions,
+    say: &(dyn Fn(&str) + Sync),
+) -> Done {
+    say("applying");
+    if let Err(e) = apply_tenant(cluster, d, 1).await {
+        let _ = remove(cluster, &d.name).await;
+        return (Status::Failed, format!("{e}; objects removed"), None);
+    }
+    say("verifying");
+    match verify(cluster, &d.name, &opts.verify, Some(d)).await {
+        Ok(v) => (Status::Ok, v, Some(d.name.clone())),
+        Err(e) => {
+            let _ = remove(cluster, &d.name).await;
+            (
+                Status::Failed,
+                format!("{e}; new objects removed, nothing to roll back to"),
+                None,
+            )
+        }
+    }
+}
+
+/// Applies `d` over `previous`, keeping what it ran (template and Secret) until the
+/// new pod is verified, and putting it back when it is not.
+async fn update(
+    cluster: &Cluster,
+    d: &Workload,
+    previous: &Observed,
+    opts: &ExecuteOptions,
+    say: &(dyn Fn(&str) + Sync),
+) -> Done {
+    let kept = async {
+        let set = cluster
+            .call(
+                "read the StatefulSet",
+                cluster.api::<StatefulSet>().get(&previous.name),
+            )
+            .await?;
+        let secret = cluster
+            .call(
+                "read the Secret",
+                cluster.api::<Secret>().get_opt(&previous.name),
+            )
+            .await?;
+        Ok::<_, KubeError>((set, secret))
+    }
+    .await;
+    let (old_set, old_secret) = match kept {
+        Ok(k) => k,
+        Err(e) => return (Status::Failed, format!("{e}; nothing changed"), None),
+    };
+    say("applying");
+    let failure = match apply_tenant(cluster, d, 1).await {
+        Ok(()) => {
+            say("verifying");
+            match verify(cluster, &d.name, &opts.verify, Some(d)).await {
+                Ok(v) => return (Status::Ok, v, Some(d.name.clone())),
+                Err(e) => e.0,
+            }
+        }
+        Err(e) => e.to_string(),
+    };
+    say(&format!("verification failed, rolling back: {failure}"));
+    match roll_back(cluster, &old_set, old_secret.as_ref(), opts).await {
+        Ok(how) => (
+            Status::RolledBack,
+            format!("{failure}; rolled back to the previous template ({how})"),
+            Some(previous.name.clone()),
+        ),
+        Err(e) => (
+            Status::Failed,
+            format!("{failure}; ROLLBACK FAILED: {e}"),
+            None,
+        ),
+    }
+}
+
+/// Puts back the Secret and the pod template `old` had, replaces the pod stuck on the
+/// new template, and verifies the previous one serves again.
+async fn roll_back(
+    cluster: &Cluster,
+    old: &StatefulSet,
+    old_secret: Option<&Secret>,
+    opts: &ExecuteOptions,
+) -> Result<String, String> {
+    let name = old.metadata.name.clone().unwrap_or_default();
+    if let Some(s) = old_secret {
+        let restored = Secret {
+            metadata: ObjectMeta {
+                name: s.metadata.name.clone(),
+                namespace: s.metadata.namespace.clone(),
+                labels: s.metadata.labels.clone(),
+                ..ObjectMeta::default()
+            },
+            data: s.data.clone(),
+            type_: s.type_.clone(),
+            ..Secret::default()
+        };
+        cluster
+            .apply(&name, &restored)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let spec = old.spec.clone().unwrap_or_default();
+    let restored = StatefulSet {
+        metadata: ObjectMeta {
+            name: old.metadata.name.clone(),
+            namespace: old.metadata.namespace.clone(),
+            labels: old.metadata.labels.clone(),
+            ..ObjectMeta::default()
+        },
+        spec: Some(StatefulSetSpec {
+            replicas: spec.replicas,
+            selector: spec.selector,
+            service_name: spec.service_name,
+            template: spec.template,
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    };
+    cluster
+        .apply(&name, &restored)
+        .await
+        .map_err(|e| e.to_string())?;
+    delete_pod(cluster, &name)
+        .await
+        .map_err(|e| e.to_string())?;
+    verify(cluster, &name, &opts.verify, None)
+        .await
+        .map_err(|e| format!("the previous template does not serve either: {e}"))
+}
+
+async fn start(
+    cluster: &Cluster,
+    current: &Observed,
+    opts: &ExecuteOptions,
+    say: &(dyn Fn(&str) + Sync),
+) -> Done {
+    say("starting");
+    if let Err(e) = scale(cluster, &current.name, 1).await {
+        return (Status::Failed, format!("start failed: {e}"), None);
+    }
+    match verify(cluster, &current.name, &opts.verify, None).await {
+        Ok(v) => (Status::Ok, v, Some(current.name.clone())),
+        Err(e) => (Status::Failed, e.to_string(), Some(current.name.clone())),
+    }
+}
+
+/// Sets a StatefulSet's replicas (a merge patch: the template is left as it is).
+pub async fn scale(cluster: &Cluster, name: &str, replicas: i32) -> Result<(), KubeError> {
+    let patch = serde_json::json!({ "spec": { "replicas": replicas } });
+    let params = kube::api::PatchParams::default();
+    cluster
+        .call(
+            "scale the StatefulSet",
+            cluster
+                .api::<StatefulSet>()
+                .patch(name, &params, &kube::api::Patch::Merge(&patch)),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// Deletes a tenant's objects (its data stays on the node).
+async fn remove(cluster: &Cluster, name: &str) -> Result<(), KubeError> {
+    let dp = DeleteParams::default();
+    let gone = |r: Result<(), KubeError>| match r {
+        Err(KubeError::Api {
+            source: kube::Error::Api(s),
+            ..
+        }) if s.code == 404 => Ok(()),
+        other => other,
+    };
+    gone(
+        cluster
+            .call(
+                "delete the StatefulSet",
+                cluster.api::<StatefulSet>().delete(name, &dp),
+            )
+            .await
+            .map(|_| ()),
+    )?;
+    gone(
+        cluster
+            .call(
+                "delete the Service",
+                cluster.api::<Service>().delete(name, &dp),
+            )
+            .await
+            .map(|_| ()),
+    )?;
+    gone(
+        cluster
+            .call(
+                "delete the Secret",
+                cluster.api::<Secret>().delete(name, &dp),
+            )
+            .await
+            .map(|_| ()),
+    )
+}
+
+/// The StatefulSet's one pod.
+pub fn pod_name(set: &str) -> String {
+    format!("{set}-0")
+}
+
+pub async fn delete_pod(cluster: &Cluster, set: &str) -> Result<(), KubeError> {
+    let r = cluster
+        .call(
+            "delete the pod",
+            cluster
+                .api::<Pod>()
+                .delete(&pod_name(set), &DeleteParams::default()),
+        )
+        .await;
+    match r {
+        Err(KubeError::Api {
+            source: kube::Error::Api(s),
+            ..
+        }) if s.code == 404 => Ok(()),
+        other => other.map(|_| ()),
+    }
+}
+
+/// The pod of the StatefulSet's current template is Ready, has not restarted for
+/// `settle`, and its tenant says tracking is initialized (asked through the API's pod
+/// proxy). `Ok` says how; `Err` why not, with the pod's last log lines (masked).
+pub async fn verify(
+    cluster: &Cluster,
+    set: &str,
+    opts: &VerifyOptions,
+    desired: Option<&Workload>,
+) -> Result<String, Unverified> {
+    let started = Instant::now();
+    let pod = pod_name(set);
+    let mut baseline: Option<(String, i32)> = None;
+    let mut ready_since: Option<Instant> = None;
+    let mut last_problem = String::from("no pod yet");
+    let poll = opts.poll.max(Duration::from_millis(250));
+    loop {
+        match pod_state(cluster, set, &pod).await {
+            Ok(PodState::Current {
+                uid,
+                restarts,
+                ready,
+                waiting,
+            }) => {
+                let base = baseline.get_or_insert((uid.clone(), restarts));
+                if base.0 != uid {
+                    // Another pod of the same template (deleted and made anew).
+                    *base = (uid, restarts);
+                    ready_since = None;
+                } else if restarts > base.1 {
+                    let logs = last_logs(cluster, set, desired).await;
+                    return Err(format!("restarting (restart count {restarts}){logs}").into());
+                }
+                if let Some((reason, message)) = waiting {
+                    if HOPELESS.contains(&reason.as_str()) {
+                        let logs = last_logs(cluster, set, desired).await;
+                        let message = crate::quote::Masker::new(desired).line(&message, 200);
+                        return Err(format!("{reason}: {message}{logs}").into());
+                    }
+                    last_problem = format!("waiting: {reason}");
+                }
+                if ready {
+                    let since = *ready_since.get_or_insert_with(Instant::now);
+                    let settled = since.elapsed() >= opts.settle;
+                    match probe(cluster, &pod).await {
+                        Ok(Health::Active) if settled => {
+                            return Ok(format!(
+                                "verified in {:.1}s: pod ready, usage tracking initialized",
+                                started.elapsed().as_secs_f64()
+                            ))
+                        }
+                        Ok(Health::NoEndpoint) if settled => {
+                            return Ok(format!(
+                                "verified in {:.1}s: pod ready (image serves no {HEALTH_PATH})",
+                                started.elapsed().as_secs_f64()
+                            ))
+                        }
+                        Ok(Health::Inactive(status)) if settled => {
+                            let logs = last_logs(cluster, set, desired).await;
+                            let status = crate::quote::Masker::new(desired).line(&status, 100);
+                            return Err(format!(
+                                "{HEALTH_PATH} says usage tracking is not initialized (status: {status}){logs}"
+                            )
+                            .into());
+                        }
+                        Ok(_) => {}
+                        Err(e) => last_problem = e,
+                    }
+                } else {
+                    ready_since = None;
+                }
+            }
+            Ok(PodState::Waiting(why)) => last_problem = why,
+            Err(e) => last_problem = e.to_string(),
+        }
+        if started.elapsed() >= opts.timeout {
+            let logs = last_logs(cluster, set, desired).await;
+            return Err(format!(
+                "not verified within {}s: {last_problem}{logs}",
+                opts.timeout.as_secs()
+            )
+            .into());
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+enum PodState {
+    /// The pod runs the StatefulSet's current template.
+    Current {
+        uid: String,
+        restarts: i32,
+        ready: bool,
+        /// The container's waiting reason and message.
+        waiting: Option<(String, String)>,
+    },
+    /// No pod of the current template yet, and why.
+    Waiting(String),
+}
+
+async fn pod_state(cluster: &Cluster, set: &str, pod: &str) -> Result<PodState, KubeError> {
+    let s = cluster
+        .call(
+            "read the StatefulSet",
+            cluster.api::<StatefulSet>().get(set),
+        )
+        .await?;
+    let status = s.status.unwrap_or_default();
+    if status.observed_generation < s.metadata.generation {
+        return Ok(PodState::Waiting(
+            "the StatefulSet has not seen its change yet".into(),
+        ));
+    }
+    let revision = status.update_revision.unwrap_or_default();
+    let Some(p) = cluster
+        .call("read the pod", cluster.api::<Pod>().get_opt(pod))
+        .await?
+    else {
+        return Ok(PodState::Waiting("no pod yet".into()));
+    };
+    let pod_revision = p
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(REVISION_LABEL))
+        .cloned()
+        .unwrap_or_default();
+    if pod_revision != revision || p.metadata.deletion_timestamp.is_some() {
+        // The pod of the old template: replaced by the StatefulSet unless it never
+        // became Ready, which a StatefulSet waits on forever.
+        let ready = pod_ready(&p);
+        if !ready {
+            let _ = delete_pod(cluster, set).await;
+        }
+        return Ok(PodState::Waiting(
+            "the pod of the previous template is being replaced".into(),
+        ));
+    }
+    let container = p
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.iter().find(|c| c.name == objects::CONTAINER));
+    let waiting = container
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.waiting.as_ref())
+        .map(|w| {
+            (
+                w.reason.clone().unwrap_or_default(),
+                w.message.clone().unwrap_or_default(),
+            )
+        });
+    Ok(PodState::Current {
+        uid: p.metadata.uid.clone().unwrap_or_default(),
+        restarts: container.map_or(0, |c| c.restart_count),
+        ready: pod_ready(&p),
+        waiting,
+    })
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The tenant's health answer through the API's pod proxy: no path to the pod's
+/// network is assumed.
+async fn probe(cluster: &Cluster, pod: &str) -> Result<Health, String> {
+    let path = format!(
+        "/api/v1/namespaces/{}/pods/{pod}:{APP_PORT}/proxy{HEALTH_PATH}",
+        cluster.namespace()
+    );
+    let request = hyper::Request::get(&path)
+        .body(kube::client::Body::empty())
+        .map_err(|e| e.to_string())?;
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        let response = cluster.client.send(request).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect_bytes().await?;
+        Ok::<_, kube::Error>((status, body))
+    })
+    .await
+    .map_err(|_| format!("{HEALTH_PATH} did not answer within 5s"))?
+    .map_err(|e| format!("{HEALTH_PATH} through the pod proxy: {e}"))?;
+    let (status, body) = answer;
+    // At most 64 KiB of a tenant's answer is read as text.
+    let body = String::from_utf8_lossy(&body[..body.len().min(64 << 10)]).into_owned();
+    read_health(status, &body).map_err(|e| e.to_string())
+}
+
+/// The pod's last log lines, quoted (every secret of the tenant masked, control
+/// characters gone, each line bounded), as a suffix for a failure's detail.
+pub async fn last_logs(cluster: &Cluster, set: &str, desired: Option<&Workload>) -> String {
+    let params = kube::api::LogParams {
+        container: Some(objects::CONTAINER.into()),
+        tail_lines: Some(8),
+        limit_bytes: Some(128 << 10),
+        ..kube::api::LogParams::default()
+    };
+    let text = cluster
+        .call(
+            "read the pod's log",
+            cluster.api::<Pod>().logs(&pod_name(set), &params),
+        )
+        .await
+        .unwrap_or_default();
+    let lines = crate::quote::Masker::new(desired).last_lines(&text, 8);
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("; last log lines: {}", lines.join(" | "))
+    }
+}

@@ -1,0 +1,468 @@
+//! Kubernetes hosts (issue 21) on a real cluster: `MAI_FLEET_E2E_KUBECONFIG` and
+//! `MAI_FLEET_E2E_K8S_NODE` name it (scripts/test.sh starts `tests/k8s/cluster.sh`'s
+//! Kubernetes 1.20.2; any cluster whose node runs this machine's images will do),
+//! beside this machine's Docker engine and PostgreSQL.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mai_fleet_e2e::{key, require_services, Fleet, RunResult};
+
+const DEV: &str = "mai-fleet/tenant:dev";
+const UNINIT: &str = "mai-fleet/tenant:uninit";
+
+/// The cluster under test, or `None` (skipped; in CI a missing cluster fails).
+fn cluster() -> Option<(PathBuf, String)> {
+    if !require_services() {
+        return None;
+    }
+    match (
+        std::env::var("MAI_FLEET_E2E_KUBECONFIG"),
+        std::env::var("MAI_FLEET_E2E_K8S_NODE"),
+    ) {
+        (Ok(k), Ok(n)) => Some((PathBuf::from(k), n)),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI: MAI_FLEET_E2E_KUBECONFIG and MAI_FLEET_E2E_K8S_NODE are unset; run scripts/test.sh")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED: no Kubernetes cluster (MAI_FLEET_E2E_KUBECONFIG); run scripts/test.sh"
+            );
+            None
+        }
+    }
+}
+
+/// `kubectl` against the cluster under test.
+fn kubectl(kubeconfig: &Path, args: &[&str]) -> RunResult {
+    let bin = std::env::var("MAI_FLEET_E2E_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    Command::new(bin)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl")
+        .into()
+}
+
+fn json(kubeconfig: &Path, ns: &str, what: &str) -> Option<serde_json::Value> {
+    let r = kubectl(kubeconfig, &["-n", ns, "get", what, "-o", "json"]);
+    (r.code == 0).then(|| serde_json::from_str(&r.stdout).expect("kubectl json"))
+}
+
+/// The tenant's health answer through the API's pod proxy.
+fn health(kubeconfig: &Path, ns: &str, id: &str) -> Option<serde_json::Value> {
+    let path = format!("/api/v1/namespaces/{ns}/pods/mai-{id}-0:8080/proxy/health/usage-tracking");
+    let r = kubectl(kubeconfig, &["get", "--raw", &path]);
+    (r.code == 0)
+        .then(|| serde_json::from_str(&r.stdout).ok())
+        .flatten()
+}
+
+/// Removes the test's namespace whatever happens.
+struct Namespace(PathBuf, String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = kubectl(&self.0, &["delete", "namespace", &self.1, "--wait=false"]);
+    }
+}
+
+/// A spec with `docker` tenants on this machine's engine and `kube` tenants on the
+/// cluster's node, `kubernetes` overriding the node host's settings.
+fn spec(
+    f: &Fleet,
+    node: &str,
+    kubeconfig: &Path,
+    docker: &[(&str, &str)],
+    kube: &[(&str, &str)],
+) -> String {
+    spec_from(f, node, kubeconfig, docker, kube, 0)
+}
+
+/// [`spec`] with the tenants' ports from `base_port + first_port`.
+fn spec_from(
+    f: &Fleet,
+    node: &str,
+    kubeconfig: &Path,
+    docker: &[(&str, &str)],
+    kube: &[(&str, &str)],
+    first_port: u16,
+) -> String {
+    let mut s = format!(
+        "version: 1\nfleet: {}\ndefaults:\n  timezone: Europe/Warsaw\n  markup_rate: 1.3\n  resources: {{ memory: 128m, cpus: 0.25 }}\nhosts:\n  - name: {0}-a\n    docker: unix:///var/run/docker.sock\n    data_root: {}\n  - name: {0}-k\n    kubernetes: {{ kubeconfig: {}, node: {node} }}\n    data_root: {}\ntenants:\n",
+        f.name,
+        f.data_root("a").display(),
+        kubeconfig.display(),
+        f.data_root("k").display(),
+    );
+    let all = docker
+        .iter()
+        .map(|t| (t, "a"))
+        .chain(kube.iter().map(|t| (t, "k")));
+    for (i, ((id, image), host)) in all.enumerate() {
+        s.push_str(&format!(
+            "  - id: {id}\n    name: Klient {id}\n    org_id: org_{id}\n    host: {}-{host}\n    image: {image}\n    openrouter: {{ api_key: \"${{env:E2E_KEY_{i}}}\" }}\n    port: {}\n",
+            f.name,
+            f.base_port + first_port + i as u16
+        ));
+    }
+    s
+}
+
+fn env_of(set: &serde_json::Value) -> Vec<serde_json::Value> {
+    set["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn env_value(set: &serde_json::Value, name: &str) -> Option<String> {
+    env_of(set)
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str().map(str::to_string))
+}
+
+fn versions(kc: &Path, ns: &str, id: &str) -> Vec<String> {
+    ["statefulset", "secret", "service", "pod"]
+        .iter()
+        .map(|kind| {
+            let name = if *kind == "pod" {
+                format!("mai-{id}-0")
+            } else {
+                format!("mai-{id}")
+            };
+            let v = json(kc, ns, &format!("{kind}/{name}")).unwrap_or_default();
+            format!(
+                "{kind} {} {}",
+                v["metadata"]["uid"].as_str().unwrap_or("-"),
+                v["metadata"]["resourceVersion"].as_str().unwrap_or("-")
+            )
+        })
+        .collect()
+}
+
+/// `controller apply` with the time a pod may take to be verified on a busy node.
+fn apply(f: &Fleet, spec: &Path, extra: &[&str]) -> RunResult {
+    let mut args = vec![
+        "apply",
+        spec.to_str().expect("utf-8 path"),
+        "--settle",
+        "1s",
+        "--verify-timeout",
+        "90s",
+    ];
+    args.extend_from_slice(extra);
+    f.controller(&args)
+}
+
+#[test]
+fn one_spec_on_a_node_and_an_engine_applied_verified_and_its_drift_taken_back() {
+    let Some((kc, node)) = cluster() else { return };
+    let f = Fleet::new("k8s_up");
+    let ns = format!("mai-{}", f.name);
+    let _cleanup = Namespace(kc.clone(), ns.clone());
+    let (d1, d2, k1, k2) = (f.id("d1"), f.id("d2"), f.id("k1"), f.id("k2"));
+    let text = spec(
+        &f,
+        &node,
+        &kc,
+        &[(&d1, DEV), (&d2, DEV)],
+        &[(&k1, DEV), (&k2, DEV)],
+    );
+    let path = f.write_spec(&text);
+
+    let r = apply(&f, &path, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("4 ok, 0 rolled back, 0 failed"),
+        "{}",
+        r.stdout
+    );
+
+    // Each tenant where it belongs, with the tenant contract's env.
+    for id in [&d1, &d2] {
+        assert!(
+            f.inspect(&format!("mai-{id}")).is_some(),
+            "{id} is not a container"
+        );
+        assert!(json(&kc, &ns, &format!("statefulset/mai-{id}")).is_none());
+    }
+    for (i, id) in [(2, &k1), (3, &k2)] {
+        assert!(
+            f.inspect(&format!("mai-{id}")).is_none(),
+            "{id} runs on the engine"
+        );
+        let set = json(&kc, &ns, &format!("statefulset/mai-{id}")).expect("its StatefulSet");
+        assert_eq!(
+            env_value(&set, "OPENROUTER_EXTERNAL_USER").as_deref(),
+            Some(format!("org_{id}").as_str())
+        );
+        assert_eq!(
+            env_value(&set, "ORGANIZATION_NAME").as_deref(),
+            Some(format!("Klient {id}").as_str())
+        );
+        let key_ref = env_of(&set)
+            .into_iter()
+            .find(|e| e["name"] == "OPENROUTER_API_KEY")
+            .expect("OPENROUTER_API_KEY");
+        assert_eq!(
+            key_ref["valueFrom"]["secretKeyRef"]["name"],
+            format!("mai-{id}")
+        );
+        assert!(
+            !set.to_string().contains(&key(i)),
+            "the key is in the StatefulSet"
+        );
+        let secret = json(&kc, &ns, &format!("secret/mai-{id}")).expect("its Secret");
+        let stored = secret["data"]["OPENROUTER_API_KEY"]
+            .as_str()
+            .expect("key in the Secret");
+        let decoded = Command::new("base64")
+            .arg("-d")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(stored.as_bytes())?;
+                c.wait_with_output()
+            })
+            .expect("base64");
+        assert_eq!(String::from_utf8_lossy(&decoded.stdout), key(i));
+        let pod = &set["spec"]["template"]["spec"];
+        assert_eq!(pod["nodeName"], node.as_str());
+        assert_eq!(pod["automountServiceAccountToken"], false);
+        assert_eq!(pod["enableServiceLinks"], false);
+        let sc = &pod["containers"][0]["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+        let limits = &pod["containers"][0]["resources"];
+        assert_eq!(limits["limits"], limits["requests"]);
+        for label in [
+            "mai-fleet.managed",
+            "mai-fleet.tenant",
+            "mai-fleet.host",
+            "mai-fleet.fleet",
+            "mai-fleet.spec-hash",
+            "app.kubernetes.io/managed-by",
+        ] {
+            assert!(
+                set["metadata"]["labels"][label].is_string(),
+                "label {label} missing"
+            );
+        }
+        assert_eq!(health(&kc, &ns, id).expect("health")["initialized"], true);
+    }
+    assert!(json(&kc, &ns, &format!("networkpolicy/mai-fleet-net-{}", f.name)).is_some());
+
+    // A second apply changes nothing on either backend.
+    let before: Vec<_> = [&k1, &k2]
+        .iter()
+        .flat_map(|id| versions(&kc, &ns, id))
+        .collect();
+    let docker_before: Vec<_> = [&d1, &d2]
+        .iter()
+        .map(|id| f.inspect(&format!("mai-{id}")).expect("c")["Id"].clone())
+        .collect();
+    let r = apply(&f, &path, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        !r.stdout.contains("update") && !r.stdout.contains("create"),
+        "{}",
+        r.stdout
+    );
+    let after: Vec<_> = [&k1, &k2]
+        .iter()
+        .flat_map(|id| versions(&kc, &ns, id))
+        .collect();
+    assert_eq!(before, after, "an object or pod moved on a no-op apply");
+    let docker_after: Vec<_> = [&d1, &d2]
+        .iter()
+        .map(|id| f.inspect(&format!("mai-{id}")).expect("c")["Id"].clone())
+        .collect();
+    assert_eq!(docker_before, docker_after);
+
+    // The seeds' incident, the Kubernetes way: a variable removed by another manager.
+    let r = kubectl(
+        &kc,
+        &[
+            "-n",
+            &ns,
+            "set",
+            "env",
+            &format!("statefulset/mai-{k1}"),
+            "OPENROUTER_EXTERNAL_USER-",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    let set = json(&kc, &ns, &format!("statefulset/mai-{k1}")).expect("set");
+    assert_eq!(env_value(&set, "OPENROUTER_EXTERNAL_USER"), None);
+    let plan = f.controller(&["plan", path.to_str().expect("path")]);
+    assert_eq!(plan.code, 2, "{}", plan.all());
+    assert!(
+        plan.stdout.contains("OPENROUTER_EXTERNAL_USER"),
+        "{}",
+        plan.stdout
+    );
+    assert!(!plan.all().contains(&key(2)), "the plan shows a key");
+    let r = apply(&f, &path, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let set = json(&kc, &ns, &format!("statefulset/mai-{k1}")).expect("set");
+    assert_eq!(
+        env_value(&set, "OPENROUTER_EXTERNAL_USER").as_deref(),
+        Some(format!("org_{k1}").as_str())
+    );
+    assert_eq!(health(&kc, &ns, &k1).expect("health")["initialized"], true);
+    assert_eq!(
+        f.controller(&["plan", path.to_str().expect("path")]).code,
+        0
+    );
+
+    // Another fleet's tenant in the same namespace is never changed or removed.
+    let foreign = format!(
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: mai-other-x\n  namespace: {ns}\n  labels: {{ mai-fleet.managed: \"true\", mai-fleet.fleet: other, mai-fleet.tenant: other-x, mai-fleet.host: other-k }}\nspec:\n  replicas: 0\n  serviceName: mai-other-x\n  selector: {{ matchLabels: {{ x: other }} }}\n  template:\n    metadata: {{ labels: {{ x: other }} }}\n    spec: {{ containers: [{{ name: app, image: {DEV} }}] }}\n"
+    );
+    let foreign_path = f.dir.join("foreign.yaml");
+    std::fs::write(&foreign_path, foreign).expect("write");
+    let r = kubectl(&kc, &["apply", "-f", foreign_path.to_str().expect("path")]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let foreign_before = versions(&kc, &ns, "other-x")[0].clone();
+
+    // --prune removes a tenant's objects and keeps its data.
+    let text = spec(&f, &node, &kc, &[(&d1, DEV), (&d2, DEV)], &[(&k1, DEV)]);
+    let path = f.write_spec(&text);
+    let r = apply(&f, &path, &["--prune"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    for kind in ["statefulset", "secret", "service"] {
+        assert!(
+            json(&kc, &ns, &format!("{kind}/mai-{k2}")).is_none(),
+            "{kind} of {k2} left"
+        );
+    }
+    assert!(
+        f.data_root("k").join(&k2).join("data").is_dir(),
+        "the pruned tenant's data is gone"
+    );
+    assert_eq!(
+        versions(&kc, &ns, "other-x")[0],
+        foreign_before,
+        "another fleet's object changed"
+    );
+    assert!(json(&kc, &ns, &format!("statefulset/mai-{k1}")).is_some());
+}
+
+#[test]
+fn a_release_that_never_initializes_is_rolled_back_and_the_previous_pod_serves() {
+    let Some((kc, node)) = cluster() else { return };
+    let f = Fleet::new("k8s_rollback");
+    let ns = format!("mai-{}", f.name);
+    let _cleanup = Namespace(kc.clone(), ns.clone());
+    let k = f.id("k");
+    let path = f.write_spec(&spec(&f, &node, &kc, &[], &[(&k, DEV)]));
+    let r = apply(&f, &path, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let path = f.write_spec(&spec(&f, &node, &kc, &[], &[(&k, UNINIT)]));
+    let r = apply(&f, &path, &[]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(
+        r.stdout.contains("usage tracking is not initialized"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("rolled back to the previous template"),
+        "{}",
+        r.stdout
+    );
+    let set = json(&kc, &ns, &format!("statefulset/mai-{k}")).expect("set");
+    assert_eq!(
+        set["spec"]["template"]["spec"]["containers"][0]["image"],
+        DEV
+    );
+    let pod = json(&kc, &ns, &format!("pod/mai-{k}-0")).expect("pod");
+    assert_eq!(pod["spec"]["containers"][0]["image"], DEV);
+    assert_eq!(health(&kc, &ns, &k).expect("health")["initialized"], true);
+}
+
+/// An API server that accepts connections and never answers.
+fn silent_server() -> (std::net::TcpListener, u16) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    (l, port)
+}
+
+#[test]
+fn a_cluster_that_cannot_be_reached_is_reported_unreachable_and_the_engine_applied() {
+    let Some((kc, node)) = cluster() else { return };
+    let f = Fleet::new("k8s_down");
+    let text = std::fs::read_to_string(&kc).expect("kubeconfig");
+    let server = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("a server line")
+        .to_string();
+    // Down (nothing listens), silent (accepts, never answers), wrong credentials.
+    let (_listener, silent) = silent_server();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let wrong_token = {
+        let mut t = String::new();
+        for l in text.lines() {
+            if let Some(rest) = l.trim().strip_prefix("token: ") {
+                t.push_str(&l.replace(rest, "not-a-token"));
+            } else {
+                t.push_str(l);
+            }
+            t.push('\n');
+        }
+        t
+    };
+    let cases = [
+        (
+            "down",
+            text.replace(&server, &format!("https://127.0.0.1:{closed}")),
+        ),
+        (
+            "silent",
+            text.replace(&server, &format!("https://127.0.0.1:{silent}")),
+        ),
+        ("credentials", wrong_token),
+    ];
+    for (n, (case, config)) in cases.into_iter().enumerate() {
+        let bad = f.dir.join(format!("kubeconfig-{case}"));
+        std::fs::write(&bad, config).expect("write");
+        let (d, k) = (f.id(&format!("d{case}")), f.id(&format!("k{case}")));
+        let path = f.write_spec(&spec_from(
+            &f,
+            &node,
+            &bad,
+            &[(&d, DEV)],
+            &[(&k, DEV)],
+            2 * n as u16,
+        ));
+        let started = Instant::now();
+        let r = apply(&f, &path, &[]);
+        let took = started.elapsed();
+        eprintln!("{case}: exit {} in {:.1}s", r.code, took.as_secs_f64());
+        assert_eq!(r.code, 3, "{case}: {}", r.all());
+        assert!(took < Duration::from_secs(30), "{case}: took {took:?}");
+        assert!(r.stdout.contains("unreachable"), "{case}: {}", r.stdout);
+        assert!(
+            f.inspect(&format!("mai-{d}")).is_some(),
+            "{case}: the Docker host was not applied"
+        );
+        assert!(
+            !r.all().contains("not-a-token"),
+            "{case}: the token is printed"
+        );
+    }
+}
