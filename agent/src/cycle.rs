@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use bollard::Docker;
 
 use crate::discover::{self, TenantContainer};
 use crate::health::{self, Health, StoreState};
@@ -99,14 +98,14 @@ fn fingerprint(db: &Path) -> Option<Fingerprint> {
 }
 
 pub async fn run(
-    docker: &Docker,
+    source: &discover::Source,
     sink: &Sink,
     host: &str,
     memory: &mut Memory,
     spool: &mut Option<Spool>,
 ) -> anyhow::Result<CycleReport> {
     let started = Instant::now();
-    let containers = discover::tenant_containers(docker, host).await?;
+    let containers = source.tenants(host).await?;
     // A label is anybody's who can start a container here: one that names no valid
     // tenant id never becomes a path (spool file, data directory) or a row.
     let (containers, refused): (Vec<_>, Vec<_>) = containers

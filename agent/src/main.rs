@@ -3,7 +3,7 @@
 //!
 //! Exit codes: 0 stopped on SIGTERM/SIGINT (or `--once` succeeded), 1 error.
 
-use mai_fleet_agent::{cycle, sink, spool};
+use mai_fleet_agent::{cycle, discover, sink, spool};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -43,6 +43,10 @@ struct Args {
         default_value = "unix:///var/run/docker.sock"
     )]
     docker: String,
+    /// On a Kubernetes node: the fleet's namespace, whose pods labelled with this host
+    /// are its tenants (listed with the pod's service account; no Docker engine)
+    #[arg(long, env = "MAI_FLEET_KUBERNETES_NAMESPACE")]
+    kubernetes_namespace: Option<String>,
     /// Time between cycles: 60s, 5s, 500ms
     #[arg(long, default_value = "60s", value_parser = mai_fleet_core::duration::parse)]
     interval: Duration,
@@ -115,7 +119,18 @@ fn main() -> ExitCode {
     code
 }
 
-async fn run(args: Args) -> anyhow::Result<ExitCode> {
+/// The host's tenants: the pods of a Kubernetes namespace, else the Docker engine's
+/// containers.
+async fn source(args: &Args) -> anyhow::Result<discover::Source> {
+    if let Some(namespace) = &args.kubernetes_namespace {
+        let config = kube::Config::incluster()
+            .context("the Kubernetes API as a pod sees it (its service account)")?;
+        let client = kube::Client::try_from(config).context("a Kubernetes client")?;
+        return Ok(discover::Source::Kubernetes {
+            client,
+            namespace: namespace.clone(),
+        });
+    }
     let path = args
         .docker
         .strip_prefix("unix://")
@@ -124,6 +139,11 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .negotiate_version()
         .await
         .context("connect to the Docker engine")?;
+    Ok(discover::Source::Docker(docker))
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let source = source(&args).await?;
     let database_url = match (&args.database_url, &args.database_url_file) {
         (Some(url), _) => url.clone(),
         (None, Some(file)) => std::fs::read_to_string(file)
@@ -155,7 +175,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         // commit together (or spool atomically), so what was not committed is read
         // again from the store by the next agent.
         let result = tokio::select! {
-            r = cycle::run(&docker, &sink, host, &mut memory, &mut spool) => r,
+            r = cycle::run(&source, &sink, host, &mut memory, &mut spool) => r,
             _ = &mut stop => {
                 tracing::info!(host, "stopping in the middle of a cycle; nothing committed is lost");
                 return Ok(ExitCode::SUCCESS);

@@ -131,7 +131,7 @@ impl Host {
                 let found = c.observe(depth == Observe::Full).await?;
                 Ok(Observation {
                     managed: found.managed,
-                    agents: Vec::new(),
+                    agents: found.agents,
                     others: found.others,
                 })
             }
@@ -305,7 +305,7 @@ impl Host {
     ) -> Result<(), BackendError> {
         match self {
             Host::Docker(e) => Ok(docker::agent::prepare(e, desired, say).await?),
-            Host::Kubernetes(c) => Err(c.not_built("the agent").into()),
+            Host::Kubernetes(c) => Ok(kubernetes::agent::prepare(c, desired).await?),
         }
     }
 
@@ -318,21 +318,25 @@ impl Host {
     ) -> Result<String, BackendError> {
         match self {
             Host::Docker(e) => Ok(docker::agent::deploy(e, desired, database_url, settle).await?),
-            Host::Kubernetes(c) => Err(c.not_built("the agent").into()),
+            Host::Kubernetes(c) => {
+                Ok(kubernetes::agent::deploy(c, desired, database_url, settle).await?)
+            }
         }
     }
 
     pub async fn start_agent(&self, name: &str, settle: Duration) -> Result<String, BackendError> {
         match self {
             Host::Docker(e) => Ok(docker::agent::start(e, name, settle).await?),
-            Host::Kubernetes(c) => Err(c.not_built("the agent").into()),
+            Host::Kubernetes(c) => {
+                Ok(kubernetes::agent::start(c, name, &c.host.name, settle).await?)
+            }
         }
     }
 
     pub async fn remove_agent(&self, name: &str) -> Result<String, BackendError> {
         match self {
             Host::Docker(e) => Ok(docker::agent::remove_agent(e, name).await?),
-            Host::Kubernetes(c) => Err(c.not_built("the agent").into()),
+            Host::Kubernetes(c) => Ok(kubernetes::agent::remove(c, name).await?),
         }
     }
 
@@ -340,7 +344,7 @@ impl Host {
     pub async fn agent_warnings(&self, name: &str) -> String {
         match self {
             Host::Docker(e) => docker::agent::last_warnings(e, name).await,
-            Host::Kubernetes(_) => String::new(),
+            Host::Kubernetes(c) => kubernetes::agent::last_warnings(c, &c.host.name).await,
         }
     }
 }

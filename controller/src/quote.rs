@@ -69,9 +69,47 @@ impl Masker {
     }
 }
 
+/// The last two warning or error lines of an agent's JSON log, quoted, as a suffix
+/// for a failure's detail (whichever backend the agent runs on).
+pub fn agent_warnings(log: &str) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
+        .collect();
+    let quoted = Masker::default().last_lines(&lines.join("\n"), 2);
+    match quoted.len() {
+        0 => String::new(),
+        _ => format!("; it says: {}", quoted.join(" | ")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_agents_warnings_are_quoted_bounded_and_without_control_characters() {
+        // What the agent logs can carry what its host's tenants wrote (a label, a
+        // store's error): the detail that reaches the table and the database is cut.
+        let escapes = "\u{1b}[2J\u{1b}]0;owned\u{7}";
+        let hostile = format!(
+            "{{\"level\":\"WARN\",\"message\":\"{escapes}{}\"}}",
+            "x".repeat(100_000)
+        );
+        let log = format!("{{\"level\":\"INFO\"}}\n{hostile}\n");
+        let said = agent_warnings(&log);
+        assert!(said.starts_with("; it says: "), "{said}");
+        assert!(
+            said.chars().count() < 2_100,
+            "{} characters",
+            said.chars().count()
+        );
+        assert!(
+            !said.chars().any(|c| c.is_control()),
+            "control characters kept"
+        );
+        assert_eq!(agent_warnings("{\"level\":\"INFO\"}\n"), "");
+    }
 
     #[test]
     fn a_hostile_line_is_masked_cleaned_and_bounded() {

@@ -210,21 +210,7 @@ async fn watch(engine: &Engine, id: &str, settle: Duration) -> Result<(), Launch
 
 /// The agent's last warnings and errors (its cycles log at info): why it cannot ship.
 pub async fn last_warnings(engine: &Engine, container: &str) -> String {
-    warnings_in(&super::verify::log_tail(engine, container, 200).await)
-}
-
-/// The last two warning or error lines of an agent's JSON log, as a suffix for a
-/// failure's detail.
-fn warnings_in(log: &str) -> String {
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("\"level\":\"WARN\"") || l.contains("\"level\":\"ERROR\""))
-        .collect();
-    let quoted = crate::quote::Masker::default().last_lines(&lines.join("\n"), 2);
-    match quoted.len() {
-        0 => String::new(),
-        _ => format!("; it says: {}", quoted.join(" | ")),
-    }
+    crate::quote::agent_warnings(&super::verify::log_tail(engine, container, 200).await)
 }
 
 /// `agent probe ADDRESS:PORT` inside the agent container: the tenant's health answer
@@ -292,34 +278,5 @@ pub async fn probe(
             agent: agent.to_string(),
             said: crate::bounded(err.trim(), 500),
         }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_agents_warnings_are_quoted_bounded_and_without_control_characters() {
-        // What the agent logs can carry what its host's tenants wrote (a label, a
-        // store's error): the detail that reaches the table and the database is cut.
-        let escapes = "\u{1b}[2J\u{1b}]0;owned\u{7}";
-        let hostile = format!(
-            "{{\"level\":\"WARN\",\"message\":\"{escapes}{}\"}}",
-            "x".repeat(100_000)
-        );
-        let log = format!("{{\"level\":\"INFO\"}}\n{hostile}\n");
-        let said = warnings_in(&log);
-        assert!(said.starts_with("; it says: "), "{said}");
-        assert!(
-            said.chars().count() < 2_100,
-            "{} characters",
-            said.chars().count()
-        );
-        assert!(
-            !said.chars().any(|c| c.is_control()),
-            "control characters kept"
-        );
-        assert_eq!(warnings_in("{\"level\":\"INFO\"}\n"), "");
     }
 }

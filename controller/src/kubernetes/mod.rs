@@ -3,6 +3,7 @@
 //! fleet's NetworkPolicy, all server-side applied with field manager `mai-fleet`
 //! (docs/kubernetes.md). Only [`crate::backend`] names this module.
 
+pub mod agent;
 mod objects;
 mod rollout;
 
@@ -56,13 +57,23 @@ pub enum KubeError {
         namespace: String,
         owner: String,
     },
-    #[error("{host}: {what}: {source}")]
+    #[error("{host}: {what}: {}", said(source))]
     Api {
         host: String,
         what: String,
         #[source]
         source: kube::Error,
     },
+    #[error("{host}: a Deployment named {name} is in the namespace but is not this fleet's agent of this host; apply never removes an object it does not own: rename or remove it")]
+    NotOurs { host: String, name: String },
+    #[error("{host}: {what} after {seconds}s")]
+    Stuck {
+        host: String,
+        what: String,
+        seconds: u64,
+    },
+    #[error("{host}: the agent is not running: {why}")]
+    AgentNotRunning { host: String, why: String },
     #[error("{host}: {what} is not built for Kubernetes hosts yet")]
     NotBuilt { host: String, what: &'static str },
 }
@@ -89,6 +100,8 @@ pub struct Cluster {
 /// What one observation of a host's namespace saw.
 pub struct Observation {
     pub managed: Vec<Observed>,
+    /// The hosts' agents in the namespace.
+    pub agents: Vec<Observed>,
     /// Names of StatefulSets this controller does not manage (name clashes).
     pub others: Vec<String>,
 }
@@ -306,7 +319,12 @@ impl Cluster {
                 runtime,
             });
         }
-        Ok(Observation { managed, others })
+        let agents = agent::observe(self).await?;
+        Ok(Observation {
+            managed,
+            agents,
+            others,
+        })
     }
 
     pub fn not_built(&self, what: &'static str) -> KubeError {
@@ -314,6 +332,14 @@ impl Cluster {
             host: self.host.name.clone(),
             what,
         }
+    }
+}
+
+/// What the API said, without the Debug dump `kube::Error` adds to its message.
+fn said(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => format!("{} ({} {})", status.message, status.code, status.reason),
+        other => other.to_string(),
     }
 }
 

@@ -23,7 +23,7 @@ use crate::execution::{
 use crate::plan::{Action, Observed, Workload, APP_PORT};
 
 /// Waiting reasons of a container that will not get better by waiting.
-const HOPELESS: [&str; 6] = [
+pub(super) const HOPELESS: [&str; 6] = [
     "CrashLoopBackOff",
     "ErrImagePull",
     "ImagePullBackOff",
@@ -66,7 +66,8 @@ pub async fn execute(
     .await
 }
 
-async fn prepare(cluster: &Cluster, fleet: &str) -> Result<(), KubeError> {
+/// The namespace and the fleet's NetworkPolicy in it.
+pub(super) async fn prepare(cluster: &Cluster, fleet: &str) -> Result<(), KubeError> {
     cluster.ensure_namespace(fleet).await?;
     let network = crate::plan::network_name(fleet);
     let policy = objects::network_policy(fleet, &network, cluster.namespace());

@@ -37,7 +37,20 @@ pub struct DesiredAgent {
     pub host_socket: String,
     pub data_root: String,
     pub spool_volume: String,
+    /// On a Kubernetes host: where the agent runs and reaches the API (absent for a
+    /// Docker host, so its hash is what it was before Kubernetes hosts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubeAgentPlace>,
     pub labels: BTreeMap<String, String>,
+}
+
+/// A Kubernetes host's agent: its namespace and node, and the API server's address
+/// as the node reaches it when the spec names one.
+#[derive(Debug, Clone, Serialize)]
+pub struct KubeAgentPlace {
+    pub namespace: String,
+    pub node: String,
+    pub api_server: Option<String>,
 }
 
 impl DesiredAgent {
@@ -63,6 +76,11 @@ impl DesiredAgent {
             host_socket,
             data_root: host.data_root.clone(),
             spool_volume: format!("mai-agent-{}-spool", host.name),
+            kubernetes: host.kubernetes.as_ref().map(|k| KubeAgentPlace {
+                namespace: k.namespace.clone(),
+                node: k.node.clone(),
+                api_server: k.agent_api_server.clone(),
+            }),
             labels: BTreeMap::new(),
         };
         let hash = d.hash();

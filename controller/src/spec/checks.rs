@@ -337,6 +337,25 @@ pub fn dns_subdomain(name: &str) -> Result<(), Invalid> {
     }
 }
 
+/// `https://host:port`, nothing after the port: where an agent reaches an API server.
+pub fn https_host_port(url: &str) -> Result<(), Invalid> {
+    let ok = url
+        .strip_prefix("https://")
+        .and_then(|rest| rest.trim_end_matches('/').rsplit_once(':'))
+        .is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !host.contains(['/', '@', '?'])
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err("an https://host:port URL, e.g. https://10.0.0.1:6443"
+            .to_string()
+            .into())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -133,6 +133,10 @@ pub struct KubernetesHost {
     pub node: String,
     /// `mai-<fleet>` unless the spec names one.
     pub namespace: String,
+    /// `https://host:port` where the node's agent (on the node's network) reaches the
+    /// API server, for clusters whose pods cannot reach the `kubernetes` Service;
+    /// `None`: that Service, as every pod finds it.
+    pub agent_api_server: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -90,11 +90,42 @@ fn spec_from(
     kube: &[(&str, &str)],
     first_port: u16,
 ) -> String {
+    spec_with(
+        f,
+        node,
+        kubeconfig,
+        docker,
+        kube,
+        first_port,
+        &Extra::default(),
+    )
+}
+
+/// What a spec adds: a section before `hosts:`, keys of the Kubernetes host, lines of
+/// every tenant.
+#[derive(Default)]
+struct Extra {
+    head: String,
+    kube_host: String,
+    tenant: String,
+}
+
+fn spec_with(
+    f: &Fleet,
+    node: &str,
+    kubeconfig: &Path,
+    docker: &[(&str, &str)],
+    kube: &[(&str, &str)],
+    first_port: u16,
+    extra: &Extra,
+) -> String {
     let mut s = format!(
-        "version: 1\nfleet: {}\ndefaults:\n  timezone: Europe/Warsaw\n  markup_rate: 1.3\n  resources: {{ memory: 128m, cpus: 0.25 }}\nhosts:\n  - name: {0}-a\n    docker: unix:///var/run/docker.sock\n    data_root: {}\n  - name: {0}-k\n    kubernetes: {{ kubeconfig: {}, node: {node} }}\n    data_root: {}\ntenants:\n",
+        "version: 1\nfleet: {}\ndefaults:\n  timezone: Europe/Warsaw\n  markup_rate: 1.3\n  resources: {{ memory: 128m, cpus: 0.25 }}\n{}hosts:\n  - name: {0}-a\n    docker: unix:///var/run/docker.sock\n    data_root: {}\n  - name: {0}-k\n    kubernetes: {{ kubeconfig: {}, node: {node}{} }}\n    data_root: {}\ntenants:\n",
         f.name,
+        extra.head,
         f.data_root("a").display(),
         kubeconfig.display(),
+        extra.kube_host,
         f.data_root("k").display(),
     );
     let all = docker
@@ -103,9 +134,10 @@ fn spec_from(
         .chain(kube.iter().map(|t| (t, "k")));
     for (i, ((id, image), host)) in all.enumerate() {
         s.push_str(&format!(
-            "  - id: {id}\n    name: Klient {id}\n    org_id: org_{id}\n    host: {}-{host}\n    image: {image}\n    openrouter: {{ api_key: \"${{env:E2E_KEY_{i}}}\" }}\n    port: {}\n",
+            "  - id: {id}\n    name: Klient {id}\n    org_id: org_{id}\n    host: {}-{host}\n    image: {image}\n    openrouter: {{ api_key: \"${{env:E2E_KEY_{i}}}\" }}\n    port: {}\n{}",
             f.name,
-            f.base_port + first_port + i as u16
+            f.base_port + first_port + i as u16,
+            extra.tenant,
         ));
     }
     s
@@ -403,11 +435,7 @@ fn a_cluster_that_cannot_be_reached_is_reported_unreachable_and_the_engine_appli
     let Some((kc, node)) = cluster() else { return };
     let f = Fleet::new("k8s_down");
     let text = std::fs::read_to_string(&kc).expect("kubeconfig");
-    let server = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("server: "))
-        .expect("a server line")
-        .to_string();
+    let server = server_of(&kc);
     // Down (nothing listens), silent (accepts, never answers), wrong credentials.
     let (_listener, silent) = silent_server();
     let closed = {
@@ -465,4 +493,188 @@ fn a_cluster_that_cannot_be_reached_is_reported_unreachable_and_the_engine_appli
             "{case}: the token is printed"
         );
     }
+}
+
+/// The API server's URL in a kubeconfig.
+fn server_of(kubeconfig: &Path) -> String {
+    std::fs::read_to_string(kubeconfig)
+        .expect("kubeconfig")
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: ").map(str::to_string))
+        .expect("a server line")
+}
+
+fn tracking_inactive(f: &Fleet, tenant: &str) -> Option<String> {
+    let out = f.controller(&["alerts", "list", "--all", "--output", "json"]);
+    let list: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).expect("alerts json");
+    list.into_iter()
+        .find(|a| a["rule"] == "tracking_inactive" && a["tenant_id"] == tenant)
+        .and_then(|a| a["state"].as_str().map(str::to_string))
+}
+
+/// Until `done` holds, or `limit` passes.
+fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    done()
+}
+
+#[test]
+fn agents_on_a_node_and_an_engine_ship_every_token_and_a_removed_variable_fires_the_alert() {
+    let Some((kc, node)) = cluster() else { return };
+    let f = Fleet::new("k8s_ship");
+    let ns = format!("mai-{}", f.name);
+    let _cleanup = Namespace(kc.clone(), ns.clone());
+    let location = f
+        .database_url
+        .rsplit_once('@')
+        .map(|(_, l)| l.to_string())
+        .expect("url");
+    let extra = Extra {
+        head: format!("agents: {{ database_url: \"postgres://{location}\", interval: 1s }}\n"),
+        kube_host: format!(", agent_api_server: {}", server_of(&kc)),
+        tenant: "    env: { SIM_USAGE_PER_MIN: \"600\" }\n".to_string(),
+    };
+    let (d1, d2, k1, k2) = (f.id("d1"), f.id("d2"), f.id("k1"), f.id("k2"));
+    let text = spec_with(
+        &f,
+        &node,
+        &kc,
+        &[(&d1, DEV), (&d2, DEV)],
+        &[(&k1, DEV), (&k2, DEV)],
+        0,
+        &extra,
+    );
+    let path = f.write_spec(&text);
+    let r = apply(&f, &path, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    for host in ["a", "k"] {
+        assert!(
+            r.stdout
+                .contains(&format!("agent {}-{host}: create ok", f.name)),
+            "{}",
+            r.stdout
+        );
+    }
+
+    // The agent's service account: its namespace's pods and StatefulSets, read only.
+    let account = format!("system:serviceaccount:{ns}:mai-agent-{}-k", f.name);
+    for (verb, what, namespace, allowed) in [
+        ("list", "pods", ns.as_str(), "yes"),
+        ("get", "secrets", ns.as_str(), "no"),
+        ("create", "pods/exec", ns.as_str(), "no"),
+        ("patch", "statefulsets", ns.as_str(), "no"),
+        ("list", "pods", "default", "no"),
+    ] {
+        let r = kubectl(
+            &kc,
+            &[
+                "auth", "can-i", verb, what, "-n", namespace, "--as", &account,
+            ],
+        );
+        assert_eq!(
+            r.stdout.trim(),
+            allowed,
+            "{verb} {what} in {namespace}: {}",
+            r.all()
+        );
+    }
+
+    // Load for a while, then every tenant stops: the fleet must hold every token.
+    std::thread::sleep(Duration::from_secs(6));
+    for id in [&d1, &d2] {
+        let out = Command::new("docker")
+            .args(["stop", &format!("mai-{id}")])
+            .output()
+            .expect("docker");
+        assert!(out.status.success());
+    }
+    for id in [&k1, &k2] {
+        let r = kubectl(
+            &kc,
+            &[
+                "-n",
+                &ns,
+                "scale",
+                &format!("statefulset/mai-{id}"),
+                "--replicas=0",
+            ],
+        );
+        assert_eq!(r.code, 0, "{}", r.all());
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || [&k1, &k2]
+            .iter()
+            .all(|id| json(&kc, &ns, &format!("pod/mai-{id}-0")).is_none())),
+        "the pods did not stop"
+    );
+    let sums = |host: &str, id: &str| {
+        let data = f.data_root(host).join(id).join("data");
+        (
+            mai_fleet_e2e::store_sums(&data, &format!("org_{id}")),
+            mai_fleet_e2e::fleet_sums_in(&f.database_url, id),
+        )
+    };
+    let all_equal = || {
+        [("a", &d1), ("a", &d2), ("k", &k1), ("k", &k2)]
+            .iter()
+            .all(|(h, id)| {
+                let (store, fleet) = sums(h, id);
+                !store.is_empty() && store == fleet
+            })
+    };
+    let equal = wait_until(Duration::from_secs(60), all_equal);
+    for (h, id) in [("a", &d1), ("a", &d2), ("k", &k1), ("k", &k2)] {
+        let (store, fleet) = sums(h, id);
+        assert!(!store.is_empty(), "{id} recorded nothing");
+        assert_eq!(store, fleet, "{id}: the fleet differs from the store");
+    }
+    assert!(equal);
+
+    // Started again by apply; then the seeds' incident on the node, and the alert.
+    let r = apply(&f, &path, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let config = f.dir.join("alerts.yaml");
+    std::fs::write(
+        &config,
+        "rules:\n  exchange_rate_missing: { enabled: false }\n",
+    )
+    .expect("write");
+    let r = kubectl(
+        &kc,
+        &[
+            "-n",
+            &ns,
+            "set",
+            "env",
+            &format!("statefulset/mai-{k1}"),
+            "OPENROUTER_EXTERNAL_USER-",
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    let fired = wait_until(Duration::from_secs(90), || {
+        f.evaluate_alerts(&config, None);
+        tracking_inactive(&f, &k1).as_deref() == Some("firing")
+    });
+    assert!(
+        fired,
+        "tracking_inactive did not fire for {k1}: {:?}",
+        tracking_inactive(&f, &k1)
+    );
+    let r = apply(&f, &path, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let resolved = wait_until(Duration::from_secs(90), || {
+        f.evaluate_alerts(&config, None);
+        tracking_inactive(&f, &k1).as_deref() == Some("resolved")
+    });
+    assert!(
+        resolved,
+        "tracking_inactive did not resolve: {:?}",
+        tracking_inactive(&f, &k1)
+    );
 }

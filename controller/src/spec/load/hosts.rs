@@ -246,18 +246,6 @@ impl Loader<'_> {
                         (String::new(), None, SshOptions::default(), Some(k))
                     }
                 };
-                if kubernetes.is_some() && matches!(agent, HostAgent::Deployed(_)) {
-                    let at = map
-                        .iter()
-                        .find(|(k, _)| k.as_str() == "agent")
-                        .map_or(pos(map.span()), |(_, v)| pos(v.span()));
-                    self.diag(
-                        at,
-                        format!("`{what}`: the agent on a Kubernetes node is not built yet"),
-                        Some("write `agent: false` on this host; its tenants run, but their usage is not mirrored until an agent runs there".into()),
-                    );
-                    continue;
-                }
                 // A Kubernetes tenant is reached through its Service, on no address
                 // of the node.
                 let publish_address = if kubernetes.is_some() {
@@ -360,6 +348,18 @@ impl Loader<'_> {
                 .map(|()| n.to_string()),
             None => None,
         };
+        let agent_api_server =
+            match self.scalar(map, "agent_api_server", &format!("{what}.agent_api_server")) {
+                Some((u, at)) => self
+                    .check(
+                        at,
+                        &format!("{what}.agent_api_server"),
+                        u,
+                        checks::https_host_port(u),
+                    )
+                    .map(|()| Some(u.to_string())),
+                None => Some(None),
+            };
         let namespace = match self.scalar(map, "namespace", &format!("{what}.namespace")) {
             Some((n, at)) => self
                 .check(at, &format!("{what}.namespace"), n, checks::dns_label(n))
@@ -371,6 +371,7 @@ impl Loader<'_> {
             context,
             node: node_name?,
             namespace: namespace?,
+            agent_api_server: agent_api_server?,
         })
     }
 

@@ -39,7 +39,13 @@ const HOST_KEYS: &[&str] = &[
     "agent",
     "kubernetes",
 ];
-const KUBERNETES_KEYS: &[&str] = &["kubeconfig", "context", "node", "namespace"];
+const KUBERNETES_KEYS: &[&str] = &[
+    "kubeconfig",
+    "context",
+    "node",
+    "namespace",
+    "agent_api_server",
+];
 const TLS_KEYS: &[&str] = &["ca", "cert", "key"];
 const TENANT_KEYS: &[&str] = &[
     "id",
