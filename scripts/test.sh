@@ -57,4 +57,13 @@ if [ -z "${MAI_FLEET_E2E_KUBECONFIG:-}" ]; then
   export MAI_FLEET_E2E_KUBECONFIG MAI_FLEET_E2E_K8S_NODE=mai-k8s-node
   export MAI_FLEET_E2E_KUBECTL=${MAI_FLEET_K8S_CACHE:-/var/cache/mai-fleet/k8s-1.20.2}/bin/kubectl
 fi
+# Rendered Kubernetes objects are checked against a current Kubernetes's schemas,
+# offline: kubernetes-validate (PyPI) bundles them.
+if [ -z "${MAI_FLEET_E2E_KUBERNETES_VALIDATE:-}" ]; then
+  [ -x target/kubernetes-validate/bin/kubernetes-validate ] || {
+    python3 -m venv target/kubernetes-validate &&
+      target/kubernetes-validate/bin/pip install -q 'kubernetes-validate==1.37.0'
+  }
+  export MAI_FLEET_E2E_KUBERNETES_VALIDATE=$PWD/target/kubernetes-validate/bin/kubernetes-validate
+fi
 cargo test --locked --workspace

@@ -71,6 +71,18 @@ pub struct Observation {
     pub others: Vec<String>,
 }
 
+/// What `apply` would send to `host`'s backend for `spec`, secrets redacted: the
+/// Kubernetes objects of a Kubernetes host; nothing for a Docker host (its containers
+/// are shown by `plan`).
+pub fn render(spec: &crate::spec::FleetSpec, host: &HostSpec) -> Vec<serde_json::Value> {
+    let tenants: Vec<_> = spec
+        .tenants
+        .iter()
+        .filter(|t| t.host == host.name)
+        .collect();
+    kubernetes::render(&spec.fleet, host, &tenants)
+}
+
 /// One host of the spec, connected to its backend.
 #[derive(Clone)]
 pub enum Host {

@@ -52,6 +52,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate(args) => cli::validate::run(args),
+        Command::Render(args) => cli::render::run(args),
         Command::Plan(args) => cli::plan::run(args).await,
         Command::Apply(args) => cli::apply::run(args).await,
         Command::Migrate(args) => cli::migrate::run(args).await,

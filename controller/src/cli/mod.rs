@@ -17,6 +17,7 @@ pub mod migrate;
 pub mod plan;
 pub mod rates;
 pub mod reconcile;
+pub mod render;
 pub mod restart;
 pub mod restore;
 pub mod rollback;
@@ -73,6 +74,8 @@ pub enum Command {
     Plan(plan::Args),
     /// Create, update and verify tenant containers (exit 0 ok, 3 some tenants failed, 1 error)
     Apply(apply::ApplyArgs),
+    /// The Kubernetes objects apply sends to Kubernetes hosts, secrets redacted, as YAML documents
+    Render(render::Args),
     /// Create or upgrade the fleet database schema
     Migrate(migrate::Args),
     /// Agent credentials of a host: `host add NAME` prints them once

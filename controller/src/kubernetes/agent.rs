@@ -127,44 +127,35 @@ pub async fn deploy(
     // The agent may be the host's first object (it is made before the tenants).
     let fleet = d.labels.get(LABEL_FLEET).map_or("", String::as_str);
     super::rollout::prepare(cluster, fleet).await?;
-    let ns = cluster.namespace().to_string();
-    let labels = d.labels.clone();
+    let o = objects(cluster.namespace(), &cluster.node.node, d, database_url);
+    cluster.apply(&d.name, &o.account).await?;
+    cluster.apply(AGENT_ROLE, &o.role).await?;
+    cluster.apply(&d.name, &o.binding).await?;
+    cluster.apply(&d.name, &o.secret).await?;
+    cluster.apply(&d.name, &o.deployment).await?;
+    watch(cluster, &d.host, settle).await?;
+    Ok(format!(
+        "{} runs {} on node {}",
+        d.name, d.image, cluster.node.node
+    ))
+}
+
+/// Everything a host's agent is made of.
+pub struct AgentObjects {
+    pub account: ServiceAccount,
+    pub role: Role,
+    pub binding: RoleBinding,
+    pub secret: Secret,
+    pub deployment: Deployment,
+}
+
+pub fn objects(ns: &str, node: &str, d: &DesiredAgent, database_url: &str) -> AgentObjects {
     let meta = |name: &str| ObjectMeta {
         name: Some(name.to_string()),
-        namespace: Some(ns.clone()),
-        labels: Some(labels.clone()),
+        namespace: Some(ns.to_string()),
+        labels: Some(d.labels.clone()),
         ..ObjectMeta::default()
     };
-    cluster
-        .apply(
-            &d.name,
-            &ServiceAccount {
-                metadata: meta(&d.name),
-                automount_service_account_token: Some(false),
-                ..ServiceAccount::default()
-            },
-        )
-        .await?;
-    cluster.apply(AGENT_ROLE, &role(&ns)).await?;
-    cluster
-        .apply(
-            &d.name,
-            &RoleBinding {
-                metadata: meta(&d.name),
-                role_ref: RoleRef {
-                    api_group: "rbac.authorization.k8s.io".into(),
-                    kind: "Role".into(),
-                    name: AGENT_ROLE.into(),
-                },
-                subjects: Some(vec![Subject {
-                    kind: "ServiceAccount".into(),
-                    name: d.name.clone(),
-                    namespace: Some(ns.clone()),
-                    ..Subject::default()
-                }]),
-            },
-        )
-        .await?;
     let mut data = BTreeMap::from([(
         "database-url".to_string(),
         ByteString(database_url.as_bytes().to_vec()),
@@ -172,23 +163,35 @@ pub async fn deploy(
     if let Some(ca) = &d.ca_pem {
         data.insert("db-ca.pem".into(), ByteString(ca.as_bytes().to_vec()));
     }
-    cluster
-        .apply(
-            &d.name,
-            &Secret {
-                metadata: meta(&d.name),
-                data: Some(data),
-                type_: Some("Opaque".into()),
-                ..Secret::default()
+    AgentObjects {
+        account: ServiceAccount {
+            metadata: meta(&d.name),
+            automount_service_account_token: Some(false),
+            ..ServiceAccount::default()
+        },
+        role: role(ns),
+        binding: RoleBinding {
+            metadata: meta(&d.name),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: AGENT_ROLE.into(),
             },
-        )
-        .await?;
-    cluster.apply(&d.name, &deployment(cluster, d)).await?;
-    watch(cluster, &d.host, settle).await?;
-    Ok(format!(
-        "{} runs {} on node {}",
-        d.name, d.image, cluster.node.node
-    ))
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: d.name.clone(),
+                namespace: Some(ns.to_string()),
+                ..Subject::default()
+            }]),
+        },
+        secret: Secret {
+            metadata: meta(&d.name),
+            data: Some(data),
+            type_: Some("Opaque".into()),
+            ..Secret::default()
+        },
+        deployment: deployment(ns, node, d),
+    }
 }
 
 /// Pods and StatefulSets: list them, read them; nothing else.
@@ -220,7 +223,7 @@ fn role(namespace: &str) -> Role {
     }
 }
 
-fn deployment(cluster: &Cluster, d: &DesiredAgent) -> Deployment {
+fn deployment(ns: &str, node: &str, d: &DesiredAgent) -> Deployment {
     let selector = BTreeMap::from([
         (LABEL_AGENT_OF.to_string(), d.host.clone()),
         (
@@ -233,7 +236,7 @@ fn deployment(cluster: &Cluster, d: &DesiredAgent) -> Deployment {
     let interval = format!("{}ms", d.interval_ms);
     let mut env = vec![EnvVar {
         name: "MAI_FLEET_KUBERNETES_NAMESPACE".into(),
-        value: Some(cluster.namespace().to_string()),
+        value: Some(ns.to_string()),
         ..EnvVar::default()
     }];
     // Where the node reaches the API server, when the cluster's Service is not the way.
@@ -346,7 +349,7 @@ fn deployment(cluster: &Cluster, d: &DesiredAgent) -> Deployment {
     Deployment {
         metadata: ObjectMeta {
             name: Some(d.name.clone()),
-            namespace: Some(cluster.namespace().to_string()),
+            namespace: Some(ns.to_string()),
             labels: Some(d.labels.clone()),
             ..ObjectMeta::default()
         },
@@ -367,7 +370,7 @@ fn deployment(cluster: &Cluster, d: &DesiredAgent) -> Deployment {
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
-                    node_name: Some(cluster.node.node.clone()),
+                    node_name: Some(node.to_string()),
                     service_account_name: Some(d.name.clone()),
                     automount_service_account_token: Some(true),
                     enable_service_links: Some(false),

@@ -338,7 +338,9 @@ impl Cluster {
 /// What the API said, without the Debug dump `kube::Error` adds to its message.
 fn said(e: &kube::Error) -> String {
     match e {
-        kube::Error::Api(status) => format!("{} ({} {})", status.message, status.code, status.reason),
+        kube::Error::Api(status) => {
+            format!("{} ({} {})", status.message, status.code, status.reason)
+        }
         other => other.to_string(),
     }
 }
@@ -364,4 +366,53 @@ fn classify(host: String, what: &str, e: kube::Error) -> KubeError {
             source: e,
         },
     }
+}
+
+/// Every object `apply` sends to a Kubernetes host, in the order it sends them,
+/// each secret value replaced by `(redacted)`: for review, `kubectl diff` and schema
+/// checks. Pure: no cluster is asked.
+pub fn render(
+    fleet: &str,
+    host: &HostSpec,
+    tenants: &[&crate::spec::TenantSpec],
+) -> Vec<serde_json::Value> {
+    const REDACTED: &str = "(redacted)";
+    let Some(k) = &host.kubernetes else {
+        return Vec::new();
+    };
+    let ns = k.namespace.as_str();
+    let network = network_name(fleet);
+    let mut out = Vec::new();
+    let mut push = |v: Result<serde_json::Value, serde_json::Error>| {
+        if let Ok(v) = v {
+            out.push(v);
+        }
+    };
+    push(serde_json::to_value(objects::namespace(ns, fleet)));
+    push(serde_json::to_value(objects::network_policy(
+        fleet, &network, ns,
+    )));
+    if let Some(d) = crate::plan::agent::DesiredAgent::new(fleet, host) {
+        let o = agent::objects(ns, &k.node, &d, REDACTED);
+        push(serde_json::to_value(o.account));
+        push(serde_json::to_value(o.role));
+        push(serde_json::to_value(o.binding));
+        push(serde_json::to_value(o.secret));
+        push(serde_json::to_value(o.deployment));
+    }
+    for t in tenants {
+        let mut w = crate::plan::Workload::new(fleet, host, t);
+        w.env.insert("OPENROUTER_API_KEY".into(), REDACTED.into());
+        for name in w.secret_env.clone() {
+            if let Some(v) = w.env.get_mut(&name) {
+                *v = REDACTED.into();
+            }
+        }
+        push(serde_json::to_value(objects::secret(&w, ns)));
+        push(serde_json::to_value(objects::service(&w, ns)));
+        push(serde_json::to_value(objects::stateful_set(
+            &w, ns, &k.node, 1,
+        )));
+    }
+    out
 }

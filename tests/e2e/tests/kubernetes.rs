@@ -678,3 +678,62 @@ fn agents_on_a_node_and_an_engine_ship_every_token_and_a_removed_variable_fires_
         tracking_inactive(&f, &k1)
     );
 }
+
+/// Every object the controller renders is valid, strictly, against the official
+/// schemas of a current Kubernetes (offline: `kubernetes-validate` bundles them);
+/// the test cluster (1.20) accepting them shows that they send only fields it knows.
+#[test]
+fn rendered_objects_validate_strictly_against_a_current_kubernetes_and_hold_no_secret() {
+    let Some(validator) = std::env::var_os("MAI_FLEET_E2E_KUBERNETES_VALIDATE") else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI: MAI_FLEET_E2E_KUBERNETES_VALIDATE is unset; run scripts/test.sh");
+        }
+        eprintln!("SKIPPED: no kubernetes-validate (MAI_FLEET_E2E_KUBERNETES_VALIDATE); run scripts/test.sh");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("e2e-k8s-render-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let secret_file = dir.join("smtp-password");
+    std::fs::write(&secret_file, "hunter2-file-secret").expect("write");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let spec = dir.join("tenants.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "version: 1\nfleet: render\nagents: {{ database_url: \"postgres://127.0.0.1:5432/fleet\" }}\nhosts:\n  - name: d1\n    docker: unix:///var/run/docker.sock\n    data_root: /srv/d\n  - name: k1\n    kubernetes: {{ node: node-1, namespace: mai-prod }}\n    data_root: /srv/mai\ntenants:\n  - id: acme\n    name: Acme\n    org_id: acme_1\n    host: k1\n    image: {DEV}\n    openrouter: {{ api_key: \"${{env:E2E_KEY_0}}\" }}\n    port: 3001\n    env: {{ SMTP_PASSWORD: \"${{file:{}}}\", LOG_LEVEL: INFO }}\n  - id: beta\n    name: Beta\n    org_id: beta_1\n    host: k1\n    image: {DEV}\n    openrouter: {{ api_key: \"${{env:E2E_KEY_1}}\" }}\n    port: 3002\n  - id: gamma\n    name: Gamma\n    org_id: gamma_1\n    host: d1\n    image: {DEV}\n    openrouter: {{ api_key: \"${{env:E2E_KEY_2}}\" }}\n    port: 3003\n",
+            secret_file.display()
+        ),
+    )
+    .expect("write");
+    let out = Command::new(mai_fleet_e2e::controller_bin())
+        .args(["render", spec.to_str().expect("path")])
+        .env("E2E_KEY_0", key(0))
+        .env("E2E_KEY_1", key(1))
+        .env("E2E_KEY_2", key(2))
+        .output()
+        .expect("render");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Namespace, NetworkPolicy, the agent's five, three for each of two tenants; the
+    // Docker host's tenant is not a Kubernetes object.
+    assert_eq!(text.matches("\n---\n").count() + 1, 13, "{text}");
+    for secret in [key(0), key(1), key(2), "hunter2-file-secret".to_string()] {
+        assert!(!text.contains(&secret), "a secret is rendered");
+    }
+    let rendered = dir.join("objects.yaml");
+    std::fs::write(&rendered, &text).expect("write");
+    let check = Command::new(validator)
+        .args(["--strict", rendered.to_str().expect("path")])
+        .output()
+        .expect("kubernetes-validate");
+    let said = String::from_utf8_lossy(&check.stdout).into_owned()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success(), "{said}");
+    assert_eq!(said.matches(" passed for resource ").count(), 13, "{said}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
