@@ -451,7 +451,8 @@ pub async fn verify(
                             .into());
                         }
                         Ok(_) => {}
-                        Err(e) => last_problem = e,
+                        Err(Probe::Refused(why)) => return Err(why.into()),
+                        Err(Probe::Retry(e)) => last_problem = e,
                     }
                 } else {
                     ready_since = None;
@@ -552,16 +553,25 @@ fn pod_ready(p: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// Why a probe had no answer.
+enum Probe {
+    /// Worth asking again until the deadline (the app may be starting).
+    Retry(String),
+    /// The API server refuses the controller the pod proxy: asking again will not
+    /// help.
+    Refused(String),
+}
+
 /// The tenant's health answer through the API's pod proxy: no path to the pod's
 /// network is assumed.
-async fn probe(cluster: &Cluster, pod: &str) -> Result<Health, String> {
+async fn probe(cluster: &Cluster, pod: &str) -> Result<Health, Probe> {
     let path = format!(
         "/api/v1/namespaces/{}/pods/{pod}:{APP_PORT}/proxy{HEALTH_PATH}",
         cluster.namespace()
     );
     let request = hyper::Request::get(&path)
         .body(kube::client::Body::empty())
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Probe::Retry(e.to_string()))?;
     let answer = tokio::time::timeout(Duration::from_secs(5), async {
         let response = cluster.client.send(request).await?;
         let status = response.status().as_u16();
@@ -569,12 +579,23 @@ async fn probe(cluster: &Cluster, pod: &str) -> Result<Health, String> {
         Ok::<_, kube::Error>((status, body))
     })
     .await
-    .map_err(|_| format!("{HEALTH_PATH} did not answer within 5s"))?
-    .map_err(|e| format!("{HEALTH_PATH} through the pod proxy: {e}"))?;
+    .map_err(|_| Probe::Retry(format!("{HEALTH_PATH} did not answer within 5s")))?
+    .map_err(|e| Probe::Retry(format!("{HEALTH_PATH} through the pod proxy: {e}")))?;
     let (status, body) = answer;
     // At most 64 KiB of a tenant's answer is read as text.
     let body = String::from_utf8_lossy(&body[..body.len().min(64 << 10)]).into_owned();
-    read_health(status, &body).map_err(|e| e.to_string())
+    if status == 403 {
+        // The API server's own refusal is a Status object; a tenant's 403 is not.
+        if let Ok(s) = serde_json::from_str::<kube::core::Status>(&body) {
+            if s.reason == "Forbidden" {
+                return Err(Probe::Refused(format!(
+                    "the API server refuses the pod proxy (pods/proxy): {}",
+                    crate::bounded(&s.message, 300)
+                )));
+            }
+        }
+    }
+    read_health(status, &body).map_err(|e| Probe::Retry(e.to_string()))
 }
 
 /// The pod's last log lines, quoted (every secret of the tenant masked, control

@@ -737,3 +737,136 @@ fn rendered_objects_validate_strictly_against_a_current_kubernetes_and_hold_no_s
     assert_eq!(said.matches(" passed for resource ").count(), 13, "{said}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The controller's least-privilege RBAC (manifests/kubernetes/controller-rbac.yaml)
+/// is enough for `apply` and `plan` with an agent, and no more: no Secret outside the
+/// fleet's namespace, no exec.
+#[test]
+fn the_controllers_least_privilege_role_is_enough_to_apply_and_no_more() {
+    let Some((kc, node)) = cluster() else { return };
+    let f = Fleet::new("k8s_rbac");
+    let ns = format!("mai-{}", f.name);
+    let _cleanup = Namespace(kc.clone(), ns.clone());
+    let manifest = std::fs::read_to_string(
+        mai_fleet_e2e::workspace_root().join("manifests/kubernetes/controller-rbac.yaml"),
+    )
+    .expect("manifest")
+    .replace("NAMESPACE", &ns);
+    let path = f.dir.join("rbac.yaml");
+    std::fs::write(&path, manifest).expect("write");
+    let r = kubectl(&kc, &["apply", "-f", path.to_str().expect("path")]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    // The service account's token (made by the cluster's token controller).
+    let mut token = String::new();
+    let found = wait_until(Duration::from_secs(30), || {
+        let r = kubectl(
+            &kc,
+            &[
+                "-n",
+                "mai-fleet-system",
+                "get",
+                "serviceaccount",
+                "mai-fleet-controller",
+                "-o",
+                "jsonpath={.secrets[0].name}",
+            ],
+        );
+        let name = r.stdout.trim().to_string();
+        if name.is_empty() {
+            return false;
+        }
+        let r = kubectl(
+            &kc,
+            &[
+                "-n",
+                "mai-fleet-system",
+                "get",
+                "secret",
+                &name,
+                "-o",
+                "jsonpath={.data.token}",
+            ],
+        );
+        let decoded = Command::new("base64")
+            .arg("-d")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(r.stdout.trim().as_bytes())?;
+                c.wait_with_output()
+            });
+        token = decoded
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        !token.is_empty()
+    });
+    assert!(found, "no token for the controller's service account");
+    let admin = std::fs::read_to_string(&kc).expect("kubeconfig");
+    let restricted: String = admin
+        .lines()
+        .map(|l| match l.trim().strip_prefix("token: ") {
+            Some(t) => l.replace(t, &token),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let restricted_path = f.dir.join("kubeconfig-controller");
+    std::fs::write(&restricted_path, restricted).expect("write");
+
+    let location = f
+        .database_url
+        .rsplit_once('@')
+        .map(|(_, l)| l.to_string())
+        .expect("url");
+    let extra = Extra {
+        head: format!("agents: {{ database_url: \"postgres://{location}\", interval: 1s }}\n"),
+        kube_host: format!(", agent_api_server: {}", server_of(&kc)),
+        tenant: String::new(),
+    };
+    let k = f.id("k");
+    let text = spec_with(&f, &node, &restricted_path, &[], &[(&k, DEV)], 0, &extra).replace(
+        &format!(
+            "  - name: {0}-a\n    docker: unix:///var/run/docker.sock\n    data_root: {1}\n",
+            f.name,
+            f.data_root("a").display()
+        ),
+        "",
+    );
+    let spec_path = f.write_spec(&text);
+    let r = apply(&f, &spec_path, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains(&format!("agent {}-k: create ok", f.name)),
+        "{}",
+        r.stdout
+    );
+    let plan = f.controller(&["plan", spec_path.to_str().expect("path")]);
+    assert_eq!(plan.code, 0, "{}", plan.all());
+
+    let account = "system:serviceaccount:mai-fleet-system:mai-fleet-controller";
+    for (verb, what, namespace, allowed) in [
+        ("get", "secrets", ns.as_str(), "yes"),
+        ("get", "secrets", "default", "no"),
+        ("get", "secrets", "kube-system", "no"),
+        ("create", "pods/exec", ns.as_str(), "no"),
+        ("delete", "nodes", "default", "no"),
+    ] {
+        let r = kubectl(
+            &kc,
+            &[
+                "auth", "can-i", verb, what, "-n", namespace, "--as", account,
+            ],
+        );
+        assert_eq!(
+            r.stdout.trim(),
+            allowed,
+            "{verb} {what} in {namespace}: {}",
+            r.all()
+        );
+    }
+}
