@@ -211,9 +211,9 @@ impl Host {
                 .output(id, req)
                 .map(|r| r.map_err(BackendError::from))
                 .left_stream(),
-            Host::Kubernetes(c) => {
-                futures_util::stream::iter([Err(c.not_built("logs").into())]).right_stream()
-            }
+            Host::Kubernetes(c) => kubernetes::output(c, id, req)
+                .map(|r| r.map_err(BackendError::from))
+                .right_stream(),
         }
     }
 

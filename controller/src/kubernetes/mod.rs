@@ -19,7 +19,7 @@ use kube::{Api, Client, Config};
 use crate::plan::{network_name, Observed, RunState, LABEL_FLEET, LABEL_MANAGED};
 use crate::spec::{HostSpec, KubernetesHost};
 
-pub use rollout::{delete_pod, execute, last_logs, scale, verify};
+pub use rollout::{delete_pod, execute, last_logs, output, scale, verify};
 
 /// Server-side apply's field manager: what this controller owns in each object.
 pub const FIELD_MANAGER: &str = "mai-fleet";
@@ -74,6 +74,8 @@ pub enum KubeError {
     },
     #[error("{host}: the agent is not running: {why}")]
     AgentNotRunning { host: String, why: String },
+    #[error("{host}: reading the pod's log: {message}")]
+    Log { host: String, message: String },
     #[error("{host}: {what} is not built for Kubernetes hosts yet")]
     NotBuilt { host: String, what: &'static str },
 }
@@ -95,6 +97,8 @@ pub struct Cluster {
     pub host: HostSpec,
     pub node: KubernetesHost,
     client: Client,
+    /// For streams that may be quiet for long (`logs -f`): no read timeout.
+    streams: Client,
 }
 
 /// What one observation of a host's namespace saw.
@@ -136,16 +140,19 @@ impl Cluster {
             .await
             .map_err(config_err)?;
         config.connect_timeout = Some(Duration::from_secs(5));
-        config.read_timeout = Some(CALL_TIMEOUT);
         config.write_timeout = Some(CALL_TIMEOUT);
-        let client = Client::try_from(config).map_err(|source| KubeError::Unreachable {
+        let unreachable = |source| KubeError::Unreachable {
             host: name.clone(),
             source,
-        })?;
+        };
+        let streams = Client::try_from(config.clone()).map_err(unreachable)?;
+        config.read_timeout = Some(CALL_TIMEOUT);
+        let client = Client::try_from(config).map_err(unreachable)?;
         let cluster = Self {
             host: host.clone(),
             node: node.clone(),
             client,
+            streams,
         };
         let nodes: Api<Node> = Api::all(cluster.client.clone());
         match cluster

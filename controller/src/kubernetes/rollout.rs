@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DeleteParams;
 
 use super::objects::{self, REVISION_LABEL};
-use super::{Cluster, KubeError};
+use super::{said, Cluster, KubeError};
 use crate::execution::{
     read_health, schedule, Done, ExecuteOptions, Health, Launcher, Outcome, Progress, Status,
     Unverified, VerifyOptions, HEALTH_PATH,
@@ -620,4 +620,52 @@ pub async fn last_logs(cluster: &Cluster, set: &str, desired: Option<&Workload>)
     } else {
         format!("; last log lines: {}", lines.join(" | "))
     }
+}
+
+/// The tenant pod's output as it comes (`follow` keeps reading), in chunks of at most
+/// 16 KiB (a tenant may print one line without end).
+pub fn output(
+    cluster: &Cluster,
+    set: &str,
+    req: &crate::execution::LogsRequest,
+) -> impl futures_util::Stream<Item = Result<crate::execution::Output, KubeError>> + use<> {
+    use futures_util::{AsyncReadExt, StreamExt};
+    let pods: kube::Api<Pod> = kube::Api::namespaced(cluster.streams.clone(), cluster.namespace());
+    let pod = pod_name(set);
+    let host = cluster.host.name.clone();
+    let params = kube::api::LogParams {
+        container: Some(objects::CONTAINER.into()),
+        follow: req.follow,
+        since_seconds: req
+            .since
+            .map(|s| (chrono::Utc::now().timestamp() - s).max(1)),
+        tail_lines: req.tail.as_deref().and_then(|t| t.parse().ok()),
+        ..kube::api::LogParams::default()
+    };
+    let failed = move |message| KubeError::Log {
+        host: host.clone(),
+        message,
+    };
+    futures_util::stream::once(async move { pods.log_stream(&pod, &params).await })
+        .map(move |opened| match opened {
+            Ok(reader) => futures_util::stream::unfold(Box::pin(reader), |mut r| async move {
+                let mut buf = vec![0u8; 16 << 10];
+                match r.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => Some((
+                        Ok(crate::execution::Output {
+                            stderr: false,
+                            text: String::from_utf8_lossy(&buf[..n]).into_owned(),
+                        }),
+                        r,
+                    )),
+                    Err(e) => Some((Err(e), r)),
+                }
+            })
+            .map(|r| r.map_err(|e| e.to_string()))
+            .left_stream(),
+            Err(e) => futures_util::stream::iter([Err(said(&e))]).right_stream(),
+        })
+        .flatten()
+        .map(move |r| r.map_err(&failed))
 }

@@ -421,6 +421,53 @@ fn a_release_that_never_initializes_is_rolled_back_and_the_previous_pod_serves()
     let pod = json(&kc, &ns, &format!("pod/mai-{k}-0")).expect("pod");
     assert_eq!(pod["spec"]["containers"][0]["image"], DEV);
     assert_eq!(health(&kc, &ns, &k).expect("health")["initialized"], true);
+
+    // Day-2 on the node: the tenant's logs (its key masked), a verified restart.
+    let path = f.write_spec(&spec(&f, &node, &kc, &[], &[(&k, DEV)]));
+    let logs = f.controller(&[
+        "logs",
+        &k,
+        "--spec",
+        path.to_str().expect("path"),
+        "--tail",
+        "50",
+    ]);
+    assert_eq!(logs.code, 0, "{}", logs.all());
+    assert!(logs.stdout.contains("listening on :8080"), "{}", logs.all());
+    assert!(!logs.all().contains(&key(0)), "the key is in the logs");
+    let uid = pod["metadata"]["uid"].clone();
+    let r = f.controller(&[
+        "restart",
+        &k,
+        "--spec",
+        path.to_str().expect("path"),
+        "--settle",
+        "1s",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.all().contains("usage tracking initialized"),
+        "{}",
+        r.all()
+    );
+    let pod = json(&kc, &ns, &format!("pod/mai-{k}-0")).expect("pod");
+    assert_ne!(pod["metadata"]["uid"], uid, "the pod was not made anew");
+    let r = f.controller(&[
+        "exec",
+        &k,
+        "--spec",
+        path.to_str().expect("path"),
+        "--",
+        "/mai-tenant",
+        "--version",
+    ]);
+    assert_ne!(r.code, 0);
+    assert!(
+        r.all()
+            .contains("exec is not built for Kubernetes hosts yet"),
+        "{}",
+        r.all()
+    );
 }
 
 /// An API server that accepts connections and never answers.
