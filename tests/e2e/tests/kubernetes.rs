@@ -143,6 +143,30 @@ fn spec_with(
     s
 }
 
+/// A value of a tenant's Secret, decoded.
+fn secret_value(kc: &Path, ns: &str, id: &str, name: &str) -> String {
+    let secret = json(kc, ns, &format!("secret/mai-{id}")).expect("its Secret");
+    let stored = secret["data"][name]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let out = Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .expect("stdin")
+                .write_all(stored.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("base64");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn env_of(set: &serde_json::Value) -> Vec<serde_json::Value> {
     set["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()
@@ -914,6 +938,111 @@ fn the_controllers_least_privilege_role_is_enough_to_apply_and_no_more() {
             allowed,
             "{verb} {what} in {namespace}: {}",
             r.all()
+        );
+    }
+}
+
+/// A key the fleet provisions, rotated on a Kubernetes tenant: the new key is proven
+/// at OpenRouter, the pod rolled with it (a change of the Secret alone rolls the pod)
+/// and verified, and only then is the old key deleted.
+#[test]
+fn a_provisioned_key_is_rotated_on_a_node_and_the_old_one_deleted_only_after() {
+    use mai_fleet_e2e::openrouter::{FakeOpenRouter, MANAGEMENT_KEY};
+    use std::os::unix::fs::PermissionsExt;
+    let Some((kc, node)) = cluster() else { return };
+    let f = Fleet::new("k8s_keys");
+    let ns = format!("mai-{}", f.name);
+    let _cleanup = Namespace(kc.clone(), ns.clone());
+    let or = FakeOpenRouter::start(f.base_port + 11);
+    let owner_only = |path: &Path, bytes: &[u8]| {
+        std::fs::write(path, bytes).expect("write");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    };
+    let master = f.dir.join("master.key");
+    let mut random = [0u8; 32];
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut u| u.read_exact(&mut random))
+        .expect("random");
+    owner_only(&master, &random);
+    let mgmt = f.dir.join("management.key");
+    owner_only(&mgmt, format!("{MANAGEMENT_KEY}\n").as_bytes());
+    let run = |args: &[&str]| -> RunResult {
+        let out: RunResult = f
+            .controller_command(args)
+            .env("MAI_FLEET_OPENROUTER_URL", or.url())
+            .env("MAI_FLEET_OPENROUTER_MANAGEMENT_KEY_FILE", &mgmt)
+            .env("MAI_FLEET_MASTER_KEY_FILE", &master)
+            .output()
+            .expect("controller")
+            .into();
+        f.transcript.borrow_mut().push_str(&out.all());
+        out
+    };
+    let k = f.id("k");
+    let text = spec(&f, &node, &kc, &[], &[(&k, DEV)]).replace(
+        "openrouter: { api_key: \"${env:E2E_KEY_0}\" }",
+        "openrouter: { provision: true }",
+    );
+    assert!(text.contains("provision: true"), "{text}");
+    let path = f.write_spec(&text);
+    let p = path.to_str().expect("path");
+    let r = run(&["apply", p, "--settle", "1s", "--verify-timeout", "90s"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let name = format!("mai-fleet/{}/{k}", f.name);
+    let first: Vec<_> = or
+        .managed_keys()
+        .into_iter()
+        .filter(|x| x.name == name)
+        .collect();
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        secret_value(&kc, &ns, &k, "OPENROUTER_API_KEY"),
+        first[0].key
+    );
+    let uid = json(&kc, &ns, &format!("pod/mai-{k}-0")).expect("pod")["metadata"]["uid"].clone();
+
+    or.clear_log();
+    let r = run(&[
+        "keys",
+        "rotate",
+        &k,
+        "--settle",
+        "1s",
+        "--verify-timeout",
+        "90s",
+        "--spec",
+        p,
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let now: Vec<_> = or
+        .managed_keys()
+        .into_iter()
+        .filter(|x| x.name == name)
+        .collect();
+    assert_eq!(now.len(), 1, "{now:#?}");
+    assert_ne!(now[0].hash, first[0].hash);
+    assert_eq!(secret_value(&kc, &ns, &k, "OPENROUTER_API_KEY"), now[0].key);
+    let pod = json(&kc, &ns, &format!("pod/mai-{k}-0")).expect("pod");
+    assert_ne!(
+        pod["metadata"]["uid"], uid,
+        "the pod did not roll with the new key"
+    );
+    assert_eq!(health(&kc, &ns, &k).expect("health")["initialized"], true);
+    let log = or.log();
+    let used = log
+        .iter()
+        .position(|l| l.method == "GET" && l.path == "/api/v1/key" && l.by == now[0].hash)
+        .expect("a request made with the new key");
+    let deleted = log
+        .iter()
+        .position(|l| l.method == "DELETE" && l.path.ends_with(&first[0].hash))
+        .expect("the old key deleted");
+    assert!(used < deleted, "{log:#?}");
+    for secret in [&first[0].key, &now[0].key] {
+        assert!(
+            !f.transcript.borrow().contains(secret.as_str()),
+            "a key is in the output"
         );
     }
 }
