@@ -86,12 +86,24 @@ enum Command {
         #[arg(long, default_value = "2s", value_parser = mai_fleet_core::duration::parse)]
         timeout: Duration,
     },
+    /// Delete a tenant's directory `DATA_ROOT/TENANT` on this host, following no link:
+    /// how `controller apply --prune --purge-data` removes a Kubernetes node's data
+    Purge {
+        /// The host's `data_root`
+        #[arg(long)]
+        data_root: std::path::PathBuf,
+        /// The tenant's id
+        #[arg(long)]
+        tenant: String,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Probe { address, timeout }) = &args.command {
-        return probe(*address, *timeout);
+    match &args.command {
+        Some(Command::Probe { address, timeout }) => return probe(*address, *timeout),
+        Some(Command::Purge { data_root, tenant }) => return purge(data_root, tenant),
+        None => {}
     }
     if let Err(e) = mai_fleet_core::log::init(&args.log) {
         eprintln!("agent: {e}");
@@ -117,6 +129,37 @@ fn main() -> ExitCode {
     // A store read abandoned past its budget may still hold a thread: do not wait for it.
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// `agent purge`: exit 0 deleted (or nothing there), 1 refused or failed.
+fn purge(data_root: &std::path::Path, tenant: &str) -> ExitCode {
+    let refuse = |why: String| {
+        eprintln!("agent: purge: {why}");
+        ExitCode::from(1)
+    };
+    if let Err(e) = mai_fleet_core::check_tenant_id(tenant) {
+        return refuse(format!("{tenant:?} is not a tenant id: {e}"));
+    }
+    if !data_root.is_absolute() {
+        return refuse(format!("{} is not an absolute path", data_root.display()));
+    }
+    let dir = data_root.join(tenant);
+    match std::fs::symlink_metadata(&dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            println!("nothing to purge in {}", dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => refuse(format!("{}: {e}", dir.display())),
+        Ok(m) if !m.is_dir() => refuse(format!("{} is not a directory (a link?)", dir.display())),
+        // remove_dir_all removes links, never what they point to.
+        Ok(_) => match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {
+                println!("purged {}", dir.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => refuse(format!("{}: {e}", dir.display())),
+        },
+    }
 }
 
 /// The host's tenants: the pods of a Kubernetes namespace, else the Docker engine's

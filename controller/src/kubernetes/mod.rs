@@ -5,6 +5,7 @@
 
 pub mod agent;
 mod objects;
+mod purge;
 mod rollout;
 
 use std::time::Duration;
@@ -74,6 +75,8 @@ pub enum KubeError {
     },
     #[error("{host}: the agent is not running: {why}")]
     AgentNotRunning { host: String, why: String },
+    #[error("{host}: purging the tenant's data on the node: {why}")]
+    Purge { host: String, why: String },
     #[error("{host}: reading the pod's log: {message}")]
     Log { host: String, message: String },
     #[error("{host}: {what} is not built for Kubernetes hosts yet")]

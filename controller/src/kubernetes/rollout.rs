@@ -124,13 +124,14 @@ async fn run_action(
         Action::Remove { container, tenant } => match remove(cluster, &container.name).await {
             Ok(()) => {
                 let dir = format!("{}/{tenant}", cluster.host.data_root);
-                let data = if opts.purge_data {
-                    format!(
-                        "; data NOT purged: {dir} is on node {} (purging a node's data is not built for Kubernetes hosts yet; remove it there)",
-                        cluster.node.node
-                    )
+                let node = &cluster.node.node;
+                let data = if !opts.purge_data {
+                    format!("; data kept in {dir} on node {node}")
                 } else {
-                    format!("; data kept in {dir} on node {}", cluster.node.node)
+                    match super::purge::purge(cluster, &purge_image(cluster), &tenant).await {
+                        Ok(said) => format!("; data purged on node {node} ({said})"),
+                        Err(e) => format!("; data NOT purged: {e}"),
+                    }
                 };
                 (
                     Status::Ok,
@@ -145,6 +146,14 @@ async fn run_action(
         Action::Update {
             desired, previous, ..
         } => update(cluster, &desired, &previous, opts, say).await,
+    }
+}
+
+/// The agent image (the host's, else the default): it carries `agent purge`.
+fn purge_image(cluster: &Cluster) -> String {
+    match &cluster.host.agent {
+        crate::spec::HostAgent::Deployed(a) => a.image.clone(),
+        crate::spec::HostAgent::External => crate::spec::default_agent_image(),
     }
 }
 

@@ -412,6 +412,31 @@ fn one_spec_on_a_node_and_an_engine_applied_verified_and_its_drift_taken_back() 
         "another fleet's object changed"
     );
     assert!(json(&kc, &ns, &format!("statefulset/mai-{k1}")).is_some());
+
+    // --purge-data removes the node's data of a tenant it removes (through a pod on
+    // the node), and only that.
+    let text = spec(&f, &node, &kc, &[(&d1, DEV), (&d2, DEV)], &[]);
+    let path = f.write_spec(&text);
+    let r = apply(&f, &path, &["--prune", "--purge-data"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("data purged on node"), "{}", r.stdout);
+    assert!(
+        !f.data_root("k").join(&k1).exists(),
+        "the purged tenant's data is there"
+    );
+    assert!(
+        f.data_root("k").join(&k2).join("data").is_dir(),
+        "another tenant's data went"
+    );
+    assert!(
+        json(&kc, &ns, &format!("pod/mai-purge-{k1}")).is_none(),
+        "the purge pod is left"
+    );
+    assert_eq!(
+        versions(&kc, &ns, "other-x")[0],
+        foreign_before,
+        "another fleet's object changed"
+    );
 }
 
 #[test]
