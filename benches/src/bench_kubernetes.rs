@@ -39,7 +39,7 @@ fn spec(fleet: &str, node: &str, kubeconfig: &str, data_root: &Path, n: usize) -
     );
     for i in 0..n {
         s.push_str(&format!(
-            "  - id: t{i:03}\n    name: Klient {i}\n    org_id: org_{i}\n    host: {fleet}-k\n    openrouter: {{ api_key: \"${{env:BENCH_KEY}}\" }}\n    port: {}\n",
+            "  - id: t{i:03}\n    name: Klient {i}\n    org_id: org_{i}\n    host: {fleet}-k\n    openrouter: {{ api_key: \"${{env:BENCH_KEY_{i}}}\" }}\n    port: {}\n",
             3000 + i
         ));
     }
@@ -72,7 +72,10 @@ fn main() {
         .unwrap_or_else(|| fail("controller binary not found next to bench-kubernetes"));
     let work = std::env::temp_dir().join(format!("mai-fleet-bench-k8s-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap_or_else(|e| fail(&e.to_string()));
-    let key = format!("sk-or-v1-{}", "b".repeat(64));
+    // A key of its own for each tenant (the spec refuses a key shared).
+    let keys: Vec<(String, String)> = (0..n)
+        .map(|i| (format!("BENCH_KEY_{i}"), format!("sk-or-v1-{i:064x}")))
+        .collect();
 
     let ours = spec("bench-ours", &node, &kubeconfig, &work.join("ours"), n);
     let ours_path = work.join("ours.yaml");
@@ -82,7 +85,7 @@ fn main() {
     std::fs::write(&peer_path, peer).unwrap_or_else(|e| fail(&e.to_string()));
     let rendered = Command::new(&controller)
         .args(["render", peer_path.to_str().unwrap_or_default()])
-        .env("BENCH_KEY", &key)
+        .envs(keys.iter().cloned())
         .output()
         .unwrap_or_else(|e| fail(&e.to_string()));
     if !rendered.status.success() {
@@ -101,7 +104,7 @@ fn main() {
             "--verify-timeout",
             "300s",
         ])
-        .env("BENCH_KEY", &key)
+        .envs(keys.iter().cloned())
         .env_remove("DATABASE_URL");
         c
     };
