@@ -119,25 +119,9 @@ async fn create(engine: &Engine, d: &DesiredAgent) -> Result<String, LaunchError
         memory: Some(256 << 20),
         ..Default::default()
     };
-    let interval = format!("{}ms", d.interval_ms);
     let body = ContainerCreateBody {
         image: Some(d.image.clone()),
-        cmd: Some(
-            [
-                "--host",
-                &d.host,
-                "--interval",
-                &interval,
-                "--database-url-file",
-                DATABASE_URL_PATH,
-                "--spool-dir",
-                SPOOL_PATH,
-                "--log-format",
-                "json",
-            ]
-            .map(String::from)
-            .to_vec(),
-        ),
+        cmd: Some(d.args()),
         env: Some(vec![format!("DOCKER_HOST=unix://{SOCKET_PATH}")]),
         labels: Some(d.labels.clone().into_iter().collect::<HashMap<_, _>>()),
         host_config: Some(host_config),

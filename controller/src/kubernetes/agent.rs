@@ -24,7 +24,7 @@ use super::{Cluster, KubeError};
 use crate::plan::agent::{
     is_agent_of, DesiredAgent, CA_PATH, DATABASE_URL_PATH, LABEL_AGENT_OF, SPOOL_PATH,
 };
-use crate::plan::{Observed, RunState, LABEL_FLEET};
+use crate::plan::{Observed, LABEL_FLEET};
 
 /// The Role every agent of the namespace is bound to.
 pub const AGENT_ROLE: &str = "mai-fleet-agent";
@@ -51,18 +51,13 @@ pub async fn observe(cluster: &Cluster) -> Result<Vec<Observed>, KubeError> {
                 .and_then(|p| p.containers.first())
                 .and_then(|c| c.image.clone())
                 .unwrap_or_default();
-            Observed {
-                id: name.clone(),
+            super::observed(
                 name,
                 image,
-                state: if replicas > 0 {
-                    RunState::Running
-                } else {
-                    RunState::Exited
-                },
-                labels: d.metadata.labels.unwrap_or_default().into_iter().collect(),
-                runtime: None,
-            }
+                replicas,
+                d.metadata.labels.unwrap_or_default(),
+                None,
+            )
         })
         .collect())
 }
@@ -233,7 +228,6 @@ fn deployment(ns: &str, node: &str, d: &DesiredAgent) -> Deployment {
     ]);
     let mut pod_labels = selector.clone();
     pod_labels.insert("app.kubernetes.io/component".into(), AGENT_COMPONENT.into());
-    let interval = format!("{}ms", d.interval_ms);
     let mut env = vec![EnvVar {
         name: "MAI_FLEET_KUBERNETES_NAMESPACE".into(),
         value: Some(ns.to_string()),
@@ -306,22 +300,7 @@ fn deployment(ns: &str, node: &str, d: &DesiredAgent) -> Deployment {
         name: "agent".into(),
         image: Some(d.image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
-        args: Some(
-            [
-                "--host",
-                &d.host,
-                "--interval",
-                &interval,
-                "--database-url-file",
-                DATABASE_URL_PATH,
-                "--spool-dir",
-                SPOOL_PATH,
-                "--log-format",
-                "json",
-            ]
-            .map(String::from)
-            .to_vec(),
-        ),
+        args: Some(d.args()),
         env: Some(env),
         resources: Some(ResourceRequirements {
             limits: Some(limits.clone()),
@@ -461,14 +440,7 @@ pub async fn start(
 ) -> Result<String, KubeError> {
     let patch = serde_json::json!({ "spec": { "replicas": 1 } });
     cluster
-        .call(
-            "start the agent",
-            cluster.api::<Deployment>().patch(
-                name,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
-            ),
-        )
+        .merge::<Deployment>("start the agent", name, patch)
         .await?;
     watch(cluster, host, settle).await?;
     Ok(format!("{name} started"))
@@ -478,49 +450,18 @@ pub async fn start(
 /// binding); the namespace's Role stays for the other hosts' agents.
 pub async fn remove(cluster: &Cluster, name: &str) -> Result<String, KubeError> {
     let dp = DeleteParams::default();
-    let gone = |r: Result<(), KubeError>| match r {
-        Err(KubeError::Api {
-            source: kube::Error::Api(s),
-            ..
-        }) if s.code == 404 => Ok(()),
-        other => other,
-    };
-    gone(
-        cluster
-            .call(
-                "remove the agent",
-                cluster.api::<Deployment>().delete(name, &dp),
-            )
-            .await
-            .map(|_| ()),
-    )?;
-    gone(
-        cluster
-            .call(
-                "remove the agent's Secret",
-                cluster.api::<Secret>().delete(name, &dp),
-            )
-            .await
-            .map(|_| ()),
-    )?;
-    gone(
-        cluster
-            .call(
-                "remove the agent's binding",
-                cluster.api::<RoleBinding>().delete(name, &dp),
-            )
-            .await
-            .map(|_| ()),
-    )?;
-    gone(
-        cluster
-            .call(
-                "remove the agent's account",
-                cluster.api::<ServiceAccount>().delete(name, &dp),
-            )
-            .await
-            .map(|_| ()),
-    )?;
+    cluster
+        .delete::<Deployment>("remove the agent", name, &dp)
+        .await?;
+    cluster
+        .delete::<Secret>("remove the agent's Secret", name, &dp)
+        .await?;
+    cluster
+        .delete::<RoleBinding>("remove the agent's binding", name, &dp)
+        .await?;
+    cluster
+        .delete::<ServiceAccount>("remove the agent's account", name, &dp)
+        .await?;
     Ok(format!("{name} removed"))
 }
 

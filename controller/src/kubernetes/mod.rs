@@ -13,7 +13,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
@@ -214,6 +214,48 @@ impl Cluster {
             .await
     }
 
+    /// Deletes one object; one that is not there is as good as deleted.
+    async fn delete<K>(&self, what: &str, name: &str, dp: &DeleteParams) -> Result<(), KubeError>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        match self.call(what, self.api::<K>().delete(name, dp)).await {
+            Ok(_) => Ok(()),
+            Err(KubeError::Api {
+                source: kube::Error::Api(s),
+                ..
+            }) if s.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A JSON merge patch of one object (replicas, leaving the rest as it is).
+    async fn merge<K>(
+        &self,
+        what: &str,
+        name: &str,
+        patch: serde_json::Value,
+    ) -> Result<(), KubeError>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        let params = PatchParams::default();
+        self.call(
+            what,
+            self.api::<K>().patch(name, &params, &Patch::Merge(&patch)),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// The namespace, made and labelled as the fleet's when missing; one another
     /// fleet labelled as its own is refused.
     async fn ensure_namespace(&self, fleet: &str) -> Result<(), KubeError> {
@@ -316,18 +358,7 @@ impl Cluster {
                 };
                 objects::runtime(&set, secret, ports, network)
             });
-            managed.push(Observed {
-                id: name.clone(),
-                name,
-                image,
-                state: if replicas > 0 {
-                    RunState::Running
-                } else {
-                    RunState::Exited
-                },
-                labels: labels.into_iter().collect(),
-                runtime,
-            });
+            managed.push(observed(name, image, replicas, labels, runtime));
         }
         let agents = agent::observe(self).await?;
         Ok(Observation {
@@ -342,6 +373,29 @@ impl Cluster {
             host: self.host.name.clone(),
             what,
         }
+    }
+}
+
+/// A workload (a tenant's StatefulSet, an agent's Deployment) as the plan sees it:
+/// named by its object's name, running while it asks for a replica.
+fn observed(
+    name: String,
+    image: String,
+    replicas: i32,
+    labels: std::collections::BTreeMap<String, String>,
+    runtime: Option<crate::plan::Runtime>,
+) -> Observed {
+    Observed {
+        id: name.clone(),
+        name,
+        image,
+        state: if replicas > 0 {
+            RunState::Running
+        } else {
+            RunState::Exited
+        },
+        labels: labels.into_iter().collect(),
+        runtime,
     }
 }
 

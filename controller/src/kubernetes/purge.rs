@@ -83,12 +83,12 @@ pub async fn purge(cluster: &Cluster, image: &str, tenant: &str) -> Result<Strin
         )
         .await;
     let started = Instant::now();
-    let created = loop {
+    loop {
         match cluster
             .call("start the purge", api.create(&Default::default(), &pod))
             .await
         {
-            Ok(p) => break p,
+            Ok(_) => break,
             // The earlier one is still going away.
             Err(KubeError::Api {
                 source: kube::Error::Api(s),
@@ -98,8 +98,7 @@ pub async fn purge(cluster: &Cluster, image: &str, tenant: &str) -> Result<Strin
             }
             Err(e) => return Err(e),
         }
-    };
-    let _ = created;
+    }
     let outcome = loop {
         let p = cluster.call("read the purge", api.get(&name)).await?;
         let phase = p

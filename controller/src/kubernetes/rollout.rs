@@ -321,55 +321,23 @@ async fn start(
 /// Sets a StatefulSet's replicas (a merge patch: the template is left as it is).
 pub async fn scale(cluster: &Cluster, name: &str, replicas: i32) -> Result<(), KubeError> {
     let patch = serde_json::json!({ "spec": { "replicas": replicas } });
-    let params = kube::api::PatchParams::default();
     cluster
-        .call(
-            "scale the StatefulSet",
-            cluster
-                .api::<StatefulSet>()
-                .patch(name, &params, &kube::api::Patch::Merge(&patch)),
-        )
+        .merge::<StatefulSet>("scale the StatefulSet", name, patch)
         .await
-        .map(|_| ())
 }
 
 /// Deletes a tenant's objects (its data stays on the node).
 async fn remove(cluster: &Cluster, name: &str) -> Result<(), KubeError> {
     let dp = DeleteParams::default();
-    let gone = |r: Result<(), KubeError>| match r {
-        Err(KubeError::Api {
-            source: kube::Error::Api(s),
-            ..
-        }) if s.code == 404 => Ok(()),
-        other => other,
-    };
-    gone(
-        cluster
-            .call(
-                "delete the StatefulSet",
-                cluster.api::<StatefulSet>().delete(name, &dp),
-            )
-            .await
-            .map(|_| ()),
-    )?;
-    gone(
-        cluster
-            .call(
-                "delete the Service",
-                cluster.api::<Service>().delete(name, &dp),
-            )
-            .await
-            .map(|_| ()),
-    )?;
-    gone(
-        cluster
-            .call(
-                "delete the Secret",
-                cluster.api::<Secret>().delete(name, &dp),
-            )
-            .await
-            .map(|_| ()),
-    )
+    cluster
+        .delete::<StatefulSet>("delete the StatefulSet", name, &dp)
+        .await?;
+    cluster
+        .delete::<Service>("delete the Service", name, &dp)
+        .await?;
+    cluster
+        .delete::<Secret>("delete the Secret", name, &dp)
+        .await
 }
 
 /// The StatefulSet's one pod.
@@ -378,21 +346,9 @@ pub fn pod_name(set: &str) -> String {
 }
 
 pub async fn delete_pod(cluster: &Cluster, set: &str) -> Result<(), KubeError> {
-    let r = cluster
-        .call(
-            "delete the pod",
-            cluster
-                .api::<Pod>()
-                .delete(&pod_name(set), &DeleteParams::default()),
-        )
-        .await;
-    match r {
-        Err(KubeError::Api {
-            source: kube::Error::Api(s),
-            ..
-        }) if s.code == 404 => Ok(()),
-        other => other.map(|_| ()),
-    }
+    cluster
+        .delete::<Pod>("delete the pod", &pod_name(set), &DeleteParams::default())
+        .await
 }
 
 /// The pod of the StatefulSet's current template is Ready, has not restarted for

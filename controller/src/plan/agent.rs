@@ -101,6 +101,25 @@ impl DesiredAgent {
         self.labels.get(LABEL_AGENT_HASH).map_or("", String::as_str)
     }
 
+    /// The agent's command line, whichever backend runs it.
+    pub fn args(&self) -> Vec<String> {
+        let interval = format!("{}ms", self.interval_ms);
+        [
+            "--host",
+            &self.host,
+            "--interval",
+            &interval,
+            "--database-url-file",
+            DATABASE_URL_PATH,
+            "--spool-dir",
+            SPOOL_PATH,
+            "--log-format",
+            "json",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
     /// The URL the agent is handed: the host's role and password in, the CA named.
     pub fn url_with(&self, role: &str, password: &str) -> String {
         let (scheme, rest) = self

@@ -143,13 +143,8 @@ fn spec_with(
     s
 }
 
-/// A value of a tenant's Secret, decoded.
-fn secret_value(kc: &Path, ns: &str, id: &str, name: &str) -> String {
-    let secret = json(kc, ns, &format!("secret/mai-{id}")).expect("its Secret");
-    let stored = secret["data"][name]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+/// Base64 as a Secret holds it, decoded.
+fn decoded(text: &str) -> String {
     let out = Command::new("base64")
         .arg("-d")
         .stdin(std::process::Stdio::piped())
@@ -157,14 +152,17 @@ fn secret_value(kc: &Path, ns: &str, id: &str, name: &str) -> String {
         .spawn()
         .and_then(|mut c| {
             use std::io::Write;
-            c.stdin
-                .take()
-                .expect("stdin")
-                .write_all(stored.as_bytes())?;
+            c.stdin.take().expect("stdin").write_all(text.as_bytes())?;
             c.wait_with_output()
         })
         .expect("base64");
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A value of a tenant's Secret, decoded.
+fn secret_value(kc: &Path, ns: &str, id: &str, name: &str) -> String {
+    let secret = json(kc, ns, &format!("secret/mai-{id}")).expect("its Secret");
+    decoded(secret["data"][name].as_str().unwrap_or_default())
 }
 
 fn env_of(set: &serde_json::Value) -> Vec<serde_json::Value> {
@@ -272,25 +270,7 @@ fn one_spec_on_a_node_and_an_engine_applied_verified_and_its_drift_taken_back() 
             !set.to_string().contains(&key(i)),
             "the key is in the StatefulSet"
         );
-        let secret = json(&kc, &ns, &format!("secret/mai-{id}")).expect("its Secret");
-        let stored = secret["data"]["OPENROUTER_API_KEY"]
-            .as_str()
-            .expect("key in the Secret");
-        let decoded = Command::new("base64")
-            .arg("-d")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin
-                    .take()
-                    .expect("stdin")
-                    .write_all(stored.as_bytes())?;
-                c.wait_with_output()
-            })
-            .expect("base64");
-        assert_eq!(String::from_utf8_lossy(&decoded.stdout), key(i));
+        assert_eq!(secret_value(&kc, &ns, id, "OPENROUTER_API_KEY"), key(i));
         let pod = &set["spec"]["template"]["spec"];
         assert_eq!(pod["nodeName"], node.as_str());
         assert_eq!(pod["automountServiceAccountToken"], false);
@@ -883,22 +863,7 @@ fn the_controllers_least_privilege_role_is_enough_to_apply_and_no_more() {
                 "jsonpath={.data.token}",
             ],
         );
-        let decoded = Command::new("base64")
-            .arg("-d")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin
-                    .take()
-                    .expect("stdin")
-                    .write_all(r.stdout.trim().as_bytes())?;
-                c.wait_with_output()
-            });
-        token = decoded
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
+        token = decoded(r.stdout.trim());
         !token.is_empty()
     });
     assert!(found, "no token for the controller's service account");

@@ -154,28 +154,37 @@ impl Loader<'_> {
         }
     }
 
+    /// `<what>.<name>`: a file (relative to the spec) that can be read: `Some(None)`
+    /// when absent, `None` when given but unreadable.
+    fn readable_file(
+        &mut self,
+        map: &MarkedMappingNode,
+        name: &str,
+        what: &str,
+    ) -> Option<Option<std::path::PathBuf>> {
+        let Some((p, at)) = self.scalar(map, name, &format!("{what}.{name}")) else {
+            return Some(None);
+        };
+        let path = self.base_dir.join(p);
+        match std::fs::File::open(&path) {
+            Ok(_) => Some(Some(path)),
+            Err(e) => {
+                self.diag(
+                    at,
+                    format!("`{what}.{name}`: cannot read {}: {e}", path.display()),
+                    None,
+                );
+                None
+            }
+        }
+    }
+
     pub(super) fn ssh(&mut self, node: &Node, what: &str) -> Option<SshOptions> {
         let key = format!("{what}.ssh");
         let map = self.mapping(node, &format!("`{key}`"))?;
         self.keys(map, SSH_KEYS, &key);
-        let mut file = |name: &str| match self.scalar(map, name, &format!("{key}.{name}")) {
-            Some((p, at)) => {
-                let path = self.base_dir.join(p);
-                match std::fs::File::open(&path) {
-                    Ok(_) => Some(Some(path)),
-                    Err(e) => {
-                        self.diag(
-                            at,
-                            format!("`{key}.{name}`: cannot read {}: {e}", path.display()),
-                            None,
-                        );
-                        None
-                    }
-                }
-            }
-            None => Some(None),
-        };
-        let (k, kh) = (file("key"), file("known_hosts"));
+        let k = self.readable_file(map, "key", &key);
+        let kh = self.readable_file(map, "known_hosts", &key);
         Some(SshOptions {
             key: k?,
             known_hosts: kh?,
@@ -317,23 +326,7 @@ impl Loader<'_> {
         let what = format!("{host_what}.kubernetes");
         let map = self.mapping(node, &format!("`{what}`"))?;
         self.keys(map, KUBERNETES_KEYS, &what);
-        let kubeconfig = match self.scalar(map, "kubeconfig", &format!("{what}.kubeconfig")) {
-            Some((p, at)) => {
-                let path = self.base_dir.join(p);
-                match std::fs::File::open(&path) {
-                    Ok(_) => Some(Some(path)),
-                    Err(e) => {
-                        self.diag(
-                            at,
-                            format!("`{what}.kubeconfig`: cannot read {}: {e}", path.display()),
-                            None,
-                        );
-                        None
-                    }
-                }
-            }
-            None => Some(None),
-        };
+        let kubeconfig = self.readable_file(map, "kubeconfig", &what);
         let context = self
             .scalar(map, "context", &format!("{what}.context"))
             .map(|(c, _)| c.to_string());
