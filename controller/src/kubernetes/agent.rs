@@ -47,9 +47,7 @@ pub async fn observe(cluster: &Cluster) -> Result<Vec<Observed>, KubeError> {
             let image = d
                 .spec
                 .as_ref()
-                .and_then(|s| s.template.spec.as_ref())
-                .and_then(|p| p.containers.first())
-                .and_then(|c| c.image.clone())
+                .map(|s| super::image_of(&s.template))
                 .unwrap_or_default();
             super::observed(
                 name,

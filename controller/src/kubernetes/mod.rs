@@ -333,9 +333,7 @@ impl Cluster {
             let image = set
                 .spec
                 .as_ref()
-                .and_then(|s| s.template.spec.as_ref())
-                .and_then(|p| p.containers.first())
-                .and_then(|c| c.image.clone())
+                .map(|s| image_of(&s.template))
                 .unwrap_or_default();
             let runtime = full.then(|| {
                 let named = |n: &Option<String>| n.as_deref() == Some(name.as_str());
@@ -397,6 +395,16 @@ fn observed(
         labels: labels.into_iter().collect(),
         runtime,
     }
+}
+
+/// The image of a pod template's first container.
+fn image_of(template: &k8s_openapi::api::core::v1::PodTemplateSpec) -> String {
+    template
+        .spec
+        .as_ref()
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
 }
 
 /// What the API said, without the Debug dump `kube::Error` adds to its message.

@@ -143,6 +143,17 @@ fn spec_with(
     s
 }
 
+/// The seeds' incident, the Kubernetes way: `OPENROUTER_EXTERNAL_USER` removed from a
+/// tenant's StatefulSet by another field manager.
+fn remove_org_env(kc: &Path, ns: &str, id: &str) {
+    let set = format!("statefulset/mai-{id}");
+    let r = kubectl(
+        kc,
+        &["-n", ns, "set", "env", &set, "OPENROUTER_EXTERNAL_USER-"],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+}
+
 /// Base64 as a Secret holds it, decoded.
 fn decoded(text: &str) -> String {
     let out = Command::new("base64")
@@ -326,18 +337,7 @@ fn one_spec_on_a_node_and_an_engine_applied_verified_and_its_drift_taken_back() 
     assert_eq!(docker_before, docker_after);
 
     // The seeds' incident, the Kubernetes way: a variable removed by another manager.
-    let r = kubectl(
-        &kc,
-        &[
-            "-n",
-            &ns,
-            "set",
-            "env",
-            &format!("statefulset/mai-{k1}"),
-            "OPENROUTER_EXTERNAL_USER-",
-        ],
-    );
-    assert_eq!(r.code, 0, "{}", r.all());
+    remove_org_env(&kc, &ns, &k1);
     let set = json(&kc, &ns, &format!("statefulset/mai-{k1}")).expect("set");
     assert_eq!(env_value(&set, "OPENROUTER_EXTERNAL_USER"), None);
     let plan = f.controller(&["plan", path.to_str().expect("path")]);
@@ -721,18 +721,7 @@ fn agents_on_a_node_and_an_engine_ship_every_token_and_a_removed_variable_fires_
         "rules:\n  exchange_rate_missing: { enabled: false }\n",
     )
     .expect("write");
-    let r = kubectl(
-        &kc,
-        &[
-            "-n",
-            &ns,
-            "set",
-            "env",
-            &format!("statefulset/mai-{k1}"),
-            "OPENROUTER_EXTERNAL_USER-",
-        ],
-    );
-    assert_eq!(r.code, 0, "{}", r.all());
+    remove_org_env(&kc, &ns, &k1);
     let fired = wait_until(Duration::from_secs(90), || {
         f.evaluate_alerts(&config, None);
         tracking_inactive(&f, &k1).as_deref() == Some("firing")
