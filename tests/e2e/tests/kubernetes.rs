@@ -143,6 +143,19 @@ fn spec_with(
     s
 }
 
+/// The StatefulSet's controller has written all it will: its status names the one
+/// ready replica of the current revision.
+fn settled(kc: &Path, ns: &str, id: &str) -> bool {
+    let Some(set) = json(kc, ns, &format!("statefulset/mai-{id}")) else {
+        return false;
+    };
+    let status = &set["status"];
+    status["observedGeneration"] == set["metadata"]["generation"]
+        && status["readyReplicas"] == 1
+        && status["currentReplicas"] == 1
+        && status["currentRevision"] == status["updateRevision"]
+}
+
 /// The seeds' incident, the Kubernetes way: `OPENROUTER_EXTERNAL_USER` removed from a
 /// tenant's StatefulSet by another field manager.
 fn remove_org_env(kc: &Path, ns: &str, id: &str) {
@@ -309,7 +322,14 @@ fn one_spec_on_a_node_and_an_engine_applied_verified_and_its_drift_taken_back() 
     }
     assert!(json(&kc, &ns, &format!("networkpolicy/mai-fleet-net-{}", f.name)).is_some());
 
-    // A second apply changes nothing on either backend.
+    // A second apply changes nothing on either backend. (First the cluster's own
+    // controllers finish writing the objects' status, which moves their versions.)
+    for id in [&k1, &k2] {
+        assert!(
+            wait_until(Duration::from_secs(60), || settled(&kc, &ns, id)),
+            "{id}: the StatefulSet's status did not settle"
+        );
+    }
     let before: Vec<_> = [&k1, &k2]
         .iter()
         .flat_map(|id| versions(&kc, &ns, id))
@@ -1024,4 +1044,43 @@ fn a_provisioned_key_is_rotated_on_a_node_and_the_old_one_deleted_only_after() {
             "a key is in the output"
         );
     }
+}
+
+/// A namespace another fleet made its own is never written to.
+#[test]
+fn a_namespace_that_belongs_to_another_fleet_is_refused() {
+    let Some((kc, node)) = cluster() else { return };
+    let f = Fleet::new("k8s_foreign");
+    let ns = format!("mai-{}", f.name);
+    let _cleanup = Namespace(kc.clone(), ns.clone());
+    let r = kubectl(&kc, &["create", "namespace", &ns]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let r = kubectl(&kc, &["label", "namespace", &ns, "mai-fleet.fleet=other"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let k = f.id("k");
+    let path = f.write_spec(&spec(&f, &node, &kc, &[], &[(&k, DEV)]));
+    let r = apply(&f, &path, &[]);
+    assert_eq!(r.code, 3, "{}", r.all());
+    assert!(
+        r.stdout
+            .contains(&format!("namespace `{ns}` belongs to fleet `other`")),
+        "{}",
+        r.all()
+    );
+    let sets = kubectl(
+        &kc,
+        &[
+            "-n",
+            &ns,
+            "get",
+            "statefulsets,secrets,services",
+            "-o",
+            "name",
+        ],
+    );
+    assert!(
+        !sets.stdout.contains(&format!("mai-{k}")),
+        "written into another fleet's namespace: {}",
+        sets.stdout
+    );
 }
