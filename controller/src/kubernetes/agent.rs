@@ -226,103 +226,6 @@ fn deployment(ns: &str, node: &str, d: &DesiredAgent) -> Deployment {
     ]);
     let mut pod_labels = selector.clone();
     pod_labels.insert("app.kubernetes.io/component".into(), AGENT_COMPONENT.into());
-    let mut env = vec![EnvVar {
-        name: "MAI_FLEET_KUBERNETES_NAMESPACE".into(),
-        value: Some(ns.to_string()),
-        ..EnvVar::default()
-    }];
-    // Where the node reaches the API server, when the cluster's Service is not the way.
-    if let Some((host, port)) = d
-        .kubernetes
-        .as_ref()
-        .and_then(|k| k.api_server.as_deref())
-        .and_then(|u| {
-            u.trim_start_matches("https://")
-                .trim_end_matches('/')
-                .rsplit_once(':')
-        })
-    {
-        for (name, value) in [
-            ("KUBERNETES_SERVICE_HOST", host),
-            ("KUBERNETES_SERVICE_PORT", port),
-        ] {
-            env.push(EnvVar {
-                name: name.into(),
-                value: Some(value.to_string()),
-                ..EnvVar::default()
-            });
-        }
-    }
-    let secret_file = |key: &str, path: &str| Volume {
-        name: key.replace('.', "-"),
-        secret: Some(SecretVolumeSource {
-            secret_name: Some(d.name.clone()),
-            items: Some(vec![KeyToPath {
-                key: key.into(),
-                path: path.into(),
-                mode: Some(0o400),
-            }]),
-            default_mode: Some(0o400),
-            optional: Some(key != "database-url"),
-        }),
-        ..Volume::default()
-    };
-    let dir_of = |p: &str| {
-        std::path::Path::new(p)
-            .parent()
-            .map(|d| d.display().to_string())
-            .unwrap_or_default()
-    };
-    let file_of = |p: &str| {
-        std::path::Path::new(p)
-            .file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    };
-    let host_path = |name: &str, path: &str| Volume {
-        name: name.into(),
-        host_path: Some(HostPathVolumeSource {
-            path: path.to_string(),
-            type_: Some("DirectoryOrCreate".into()),
-        }),
-        ..Volume::default()
-    };
-    let mount = |name: &str, at: &str, read_only: bool| VolumeMount {
-        name: name.into(),
-        mount_path: at.into(),
-        read_only: Some(read_only),
-        ..VolumeMount::default()
-    };
-    let limits = BTreeMap::from([("memory".to_string(), Quantity("256Mi".into()))]);
-    let container = Container {
-        name: "agent".into(),
-        image: Some(d.image.clone()),
-        image_pull_policy: Some("IfNotPresent".into()),
-        args: Some(d.args()),
-        env: Some(env),
-        resources: Some(ResourceRequirements {
-            limits: Some(limits.clone()),
-            requests: Some(limits),
-            ..ResourceRequirements::default()
-        }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            // Stores may belong to any user of the tenant's image.
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: Some(vec!["DAC_READ_SEARCH".into()]),
-            }),
-            read_only_root_filesystem: Some(true),
-            ..SecurityContext::default()
-        }),
-        volume_mounts: Some(vec![
-            mount("database-url", &dir_of(DATABASE_URL_PATH), true),
-            mount("db-ca-pem", &dir_of(CA_PATH), true),
-            mount("data", &d.data_root, true),
-            mount("spool", SPOOL_PATH, false),
-        ]),
-        ..Container::default()
-    };
     Deployment {
         metadata: ObjectMeta {
             name: Some(d.name.clone()),
@@ -354,13 +257,8 @@ fn deployment(ns: &str, node: &str, d: &DesiredAgent) -> Deployment {
                     // The node's network: the database as the node reaches it.
                     host_network: Some(true),
                     dns_policy: Some("ClusterFirstWithHostNet".into()),
-                    containers: vec![container],
-                    volumes: Some(vec![
-                        secret_file("database-url", &file_of(DATABASE_URL_PATH)),
-                        secret_file("db-ca.pem", &file_of(CA_PATH)),
-                        host_path("data", &d.data_root),
-                        host_path("spool", &format!("/var/lib/mai-fleet/spool/{}", d.host)),
-                    ]),
+                    containers: vec![agent_container(ns, d)],
+                    volumes: Some(agent_volumes(d)),
                     ..PodSpec::default()
                 }),
             },
@@ -368,6 +266,121 @@ fn deployment(ns: &str, node: &str, d: &DesiredAgent) -> Deployment {
         }),
         ..Deployment::default()
     }
+}
+
+fn dir_of(p: &str) -> String {
+    std::path::Path::new(p)
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default()
+}
+
+fn file_of(p: &str) -> String {
+    std::path::Path::new(p)
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// The agent's container: its command line, the namespace it reads, where the node
+/// reaches the API server (when the spec says), its files read-only, its spool.
+fn agent_container(ns: &str, d: &DesiredAgent) -> Container {
+    let mut env = vec![EnvVar {
+        name: "MAI_FLEET_KUBERNETES_NAMESPACE".into(),
+        value: Some(ns.to_string()),
+        ..EnvVar::default()
+    }];
+    // Where the node reaches the API server, when the cluster's Service is not the way.
+    if let Some((host, port)) = d
+        .kubernetes
+        .as_ref()
+        .and_then(|k| k.api_server.as_deref())
+        .and_then(|u| {
+            u.trim_start_matches("https://")
+                .trim_end_matches('/')
+                .rsplit_once(':')
+        })
+    {
+        for (name, value) in [
+            ("KUBERNETES_SERVICE_HOST", host),
+            ("KUBERNETES_SERVICE_PORT", port),
+        ] {
+            env.push(EnvVar {
+                name: name.into(),
+                value: Some(value.to_string()),
+                ..EnvVar::default()
+            });
+        }
+    }
+    let mount = |name: &str, at: &str, read_only: bool| VolumeMount {
+        name: name.into(),
+        mount_path: at.into(),
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    };
+    let limits = BTreeMap::from([("memory".to_string(), Quantity("256Mi".into()))]);
+    Container {
+        name: "agent".into(),
+        image: Some(d.image.clone()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(d.args()),
+        env: Some(env),
+        resources: Some(ResourceRequirements {
+            limits: Some(limits.clone()),
+            requests: Some(limits),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            // Stores may belong to any user of the tenant's image.
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(vec!["DAC_READ_SEARCH".into()]),
+            }),
+            read_only_root_filesystem: Some(true),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            mount("database-url", &dir_of(DATABASE_URL_PATH), true),
+            mount("db-ca-pem", &dir_of(CA_PATH), true),
+            mount("data", &d.data_root, true),
+            mount("spool", SPOOL_PATH, false),
+        ]),
+        ..Container::default()
+    }
+}
+
+/// The database URL and CA (owner-only files from the agent's Secret), the node's
+/// `data_root`, the spool on the node.
+fn agent_volumes(d: &DesiredAgent) -> Vec<Volume> {
+    let secret_file = |key: &str, path: &str| Volume {
+        name: key.replace('.', "-"),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(d.name.clone()),
+            items: Some(vec![KeyToPath {
+                key: key.into(),
+                path: path.into(),
+                mode: Some(0o400),
+            }]),
+            default_mode: Some(0o400),
+            optional: Some(key != "database-url"),
+        }),
+        ..Volume::default()
+    };
+    let host_path = |name: &str, path: &str| Volume {
+        name: name.into(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.to_string(),
+            type_: Some("DirectoryOrCreate".into()),
+        }),
+        ..Volume::default()
+    };
+    vec![
+        secret_file("database-url", &file_of(DATABASE_URL_PATH)),
+        secret_file("db-ca.pem", &file_of(CA_PATH)),
+        host_path("data", &d.data_root),
+        host_path("spool", &format!("/var/lib/mai-fleet/spool/{}", d.host)),
+    ]
 }
 
 async fn agent_pods(cluster: &Cluster, host: &str) -> Result<Vec<Pod>, KubeError> {

@@ -328,29 +328,7 @@ pub fn runtime(
     let spec = set.spec.as_ref();
     let pod = spec.and_then(|s| s.template.spec.as_ref());
     let container = pod.and_then(|p| p.containers.iter().find(|c| c.name == CONTAINER));
-    let secret_data = secret.and_then(|s| s.data.as_ref());
-    let secret_name = secret.and_then(|s| s.metadata.name.as_deref());
-    let env = container
-        .and_then(|c| c.env.as_ref())
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            let value = match (&e.value, &e.value_from) {
-                (_, Some(from)) => match &from.secret_key_ref {
-                    Some(r) if Some(r.name.as_str()) == secret_name => secret_data
-                        .and_then(|d| d.get(&r.key))
-                        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-                        .unwrap_or_default(),
-                    // Another source than the tenant's Secret: never what the
-                    // spec wants.
-                    _ => "(from another source)".to_string(),
-                },
-                (Some(v), None) => v.clone(),
-                (None, None) => String::new(),
-            };
-            (e.name.clone(), value)
-        })
-        .collect();
+    let env = container.map(|c| env_of(c, secret)).unwrap_or_default();
     let volumes = pod.and_then(|p| p.volumes.as_ref());
     let mounts = container
         .and_then(|c| c.volume_mounts.as_ref())
@@ -421,6 +399,32 @@ pub fn runtime(
         network,
         labels,
     }
+}
+
+/// A container's environment with each reference into the tenant's Secret resolved
+/// (a reference to anything else is never what the spec wants).
+fn env_of(container: &Container, secret: Option<&Secret>) -> BTreeMap<String, String> {
+    let secret_data = secret.and_then(|s| s.data.as_ref());
+    let secret_name = secret.and_then(|s| s.metadata.name.as_deref());
+    container
+        .env
+        .iter()
+        .flatten()
+        .map(|e| {
+            let value = match (&e.value, &e.value_from) {
+                (_, Some(from)) => match &from.secret_key_ref {
+                    Some(r) if Some(r.name.as_str()) == secret_name => secret_data
+                        .and_then(|d| d.get(&r.key))
+                        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                        .unwrap_or_default(),
+                    _ => "(from another source)".to_string(),
+                },
+                (Some(v), None) => v.clone(),
+                (None, None) => String::new(),
+            };
+            (e.name.clone(), value)
+        })
+        .collect()
 }
 
 /// A memory quantity in bytes (`2147483648`, `2Gi`, `512M`, `1e9`).

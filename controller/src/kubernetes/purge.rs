@@ -17,71 +17,14 @@ const WITHIN: Duration = Duration::from_secs(120);
 
 /// Deletes `<data_root>/<tenant>` on the host's node; says what was done.
 pub async fn purge(cluster: &Cluster, image: &str, tenant: &str) -> Result<String, KubeError> {
-    let root = cluster.host.data_root.clone();
     let name = format!("mai-purge-{tenant}");
-    let pod = Pod {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: Some(cluster.namespace().to_string()),
-            labels: Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "mai-fleet".to_string(),
-                )]
-                .into(),
-            ),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PodSpec {
-            node_name: Some(cluster.node.node.clone()),
-            restart_policy: Some("Never".into()),
-            automount_service_account_token: Some(false),
-            enable_service_links: Some(false),
-            containers: vec![Container {
-                name: "purge".into(),
-                image: Some(image.to_string()),
-                image_pull_policy: Some("IfNotPresent".into()),
-                args: Some(
-                    ["purge", "--data-root", &root, "--tenant", tenant]
-                        .map(String::from)
-                        .to_vec(),
-                ),
-                security_context: Some(SecurityContext {
-                    allow_privilege_escalation: Some(false),
-                    // Files of any user of the tenant's image are deleted.
-                    capabilities: Some(Capabilities {
-                        drop: Some(vec!["ALL".into()]),
-                        add: Some(vec!["DAC_OVERRIDE".into(), "FOWNER".into()]),
-                    }),
-                    ..SecurityContext::default()
-                }),
-                volume_mounts: Some(vec![VolumeMount {
-                    name: "data".into(),
-                    mount_path: root.clone(),
-                    ..VolumeMount::default()
-                }]),
-                ..Container::default()
-            }],
-            volumes: Some(vec![Volume {
-                name: "data".into(),
-                host_path: Some(HostPathVolumeSource {
-                    path: root.clone(),
-                    type_: Some("Directory".into()),
-                }),
-                ..Volume::default()
-            }]),
-            ..PodSpec::default()
-        }),
-        ..Pod::default()
-    };
+    let pod = purge_pod(cluster, &name, image, tenant);
     let api = cluster.api::<Pod>();
+    let dp = DeleteParams::default();
     // A pod left by an interrupted purge goes first.
-    let _ = cluster
-        .call(
-            "remove an earlier purge",
-            api.delete(&name, &DeleteParams::default()),
-        )
-        .await;
+    cluster
+        .delete::<Pod>("remove an earlier purge", &name, &dp)
+        .await?;
     let started = Instant::now();
     loop {
         match cluster
@@ -122,12 +65,9 @@ pub async fn purge(cluster: &Cluster, image: &str, tenant: &str) -> Result<Strin
     let said = crate::quote::Masker::default()
         .last_lines(&log, 2)
         .join(" | ");
-    let _ = cluster
-        .call(
-            "remove the purge",
-            api.delete(&name, &DeleteParams::default()),
-        )
-        .await;
+    cluster
+        .delete::<Pod>("remove the purge", &name, &dp)
+        .await?;
     if outcome == "Succeeded" {
         Ok(said)
     } else {
@@ -135,5 +75,66 @@ pub async fn purge(cluster: &Cluster, image: &str, tenant: &str) -> Result<Strin
             host: cluster.host.name.clone(),
             why: format!("{outcome}: {said}"),
         })
+    }
+}
+
+/// One pod on the node, `data_root` mounted, running `agent purge` once.
+fn purge_pod(cluster: &Cluster, name: &str, image: &str, tenant: &str) -> Pod {
+    let root = cluster.host.data_root.clone();
+    let container = Container {
+        name: "purge".into(),
+        image: Some(image.to_string()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        args: Some(
+            ["purge", "--data-root", &root, "--tenant", tenant]
+                .map(String::from)
+                .to_vec(),
+        ),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            // Files of any user of the tenant's image are deleted.
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: Some(vec!["DAC_OVERRIDE".into(), "FOWNER".into()]),
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "data".into(),
+            mount_path: root.clone(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(cluster.namespace().to_string()),
+            labels: Some(
+                [(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "mai-fleet".to_string(),
+                )]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            node_name: Some(cluster.node.node.clone()),
+            restart_policy: Some("Never".into()),
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            containers: vec![container],
+            volumes: Some(vec![Volume {
+                name: "data".into(),
+                host_path: Some(HostPathVolumeSource {
+                    path: root,
+                    type_: Some("Directory".into()),
+                }),
+                ..Volume::default()
+            }]),
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
     }
 }
