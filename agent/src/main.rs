@@ -339,3 +339,53 @@ async fn shutdown() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::purge;
+    use std::os::unix::fs::symlink;
+
+    /// What a tenant controls in its directory (links, a hostile label as the id)
+    /// never makes `agent purge` delete outside `DATA_ROOT/TENANT`.
+    #[test]
+    fn purge_follows_no_link_and_takes_only_a_tenant_id() {
+        let base = std::env::temp_dir().join(format!("agent-purge-{}", std::process::id()));
+        let (root, outside) = (base.join("root"), base.join("outside"));
+        std::fs::create_dir_all(&root).expect("root");
+        std::fs::create_dir_all(&outside).expect("outside");
+        std::fs::write(outside.join("keep"), "controller's file").expect("write");
+
+        // The tenant's directory is itself a link to elsewhere: refused.
+        symlink(&outside, root.join("linked")).expect("link");
+        let _ = purge(&root, "linked");
+        assert!(
+            outside.join("keep").exists(),
+            "purge followed the tenant's link"
+        );
+        assert!(
+            root.join("linked").exists(),
+            "a refused purge removed something"
+        );
+
+        // A link inside the tenant's directory is removed, not what it points to.
+        std::fs::create_dir_all(root.join("acme/data")).expect("dir");
+        symlink(&outside, root.join("acme/data/escape")).expect("link");
+        let _ = purge(&root, "acme");
+        assert!(
+            !root.join("acme").exists(),
+            "the tenant's directory is left"
+        );
+        assert!(
+            outside.join("keep").exists(),
+            "purge deleted through a link"
+        );
+
+        // A label that is no tenant id never becomes a path.
+        for hostile in ["../outside", "..", "/"] {
+            let _ = purge(&root, hostile);
+            assert!(outside.join("keep").exists(), "{hostile:?} reached outside");
+        }
+        assert!(root.exists());
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}
