@@ -11,6 +11,7 @@ pub mod env;
 pub mod execution;
 pub use mai_fleet_core::duration;
 pub mod http;
+pub mod invoices;
 pub mod jobs;
 pub mod keys;
 pub mod kubernetes;

@@ -469,6 +469,7 @@ mod tests {
             monthly_limit_usd: None,
             email: None,
             nip: None,
+            address: None,
             port: 3001,
             env: BTreeMap::new(),
             memory_bytes: Some(1 << 30),

@@ -51,6 +51,11 @@ pub fn nip(nip: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// A NIP as FA(3) writes it: its ten digits, without dashes or spaces.
+pub fn nip_digits(nip: &str) -> String {
+    nip.chars().filter(char::is_ascii_digit).collect()
+}
+
 /// A deliberately plain e-mail shape check: `local@domain.tld`, no spaces.
 pub fn email(addr: &str) -> Result<(), Invalid> {
     let hint = || "write an address like faktury@example.pl".to_string();

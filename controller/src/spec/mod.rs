@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+pub use checks::{nip as check_nip, nip_digits};
 pub use endpoint::{DockerEndpoint, SshTarget, DEFAULT_REMOTE_SOCKET};
 pub use secret::ApiKey;
 
@@ -42,6 +43,58 @@ pub struct FleetSpec {
     pub agents: Option<AgentsSpec>,
     /// What one backup of a tenant may take (the `backups:` section).
     pub backups: BackupLimits,
+    /// The seller and invoice settings (`invoicing:`); `None`: no invoices.
+    pub invoicing: Option<InvoicingSpec>,
+}
+
+/// The `invoicing:` section: who sells, how invoices are numbered and priced, and
+/// where they are sent.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvoicingSpec {
+    pub seller: Party,
+    /// `FV/{yyyy}/{mm}/{seq}`: `{seq}` runs per billed month.
+    pub number: String,
+    pub currency: InvoiceCurrency,
+    /// Percent: 23, 8 or 5.
+    pub vat_rate: u32,
+    /// The line's text; `{month}` becomes the billed month ("listopad 2026").
+    pub line: String,
+    pub ksef: Option<KsefSpec>,
+}
+
+/// A party of an invoice: NIP (10 digits, checksum verified), name, one-line address.
+#[derive(Debug, Clone, Serialize)]
+pub struct Party {
+    pub nip: String,
+    pub name: String,
+    pub address: String,
+}
+
+mai_fleet_core::text_enum! {
+    /// `invoicing.currency`.
+    pub enum InvoiceCurrency, "currency; write PLN or USD" {
+        Pln = "PLN",
+        Usd = "USD",
+    }
+}
+
+mai_fleet_core::text_enum! {
+    /// `invoicing.ksef.environment`: which KSeF the invoices go to.
+    pub enum KsefEnvironment, "environment; write test, demo or production" {
+        Test = "test",
+        Demo = "demo",
+        Production = "production",
+    }
+}
+
+/// `invoicing.ksef`: the environment and the KSeF token (a secret: never shown).
+#[derive(Debug, Clone, Serialize)]
+pub struct KsefSpec {
+    pub environment: KsefEnvironment,
+    /// Serialized masked, as every secret of the spec.
+    pub token: ApiKey,
+    /// The `${env:}`/`${file:}` the token came from.
+    pub token_reference: String,
 }
 
 /// The `backups:` section. A tenant fills its own directory, so a backup of it is
@@ -160,6 +213,8 @@ pub struct TenantSpec {
     pub monthly_limit_usd: Option<Decimal>,
     pub email: Option<String>,
     pub nip: Option<String>,
+    /// The buyer's address on invoices (`billing.address`), one line.
+    pub address: Option<String>,
     /// Host port published to the container's 8080.
     pub port: u16,
     /// Extra variables (defaults' `env` merged under the tenant's own).

@@ -5,6 +5,7 @@ pub mod alerts;
 pub mod billing;
 pub mod dashboard;
 pub mod hosts;
+pub mod invoices;
 pub mod keys;
 pub mod migrations;
 pub mod model;

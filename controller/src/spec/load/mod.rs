@@ -4,6 +4,7 @@
 //! stops at the first error, and an operator fixing a 20-tenant file wants them all.
 
 mod hosts;
+mod invoicing;
 mod sections;
 mod tenants;
 
@@ -22,7 +23,14 @@ use super::{
 };
 
 const TOP_KEYS: &[&str] = &[
-    "version", "fleet", "defaults", "agents", "backups", "hosts", "tenants",
+    "version",
+    "fleet",
+    "defaults",
+    "agents",
+    "backups",
+    "hosts",
+    "tenants",
+    "invoicing",
 ];
 const BACKUPS_KEYS: &[&str] = &["max_bytes", "max_files", "time"];
 const AGENTS_KEYS: &[&str] = &["image", "database_url", "ca_file", "interval"];
@@ -66,6 +74,7 @@ const BILLING_KEYS: &[&str] = &[
     "monthly_limit_usd",
     "email",
     "nip",
+    "address",
     "on_limit",
 ];
 const RESOURCES_KEYS: &[&str] = &["memory", "cpus", "pids"];
@@ -111,6 +120,7 @@ struct Billing {
     monthly_limit_usd: Option<Decimal>,
     email: Option<String>,
     nip: Option<String>,
+    address: Option<String>,
     on_limit: OnLimit,
 }
 
@@ -264,6 +274,7 @@ impl<'e> Loader<'e> {
                 Vec::new()
             }
         };
+        let invoicing = root.get_node("invoicing").and_then(|n| self.invoicing(n));
         self.unique_tenant_values();
         self.provisioning_environment();
         Some(FleetSpec {
@@ -274,6 +285,7 @@ impl<'e> Loader<'e> {
             tenants,
             agents,
             backups,
+            invoicing,
         })
     }
 

@@ -119,6 +119,7 @@ impl Loader<'_> {
             monthly_limit_usd: billing.monthly_limit_usd,
             email: billing.email,
             nip: billing.nip,
+            address: billing.address,
             port: port_value?,
             env,
             memory_bytes: res.memory.or(defaults.memory_bytes),
@@ -340,6 +341,7 @@ impl Loader<'_> {
             monthly_limit_usd: None,
             email: None,
             nip: None,
+            address: None,
             on_limit: OnLimit::Alert,
         };
         let Some(b) = map
@@ -367,6 +369,11 @@ impl Loader<'_> {
             billing.nip = self
                 .check(at, "billing.nip", n, checks::nip(n))
                 .map(|()| n.to_string());
+        }
+        if let Some((a, at)) = self.scalar(b, "address", "billing.address") {
+            billing.address = self
+                .check(at, "billing.address", a, super::invoicing::invoice_text(a))
+                .map(|()| a.to_string());
         }
         if let Some((v, at)) = self.scalar(b, "on_limit", "billing.on_limit") {
             let parsed = v
