@@ -59,6 +59,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Host(cmd) => cli::host::run(cmd).await,
         Command::Usage(args) => cli::usage::run(args).await,
         Command::Billing(args) => cli::billing::run(args).await,
+        Command::Invoices(cmd) => cli::invoices::run(cmd).await,
         Command::Rates(cmd) => cli::rates::run(cmd).await,
         Command::Alerts(cmd) => cli::alerts::run(cmd).await,
         Command::User(cmd) => cli::user::run(cmd).await,

@@ -56,7 +56,8 @@ struct RuleFile {
     tolerance_usd: Option<Decimal>,
     /// backup_missing: the age past which a tenant's newest backup is too old.
     max_age: Option<String>,
-    /// account_credit_low: fire when the credit covers fewer days than this.
+    /// account_credit_low: fire when the credit covers fewer days than this;
+    /// invoice_unsent: fire this many days after a month's close.
     days: Option<Decimal>,
 }
 
@@ -139,6 +140,9 @@ pub struct AlertsConfig {
     /// `account_credit_low` fires when the account's credit covers fewer days
     /// than this at the trailing 7-day burn.
     pub credit_low_days: Decimal,
+    /// `invoice_unsent` fires for a closed month whose invoices KSeF has not all
+    /// accepted this many days after the close.
+    pub invoice_days: i64,
     pub rules: HashMap<Rule, RulePolicy>,
     pub receivers: Vec<Receiver>,
 }
@@ -184,6 +188,7 @@ struct RuleSettings {
     rules: HashMap<Rule, RulePolicy>,
     backup_max_age: Duration,
     credit_low_days: Decimal,
+    invoice_days: i64,
     tol_pct: Decimal,
     tol_usd: Decimal,
 }
@@ -200,6 +205,7 @@ fn rule_settings(
     // Nightly backups, with two hours' grace.
     let mut backup_max_age = Duration::from_secs(26 * 3600);
     let mut credit_low_days = Decimal::from(7);
+    let mut invoice_days = 5;
     let mut tol_pct = Decimal::from(2);
     let mut tol_usd = Decimal::new(5, 2);
     for (name, rf) in files {
@@ -232,12 +238,20 @@ fn rule_settings(
             }
             backup_max_age = dur(path, &format!("rules.{name}.max_age"), a)?;
         }
-        if let Some(d) = rf.days {
+        if let (Some(d), Rule::InvoiceUnsent) = (rf.days, rule) {
+            invoice_days = i64::try_from(d)
+                .ok()
+                .filter(|n| d.fract().is_zero() && (0..=366).contains(n))
+                .ok_or_else(|| ConfigError::Invalid {
+                    path: path.to_string(),
+                    detail: format!("rules.{name}: days is a whole number of days from 0 to 366"),
+                })?;
+        } else if let Some(d) = rf.days {
             if rule != Rule::AccountCreditLow || d <= Decimal::ZERO {
                 return Err(ConfigError::Invalid {
                     path: path.to_string(),
                     detail: format!(
-                        "rules.{name}: days (above 0) applies to account_credit_low only"
+                        "rules.{name}: days (above 0) applies to account_credit_low and invoice_unsent only"
                     ),
                 });
             }
@@ -257,6 +271,7 @@ fn rule_settings(
         rules,
         backup_max_age,
         credit_low_days,
+        invoice_days,
         tol_pct,
         tol_usd,
     })
@@ -419,6 +434,7 @@ impl AlertsConfig {
             rules,
             backup_max_age,
             credit_low_days,
+            invoice_days,
             tol_pct,
             tol_usd,
         } = rule_settings(path, &f.rules, repeat)?;
@@ -445,6 +461,7 @@ impl AlertsConfig {
             capture_tolerance_usd: tol_usd,
             backup_max_age,
             credit_low_days,
+            invoice_days,
             rules,
             receivers,
         })

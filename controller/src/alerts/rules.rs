@@ -11,6 +11,7 @@ use super::{Candidate, Rule};
 use crate::billing::money::{format_usd, round};
 use crate::rates::RateTable;
 use crate::store::alerts::{Ledger, StoppedKey};
+use crate::store::invoices::UnsentMonth;
 use crate::store::keys::{CreditState, ModelGap};
 use crate::store::{Store, StoreError};
 
@@ -88,6 +89,7 @@ pub async fn find(
             "A reset script or a restored backup: check the tenant's data directory.".into(),
         ));
     }
+    invoice_unsent(&store.unsent_months(config.invoice_days).await?, config.invoice_days, &mut out);
     if config
         .rules
         .get(&Rule::BackupMissing)
@@ -112,9 +114,33 @@ pub async fn find(
                 "`controller backup TENANT` takes one; `serve` takes them on MAI_FLEET_BACKUP_CRON.".into(),
             ));
         }
-        return Ok((out, 11));
+        return Ok((out, 12));
     }
-    Ok((out, 10))
+    Ok((out, 11))
+}
+
+/// A closed month whose invoices KSeF has not all accepted `days` after the close:
+/// one alert per month, naming the tenants (money billed but not invoiced).
+fn invoice_unsent(months: &[UnsentMonth], days: i64, out: &mut Vec<Candidate>) {
+    for m in months {
+        let month = m.month.format("%Y-%m").to_string();
+        let what = if m.drafted {
+            "invoices not accepted by KSeF"
+        } else {
+            "no invoices drafted"
+        };
+        out.push(Candidate::new(
+            Rule::InvoiceUnsent,
+            None,
+            &[("month", month.clone())],
+            format!(
+                "{month} closed {} and {days}+ days on: {what} for {}",
+                m.closed_at.format("%Y-%m-%d"),
+                m.tenants.join(", ")
+            ),
+            "`controller invoices draft MONTH` then `controller invoices send MONTH`; `invoices list MONTH` shows KSeF's answers.".into(),
+        ));
+    }
 }
 
 fn delta(now: Decimal, base: Option<Decimal>) -> Option<Decimal> {

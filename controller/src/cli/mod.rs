@@ -11,6 +11,7 @@ pub mod exec;
 pub mod healthcheck;
 pub mod history;
 pub mod host;
+pub mod invoices;
 pub mod keys;
 pub mod logs;
 pub mod migrate;
@@ -85,6 +86,9 @@ pub enum Command {
     Usage(usage::Args),
     /// Billing per tenant for a month in USD and PLN; `billing close MONTH` freezes it
     Billing(billing::BillingArgs),
+    /// KSeF FA(3) invoices of closed months: `draft MONTH`, `list`, `show NUMBER`, `send`
+    #[command(subcommand)]
+    Invoices(invoices::InvoicesCommand),
     /// NBP exchange rates: `rates sync --from D` backfills, `rates show` tells a day's rate
     #[command(subcommand)]
     Rates(rates::RatesCommand),

@@ -91,7 +91,7 @@ impl Status {
 
 mai_fleet_core::text_enum! {
     /// The rules, by the names alerts carry as `alertname`.
-    pub enum Rule, "rule; the rules are tracking_inactive, capture_gap, agent_silent, container_down, budget_80, budget_100, exchange_rate_missing, store_regression, backup_missing, account_credit_low" {
+    pub enum Rule, "rule; the rules are tracking_inactive, capture_gap, agent_silent, container_down, budget_80, budget_100, exchange_rate_missing, store_regression, backup_missing, account_credit_low, invoice_unsent" {
         TrackingInactive = "tracking_inactive",
         CaptureGap = "capture_gap",
         AgentSilent = "agent_silent",
@@ -102,6 +102,7 @@ mai_fleet_core::text_enum! {
         StoreRegression = "store_regression",
         BackupMissing = "backup_missing",
         AccountCreditLow = "account_credit_low",
+        InvoiceUnsent = "invoice_unsent",
     }
 }
 
@@ -119,7 +120,8 @@ impl Rule {
             Rule::AgentSilent
             | Rule::ContainerDown
             | Rule::StoreRegression
-            | Rule::BackupMissing => "warning",
+            | Rule::BackupMissing
+            | Rule::InvoiceUnsent => "warning",
             Rule::Budget80 | Rule::ExchangeRateMissing => "info",
         }
     }
