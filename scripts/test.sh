@@ -39,6 +39,25 @@ if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ]; then
     echo "test.sh: openssh-server is missing; the multi-server test will fail" >&2
   fi
 fi
+# Invoices are checked against the FA(3) schema with xmllint (libxml2).
+if ! command -v xmllint >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libxml2-utils >/dev/null
+  else
+    echo "test.sh: xmllint is missing (apt-get install libxml2-utils); the invoice tests will fail" >&2
+  fi
+fi
+# The tests judge drafts by the FA(3) schema as published (the PyPI package
+# mcp-ksef-pl ships the Ministry's files), not only by the controller's own copy.
+if [ -z "${MAI_FLEET_E2E_FA3_SCHEMAS:-}" ]; then
+  fa3=target/fa3-schemas
+  if [ ! -f "$fa3/mcp_ksef_pl/schemas/schemat_FA(3)_v1-0E.xsd" ]; then
+    mkdir -p "$fa3"
+    python3 -m pip download -q --no-deps 'mcp-ksef-pl==0.10.1' -d "$fa3"
+    python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$fa3"/mcp_ksef_pl-0.10.1-*.whl "$fa3"
+  fi
+  export MAI_FLEET_E2E_FA3_SCHEMAS=$PWD/$fa3/mcp_ksef_pl/schemas
+fi
 python3 -c 'import websocket' 2>/dev/null || python3 -m pip install -q websocket-client
 export MAI_FLEET_SCREENSHOTS=1
 tests/tenant/build-images.sh

@@ -50,8 +50,12 @@ pub struct SendReport {
 }
 
 impl SendReport {
+    /// Not everything is accepted with its receipt: a refusal (now or before), an
+    /// answer still pending, a receipt not yet made.
     pub fn failed(&self) -> bool {
-        self.outcomes
+        !self.rejected_before.is_empty()
+            || self
+                .outcomes
             .iter()
             .any(|o| o.result == "rejected" || o.result == "pending" || !o.upo)
     }

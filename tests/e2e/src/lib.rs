@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 pub mod dashboard;
 pub mod fakes;
 pub mod hosts;
+pub mod ksef;
 pub mod nbp;
 pub mod openrouter;
 pub mod pg_tls;
