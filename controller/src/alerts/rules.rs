@@ -89,7 +89,11 @@ pub async fn find(
             "A reset script or a restored backup: check the tenant's data directory.".into(),
         ));
     }
-    invoice_unsent(&store.unsent_months(config.invoice_days).await?, config.invoice_days, &mut out);
+    invoice_unsent(
+        &store.unsent_months(config.invoice_days).await?,
+        config.invoice_days,
+        &mut out,
+    );
     if config
         .rules
         .get(&Rule::BackupMissing)

@@ -86,7 +86,15 @@ fn money(currency: &str, d: rust_decimal::Decimal) -> String {
 
 fn rows_table(rows: &[InvoiceRow]) -> String {
     let mut t = vec![[
-        "NUMBER", "KIND", "TENANT", "BUYER NIP", "NET", "VAT", "GROSS", "STATE", "KSEF NUMBER",
+        "NUMBER",
+        "KIND",
+        "TENANT",
+        "BUYER NIP",
+        "NET",
+        "VAT",
+        "GROSS",
+        "STATE",
+        "KSEF NUMBER",
     ]
     .map(String::from)
     .to_vec()];
@@ -152,7 +160,10 @@ pub async fn run(cmd: InvoicesCommand) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             if report.drafted.is_empty() {
-                outln!("{month}: no new invoice ({} drafted before)", report.existing)?;
+                outln!(
+                    "{month}: no new invoice ({} drafted before)",
+                    report.existing
+                )?;
             } else {
                 outln!(
                     "{month}: {} invoice(s) drafted, checked against the FA(3) schema and stored",
@@ -165,7 +176,11 @@ pub async fn run(cmd: InvoicesCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        InvoicesCommand::List { month: m, output, db } => {
+        InvoicesCommand::List {
+            month: m,
+            output,
+            db,
+        } => {
             let month = m.as_deref().map(month).transpose()?;
             let store = db.connect().await?;
             let rows = store.invoices(month.map(Month::first_day)).await?;
@@ -240,10 +255,21 @@ pub async fn run(cmd: InvoicesCommand) -> anyhow::Result<ExitCode> {
                             "{} as {}{}{}",
                             o.result,
                             o.ksef_number.as_deref().unwrap_or("-"),
-                            if o.result == "duplicate" { " (KSeF already had it: recorded, not resent)" } else { "" },
-                            if o.upo { ", receipt kept" } else { ", receipt not yet made: `invoices send` again fetches it" }
+                            if o.result == "duplicate" {
+                                " (KSeF already had it: recorded, not resent)"
+                            } else {
+                                ""
+                            },
+                            if o.upo {
+                                ", receipt kept"
+                            } else {
+                                ", receipt not yet made: `invoices send` again fetches it"
+                            }
                         ),
-                        "pending" => "sent; KSeF has not finished: `invoices send` again reads its status".into(),
+                        "pending" => {
+                            "sent; KSeF has not finished: `invoices send` again reads its status"
+                                .into()
+                        }
                         _ => format!(
                             "REJECTED by KSeF: {} {}",
                             o.code.map(|c| c.to_string()).unwrap_or_default(),

@@ -12,8 +12,6 @@ pub mod ksef;
 pub mod schema;
 pub mod send;
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -126,13 +124,14 @@ pub async fn draft(store: &Store, input: DraftInput<'_>) -> Result<DraftReport, 
                 reason,
             }),
             Plan::Nothing => {}
-            Plan::Issue {
-                kind,
-                corrects,
-                net,
-                buyer,
-                rate,
-            } => {
+            Plan::Issue(issue) => {
+                let Issue {
+                    kind,
+                    corrects,
+                    net,
+                    buyer,
+                    rate,
+                } = *issue;
                 let number = document::number(&settings.number, month, next_seq);
                 let corrects_id = corrects.as_ref().map(|(id, _)| *id);
                 let inv = Invoice {
@@ -219,13 +218,16 @@ fn new_invoice(inv: &Invoice, corrects: Option<i64>, xml: String, actor: &str) -
 enum Plan {
     Skip(String),
     Nothing,
-    Issue {
-        kind: Kind,
-        corrects: Option<(i64, Corrected)>,
-        net: Decimal,
-        buyer: Buyer,
-        rate: Option<VatRate>,
-    },
+    Issue(Box<Issue>),
+}
+
+/// An invoice to make for a tenant: plain, or correcting the one with that id.
+struct Issue {
+    kind: Kind,
+    corrects: Option<(i64, Corrected)>,
+    net: Decimal,
+    buyer: Buyer,
+    rate: Option<VatRate>,
 }
 
 /// What the month owes now in the invoice's currency: the frozen figure plus what
@@ -287,13 +289,13 @@ fn plan_tenant(
     let original = mine.iter().find(|r| r.kind == "VAT");
     match original {
         None if owed <= Decimal::ZERO => Plan::Skip("nothing to bill this month".into()),
-        None => Plan::Issue {
+        None => Plan::Issue(Box::new(Issue {
             kind: Kind::Vat,
             corrects: None,
             net: owed,
             buyer,
             rate: rate.cloned(),
-        },
+        })),
         Some(_) if owed == invoiced => Plan::Nothing,
         Some(o) if o.currency != settings.currency.as_str() => Plan::Skip(format!(
             "{} is in {}, the spec now says {}: correct it by hand",
@@ -307,7 +309,7 @@ fn plan_tenant(
             o.currency,
             o.number
         )),
-        Some(o) => Plan::Issue {
+        Some(o) => Plan::Issue(Box::new(Issue {
             kind: Kind::Kor,
             corrects: Some((
                 o.id,
@@ -328,17 +330,8 @@ fn plan_tenant(
                 }),
                 _ => None,
             },
-        },
+        })),
     }
-}
-
-/// Invoices grouped per tenant, in number order (for reports).
-pub fn by_tenant(rows: &[InvoiceRow]) -> BTreeMap<String, Vec<&InvoiceRow>> {
-    let mut m: BTreeMap<String, Vec<&InvoiceRow>> = BTreeMap::new();
-    for r in rows {
-        m.entry(r.tenant_id.clone()).or_default().push(r);
-    }
-    m
 }
 
 #[cfg(test)]

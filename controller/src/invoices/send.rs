@@ -56,8 +56,8 @@ impl SendReport {
         !self.rejected_before.is_empty()
             || self
                 .outcomes
-            .iter()
-            .any(|o| o.result == "rejected" || o.result == "pending" || !o.upo)
+                .iter()
+                .any(|o| o.result == "rejected" || o.result == "pending" || !o.upo)
     }
 }
 

@@ -481,3 +481,47 @@ fn kubernetes_hosts_are_read_and_their_mistakes_located() {
         assert!(got.iter().any(|g| g.starts_with(w)), "{w} not in {got:#?}");
     }
 }
+
+#[test]
+fn invoicing_is_read_and_its_mistakes_located_all_at_once() {
+    let good = format!(
+        "{GOOD}invoicing:\n  seller: {{ nip: \"774-000-14-54\", name: \"mAI Sp. z o.o.\", address: \"ul. Przykładowa 1, 00-001 Warszawa\" }}\n  currency: USD\n  vat_rate: 8\n  ksef: {{ environment: demo, token: \"${{env:KEY_A}}\" }}\n"
+    );
+    let spec = load_str(Path::new("tenants.yaml"), &good, &env()).expect("valid");
+    let inv = spec.invoicing.expect("invoicing");
+    assert_eq!(inv.seller.nip, "7740001454");
+    assert_eq!(inv.number, "FV/{yyyy}/{mm}/{seq}");
+    assert_eq!((inv.currency.as_str(), inv.vat_rate), ("USD", 8));
+    let ksef = inv.ksef.expect("ksef");
+    assert_eq!(ksef.environment.as_str(), "demo");
+    assert!(
+        !format!("{ksef:?}").contains(KEY_A),
+        "the token is never shown"
+    );
+
+    let bad = format!(
+        "{GOOD}invoicing:\n  seller: {{ nip: \"7740001455\", name: \"mAI\" }}\n  number: \"FV/{{seq}}\"\n  currency: EUR\n  vat_rate: 7\n  ksef: {{ environment: prod, token: \"inline-token\", url: x }}\n  colour: red\n"
+    );
+    let errs = errors(&bad);
+    let joined = errs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    let expect = [
+        "tenants.yaml:29:11: missing `invoicing.seller.address`",
+        "tenants.yaml:29:18: `invoicing.seller.nip` value `7740001455` is not valid",
+        "tenants.yaml:30:11: `invoicing.number` value `FV/{seq}` is not valid",
+        "tenants.yaml:31:13: `invoicing.currency` value `EUR` is not valid",
+        "tenants.yaml:32:13: `invoicing.vat_rate` value `7` is not valid",
+        "tenants.yaml:33:24: `invoicing.ksef.environment` value `prod` is not valid",
+        "tenants.yaml:33:37: `invoicing.ksef.token` is written inline",
+        "tenants.yaml:33:53: unknown key `url` in invoicing.ksef",
+        "tenants.yaml:34:3: unknown key `colour` in invoicing",
+    ];
+    for e in expect {
+        assert!(joined.contains(e), "missing {e:?} in\n{joined}");
+    }
+    assert_eq!(errs.len(), expect.len(), "{joined}");
+    assert!(!joined.contains("inline-token"), "{joined}");
+}

@@ -53,8 +53,15 @@ pub struct FakeKsef {
 }
 
 fn openssl(args: &[&str]) {
-    let out = Command::new("openssl").args(args).output().expect("run openssl");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl FakeKsef {
@@ -65,9 +72,36 @@ impl FakeKsef {
         let key = dir.join("ksef-key.der");
         let cert = dir.join("ksef-cert.der");
         let pem = dir.join("ksef-key.pem");
-        openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", pem.to_str().unwrap(), "-outform", "DER", "-out", cert.to_str().unwrap(), "-subj", "/CN=fake KSeF", "-days", "2"]);
-        openssl(&["pkcs8", "-topk8", "-nocrypt", "-in", pem.to_str().unwrap(), "-outform", "DER", "-out", key.to_str().unwrap()]);
-        let private = rsa::PrivateKey::from_pkcs8_der(&std::fs::read(&key).unwrap()).expect("fake KSeF key");
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            pem.to_str().unwrap(),
+            "-outform",
+            "DER",
+            "-out",
+            cert.to_str().unwrap(),
+            "-subj",
+            "/CN=fake KSeF",
+            "-days",
+            "2",
+        ]);
+        openssl(&[
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            pem.to_str().unwrap(),
+            "-outform",
+            "DER",
+            "-out",
+            key.to_str().unwrap(),
+        ]);
+        let private =
+            rsa::PrivateKey::from_pkcs8_der(&std::fs::read(&key).unwrap()).expect("fake KSeF key");
         let cert_b64 = B64.encode(std::fs::read(&cert).unwrap());
         let server = tiny_http::Server::http(("127.0.0.1", port)).expect("fake KSeF listens");
         let state: Arc<Mutex<KsefState>> = Arc::default();
@@ -91,10 +125,18 @@ impl FakeKsef {
                     .and_then(|h| h.value.as_str().strip_prefix("Bearer ").map(str::to_string));
                 let method = req.method().to_string();
                 let path = req.url().split('?').next().unwrap_or("").to_string();
-                ctx.state.lock().unwrap().requests.push(format!("{method} {path}"));
+                ctx.state
+                    .lock()
+                    .unwrap()
+                    .requests
+                    .push(format!("{method} {path}"));
                 let (status, out, retry) = ctx.answer(&method, &path, bearer.as_deref(), &body);
                 let mut resp = tiny_http::Response::from_string(out).with_status_code(status);
-                let ct = if path.ends_with("/upo") { "application/xml" } else { "application/json" };
+                let ct = if path.ends_with("/upo") {
+                    "application/xml"
+                } else {
+                    "application/json"
+                };
                 resp.add_header(tiny_http::Header::from_bytes("Content-Type", ct).unwrap());
                 if retry {
                     resp.add_header(tiny_http::Header::from_bytes("Retry-After", "1").unwrap());
@@ -102,7 +144,11 @@ impl FakeKsef {
                 let _ = req.respond(resp);
             }
         });
-        FakeKsef { port, state, _dir: dir.to_path_buf() }
+        FakeKsef {
+            port,
+            state,
+            _dir: dir.to_path_buf(),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -111,7 +157,13 @@ impl FakeKsef {
 
     /// How many times an invoice numbered `p2` was received.
     pub fn received(&self, p2: &str) -> usize {
-        self.state.lock().unwrap().received.iter().filter(|(n, _)| n == p2).count()
+        self.state
+            .lock()
+            .unwrap()
+            .received
+            .iter()
+            .filter(|(n, _)| n == p2)
+            .count()
     }
 
     pub fn sends(&self) -> usize {
@@ -143,12 +195,20 @@ fn ok(code: u16, v: Value) -> (u16, String, bool) {
 
 /// `NIP-YYYYMMDD-XXXXXXXXXXXX-CC` with its CRC-8 (polynomial 0x07, init 0).
 pub fn ksef_number(nip: &str, counter: u64) -> String {
-    let body = format!("{nip}-{}-{:012X}", chrono::Utc::now().format("%Y%m%d"), 0xA1B2_0000_0000u64 + counter);
+    let body = format!(
+        "{nip}-{}-{:012X}",
+        chrono::Utc::now().format("%Y%m%d"),
+        0xA1B2_0000_0000u64 + counter
+    );
     let mut crc = 0u8;
     for b in body.as_bytes() {
         crc ^= b;
         for _ in 0..8 {
-            crc = if crc & 0x80 != 0 { (crc << 1) ^ 0x07 } else { crc << 1 };
+            crc = if crc & 0x80 != 0 {
+                (crc << 1) ^ 0x07
+            } else {
+                crc << 1
+            };
         }
     }
     format!("{body}-{crc:02X}")
@@ -167,7 +227,13 @@ impl Ctx {
         format!("{prefix}-{:08}", s.counter)
     }
 
-    fn answer(&self, method: &str, path: &str, bearer: Option<&str>, body: &str) -> (u16, String, bool) {
+    fn answer(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: &str,
+    ) -> (u16, String, bool) {
         let parts: Vec<&str> = path.trim_start_matches("/v2/").split('/').collect();
         let body: Value = serde_json::from_str(body).unwrap_or(Value::Null);
         let mut s = self.state.lock().unwrap();
@@ -177,7 +243,10 @@ impl Ctx {
                 let c = self.next(&mut s, "CH");
                 let ms = chrono::Utc::now().timestamp_millis();
                 s.challenges.insert(c.clone(), ms);
-                ok(200, json!({"challenge": c, "timestamp": chrono::Utc::now().to_rfc3339(), "timestampMs": ms}))
+                ok(
+                    200,
+                    json!({"challenge": c, "timestamp": chrono::Utc::now().to_rfc3339(), "timestampMs": ms}),
+                )
             }
             ("GET", ["security", "public-key-certificates"]) => ok(
                 200,
@@ -185,10 +254,15 @@ impl Ctx {
                         "validFrom": "2026-01-01T00:00:00Z", "validTo": "2030-01-01T00:00:00Z"}]),
             ),
             ("POST", ["auth", "ksef-token"]) => {
-                let Some(ms) = body["challenge"].as_str().and_then(|c| s.challenges.remove(c)) else {
+                let Some(ms) = body["challenge"]
+                    .as_str()
+                    .and_then(|c| s.challenges.remove(c))
+                else {
                     return error(400, 21401, "Nieprawidłowe wyzwanie autoryzacyjne.");
                 };
-                if body["contextIdentifier"]["type"] != "Nip" || body["contextIdentifier"]["value"] != self.nip.as_str() {
+                if body["contextIdentifier"]["type"] != "Nip"
+                    || body["contextIdentifier"]["value"] != self.nip.as_str()
+                {
                     return error(400, 21401, "Nieprawidłowy identyfikator kontekstu.");
                 }
                 let plain = B64
@@ -202,7 +276,10 @@ impl Ctx {
                 let r = self.next(&mut s, "AU");
                 let t = self.next(&mut s, "AUTHTOKEN");
                 s.auth_tokens.insert(t.clone(), 0);
-                ok(202, json!({"referenceNumber": r, "authenticationToken": {"token": t, "validUntil": "2030-01-01T00:00:00Z"}}))
+                ok(
+                    202,
+                    json!({"referenceNumber": r, "authenticationToken": {"token": t, "validUntil": "2030-01-01T00:00:00Z"}}),
+                )
             }
             ("GET", ["auth", _]) => {
                 let Some(polls) = bearer.and_then(|b| s.auth_tokens.get_mut(b)) else {
@@ -211,7 +288,10 @@ impl Ctx {
                 *polls += 1;
                 // Pending once: the client polls.
                 let code = if *polls == 1 { 100 } else { 200 };
-                ok(200, json!({"status": {"code": code, "description": if code == 100 { "Uwierzytelnianie w toku" } else { "Uwierzytelnianie zakończone sukcesem" }}}))
+                ok(
+                    200,
+                    json!({"status": {"code": code, "description": if code == 100 { "Uwierzytelnianie w toku" } else { "Uwierzytelnianie zakończone sukcesem" }}}),
+                )
             }
             ("POST", ["auth", "token", "redeem"]) => {
                 let Some(b) = bearer.filter(|b| s.auth_tokens.contains_key(*b)) else {
@@ -224,7 +304,10 @@ impl Ctx {
                 let (a, r) = (self.next(&mut s, "ACCESS"), self.next(&mut s, "REFRESH"));
                 s.access.push(a.clone());
                 s.refresh.push(r.clone());
-                ok(200, json!({"accessToken": {"token": a, "validUntil": "2030-01-01T00:00:00Z"}, "refreshToken": {"token": r, "validUntil": "2030-01-01T00:00:00Z"}}))
+                ok(
+                    200,
+                    json!({"accessToken": {"token": a, "validUntil": "2030-01-01T00:00:00Z"}, "refreshToken": {"token": r, "validUntil": "2030-01-01T00:00:00Z"}}),
+                )
             }
             ("POST", ["auth", "token", "refresh"]) => {
                 if !bearer.is_some_and(|b| s.refresh.iter().any(|r| r == b)) {
@@ -232,20 +315,33 @@ impl Ctx {
                 }
                 let a = self.next(&mut s, "ACCESS");
                 s.access.push(a.clone());
-                ok(200, json!({"accessToken": {"token": a, "validUntil": "2030-01-01T00:00:00Z"}}))
+                ok(
+                    200,
+                    json!({"accessToken": {"token": a, "validUntil": "2030-01-01T00:00:00Z"}}),
+                )
             }
             _ if !access_ok => error(401, 0, "Unauthorized"),
             ("POST", ["sessions", "online"]) => {
-                if body["formCode"] != json!({"systemCode": "FA (3)", "schemaVersion": "1-0E", "value": "FA"}) {
+                if body["formCode"]
+                    != json!({"systemCode": "FA (3)", "schemaVersion": "1-0E", "value": "FA"})
+                {
                     return error(400, 21405, "Nieprawidłowy kod formularza.");
                 }
                 let key = B64
-                    .decode(body["encryption"]["encryptedSymmetricKey"].as_str().unwrap_or(""))
+                    .decode(
+                        body["encryption"]["encryptedSymmetricKey"]
+                            .as_str()
+                            .unwrap_or(""),
+                    )
                     .ok()
                     .and_then(|e| self.private.oaep_decrypt::<Sha256>(&e).ok())
                     .and_then(|k| <[u8; 32]>::try_from(k).ok());
                 let iv = B64
-                    .decode(body["encryption"]["initializationVector"].as_str().unwrap_or(""))
+                    .decode(
+                        body["encryption"]["initializationVector"]
+                            .as_str()
+                            .unwrap_or(""),
+                    )
                     .ok()
                     .and_then(|v| <[u8; 16]>::try_from(v).ok());
                 let (Some(key), Some(iv)) = (key, iv) else {
@@ -253,12 +349,20 @@ impl Ctx {
                 };
                 let r = self.next(&mut s, "SO");
                 s.sessions.insert(r.clone(), (key, iv, false));
-                ok(201, json!({"referenceNumber": r, "validUntil": "2030-01-01T00:00:00Z"}))
+                ok(
+                    201,
+                    json!({"referenceNumber": r, "validUntil": "2030-01-01T00:00:00Z"}),
+                )
             }
             ("POST", ["sessions", "online", session, "invoices"]) => {
                 if s.throttle > 0 {
                     s.throttle -= 1;
-                    return (429, json!({"status": {"code": 429, "description": "Too Many Requests"}}).to_string(), true);
+                    return (
+                        429,
+                        json!({"status": {"code": 429, "description": "Too Many Requests"}})
+                            .to_string(),
+                        true,
+                    );
                 }
                 let Some(&(key, iv, closed)) = s.sessions.get(*session) else {
                     return error(404, 21170, "Sesja nie istnieje.");
@@ -275,17 +379,22 @@ impl Ctx {
                 *polls += 1;
                 // In processing on the first look: the client polls to the end.
                 if *polls == 1 {
-                    return ok(200, json!({"referenceNumber": reference, "status": {"code": 150, "description": "Trwa przetwarzanie"}}));
+                    return ok(
+                        200,
+                        json!({"referenceNumber": reference, "status": {"code": 150, "description": "Trwa przetwarzanie"}}),
+                    );
                 }
                 ok(200, status.clone())
             }
-            ("POST", ["sessions", "online", session, "close"]) => match s.sessions.get_mut(*session) {
-                Some(sess) => {
-                    sess.2 = true;
-                    (204, String::new(), false)
+            ("POST", ["sessions", "online", session, "close"]) => {
+                match s.sessions.get_mut(*session) {
+                    Some(sess) => {
+                        sess.2 = true;
+                        (204, String::new(), false)
+                    }
+                    None => error(404, 21170, "Sesja nie istnieje."),
                 }
-                None => error(404, 21170, "Sesja nie istnieje."),
-            },
+            }
             ("GET", ["sessions", session, "invoices", "ksef", number, "upo"]) => {
                 let closed = s.sessions.get(*session).is_some_and(|x| x.2);
                 match s.upos.get(*number) {
@@ -297,7 +406,14 @@ impl Ctx {
         }
     }
 
-    fn receive(&self, s: &mut KsefState, session: &str, key: [u8; 32], iv: [u8; 16], body: &Value) -> (u16, String, bool) {
+    fn receive(
+        &self,
+        s: &mut KsefState,
+        session: &str,
+        key: [u8; 32],
+        iv: [u8; 16],
+        body: &Value,
+    ) -> (u16, String, bool) {
         let field = |k: &str| body[k].as_str().unwrap_or("").to_string();
         let Ok(encrypted) = B64.decode(field("encryptedInvoiceContent")) else {
             return error(400, 21405, "Treść nie jest w base64.");
@@ -305,9 +421,15 @@ impl Ctx {
         if B64.encode(Sha256::digest(&encrypted)) != field("encryptedInvoiceHash")
             || body["encryptedInvoiceSize"].as_u64() != Some(encrypted.len() as u64)
         {
-            return error(400, 21405, "Skrót lub rozmiar zaszyfrowanej faktury się nie zgadza.");
+            return error(
+                400,
+                21405,
+                "Skrót lub rozmiar zaszyfrowanej faktury się nie zgadza.",
+            );
         }
-        let Ok(plain) = cbc::Decryptor::<aes::Aes256>::new(&key.into(), &iv.into()).decrypt_padded_vec::<Pkcs7>(&encrypted) else {
+        let Ok(plain) = cbc::Decryptor::<aes::Aes256>::new(&key.into(), &iv.into())
+            .decrypt_padded_vec::<Pkcs7>(&encrypted)
+        else {
             return error(400, 21405, "Nie można odszyfrować faktury.");
         };
         if B64.encode(Sha256::digest(&plain)) != field("invoiceHash")
@@ -329,9 +451,11 @@ impl Ctx {
             let kind = element(&xml, "RodzajFaktury").unwrap_or_default();
             let id = (seller.clone(), kind, p2.clone());
             match s.accepted.get(&id) {
-                Some((number, original_session)) => json!({"code": 440, "description": "Duplikat faktury",
+                Some((number, original_session)) => {
+                    json!({"code": 440, "description": "Duplikat faktury",
                     "details": [format!("Faktura o numerze {p2} została już przyjęta jako {number}.")],
-                    "extensions": {"originalKsefNumber": number, "originalSessionReferenceNumber": original_session}}),
+                    "extensions": {"originalKsefNumber": number, "originalSessionReferenceNumber": original_session}})
+                }
                 None => {
                     s.counter += 1;
                     let number = ksef_number(&seller, s.counter);
@@ -349,7 +473,8 @@ impl Ctx {
         if let Some(n) = status["ksefNumber"].as_str() {
             answer["ksefNumber"] = json!(n);
         }
-        s.invoices.insert(reference.clone(), (session.to_string(), 0, answer));
+        s.invoices
+            .insert(reference.clone(), (session.to_string(), 0, answer));
         ok(202, json!({"referenceNumber": reference}))
     }
 

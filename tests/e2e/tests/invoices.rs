@@ -33,7 +33,11 @@ fn xmllint_ok(dir: &Path, name: &str, xml: &str) {
         .arg(&file)
         .output()
         .expect("xmllint");
-    assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn dec(v: &Value) -> Decimal {
@@ -86,11 +90,18 @@ fn spec(f: &Fleet, tenants: &[(&str, &str, u32, Option<&str>)], currency: &str) 
     let rows: Vec<(&str, &str, &str, String)> = tenants
         .iter()
         .map(|(id, host, per_day, _)| {
-            (*id, *host, DEV, format!("SIM_HISTORY_DAYS: \"62\", SIM_HISTORY_PER_DAY: \"{per_day}\""))
+            (
+                *id,
+                *host,
+                DEV,
+                format!("SIM_HISTORY_DAYS: \"62\", SIM_HISTORY_PER_DAY: \"{per_day}\""),
+            )
         })
         .collect();
-    let refs: Vec<(&str, &str, &str, &str)> =
-        rows.iter().map(|(a, b, c, d)| (*a, *b, *c, d.as_str())).collect();
+    let refs: Vec<(&str, &str, &str, &str)> = rows
+        .iter()
+        .map(|(a, b, c, d)| (*a, *b, *c, d.as_str()))
+        .collect();
     let mut text = f.spec(&refs);
     for (id, _, _, nip) in tenants {
         let default = format!("billing: {{ email: faktury@{id}.pl, nip: \"5260250274\" }}");
@@ -102,7 +113,11 @@ fn spec(f: &Fleet, tenants: &[(&str, &str, u32, Option<&str>)], currency: &str) 
     }
     let token_file = f.dir.join("ksef-token");
     std::fs::write(&token_file, TOKEN).unwrap();
-    std::fs::set_permissions(&token_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     text.push_str(&format!(
         "invoicing:\n  seller: {{ nip: \"{SELLER_NIP}\", name: \"mAI Sp. z o.o.\", address: \"ul. Przykładowa 1, 00-001 Warszawa\" }}\n  number: \"FV/{{yyyy}}/{{mm}}/{{seq}}\"\n  currency: {currency}\n  vat_rate: 23\n  line: \"Dostęp do modeli AI — {{month}}\"\n  ksef: {{ environment: test, token: \"${{file:ksef-token}}\" }}\n"
     ));
@@ -112,7 +127,10 @@ fn spec(f: &Fleet, tenants: &[(&str, &str, u32, Option<&str>)], currency: &str) 
 fn start_tenants(f: &Fleet, spec: &Path, n: u16, hosts: &[&str]) {
     f.apply_ok(spec, &[]);
     for i in 0..n {
-        assert!(f.wait_health(f.base_port + i).is_some(), "tenant {i} answers");
+        assert!(
+            f.wait_health(f.base_port + i).is_some(),
+            "tenant {i} answers"
+        );
     }
     for h in hosts {
         f.agent_once(h);
@@ -160,7 +178,13 @@ fn closed_month_becomes_checked_invoices_sent_once_with_receipts_and_corrections
     start_tenants(&f, &spec_path, 3, &["a", "b"]);
     let (first, last, month) = last_month();
     let nbp = FakeNbp::start(f.base_port + 11, &[]);
-    let ksef = FakeKsef::start(f.base_port + 12, &f.dir.join("ksef"), TOKEN, SELLER_NIP, &schemas());
+    let ksef = FakeKsef::start(
+        f.base_port + 12,
+        &f.dir.join("ksef"),
+        TOKEN,
+        SELLER_NIP,
+        &schemas(),
+    );
     let r = Run {
         f: &f,
         env: vec![
@@ -185,17 +209,49 @@ fn closed_month_becomes_checked_invoices_sent_once_with_receipts_and_corrections
     let drafted = r.json(&["invoices", "draft", &month]);
     let rows = drafted["drafted"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "{drafted}");
-    assert_eq!((rows[0]["number"].as_str().unwrap(), rows[0]["tenant_id"].as_str().unwrap()), (n(1).as_str(), t1.as_str()));
-    assert_eq!((rows[1]["number"].as_str().unwrap(), rows[1]["tenant_id"].as_str().unwrap()), (n(2).as_str(), t2.as_str()));
+    assert_eq!(
+        (
+            rows[0]["number"].as_str().unwrap(),
+            rows[0]["tenant_id"].as_str().unwrap()
+        ),
+        (n(1).as_str(), t1.as_str())
+    );
+    assert_eq!(
+        (
+            rows[1]["number"].as_str().unwrap(),
+            rows[1]["tenant_id"].as_str().unwrap()
+        ),
+        (n(2).as_str(), t2.as_str())
+    );
     let skipped = drafted["skipped"].as_array().unwrap();
-    assert!(skipped.iter().any(|s| s["tenant"] == t3.as_str() && s["reason"].as_str().unwrap().contains("billing.nip")), "{drafted}");
+    assert!(
+        skipped
+            .iter()
+            .any(|s| s["tenant"] == t3.as_str()
+                && s["reason"].as_str().unwrap().contains("billing.nip")),
+        "{drafted}"
+    );
     let text = r.run(&["invoices", "draft", &month]);
-    assert!(text.stdout.contains("no new invoice") && text.stdout.contains(&format!("not invoiced: {t3}")), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("no new invoice")
+            && text.stdout.contains(&format!("not invoiced: {t3}")),
+        "{}",
+        text.stdout
+    );
     let mut pln_total = Decimal::ZERO;
     for (row, tenant) in rows.iter().zip([&t1, &t2]) {
-        let line = billing["tenants"].as_array().unwrap().iter().find(|l| l["tenant"] == tenant.as_str()).unwrap();
+        let line = billing["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["tenant"] == tenant.as_str())
+            .unwrap();
         let net = dec(&row["net"]);
-        assert_eq!(net, dec(&line["client_cost_pln"]), "{tenant}: net is the month's PLN billing");
+        assert_eq!(
+            net,
+            dec(&line["client_cost_pln"]),
+            "{tenant}: net is the month's PLN billing"
+        );
         assert!(net > Decimal::ZERO);
         assert_eq!(dec(&row["vat"]), round2(net * Decimal::new(23, 2)));
         assert_eq!(dec(&row["gross"]), net + dec(&row["vat"]));
@@ -209,20 +265,36 @@ fn closed_month_becomes_checked_invoices_sent_once_with_receipts_and_corrections
         assert_eq!(element(&xml, "P_6_Do"), last.to_string());
         assert!(xml.contains(&format!("<NIP>{SELLER_NIP}</NIP>")));
         let shown = r.run(&["invoices", "show", number]);
-        assert!(shown.stdout.contains("Faktura VAT") && shown.stdout.contains(&format!("tenant {tenant}")), "{}", shown.stdout);
+        assert!(
+            shown.stdout.contains("Faktura VAT")
+                && shown.stdout.contains(&format!("tenant {tenant}")),
+            "{}",
+            shown.stdout
+        );
     }
-    let billed: Decimal = billing["tenants"].as_array().unwrap().iter()
+    let billed: Decimal = billing["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
         .filter(|l| l["tenant"] != t3.as_str())
-        .map(|l| dec(&l["client_cost_pln"])).sum();
+        .map(|l| dec(&l["client_cost_pln"]))
+        .sum();
     assert_eq!(pln_total, billed);
 
     // Unsent N (here 0) days after the close: invoice_unsent names both tenants.
     let alerts = f.dir.join("alerts.yaml");
-    std::fs::write(&alerts, "evaluation_interval: 1m\nrules:\n  invoice_unsent: { days: 0 }\n").unwrap();
+    std::fs::write(
+        &alerts,
+        "evaluation_interval: 1m\nrules:\n  invoice_unsent: { days: 0 }\n",
+    )
+    .unwrap();
     f.evaluate_alerts(&alerts, None);
     let fired = unsent_alert(&r).expect("invoice_unsent");
     assert_eq!(fired["state"], "firing", "{fired}");
-    assert!(fired.to_string().contains(&t1) && fired.to_string().contains(&t2), "{fired}");
+    assert!(
+        fired.to_string().contains(&t1) && fired.to_string().contains(&t2),
+        "{fired}"
+    );
 
     // 429 then 200 for the first; 450 for the second: one accepted, the other
     // reported with KSeF's code and text.
@@ -233,14 +305,43 @@ fn closed_month_becomes_checked_invoices_sent_once_with_receipts_and_corrections
     }
     let sent = r.run(&["invoices", "send", &month]);
     assert_eq!(sent.code, 3, "{}", sent.all());
-    assert!(sent.stdout.contains(&format!("{} ({t1}): accepted as {SELLER_NIP}-", n(1))), "{}", sent.stdout);
-    assert!(sent.stdout.contains(&format!("{} ({t2}): REJECTED by KSeF: 450 Błąd weryfikacji semantyki", n(2))), "{}", sent.stdout);
-    let posts = ksef.state.lock().unwrap().requests.iter().filter(|q| q.starts_with("POST") && q.ends_with("/invoices")).count();
-    assert_eq!((posts, ksef.received(&n(1)), ksef.received(&n(2))), (3, 1, 1), "one 429 waited out, each invoice received once");
+    assert!(
+        sent.stdout
+            .contains(&format!("{} ({t1}): accepted as {SELLER_NIP}-", n(1))),
+        "{}",
+        sent.stdout
+    );
+    assert!(
+        sent.stdout.contains(&format!(
+            "{} ({t2}): REJECTED by KSeF: 450 Błąd weryfikacji semantyki",
+            n(2)
+        )),
+        "{}",
+        sent.stdout
+    );
+    let posts = ksef
+        .state
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .filter(|q| q.starts_with("POST") && q.ends_with("/invoices"))
+        .count();
+    assert_eq!(
+        (posts, ksef.received(&n(1)), ksef.received(&n(2))),
+        (3, 1, 1),
+        "one 429 waited out, each invoice received once"
+    );
     // A re-run leaves the refused one alone and says so.
     let again = r.run(&["invoices", "send", &month]);
     assert_eq!(again.code, 3, "{}", again.all());
-    assert!(again.stdout.contains(&format!("not sent again (--retry-rejected): {}", n(2))), "{}", again.stdout);
+    assert!(
+        again
+            .stdout
+            .contains(&format!("not sent again (--retry-rejected): {}", n(2))),
+        "{}",
+        again.stdout
+    );
     assert_eq!(ksef.sends(), 2);
     ksef.state.lock().unwrap().reject.clear();
     let retried = r.run(&["invoices", "send", &month, "--retry-rejected"]);
@@ -251,7 +352,11 @@ fn closed_month_becomes_checked_invoices_sent_once_with_receipts_and_corrections
     let before = ksef.sends();
     let twice = r.run(&["invoices", "send", &month]);
     assert_eq!(twice.code, 0, "{}", twice.all());
-    assert!(twice.stdout.contains("2 accepted before"), "{}", twice.stdout);
+    assert!(
+        twice.stdout.contains("2 accepted before"),
+        "{}",
+        twice.stdout
+    );
     assert_eq!(ksef.sends(), before);
     let list = r.json(&["invoices", "list", &month]);
     for seq in [1, 2] {
@@ -268,11 +373,18 @@ fn closed_month_becomes_checked_invoices_sent_once_with_receipts_and_corrections
 
     // The record of an accepted invoice lost: the resend is answered 440 and
     // recorded as the invoice KSeF holds.
-    let first_number = invoice(&list, &n(1))["ksef_number"].as_str().unwrap().to_string();
+    let first_number = invoice(&list, &n(1))["ksef_number"]
+        .as_str()
+        .unwrap()
+        .to_string();
     f.psql(&format!("UPDATE invoices SET state = 'draft', ksef_number = NULL, upo = NULL, ksef_session = NULL WHERE number = '{}'", n(1)));
     let dup = r.run(&["invoices", "send", &month]);
     assert_eq!(dup.code, 0, "{}", dup.all());
-    assert!(dup.stdout.contains(&format!("duplicate as {first_number}")), "{}", dup.stdout);
+    assert!(
+        dup.stdout.contains(&format!("duplicate as {first_number}")),
+        "{}",
+        dup.stdout
+    );
     let list = r.json(&["invoices", "list", &month]);
     assert_eq!(invoice(&list, &n(1))["ksef_number"], first_number.as_str());
     assert_eq!(invoice(&list, &n(1))["has_upo"], true);
@@ -283,12 +395,28 @@ fn closed_month_becomes_checked_invoices_sent_once_with_receipts_and_corrections
     assert!(f.wait_health(f.base_port).is_some());
     f.agent_once("a");
     let late = r.json(&["billing", &month]);
-    let adj = late["tenants"].as_array().unwrap().iter().find(|l| l["tenant"] == t1.as_str()).unwrap()["adjustment"].clone();
+    let adj = late["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["tenant"] == t1.as_str())
+        .unwrap()["adjustment"]
+        .clone();
     let kor = r.json(&["invoices", "draft", &month]);
     let kor = &kor["drafted"].as_array().unwrap()[..];
     assert_eq!(kor.len(), 1, "{kor:?}");
-    assert_eq!((kor[0]["number"].as_str().unwrap(), kor[0]["kind"].as_str().unwrap()), (n(3).as_str(), "KOR"));
-    assert_eq!(dec(&kor[0]["net"]), dec(&adj["client_cost_pln"]), "the correction is the late usage in PLN");
+    assert_eq!(
+        (
+            kor[0]["number"].as_str().unwrap(),
+            kor[0]["kind"].as_str().unwrap()
+        ),
+        (n(3).as_str(), "KOR")
+    );
+    assert_eq!(
+        dec(&kor[0]["net"]),
+        dec(&adj["client_cost_pln"]),
+        "the correction is the late usage in PLN"
+    );
     let xml = r.run(&["invoices", "show", &n(3), "--xml"]).stdout;
     xmllint_ok(&f.dir, &n(3), &xml);
     assert_eq!(element(&xml, "RodzajFaktury"), "KOR");
@@ -296,7 +424,11 @@ fn closed_month_becomes_checked_invoices_sent_once_with_receipts_and_corrections
     assert_eq!(element(&xml, "NrKSeFFaKorygowanej"), first_number);
     let list = r.json(&["invoices", "list", &month]);
     for k in ["net", "gross", "xml_sha256", "ksef_number", "created_at"] {
-        assert_eq!(invoice(&list, &n(1))[k], original[k], "original's {k} untouched");
+        assert_eq!(
+            invoice(&list, &n(1))[k],
+            original[k],
+            "original's {k} untouched"
+        );
     }
     assert_eq!(r.run(&["invoices", "send", &month]).code, 0);
     assert_eq!(ksef.received(&n(3)), 1);
@@ -306,10 +438,17 @@ fn closed_month_becomes_checked_invoices_sent_once_with_receipts_and_corrections
         .arg(&f.database_url)
         .output()
         .expect("pg_dump");
-    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
     let dump = String::from_utf8_lossy(&dump.stdout);
     assert!(dump.contains(&n(1)), "the dump holds the invoices");
-    assert!(!dump.contains(TOKEN) && !f.transcript.borrow().contains(TOKEN), "the KSeF token leaked");
+    assert!(
+        !dump.contains(TOKEN) && !f.transcript.borrow().contains(TOKEN),
+        "the KSeF token leaked"
+    );
 }
 
 #[test]
@@ -343,12 +482,19 @@ fn usd_invoices_convert_vat_at_table_a_of_the_last_business_day_before_the_tax_p
     assert_eq!(net, round2(dec(&billing["tenants"][0]["client_cost_usd"])));
     let vat = round2(net * Decimal::new(23, 2));
     assert_eq!(dec(&row["vat"]), vat);
-    assert_eq!(dec(&row["vat_pln"]), round2(vat * mid), "P_14_1W = VAT × rate, rounded once");
+    assert_eq!(
+        dec(&row["vat_pln"]),
+        round2(vat * mid),
+        "P_14_1W = VAT × rate, rounded once"
+    );
     let number = row["number"].as_str().unwrap();
     let xml = r.run(&["invoices", "show", number, "--xml"]).stdout;
     xmllint_ok(&f.dir, number, &xml);
     assert_eq!(element(&xml, "KodWaluty"), "USD");
     assert_eq!(element(&xml, "KursWaluty").parse::<Decimal>().unwrap(), mid);
-    assert_eq!(element(&xml, "P_14_1W"), format!("{:.2}", round2(vat * mid)));
+    assert_eq!(
+        element(&xml, "P_14_1W"),
+        format!("{:.2}", round2(vat * mid))
+    );
     assert_eq!(element(&xml, "P_15"), format!("{:.2}", net + vat));
 }
