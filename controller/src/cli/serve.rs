@@ -153,6 +153,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         cache,
         security: Arc::new(security),
         health,
+        spec: spec.map(Arc::new),
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

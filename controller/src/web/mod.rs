@@ -9,6 +9,7 @@ pub mod cache;
 mod chart;
 mod fleet;
 mod hosts;
+mod invoices;
 mod metrics;
 mod tenants;
 pub mod throttle;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub security: std::sync::Arc<Security>,
     /// The background jobs and the database as last seen, for `/healthz`.
     pub health: std::sync::Arc<crate::supervisor::Health>,
+    /// `serve --spec`: the seller and KSeF settings for sending invoices.
+    pub spec: Option<std::sync::Arc<crate::spec::FleetSpec>>,
 }
 
 /// The dashboard's defences (docs/security.md), set at `serve`.
@@ -138,6 +141,11 @@ pub fn router(state: AppState) -> Router {
         .route("/billing.csv", get(billing::csv))
         .route("/billing.json", get(billing::api))
         .route("/api/v1/billing", get(billing::api))
+        .route("/invoices", get(invoices::page))
+        .route("/invoices/view", get(invoices::show))
+        .route("/invoices/xml", get(invoices::xml))
+        .route("/invoices/upo", get(invoices::upo))
+        .route("/invoices/send", post(invoices::send))
         .route("/alerts", get(alerts::page))
         .route("/alerts/silence", post(alerts::silence))
         .route("/alerts/unsilence", post(alerts::unsilence))

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use chrono::{Datelike, Months, NaiveDate};
+use mai_fleet_e2e::dashboard::{form_value, login};
 use mai_fleet_e2e::ksef::FakeKsef;
 use mai_fleet_e2e::nbp::FakeNbp;
 use mai_fleet_e2e::{require_services, workspace_root, Fleet, RunResult};
@@ -13,6 +14,7 @@ use rust_decimal::{Decimal, RoundingStrategy};
 use serde_json::Value;
 
 const DEV: &str = "mai-fleet/tenant:dev";
+const PASSWORD: &str = "e2e-password-123";
 const SELLER_NIP: &str = "7740001454";
 const TOKEN: &str = "20261207-EC-KSEFTOKEN-e2e-5f1d9c0b7a2e4d6f8a9c1b3e5d7f9a1c";
 
@@ -430,6 +432,88 @@ fn closed_month_becomes_checked_invoices_sent_once_with_receipts_and_corrections
             "original's {k} untouched"
         );
     }
+    // The dashboard: a viewer reads, an admin sends.
+    let port = f.base_port + 13;
+    f.add_user("admin", PASSWORD);
+    let mut viewer = f.controller_command(&[
+        "user",
+        "add",
+        "viewer",
+        "--role",
+        "viewer",
+        "--password-stdin",
+    ]);
+    let mut child = viewer.stdin(std::process::Stdio::piped()).spawn().unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        format!("{PASSWORD}\n").as_bytes(),
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    let spec_env = spec_path.display().to_string();
+    let _server = f.serve_dashboard(
+        port,
+        &[
+            ("MAI_FLEET_SPEC", &spec_env),
+            ("MAI_FLEET_KSEF_URL", &ksef.url()),
+        ],
+    );
+    let v = login(port, "viewer", PASSWORD).1.expect("viewer session");
+    let page = v.get(&format!("/invoices?month={month}"));
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains(&n(1))
+            && page.body.contains(&n(3))
+            && page.body.contains("Only an admin may send"),
+        "{}",
+        page.body
+    );
+    let csrf = form_value(&page.body, "csrf").expect("csrf");
+    assert_eq!(
+        v.post_form("/invoices/send", &format!("csrf={csrf}&month={month}"))
+            .status,
+        403
+    );
+    assert_eq!(ksef.received(&n(3)), 0);
+    let a = login(port, "admin", PASSWORD).1.expect("admin session");
+    let page = a.get(&format!("/invoices?month={month}"));
+    assert!(
+        page.body.contains("Send 1 invoice(s) to KSeF"),
+        "{}",
+        page.body
+    );
+    let shown = a.get(&format!(
+        "/invoices/view?number={}",
+        n(3).replace('/', "%2F")
+    ));
+    assert_eq!(shown.status, 200);
+    assert!(
+        shown.body.contains("Faktura korygująca")
+            && shown
+                .body
+                .contains("&#60;RodzajFaktury&#62;KOR&#60;/RodzajFaktury&#62;"),
+        "{}",
+        shown.body
+    );
+    let csrf = form_value(&page.body, "csrf").expect("csrf");
+    assert_eq!(
+        a.post_form("/invoices/send", &format!("csrf={csrf}&month={month}"))
+            .status,
+        303
+    );
+    assert_eq!(ksef.received(&n(3)), 1);
+    let page = a.get(&format!("/invoices?month={month}"));
+    assert!(
+        !page.body.contains("Send 1 invoice") && page.body.matches("UPO</a>").count() == 3,
+        "{}",
+        page.body
+    );
+    let upo = a.get(&format!(
+        "/invoices/upo?number={}",
+        n(3).replace('/', "%2F")
+    ));
+    assert_eq!(upo.status, 200);
+    assert!(upo.body.contains(&n(3)));
     assert_eq!(r.run(&["invoices", "send", &month]).code, 0);
     assert_eq!(ksef.received(&n(3)), 1);
 
