@@ -263,7 +263,8 @@ impl Store {
     }
 
     /// Closed months, closed more than `days` ago, whose invoices KSeF has not all
-    /// accepted (or that were never drafted while they bill somebody).
+    /// accepted, or that were never drafted while they bill somebody and an earlier
+    /// month was invoiced (a fleet that does not invoice gets no alert).
     pub async fn unsent_months(&self, days: i64) -> Result<Vec<UnsentMonth>, StoreError> {
         Ok(sqlx::query_as(
             "SELECT c.month, c.closed_at,
@@ -276,6 +277,9 @@ impl Store {
                     EXISTS (SELECT 1 FROM invoices i WHERE i.month = c.month) AS drafted
              FROM billing_closes c
              WHERE c.closed_at < now() - make_interval(days => $1::int)
+               -- A fleet that does not invoice is not nagged: a month counts once the
+               -- fleet has invoiced it or a month before it.
+               AND EXISTS (SELECT 1 FROM invoices i WHERE i.month <= c.month)
              ORDER BY c.month",
         )
         .bind(days as i32)
