@@ -121,182 +121,207 @@ fn rows_table(rows: &[InvoiceRow]) -> String {
 pub async fn run(cmd: InvoicesCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         InvoicesCommand::Draft {
-            month: m,
+            month,
             spec,
             output,
             db,
-        } => {
-            let month = month(&m)?;
-            let spec = spec.load()?;
-            let store = db.migrated().await?;
-            if spec
-                .invoicing
-                .as_ref()
-                .is_some_and(|i| i.currency == InvoiceCurrency::Usd)
-            {
-                // The table A rates art. 31a needs, fetched if NBP answers; a rate
-                // already stored is enough when it does not.
-                let to = invoices::rate_day(month);
-                let nbp = NbpClient::from_env();
-                if let Err(e) =
-                    rate_jobs::sync_range(&store, &nbp, RateTable::A, to - Days::new(10), to).await
-                {
-                    eprintln!("warning: NBP table A not fetched ({e}); using the rates stored");
-                }
-            }
-            let report = invoices::draft(
-                &store,
-                DraftInput {
-                    spec: &spec,
-                    month,
-                    today: fleet_today(),
-                    now: Utc::now(),
-                    actor: &actor(),
-                },
-            )
-            .await?;
-            if output == OutputFormat::Json {
-                outln!("{}", serde_json::to_string_pretty(&report)?)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            if report.drafted.is_empty() {
-                outln!(
-                    "{month}: no new invoice ({} drafted before)",
-                    report.existing
-                )?;
-            } else {
-                outln!(
-                    "{month}: {} invoice(s) drafted, checked against the FA(3) schema and stored",
-                    report.drafted.len()
-                )?;
-                outln!("{}", rows_table(&report.drafted))?;
-            }
-            for s in &report.skipped {
-                outln!("not invoiced: {}: {}", s.tenant, s.reason)?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        InvoicesCommand::List {
-            month: m,
-            output,
-            db,
-        } => {
-            let month = m.as_deref().map(month).transpose()?;
-            let store = db.connect().await?;
-            let rows = store.invoices(month.map(Month::first_day)).await?;
-            match output {
-                OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&rows)?)?,
-                _ if rows.is_empty() => outln!("no invoices")?,
-                _ => outln!("{}", rows_table(&rows))?,
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => draft(month, spec, output, db).await,
+        InvoicesCommand::List { month, output, db } => list(month, output, db).await,
         InvoicesCommand::Show {
             number,
             xml,
             upo,
             output,
             db,
-        } => {
-            let store = db.connect().await?;
-            let (row, doc, receipt) = store
-                .invoice(&number)
-                .await?
-                .with_context(|| format!("no invoice numbered {number}"))?;
-            if xml {
-                outln!("{doc}")?;
-            } else if upo {
-                match receipt {
-                    Some(u) => outln!("{u}")?,
-                    None => anyhow::bail!("{number} has no KSeF receipt (state: {})", row.state),
-                }
-            } else if output == OutputFormat::Json {
-                outln!("{}", serde_json::to_string_pretty(&row)?)?;
-            } else {
-                outln!("{}", readable(&row))?;
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        } => show(number, xml, upo, output, db).await,
         InvoicesCommand::Send {
-            month: m,
+            month,
             spec,
             retry_rejected,
             wait,
             output,
             db,
-        } => {
-            let month = m.as_deref().map(month).transpose()?;
-            let spec = spec.load()?;
-            let env = spec
-                .invoicing
-                .as_ref()
-                .and_then(|i| i.ksef.as_ref())
-                .map(|k| k.environment)
-                .context("the spec's `invoicing:` has no `ksef:` (environment and token)")?;
-            let store = db.migrated().await?;
-            let client = Ksef::new(ksef::base_url(env));
-            let report = sending::send(
-                &store,
-                &spec,
-                &client,
-                &SendOptions {
-                    month,
-                    retry_rejected,
-                    wait,
-                },
-            )
-            .await?;
-            if output == OutputFormat::Json {
-                outln!("{}", serde_json::to_string_pretty(&report)?)?;
-            } else {
-                for o in &report.outcomes {
-                    let what = match o.result {
-                        "accepted" | "duplicate" => format!(
-                            "{} as {}{}{}",
-                            o.result,
-                            o.ksef_number.as_deref().unwrap_or("-"),
-                            if o.result == "duplicate" {
-                                " (KSeF already had it: recorded, not resent)"
-                            } else {
-                                ""
-                            },
-                            if o.upo {
-                                ", receipt kept"
-                            } else {
-                                ", receipt not yet made: `invoices send` again fetches it"
-                            }
-                        ),
-                        "pending" => {
-                            "sent; KSeF has not finished: `invoices send` again reads its status"
-                                .into()
-                        }
-                        _ => format!(
-                            "REJECTED by KSeF: {} {}",
-                            o.code.map(|c| c.to_string()).unwrap_or_default(),
-                            o.text.as_deref().unwrap_or("")
-                        ),
-                    };
-                    outln!("{} ({}): {what}", o.number, o.tenant)?;
-                }
-                if !report.rejected_before.is_empty() {
-                    outln!(
-                        "refused by KSeF before, not sent again (--retry-rejected): {}",
-                        report.rejected_before.join(", ")
-                    )?;
-                }
-                outln!(
-                    "{} sent or checked, {} accepted before",
-                    report.outcomes.len(),
-                    report.already_accepted
-                )?;
-            }
-            Ok(if report.failed() {
-                ExitCode::from(3)
-            } else {
-                ExitCode::SUCCESS
-            })
+        } => send(month, spec, retry_rejected, wait, output, db).await,
+    }
+}
+
+async fn draft(
+    m: String,
+    spec: SpecArgs,
+    output: OutputFormat,
+    db: DatabaseArgs,
+) -> anyhow::Result<ExitCode> {
+    let month = month(&m)?;
+    let spec = spec.load()?;
+    let store = db.migrated().await?;
+    if spec
+        .invoicing
+        .as_ref()
+        .is_some_and(|i| i.currency == InvoiceCurrency::Usd)
+    {
+        // The table A rates art. 31a needs, fetched if NBP answers; a rate
+        // already stored is enough when it does not.
+        let to = invoices::rate_day(month);
+        let nbp = NbpClient::from_env();
+        if let Err(e) =
+            rate_jobs::sync_range(&store, &nbp, RateTable::A, to - Days::new(10), to).await
+        {
+            eprintln!("warning: NBP table A not fetched ({e}); using the rates stored");
         }
     }
+    let report = invoices::draft(
+        &store,
+        DraftInput {
+            spec: &spec,
+            month,
+            today: fleet_today(),
+            now: Utc::now(),
+            actor: &actor(),
+        },
+    )
+    .await?;
+    if output == OutputFormat::Json {
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if report.drafted.is_empty() {
+        outln!(
+            "{month}: no new invoice ({} drafted before)",
+            report.existing
+        )?;
+    } else {
+        outln!(
+            "{month}: {} invoice(s) drafted, checked against the FA(3) schema and stored",
+            report.drafted.len()
+        )?;
+        outln!("{}", rows_table(&report.drafted))?;
+    }
+    for s in &report.skipped {
+        outln!("not invoiced: {}: {}", s.tenant, s.reason)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(
+    m: Option<String>,
+    output: OutputFormat,
+    db: DatabaseArgs,
+) -> anyhow::Result<ExitCode> {
+    let month = m.as_deref().map(month).transpose()?;
+    let store = db.connect().await?;
+    let rows = store.invoices(month.map(Month::first_day)).await?;
+    match output {
+        OutputFormat::Json => outln!("{}", serde_json::to_string_pretty(&rows)?)?,
+        _ if rows.is_empty() => outln!("no invoices")?,
+        _ => outln!("{}", rows_table(&rows))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show(
+    number: String,
+    xml: bool,
+    upo: bool,
+    output: OutputFormat,
+    db: DatabaseArgs,
+) -> anyhow::Result<ExitCode> {
+    let store = db.connect().await?;
+    let (row, doc, receipt) = store
+        .invoice(&number)
+        .await?
+        .with_context(|| format!("no invoice numbered {number}"))?;
+    if xml {
+        outln!("{doc}")?;
+    } else if upo {
+        match receipt {
+            Some(u) => outln!("{u}")?,
+            None => anyhow::bail!("{number} has no KSeF receipt (state: {})", row.state),
+        }
+    } else if output == OutputFormat::Json {
+        outln!("{}", serde_json::to_string_pretty(&row)?)?;
+    } else {
+        outln!("{}", readable(&row))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn send(
+    m: Option<String>,
+    spec: SpecArgs,
+    retry_rejected: bool,
+    wait: Duration,
+    output: OutputFormat,
+    db: DatabaseArgs,
+) -> anyhow::Result<ExitCode> {
+    let month = m.as_deref().map(month).transpose()?;
+    let spec = spec.load()?;
+    let env = spec
+        .invoicing
+        .as_ref()
+        .and_then(|i| i.ksef.as_ref())
+        .map(|k| k.environment)
+        .context("the spec's `invoicing:` has no `ksef:` (environment and token)")?;
+    let store = db.migrated().await?;
+    let client = Ksef::new(ksef::base_url(env));
+    let report = sending::send(
+        &store,
+        &spec,
+        &client,
+        &SendOptions {
+            month,
+            retry_rejected,
+            wait,
+        },
+    )
+    .await?;
+    if output == OutputFormat::Json {
+        outln!("{}", serde_json::to_string_pretty(&report)?)?;
+    } else {
+        for o in &report.outcomes {
+            let what = match o.result {
+                "accepted" | "duplicate" => format!(
+                    "{} as {}{}{}",
+                    o.result,
+                    o.ksef_number.as_deref().unwrap_or("-"),
+                    if o.result == "duplicate" {
+                        " (KSeF already had it: recorded, not resent)"
+                    } else {
+                        ""
+                    },
+                    if o.upo {
+                        ", receipt kept"
+                    } else {
+                        ", receipt not yet made: `invoices send` again fetches it"
+                    }
+                ),
+                "pending" => {
+                    "sent; KSeF has not finished: `invoices send` again reads its status".into()
+                }
+                _ => format!(
+                    "REJECTED by KSeF: {} {}",
+                    o.code.map(|c| c.to_string()).unwrap_or_default(),
+                    o.text.as_deref().unwrap_or("")
+                ),
+            };
+            outln!("{} ({}): {what}", o.number, o.tenant)?;
+        }
+        if !report.rejected_before.is_empty() {
+            outln!(
+                "refused by KSeF before, not sent again (--retry-rejected): {}",
+                report.rejected_before.join(", ")
+            )?;
+        }
+        outln!(
+            "{} sent or checked, {} accepted before",
+            report.outcomes.len(),
+            report.already_accepted
+        )?;
+    }
+    Ok(if report.failed() {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// An invoice as a person reads it: parties, period, amounts, KSeF.

@@ -76,27 +76,20 @@ pub fn render(inv: &Invoice) -> String {
     x.close("Naglowek");
 
     x.open("Podmiot1");
-    x.open("DaneIdentyfikacyjne");
-    x.el("NIP", &inv.seller.nip);
-    x.el("Nazwa", &inv.seller.name);
-    x.close("DaneIdentyfikacyjne");
-    x.open("Adres");
-    x.el("KodKraju", "PL");
-    x.el("AdresL1", &inv.seller.address);
-    x.close("Adres");
+    party_data(
+        &mut x,
+        &inv.seller.nip,
+        &inv.seller.name,
+        Some(&inv.seller.address),
+    );
     x.close("Podmiot1");
-
     x.open("Podmiot2");
-    x.open("DaneIdentyfikacyjne");
-    x.el("NIP", &inv.buyer.nip);
-    x.el("Nazwa", &inv.buyer.name);
-    x.close("DaneIdentyfikacyjne");
-    if let Some(address) = &inv.buyer.address {
-        x.open("Adres");
-        x.el("KodKraju", "PL");
-        x.el("AdresL1", address);
-        x.close("Adres");
-    }
+    party_data(
+        &mut x,
+        &inv.buyer.nip,
+        &inv.buyer.name,
+        inv.buyer.address.as_deref(),
+    );
     x.el("JST", "2");
     x.el("GV", "2");
     x.close("Podmiot2");
@@ -104,6 +97,20 @@ pub fn render(inv: &Invoice) -> String {
     fa(&mut x, inv);
     x.close("Faktura");
     x.0
+}
+
+/// A party's identification and (Polish) address.
+fn party_data(x: &mut Xml, nip: &str, name: &str, address: Option<&str>) {
+    x.open("DaneIdentyfikacyjne");
+    x.el("NIP", nip);
+    x.el("Nazwa", name);
+    x.close("DaneIdentyfikacyjne");
+    if let Some(a) = address {
+        x.open("Adres");
+        x.el("KodKraju", "PL");
+        x.el("AdresL1", a);
+        x.close("Adres");
+    }
 }
 
 fn fa(x: &mut Xml, inv: &Invoice) {

@@ -184,7 +184,7 @@ impl Ksef {
         Err(KsefError::Throttled { what })
     }
 
-    /// A call that must succeed with one of `ok`.
+    /// A call that must succeed (2xx).
     async fn expect(
         &self,
         what: &'static str,
@@ -193,15 +193,7 @@ impl Ksef {
         bearer: Option<&str>,
         body: Option<&Value>,
     ) -> Result<Value, KsefError> {
-        let (status, value, text) = self.call(what, method, path, bearer, body).await?;
-        if status.is_success() {
-            return Ok(value);
-        }
-        Err(KsefError::Api {
-            what,
-            status: status.as_u16(),
-            detail: exception_detail(&value, &text),
-        })
+        success(what, self.call(what, method, path, bearer, body).await?)
     }
 
     /// The Ministry's public key for `usage` (KsefTokenEncryption, SymmetricKeyEncryption).
@@ -379,15 +371,7 @@ impl Ksef {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, KsefError> {
-        let (status, value, text) = self.authed(login, what, method, path, body).await?;
-        if status.is_success() {
-            return Ok(value);
-        }
-        Err(KsefError::Api {
-            what,
-            status: status.as_u16(),
-            detail: exception_detail(&value, &text),
-        })
+        success(what, self.authed(login, what, method, path, body).await?)
     }
 
     /// Opens an online session for FA(3) with a fresh AES-256 key.
@@ -544,6 +528,21 @@ impl Ksef {
             }),
         }
     }
+}
+
+/// The body of a 2xx answer; any other is KSeF's refusal, in its own words.
+fn success(
+    what: &'static str,
+    (status, value, text): (StatusCode, Value, String),
+) -> Result<Value, KsefError> {
+    if status.is_success() {
+        return Ok(value);
+    }
+    Err(KsefError::Api {
+        what,
+        status: status.as_u16(),
+        detail: exception_detail(&value, &text),
+    })
 }
 
 /// A status's description and details, as one line.

@@ -95,24 +95,7 @@ pub async fn draft(store: &Store, input: DraftInput<'_>) -> Result<DraftReport, 
         .await?
         .ok_or(InvoiceError::NotClosed { month })?;
     let report = billing::month_report(store, month, RateTable::A, input.today).await?;
-    let rate = match settings.currency {
-        InvoiceCurrency::Pln => None,
-        InvoiceCurrency::Usd => {
-            let day = rate_day(month);
-            let r = store
-                .rate_on(RateTable::A, day)
-                .await?
-                .ok_or(InvoiceError::NoRate {
-                    day,
-                    tax_point: month.last_day(),
-                })?;
-            Some(VatRate {
-                rate: r.rate,
-                date: r.effective_date,
-                table_no: r.table_no,
-            })
-        }
-    };
+    let rate = vat_rate(store, settings.currency, month).await?;
     let existing = locked.rows.clone();
     let mut next_seq = existing.iter().map(|r| r.seq).max().unwrap_or(0) + 1;
     let mut invoices = Vec::new();
@@ -174,6 +157,30 @@ pub async fn draft(store: &Store, input: DraftInput<'_>) -> Result<DraftReport, 
         skipped,
         existing: existing.len(),
     })
+}
+
+/// The art. 31a rate a USD invoice of `month` converts its VAT with.
+async fn vat_rate(
+    store: &Store,
+    currency: InvoiceCurrency,
+    month: Month,
+) -> Result<Option<VatRate>, InvoiceError> {
+    if currency == InvoiceCurrency::Pln {
+        return Ok(None);
+    }
+    let day = rate_day(month);
+    let r = store
+        .rate_on(RateTable::A, day)
+        .await?
+        .ok_or(InvoiceError::NoRate {
+            day,
+            tax_point: month.last_day(),
+        })?;
+    Ok(Some(VatRate {
+        rate: r.rate,
+        date: r.effective_date,
+        table_no: r.table_no,
+    }))
 }
 
 /// Renders and checks every invoice: NIPs, arithmetic, then the schema in one run.

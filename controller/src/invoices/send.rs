@@ -97,39 +97,77 @@ pub async fn send(
     }
     let mut login = ksef.login(&settings.seller.nip, &ksef_spec.token).await?;
     for r in to_ask {
-        let (Some(session), Some(reference)) = (&r.ksef_session, &r.ksef_reference) else {
-            continue;
-        };
-        let st = ksef
-            .final_status(&mut login, session, reference, opts.wait)
-            .await?;
-        let o = record(store, ksef, &mut login, r, session, st, opts.wait).await?;
-        report.outcomes.push(o);
+        if let Some(o) = ask(store, ksef, &mut login, r, opts.wait).await? {
+            report.outcomes.push(o);
+        }
     }
     for r in to_receipt {
-        let (Some(session), Some(number)) = (&r.ksef_session, &r.ksef_number) else {
-            continue;
-        };
-        let upo = receipt(store, ksef, &mut login, r.id, session, number, opts.wait).await?;
-        report.outcomes.push(Outcome {
-            number: r.number.clone(),
-            tenant: r.tenant_id.clone(),
-            result: "accepted",
-            ksef_number: Some(number.clone()),
-            code: r.ksef_code.map(i64::from),
-            text: None,
-            upo,
-        });
+        if let Some(o) = receipt_only(store, ksef, &mut login, r, opts.wait).await? {
+            report.outcomes.push(o);
+        }
     }
-    if to_send.is_empty() {
-        return Ok(report);
+    if !to_send.is_empty() {
+        send_new(store, ksef, &mut login, &to_send, opts.wait, &mut report).await?;
     }
-    let session = ksef.open_session(&mut login).await?;
+    Ok(report)
+}
+
+/// An invoice handed to KSeF before whose status was not read: asked, not resent.
+async fn ask(
+    store: &Store,
+    ksef: &Ksef,
+    login: &mut Login,
+    r: &InvoiceRow,
+    wait: Duration,
+) -> Result<Option<Outcome>, SendError> {
+    let (Some(session), Some(reference)) = (&r.ksef_session, &r.ksef_reference) else {
+        return Ok(None);
+    };
+    let st = ksef.final_status(login, session, reference, wait).await?;
+    Ok(Some(
+        record(store, ksef, login, r, session, st, wait).await?,
+    ))
+}
+
+/// An accepted invoice whose receipt KSeF had not made yet.
+async fn receipt_only(
+    store: &Store,
+    ksef: &Ksef,
+    login: &mut Login,
+    r: &InvoiceRow,
+    wait: Duration,
+) -> Result<Option<Outcome>, SendError> {
+    let (Some(session), Some(number)) = (&r.ksef_session, &r.ksef_number) else {
+        return Ok(None);
+    };
+    let upo = receipt(store, ksef, login, r.id, session, number, wait).await?;
+    Ok(Some(Outcome {
+        number: r.number.clone(),
+        tenant: r.tenant_id.clone(),
+        result: "accepted",
+        ksef_number: Some(number.clone()),
+        code: r.ksef_code.map(i64::from),
+        text: None,
+        upo,
+    }))
+}
+
+/// Drafts sent in one new session: each handed over, its status read to the end,
+/// the session closed, then each recorded with its receipt.
+async fn send_new(
+    store: &Store,
+    ksef: &Ksef,
+    login: &mut Login,
+    to_send: &[&InvoiceRow],
+    wait: Duration,
+    report: &mut SendReport,
+) -> Result<(), SendError> {
+    let session = ksef.open_session(login).await?;
     report.session = Some(session.reference.clone());
     let mut sent = Vec::new();
-    for r in &to_send {
+    for r in to_send {
         let xml = store.invoice_xml(r.id).await?;
-        match ksef.send(&mut login, &session, &xml).await {
+        match ksef.send(login, &session, &xml).await {
             Ok(reference) => {
                 store
                     .invoice_sending(r.id, &session.reference, &reference)
@@ -157,26 +195,17 @@ pub async fn send(
     let mut statuses = Vec::new();
     for (r, reference) in &sent {
         let st = ksef
-            .final_status(&mut login, &session.reference, reference, opts.wait)
+            .final_status(login, &session.reference, reference, wait)
             .await?;
         statuses.push((*r, st));
     }
     // The receipts are made once the session is closed.
-    ksef.close(&mut login, &session.reference).await?;
+    ksef.close(login, &session.reference).await?;
     for (r, st) in statuses {
-        let o = record(
-            store,
-            ksef,
-            &mut login,
-            r,
-            &session.reference,
-            st,
-            opts.wait,
-        )
-        .await?;
+        let o = record(store, ksef, login, r, &session.reference, st, wait).await?;
         report.outcomes.push(o);
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Records a final (or still pending) status, and the receipt of an accepted one.
