@@ -30,6 +30,9 @@ pub struct KsefState {
     pub throttle: u32,
     /// Invoice numbers (P_2) answered with 450 (semantic error).
     pub reject: Vec<String>,
+    /// At the next invoice sent, every access token expires (401): the client must
+    /// renew its access with the refresh token.
+    pub expire_access: bool,
     /// Accepted invoices by (seller NIP, kind, P_2): their KSeF number and session.
     accepted: HashMap<(String, String, String), (String, String)>,
     challenges: HashMap<String, i64>,
@@ -355,6 +358,11 @@ impl Ctx {
                 )
             }
             ("POST", ["sessions", "online", session, "invoices"]) => {
+                if s.expire_access {
+                    s.expire_access = false;
+                    s.access.clear();
+                    return error(401, 0, "Token wygasł");
+                }
                 if s.throttle > 0 {
                     s.throttle -= 1;
                     return (

@@ -345,10 +345,22 @@ fn closed_month_becomes_checked_invoices_sent_once_with_receipts_and_corrections
         again.stdout
     );
     assert_eq!(ksef.sends(), 2);
-    ksef.state.lock().unwrap().reject.clear();
+    {
+        // The access token expires mid-session this time: renewed, not fatal.
+        let mut s = ksef.state.lock().unwrap();
+        s.reject.clear();
+        s.expire_access = true;
+    }
     let retried = r.run(&["invoices", "send", &month, "--retry-rejected"]);
     assert_eq!(retried.code, 0, "{}", retried.all());
     assert_eq!(ksef.received(&n(2)), 2);
+    assert!(ksef
+        .state
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .any(|q| q == "POST /v2/auth/token/refresh"));
 
     // Sent twice more: nothing reaches KSeF again.
     let before = ksef.sends();
