@@ -50,13 +50,18 @@ pub enum KubeError {
     /// Wrong or expired credentials: as unreachable as a server that is down.
     #[error("{host}: the Kubernetes API refused the credentials: {message}")]
     Credentials { host: String, message: String },
-    #[error("{host}: node `{node}` is not in the cluster (kubectl get nodes lists them)")]
-    NoNode { host: String, node: String },
-    #[error("{host}: namespace `{namespace}` belongs to fleet `{owner}`; name another with `namespace:`")]
+    #[error("{at}: {host}: node `{node}` is not in the cluster (kubectl get nodes lists them)")]
+    NoNode {
+        host: String,
+        node: String,
+        at: String,
+    },
+    #[error("{at}: {host}: namespace `{namespace}` belongs to fleet `{owner}`; name another with `namespace:`")]
     ForeignNamespace {
         host: String,
         namespace: String,
         owner: String,
+        at: String,
     },
     #[error("{host}: {what}: {}", said(source))]
     Api {
@@ -166,6 +171,7 @@ impl Cluster {
             None => Err(KubeError::NoNode {
                 host: name,
                 node: node.node.clone(),
+                at: node.at.node.clone(),
             }),
         }
     }
@@ -275,6 +281,7 @@ impl Cluster {
                         host: self.host.name.clone(),
                         namespace: ns.to_string(),
                         owner,
+                        at: self.node.at.namespace.clone(),
                     }),
                     _ => Ok(()),
                 }

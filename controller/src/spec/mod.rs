@@ -186,10 +186,21 @@ pub struct KubernetesHost {
     pub node: String,
     /// `mai-<fleet>` unless the spec names one.
     pub namespace: String,
+    /// Where the spec says them, for errors about them.
+    #[serde(skip)]
+    pub at: Box<KubernetesPlaces>,
     /// `https://host:port` where the node's agent (on the node's network) reaches the
     /// API server, for clusters whose pods cannot reach the `kubernetes` Service;
     /// `None`: that Service, as every pod finds it.
     pub agent_api_server: Option<String>,
+}
+
+/// Where a Kubernetes host's node and namespace stand in the spec
+/// (`tenants.yaml:14:13`); a defaulted namespace stands at its `kubernetes:` entry.
+#[derive(Debug, Clone, Default)]
+pub struct KubernetesPlaces {
+    pub node: String,
+    pub namespace: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

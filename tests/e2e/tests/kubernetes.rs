@@ -1061,9 +1061,11 @@ fn a_namespace_that_belongs_to_another_fleet_is_refused() {
     let path = f.write_spec(&spec(&f, &node, &kc, &[], &[(&k, DEV)]));
     let r = apply(&f, &path, &[]);
     assert_eq!(r.code, 3, "{}", r.all());
+    // Located where the spec names it (here defaulted: the `kubernetes:` entry).
     assert!(
-        r.stdout
-            .contains(&format!("namespace `{ns}` belongs to fleet `other`")),
+        r.stdout.contains(&format!("{}:", path.display()))
+            && r.stdout
+                .contains(&format!("namespace `{ns}` belongs to fleet `other`")),
         "{}",
         r.all()
     );
@@ -1082,5 +1084,23 @@ fn a_namespace_that_belongs_to_another_fleet_is_refused() {
         !sets.stdout.contains(&format!("mai-{k}")),
         "written into another fleet's namespace: {}",
         sets.stdout
+    );
+    // A node the cluster does not have: named with where the spec says it.
+    let text = spec(&f, "no-such-node", &kc, &[], &[(&k, DEV)]);
+    let line = text
+        .lines()
+        .position(|l| l.contains("node: no-such-node"))
+        .expect("the node line")
+        + 1;
+    let path = f.write_spec(&text);
+    // The spec's only host cannot be planned: nothing changes, exit 1.
+    let r = apply(&f, &path, &[]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains(&format!("{}:{line}:", path.display()))
+            && r.stderr
+                .contains("node `no-such-node` is not in the cluster"),
+        "{}",
+        r.all()
     );
 }

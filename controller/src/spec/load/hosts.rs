@@ -330,15 +330,21 @@ impl Loader<'_> {
         let context = self
             .scalar(map, "context", &format!("{what}.context"))
             .map(|(c, _)| c.to_string());
+        let file = self.file.clone();
+        let located = move |at: Pos| format!("{file}:{}:{}", at.line, at.column);
+        let mut node_at = located(pos(map.span()));
+        let mut namespace_at = node_at.clone();
         let node_name = match self.required(
             map,
             "node",
             &format!("{what}.node"),
             "the node this host's tenants and agent run on, e.g. `node: fsn1-k1`",
         ) {
-            Some((n, at)) => self
-                .check(at, &format!("{what}.node"), n, checks::dns_subdomain(n))
-                .map(|()| n.to_string()),
+            Some((n, at)) => {
+                node_at = located(at);
+                self.check(at, &format!("{what}.node"), n, checks::dns_subdomain(n))
+                    .map(|()| n.to_string())
+            }
             None => None,
         };
         let agent_api_server =
@@ -354,9 +360,11 @@ impl Loader<'_> {
                 None => Some(None),
             };
         let namespace = match self.scalar(map, "namespace", &format!("{what}.namespace")) {
-            Some((n, at)) => self
-                .check(at, &format!("{what}.namespace"), n, checks::dns_label(n))
-                .map(|()| n.to_string()),
+            Some((n, at)) => {
+                namespace_at = located(at);
+                self.check(at, &format!("{what}.namespace"), n, checks::dns_label(n))
+                    .map(|()| n.to_string())
+            }
             None => Some(format!("mai-{fleet}")),
         };
         Some(KubernetesHost {
@@ -364,6 +372,10 @@ impl Loader<'_> {
             context,
             node: node_name?,
             namespace: namespace?,
+            at: Box::new(KubernetesPlaces {
+                node: node_at,
+                namespace: namespace_at,
+            }),
             agent_api_server: agent_api_server?,
         })
     }

@@ -19,7 +19,8 @@ use rust_decimal::Decimal;
 use super::secret::{self, ApiKey, EnvSource};
 use super::{
     checks, AgentsSpec, BackupLimits, Diagnostic, FleetSpec, HostAgent, HostSpec, KeySource,
-    KubernetesHost, OnLimit, Pos, SpecError, SshOptions, TenantSpec, TlsFiles, REQUIRED_ENV,
+    KubernetesHost, KubernetesPlaces, OnLimit, Pos, SpecError, SshOptions, TenantSpec, TlsFiles,
+    REQUIRED_ENV,
 };
 
 const TOP_KEYS: &[&str] = &[
