@@ -262,7 +262,7 @@ impl Host {
     ) -> Result<i64, BackendError> {
         match self {
             Host::Docker(e) => Ok(e.exec(id, command, out).await?),
-            Host::Kubernetes(c) => Err(c.not_built("exec").into()),
+            Host::Kubernetes(c) => Ok(c.exec(id, command, out).await?),
         }
     }
 

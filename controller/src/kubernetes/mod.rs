@@ -4,6 +4,7 @@
 //! (docs/kubernetes.md). Only [`crate::backend`] names this module.
 
 pub mod agent;
+mod exec;
 mod objects;
 mod purge;
 mod rollout;
@@ -371,6 +372,16 @@ impl Cluster {
             agents,
             others,
         })
+    }
+
+    /// Runs `command` in the tenant's pod (`set`: its StatefulSet); its exit code.
+    pub async fn exec(
+        &self,
+        set: &str,
+        command: &[String],
+        out: &mut (dyn FnMut(bool, &str) + Send),
+    ) -> Result<i64, KubeError> {
+        exec::exec(self, set, command, out).await
     }
 
     pub fn not_built(&self, what: &'static str) -> KubeError {

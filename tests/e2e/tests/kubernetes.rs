@@ -501,21 +501,32 @@ fn a_release_that_never_initializes_is_rolled_back_and_the_previous_pod_serves()
     );
     let pod = json(&kc, &ns, &format!("pod/mai-{k}-0")).expect("pod");
     assert_ne!(pod["metadata"]["uid"], uid, "the pod was not made anew");
-    let r = f.controller(&[
-        "exec",
-        &k,
-        "--spec",
-        path.to_str().expect("path"),
-        "--",
-        "/mai-tenant",
-        "--version",
-    ]);
-    assert_ne!(r.code, 0);
+    // exec in the pod through the API: output as it comes, the command's own exit
+    // code, each run recorded with who ran what.
+    let exec = |target: &str| {
+        f.controller(&[
+            "exec",
+            &k,
+            "--spec",
+            path.to_str().expect("path"),
+            "--",
+            "/mai-tenant",
+            "connect",
+            target,
+        ])
+    };
+    let r = exec("127.0.0.1:8080");
+    assert_eq!(r.code, 0, "{}", r.all());
     assert!(
-        r.all()
-            .contains("exec is not built for Kubernetes hosts yet"),
+        r.stdout.contains("connected to 127.0.0.1:8080"),
         "{}",
         r.all()
+    );
+    let r = exec("127.0.0.1:1");
+    assert_eq!(r.code, 1, "the command's own exit code: {}", r.all());
+    assert_eq!(
+        f.psql(&format!("SELECT string_agg(array_to_string(command, ' ') || ' -> ' || exit_code, ' | ' ORDER BY id) FROM tenant_operations WHERE tenant_id = '{k}' AND kind = 'exec'")),
+        "/mai-tenant connect 127.0.0.1:8080 -> 0 | /mai-tenant connect 127.0.0.1:1 -> 1"
     );
 }
 
