@@ -111,6 +111,14 @@ impl Host {
         &self.spec().name
     }
 
+    /// What a tenant runs as on this host, for people: `container`, `StatefulSet`.
+    pub fn workload_noun(&self) -> &'static str {
+        match self {
+            Host::Docker(_) => "container",
+            Host::Kubernetes(_) => "StatefulSet",
+        }
+    }
+
     /// Whether the host's `data_root` is on this machine, so the controller reaches
     /// tenants' data directories itself (else through the backend).
     pub fn is_local(&self) -> bool {

@@ -165,7 +165,7 @@ fn announce(spec: &FleetSpec, plan: &FleetPlan, run_id: Option<i64>) {
                 h.host.name(),
                 a.tenant(),
                 a.verb(),
-                describe(a)
+                describe(a, h.host.workload_noun())
             );
         }
     }

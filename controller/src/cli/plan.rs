@@ -92,16 +92,18 @@ async fn rolled_back(url: &str, fleet: &str) -> Vec<mai_fleet::store::operations
     }
 }
 
-pub fn describe(action: &Action) -> String {
+/// An action in words; `noun` is what the host runs a tenant as (`container`,
+/// `StatefulSet`).
+pub fn describe(action: &Action, noun: &str) -> String {
     match action {
         Action::Create { desired, .. } => {
-            format!("new container {} from {}", desired.name, desired.image)
+            format!("new {noun} {} from {}", desired.name, desired.image)
         }
         Action::Update { changes, drift, .. } => {
             let list: Vec<String> = changes.iter().map(ToString::to_string).collect();
             if *drift {
                 format!(
-                    "drift: the container differs from its spec: {}",
+                    "drift: the {noun} differs from its spec: {}",
                     list.join("; ")
                 )
             } else {
@@ -144,7 +146,7 @@ pub fn print_plan(spec: &FleetSpec, plan: &FleetPlan, output: OutputFormat) -> a
                 h.host.name().to_string(),
                 a.tenant().to_string(),
                 a.verb().to_string(),
-                describe(a),
+                describe(a, h.host.workload_noun()),
             ]);
         }
         if let Some((a, _)) = &h.agent {

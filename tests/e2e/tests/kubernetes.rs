@@ -252,6 +252,18 @@ fn one_spec_on_a_node_and_an_engine_applied_verified_and_its_drift_taken_back() 
     );
     let path = f.write_spec(&text);
 
+    // The plan names what each host runs a tenant as.
+    let plan = f.controller(&["plan", path.to_str().expect("path")]);
+    assert_eq!(plan.code, 2, "{}", plan.all());
+    assert!(
+        plan.stdout
+            .contains(&format!("new StatefulSet mai-{k1} from"))
+            && plan
+                .stdout
+                .contains(&format!("new container mai-{d1} from")),
+        "{}",
+        plan.stdout
+    );
     let r = apply(&f, &path, &[]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(
