@@ -76,6 +76,7 @@ pub async fn send(
 ) -> Result<SendReport, SendError> {
     let settings = spec.invoicing.as_ref().ok_or(InvoiceError::NotConfigured)?;
     let ksef_spec = settings.ksef.as_ref().ok_or(SendError::NoKsef)?;
+    let _sending = store.lock_sending().await?;
     let rows = store.invoices(opts.month.map(Month::first_day)).await?;
     let mut report = SendReport::default();
     let mut to_send: Vec<&InvoiceRow> = Vec::new();

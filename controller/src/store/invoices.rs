@@ -137,7 +137,27 @@ pub struct UnsentMonth {
     pub drafted: bool,
 }
 
+/// Held while invoices are sent; dropping it closes the session and frees the lock.
+pub struct SendingLock {
+    _conn: sqlx::PgConnection,
+}
+
+/// The advisory lock `invoices send` holds (`pg_locks` shows it as classid/objid).
+pub const SENDING_LOCK_SQL: &str = "SELECT pg_try_advisory_lock(hashtext('mai-fleet.invoices'), 0)";
+
 impl Store {
+    /// One sender at a time for the whole fleet database.
+    pub async fn lock_sending(&self) -> Result<SendingLock, StoreError> {
+        let mut conn = self.pool.acquire().await?.detach();
+        let got: bool = sqlx::query_scalar(SENDING_LOCK_SQL)
+            .fetch_one(&mut conn)
+            .await?;
+        if !got {
+            return Err(StoreError::SendingLocked);
+        }
+        Ok(SendingLock { _conn: conn })
+    }
+
     /// Locks `month`'s close row (None: the month is not closed) and reads its invoices.
     pub async fn lock_month_invoices(
         &self,

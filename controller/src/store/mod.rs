@@ -42,6 +42,8 @@ pub enum StoreError {
     NoSuchHost { host: String },
     #[error("database role {role} exists but belongs to no host of this fleet database (another database on this server?); remove or rename it")]
     RoleTaken { role: String },
+    #[error("another `controller invoices send` is running (one sends at a time, so no invoice is handed to KSeF twice); wait for it")]
+    SendingLocked,
     #[error("no randomness for a password: {0}")]
     Random(#[source] std::io::Error),
 }

@@ -298,6 +298,37 @@ fn closed_month_becomes_checked_invoices_sent_once_with_receipts_and_corrections
         "{fired}"
     );
 
+    // One sender at a time: while another holds the lock, send refuses and sends nothing.
+    let mut holder = Command::new("psql")
+        .arg(&f.database_url)
+        .args([
+            "-q",
+            "-c",
+            "SELECT pg_advisory_lock(hashtext('mai-fleet.invoices'), 0)",
+            "-c",
+            "SELECT pg_sleep(120)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql");
+    let mine = "FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+    let held = (0..200).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        f.psql(&format!("SELECT count(*) {mine}")) == "1"
+    });
+    assert!(held, "the other sender's lock was never taken");
+    let busy = r.run(&["invoices", "send", &month]);
+    assert_eq!(busy.code, 1, "{}", busy.all());
+    assert!(
+        busy.stderr
+            .contains("another `controller invoices send` is running"),
+        "{}",
+        busy.all()
+    );
+    assert_eq!(ksef.sends(), 0);
+    f.psql(&format!("SELECT pg_terminate_backend(pid) {mine}"));
+    let _ = holder.wait();
+
     // 429 then 200 for the first; 450 for the second: one accepted, the other
     // reported with KSeF's code and text.
     {
