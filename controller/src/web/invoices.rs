@@ -16,8 +16,9 @@ use super::{render, AppState, WebError};
 use crate::billing::fleet_today;
 use crate::billing::money::{format_pln, format_usd};
 use crate::invoices::ksef::{base_url, Ksef};
-use crate::invoices::send::{send as send_invoices, SendOptions};
+use crate::invoices::send::{send as send_invoices, SendError, SendOptions};
 use crate::store::invoices::InvoiceRow;
+use crate::store::StoreError;
 
 #[derive(Deserialize)]
 pub struct MonthQuery {
@@ -264,7 +265,13 @@ pub async fn send(
         },
     )
     .await
-    .map_err(|e| WebError::Internal(e.to_string()))?;
+    .map_err(|e| match e {
+        // What the admin can act on is said; the rest goes to the log.
+        SendError::Store(StoreError::SendingLocked) | SendError::Ksef(_) | SendError::NoKsef => {
+            WebError::BadRequest(e.to_string())
+        }
+        other => WebError::Internal(other.to_string()),
+    })?;
     tracing::info!(user = %authed.user, %month, sent = report.outcomes.len(), "invoices sent to KSeF from the dashboard");
     Ok(Redirect::to(&format!("/invoices?month={month}")).into_response())
 }
