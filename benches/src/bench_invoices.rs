@@ -96,6 +96,7 @@ fn main() {
                 today: chrono::NaiveDate::from_ymd_opt(2026, 12, 7).unwrap_or_else(|| fail("day")),
                 now: chrono::Utc::now(),
                 actor: "bench",
+                dry_run: false,
             },
         ))
         .unwrap_or_else(|e| fail(&e.to_string()));

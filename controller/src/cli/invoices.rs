@@ -26,6 +26,9 @@ pub enum InvoicesCommand {
     Draft {
         /// The month, YYYY-MM (closed with `billing close`)
         month: String,
+        /// Check and show the drafts, store nothing (no number is taken)
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         spec: SpecArgs,
         #[arg(long, default_value = "text", value_parser = OutputFormat::text_or_json())]
@@ -122,10 +125,11 @@ pub async fn run(cmd: InvoicesCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         InvoicesCommand::Draft {
             month,
+            dry_run,
             spec,
             output,
             db,
-        } => draft(month, spec, output, db).await,
+        } => draft(month, dry_run, spec, output, db).await,
         InvoicesCommand::List { month, output, db } => list(month, output, db).await,
         InvoicesCommand::Show {
             number,
@@ -147,6 +151,7 @@ pub async fn run(cmd: InvoicesCommand) -> anyhow::Result<ExitCode> {
 
 async fn draft(
     m: String,
+    dry_run: bool,
     spec: SpecArgs,
     output: OutputFormat,
     db: DatabaseArgs,
@@ -177,6 +182,7 @@ async fn draft(
             today: fleet_today(),
             now: Utc::now(),
             actor: &actor(),
+            dry_run,
         },
     )
     .await?;
@@ -191,8 +197,13 @@ async fn draft(
         )?;
     } else {
         outln!(
-            "{month}: {} invoice(s) drafted, checked against the FA(3) schema and stored",
-            report.drafted.len()
+            "{month}: {} invoice(s) drafted, checked against the FA(3) schema and {}",
+            report.drafted.len(),
+            if dry_run {
+                "NOT stored (--dry-run)"
+            } else {
+                "stored"
+            }
         )?;
         outln!("{}", rows_table(&report.drafted))?;
     }

@@ -61,6 +61,8 @@ pub struct DraftReport {
     pub skipped: Vec<Skipped>,
     /// Invoices of the month drafted before this run.
     pub existing: usize,
+    /// Nothing was stored: `drafted` is what a run would store.
+    pub dry_run: bool,
 }
 
 /// The day whose NBP table A converts a month's VAT: the last business day before
@@ -77,6 +79,8 @@ pub struct DraftInput<'a> {
     pub today: NaiveDate,
     pub now: DateTime<Utc>,
     pub actor: &'a str,
+    /// Everything but the commit: the drafts as they would be numbered and stored.
+    pub dry_run: bool,
 }
 
 /// Drafts `month`'s invoices: one per tenant with a NIP and something to bill, and a
@@ -146,14 +150,14 @@ pub async fn draft(store: &Store, input: DraftInput<'_>) -> Result<DraftReport, 
             .await?;
         drafted.push(id);
     }
-    locked.commit().await?;
-    let all = store.invoices(Some(month.first_day())).await?;
+    let rows = locked.read(&drafted).await?;
+    if !input.dry_run {
+        locked.commit().await?;
+    }
     Ok(DraftReport {
         month,
-        drafted: all
-            .into_iter()
-            .filter(|r| drafted.contains(&r.id))
-            .collect(),
+        drafted: rows,
+        dry_run: input.dry_run,
         skipped,
         existing: existing.len(),
     })

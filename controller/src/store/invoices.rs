@@ -121,6 +121,17 @@ impl MonthInvoices {
         Ok(id)
     }
 
+    /// Rows by id as this transaction sees them (its own inserts included).
+    pub async fn read(&mut self, ids: &[i64]) -> Result<Vec<InvoiceRow>, StoreError> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM invoices WHERE id = ANY($1) ORDER BY seq"
+        )))
+        .bind(ids)
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
+    /// Stores the run's drafts; dropped without this, the run leaves nothing.
     pub async fn commit(self) -> Result<(), StoreError> {
         Ok(self.tx.commit().await?)
     }

@@ -207,6 +207,18 @@ fn closed_month_becomes_checked_invoices_sent_once_with_receipts_and_corrections
     assert_eq!(r.run(&["billing", "close", &month]).code, 0);
     let billing = r.json(&["billing", &month]);
 
+    // A dry run shows the drafts and takes no number.
+    let dry = r.run(&["invoices", "draft", &month, "--dry-run"]);
+    assert_eq!(dry.code, 0, "{}", dry.all());
+    assert!(
+        dry.stdout.contains("NOT stored (--dry-run)")
+            && dry.stdout.contains(&n(1))
+            && dry.stdout.contains(&n(2)),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(r.json(&["invoices", "list", &month]), serde_json::json!([]));
+
     // Two drafts, numbered in order, totals equal to billing to the grosz; t3 named.
     let drafted = r.json(&["invoices", "draft", &month]);
     let rows = drafted["drafted"].as_array().unwrap();
