@@ -152,13 +152,18 @@ fn invoice<'a>(list: &'a Value, number: &str) -> &'a Value {
 }
 
 fn unsent_alert(r: &Run) -> Option<Value> {
+    unsent_alert_of(r, None)
+}
+
+/// The `invoice_unsent` alert (of `month` when given).
+fn unsent_alert_of(r: &Run, month: Option<&str>) -> Option<Value> {
     // `alerts list` exits 3 while something fires: read its JSON either way.
     let out = r.run(&["alerts", "list", "--all", "--output", "json"]);
     let all: Value = serde_json::from_str(&out.stdout).expect("alerts list json");
     all.as_array()
         .unwrap()
         .iter()
-        .find(|a| a["rule"] == "invoice_unsent")
+        .find(|a| a["rule"] == "invoice_unsent" && month.is_none_or(|m| a["labels"]["month"] == m))
         .cloned()
 }
 
@@ -427,6 +432,33 @@ fn closed_month_becomes_checked_invoices_sent_once_with_receipts_and_corrections
     }
     f.evaluate_alerts(&alerts, None);
     assert_eq!(unsent_alert(&r).unwrap()["state"], "resolved");
+    // A later month closed and never drafted, once the fleet invoices: named too.
+    // (This month cannot be closed yet: its close is written as a later one would be.)
+    let next = (last + chrono::Duration::days(1))
+        .format("%Y-%m")
+        .to_string();
+    f.psql(&format!(
+        "INSERT INTO billing_closes (month, closed_at, closed_by, rate_table) VALUES ('{next}-01', now() - interval '6 days', 'e2e', 'C');
+         INSERT INTO billing_closed_lines (month, tenant_id, tokens, requests, raw_cost, client_cost, markup_rate)
+         VALUES ('{next}-01', '{t2}', 10, 1, 0.1, 0.13, 1.3)"
+    ));
+    f.evaluate_alerts(&alerts, None);
+    let undrafted =
+        unsent_alert_of(&r, Some(&next)).expect("invoice_unsent for the undrafted month");
+    assert_eq!(undrafted["state"], "firing", "{undrafted}");
+    assert!(
+        undrafted.to_string().contains("no invoices drafted")
+            && undrafted.to_string().contains(&t2),
+        "{undrafted}"
+    );
+    f.psql(&format!(
+        "DELETE FROM billing_closed_lines WHERE month = '{next}-01'; DELETE FROM billing_closes WHERE month = '{next}-01'"
+    ));
+    f.evaluate_alerts(&alerts, None);
+    assert_eq!(
+        unsent_alert_of(&r, Some(&next)).unwrap()["state"],
+        "resolved"
+    );
 
     // The record of an accepted invoice lost: the resend is answered 440 and
     // recorded as the invoice KSeF holds.
