@@ -19,6 +19,10 @@ use crate::spec::{ApiKey, KsefEnvironment};
 
 /// At most this many answers 429 in a row for one call, each waited out.
 const MAX_RETRIES: u32 = 6;
+/// The most of KSeF's own words (a refusal, a status) shown and kept.
+const MAX_TEXT: usize = 1000;
+/// The largest answer read (a receipt is a few kilobytes).
+const MAX_BODY: usize = 4 << 20;
 /// A `Retry-After` longer than this is waited only this long before trying again.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(120);
 
@@ -97,9 +101,10 @@ pub struct Ksef {
     pub poll: Duration,
 }
 
+/// KSeF's refusal in its own words, cleaned and bounded: a remote host's text.
 fn exception_detail(body: &Value, text: &str) -> String {
     let list = body["exception"]["exceptionDetailList"].as_array();
-    match list {
+    let detail = match list {
         Some(l) if !l.is_empty() => l
             .iter()
             .map(|d| {
@@ -111,8 +116,9 @@ fn exception_detail(body: &Value, text: &str) -> String {
             })
             .collect::<Vec<_>>()
             .join("; "),
-        _ => text.chars().take(300).collect(),
-    }
+        _ => text.to_string(),
+    };
+    crate::bounded(&detail, MAX_TEXT)
 }
 
 impl Ksef {
@@ -174,14 +180,37 @@ impl Ksef {
                 tokio::time::sleep(wait).await;
                 continue;
             }
-            let text = resp.text().await.map_err(|source| KsefError::Unreachable {
-                base: self.base.clone(),
-                source,
-            })?;
+            let text = self.body(what, resp).await?;
             let value = serde_json::from_str(&text).unwrap_or(Value::Null);
             return Ok((status, value, text));
         }
         Err(KsefError::Throttled { what })
+    }
+
+    /// An answer's body, at most [`MAX_BODY`] bytes.
+    async fn body(
+        &self,
+        what: &'static str,
+        mut resp: reqwest::Response,
+    ) -> Result<String, KsefError> {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|source| KsefError::Unreachable {
+                base: self.base.clone(),
+                source,
+            })?
+        {
+            if bytes.len() + chunk.len() > MAX_BODY {
+                return Err(KsefError::Protocol {
+                    what,
+                    detail: format!("an answer over {MAX_BODY} bytes"),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// A call that must succeed (2xx).
@@ -280,7 +309,7 @@ impl Ksef {
                 detail: "no referenceNumber or authenticationToken".into(),
             });
         };
-        let path = format!("/auth/{reference}");
+        let path = format!("/auth/{}", reference_in(what, reference)?);
         for _ in 0..240 {
             let s = self
                 .expect("GET /auth/{ref}", Method::GET, &path, Some(auth), None)
@@ -400,13 +429,8 @@ impl Ksef {
                 })),
             )
             .await?;
-        let reference = s["referenceNumber"]
-            .as_str()
-            .ok_or(KsefError::Protocol {
-                what,
-                detail: "no referenceNumber".into(),
-            })?
-            .to_string();
+        let reference =
+            reference_in(what, s["referenceNumber"].as_str().unwrap_or(""))?.to_string();
         Ok(Session {
             reference,
             key: key_bytes,
@@ -436,13 +460,7 @@ impl Ksef {
         let r = self
             .authed_ok(login, what, Method::POST, &path, Some(&body))
             .await?;
-        r["referenceNumber"]
-            .as_str()
-            .map(str::to_string)
-            .ok_or(KsefError::Protocol {
-                what,
-                detail: "no referenceNumber".into(),
-            })
+        reference_in(what, r["referenceNumber"].as_str().unwrap_or("")).map(str::to_string)
     }
 
     pub async fn status(
@@ -459,19 +477,30 @@ impl Ksef {
         let st = &s["status"];
         let ext = &st["extensions"];
         let text = status_text(st);
+        // Numbers and references go into URLs and the fleet's records: only
+        // well-formed ones are taken.
+        let number = |v: &Value| -> Result<Option<String>, KsefError> {
+            match v.as_str() {
+                None => Ok(None),
+                Some(n) if valid_number(n) => Ok(Some(n.to_string())),
+                Some(n) => Err(KsefError::Protocol {
+                    what,
+                    detail: format!("`{}` is not a KSeF number", crate::bounded(n, 60)),
+                }),
+            }
+        };
         Ok(InvoiceStatus {
             code: st["code"].as_i64().ok_or(KsefError::Protocol {
                 what,
                 detail: "no status.code".into(),
             })?,
-            ksef_number: s["ksefNumber"].as_str().map(str::to_string),
-            original_ksef_number: ext["originalKsefNumber"]
-                .as_str()
-                .map(str::to_string)
+            ksef_number: number(&s["ksefNumber"])?,
+            original_ksef_number: number(&ext["originalKsefNumber"])?
                 .or_else(|| find_ksef_number(&text)),
-            original_session: ext["originalSessionReferenceNumber"]
-                .as_str()
-                .map(str::to_string),
+            original_session: match ext["originalSessionReferenceNumber"].as_str() {
+                Some(r) => Some(reference_in(what, r)?.to_string()),
+                None => None,
+            },
             description: text,
         })
     }
@@ -524,7 +553,7 @@ impl Ksef {
             s => Err(KsefError::Api {
                 what,
                 status: s.as_u16(),
-                detail: text.chars().take(300).collect(),
+                detail: crate::bounded(&text, 300),
             }),
         }
     }
@@ -545,16 +574,34 @@ fn success(
     })
 }
 
-/// A status's description and details, as one line.
+/// A status's description and details, as one line, cleaned and bounded.
 fn status_text(st: &Value) -> String {
     let mut t = st["description"].as_str().unwrap_or("").to_string();
     if let Some(details) = st["details"].as_array() {
         for d in details.iter().filter_map(Value::as_str) {
+            if t.len() > MAX_TEXT * 4 {
+                break;
+            }
             t.push_str(" — ");
             t.push_str(d);
         }
     }
-    t
+    crate::bounded(&t, MAX_TEXT)
+}
+
+/// A reference number KSeF gave, checked before it goes into a URL path.
+fn reference_in<'a>(what: &'static str, r: &'a str) -> Result<&'a str, KsefError> {
+    let ok = !r.is_empty()
+        && r.len() <= 100
+        && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if ok {
+        Ok(r)
+    } else {
+        Err(KsefError::Protocol {
+            what,
+            detail: format!("`{}` is not a reference number", crate::bounded(r, 60)),
+        })
+    }
 }
 
 /// A KSeF number in free text (a duplicate's details name the original).

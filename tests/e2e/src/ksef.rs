@@ -30,6 +30,10 @@ pub struct KsefState {
     pub throttle: u32,
     /// Invoice numbers (P_2) answered with 450 (semantic error).
     pub reject: Vec<String>,
+    /// A hostile KSeF: refusals (450) with this text instead of its own.
+    pub hostile_text: Option<String>,
+    /// A hostile KSeF: acceptances with this as the KSeF number.
+    pub hostile_number: Option<String>,
     /// At the next invoice sent, every access token expires (401): the client must
     /// renew its access with the refresh token.
     pub expire_access: bool,
@@ -452,8 +456,12 @@ impl Ctx {
         let reference = self.next(s, "INV");
         let status = if xml.starts_with('\u{feff}') || !self.validates(&xml, &reference) {
             json!({"code": 430, "description": "Błąd weryfikacji pliku faktury", "details": ["Dokument nie jest zgodny ze schematem FA(3)"]})
+        } else if let (true, Some(text)) = (s.reject.contains(&p2), &s.hostile_text) {
+            json!({"code": 450, "description": text, "details": [text]})
         } else if s.reject.contains(&p2) {
             json!({"code": 450, "description": "Błąd weryfikacji semantyki dokumentu faktury", "details": [format!("Faktura {p2}: data wystawienia nie może być wcześniejsza niż data sprzedaży.")]})
+        } else if let Some(number) = &s.hostile_number {
+            json!({"code": 200, "description": "Sukces", "ksefNumber": number})
         } else {
             let seller = element(&xml, "NIP").unwrap_or_default();
             let kind = element(&xml, "RodzajFaktury").unwrap_or_default();

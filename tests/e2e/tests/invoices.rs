@@ -668,4 +668,64 @@ fn usd_invoices_convert_vat_at_table_a_of_the_last_business_day_before_the_tax_p
         format!("{:.2}", round2(vat * mid))
     );
     assert_eq!(element(&xml, "P_15"), format!("{:.2}", net + vat));
+
+    // KSeF's answers are a remote host's words: a refusal text with terminal escapes
+    // and 200,000 characters is shown and kept cleaned and bounded; a KSeF number
+    // that is not one (a path, no checksum) is refused, never stored nor put in a URL.
+    let ksef = FakeKsef::start(
+        f.base_port + 12,
+        &f.dir.join("ksef"),
+        TOKEN,
+        SELLER_NIP,
+        &schemas(),
+    );
+    let r = Run {
+        env: vec![("MAI_FLEET_KSEF_URL".into(), ksef.url())],
+        ..r
+    };
+    {
+        let mut s = ksef.state.lock().unwrap();
+        s.reject = vec![number.to_string()];
+        s.hostile_text = Some(format!(
+            "\u{1b}]0;pwned\u{7}\u{1b}[2J{}",
+            "Ż".repeat(200_000)
+        ));
+    }
+    let refused = r.run(&["invoices", "send"]);
+    assert_eq!(refused.code, 3, "{}", refused.stderr);
+    assert!(
+        !refused.all().contains('\u{1b}') && !refused.all().contains('\u{7}'),
+        "terminal escapes passed through"
+    );
+    assert!(
+        refused.stdout.len() < 4_000,
+        "{} bytes of KSeF's text shown",
+        refused.stdout.len()
+    );
+    let kept = f.psql(&format!(
+        "SELECT length(ksef_text) FROM invoices WHERE number = '{number}'"
+    ));
+    assert!(
+        kept.parse::<usize>().unwrap() <= 2_001,
+        "{kept} characters kept"
+    );
+    {
+        let mut s = ksef.state.lock().unwrap();
+        s.reject.clear();
+        s.hostile_number = Some("../../../auth/token/refresh".into());
+    }
+    let bad = r.run(&["invoices", "send", "--retry-rejected"]);
+    assert_eq!(bad.code, 1, "{}", bad.all());
+    assert!(bad.stderr.contains("is not a KSeF number"), "{}", bad.all());
+    assert!(
+        !ksef
+            .state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .any(|q| q.contains("..")),
+        "a KSeF-made path was requested"
+    );
+    assert_eq!(f.psql(&format!("SELECT state || ' ' || coalesce(ksef_number, '-') FROM invoices WHERE number = '{number}'")), "sending -");
 }
