@@ -4,9 +4,13 @@
 use std::time::Duration;
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    builder()
         .timeout(Duration::from_secs(10))
-        .user_agent(concat!("mai-fleet/", env!("CARGO_PKG_VERSION")))
         .build()
         .unwrap_or_default()
+}
+
+/// The setup for a service that needs timeouts of its own (KSeF).
+pub fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().user_agent(concat!("mai-fleet/", env!("CARGO_PKG_VERSION")))
 }

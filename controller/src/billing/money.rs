@@ -22,6 +22,15 @@ pub fn pln_grosze(d: Decimal) -> Decimal {
     round(d, 2)
 }
 
+/// An invoice amount in its currency: `1 234,56 zł` for PLN, `$1,234.56` else.
+pub fn format_in(currency: &str, d: Decimal) -> String {
+    if currency == "PLN" {
+        format_pln(d)
+    } else {
+        format_usd(d)
+    }
+}
+
 /// `$1,234.56`; amounts under a cent keep 6 decimals (`$0.002002`), so a small
 /// tenant never shows as `$0.00` (seed 002).
 pub fn format_usd(d: Decimal) -> String {

@@ -7,7 +7,7 @@ use anyhow::Context;
 use chrono::{Days, Utc};
 use clap::Subcommand;
 
-use mai_fleet::billing::money::{format_pln, format_usd};
+use mai_fleet::billing::money::{format_in, format_pln};
 use mai_fleet::billing::{fleet_today, Month};
 use mai_fleet::invoices::ksef::{self, Ksef};
 use mai_fleet::invoices::send::{self as sending, SendOptions};
@@ -79,14 +79,6 @@ fn month(text: &str) -> anyhow::Result<Month> {
     text.parse().map_err(anyhow::Error::msg)
 }
 
-fn money(currency: &str, d: rust_decimal::Decimal) -> String {
-    if currency == "PLN" {
-        format_pln(d)
-    } else {
-        format_usd(d)
-    }
-}
-
 fn rows_table(rows: &[InvoiceRow]) -> String {
     let mut t = vec![[
         "NUMBER",
@@ -111,9 +103,9 @@ fn rows_table(rows: &[InvoiceRow]) -> String {
             r.kind.clone(),
             r.tenant_id.clone(),
             r.buyer_nip.clone(),
-            money(&r.currency, r.net),
-            money(&r.currency, r.vat),
-            money(&r.currency, r.gross),
+            format_in(&r.currency, r.net),
+            format_in(&r.currency, r.vat),
+            format_in(&r.currency, r.gross),
             state,
             r.ksef_number.clone().unwrap_or_else(|| "-".into()),
         ]);
@@ -347,10 +339,10 @@ pub fn readable(r: &InvoiceRow) -> String {
         r.buyer_nip,
         r.tenant_id,
         Month::of(r.month),
-        money(&r.currency, r.net),
+        format_in(&r.currency, r.net),
         r.vat_rate,
-        money(&r.currency, r.vat),
-        money(&r.currency, r.gross),
+        format_in(&r.currency, r.vat),
+        format_in(&r.currency, r.gross),
     );
     if let (Some(rate), Some(date), Some(no), Some(pln)) =
         (r.rate, r.rate_date, &r.rate_table_no, r.vat_pln)

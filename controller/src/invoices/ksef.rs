@@ -123,7 +123,7 @@ fn exception_detail(body: &Value, text: &str) -> String {
 
 impl Ksef {
     pub fn new(base: String) -> Self {
-        let http = reqwest::Client::builder()
+        let http = crate::http::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .build()
@@ -133,10 +133,6 @@ impl Ksef {
             base,
             poll: Duration::from_millis(500),
         }
-    }
-
-    pub fn base(&self) -> &str {
-        &self.base
     }
 
     /// One call, 429s waited out as `Retry-After` says. Returns status and body.

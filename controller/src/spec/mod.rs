@@ -93,8 +93,6 @@ pub struct KsefSpec {
     pub environment: KsefEnvironment,
     /// Serialized masked, as every secret of the spec.
     pub token: ApiKey,
-    /// The `${env:}`/`${file:}` the token came from.
-    pub token_reference: String,
 }
 
 /// The `backups:` section. A tenant fills its own directory, so a backup of it is

@@ -54,6 +54,15 @@ const COLUMNS: &str =
     ksef_session, ksef_reference, ksef_number, ksef_code, ksef_text, upo IS NOT NULL AS has_upo,
     created_at, created_by, sent_at, accepted_at";
 
+/// An invoice with its documents, read in one query.
+#[derive(sqlx::FromRow)]
+struct Shown {
+    #[sqlx(flatten)]
+    row: InvoiceRow,
+    xml: String,
+    upo: Option<String>,
+}
+
 /// A draft to store.
 #[derive(Debug, Clone)]
 pub struct NewInvoice {
@@ -207,19 +216,13 @@ impl Store {
         &self,
         number: &str,
     ) -> Result<Option<(InvoiceRow, String, Option<String>)>, StoreError> {
-        let row: Option<InvoiceRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM invoices WHERE number = $1"
+        let found: Option<Shown> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS}, xml, upo FROM invoices WHERE number = $1"
         )))
         .bind(number)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(row) = row else { return Ok(None) };
-        let (xml, upo): (String, Option<String>) =
-            sqlx::query_as("SELECT xml, upo FROM invoices WHERE id = $1")
-                .bind(row.id)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(Some((row, xml, upo)))
+        Ok(found.map(|s| (s.row, s.xml, s.upo)))
     }
 
     pub async fn invoice_xml(&self, id: i64) -> Result<String, StoreError> {

@@ -14,7 +14,7 @@ use super::tenants::parse_month;
 use super::view::Chrome;
 use super::{render, AppState, WebError};
 use crate::billing::fleet_today;
-use crate::billing::money::{format_pln, format_usd};
+use crate::billing::money::{format_in, format_pln};
 use crate::invoices::ksef::{base_url, Ksef};
 use crate::invoices::send::{send as send_invoices, SendError, SendOptions};
 use crate::store::invoices::InvoiceRow;
@@ -46,14 +46,6 @@ pub struct RowView {
     pub has_upo: bool,
 }
 
-fn money(currency: &str, d: rust_decimal::Decimal) -> String {
-    if currency == "PLN" {
-        format_pln(d)
-    } else {
-        format_usd(d)
-    }
-}
-
 fn view(r: &InvoiceRow) -> RowView {
     RowView {
         number: r.number.clone(),
@@ -61,9 +53,9 @@ fn view(r: &InvoiceRow) -> RowView {
         kind: r.kind.clone(),
         tenant: r.tenant_id.clone(),
         buyer: format!("{} (NIP {})", r.buyer_name, r.buyer_nip),
-        net: money(&r.currency, r.net),
-        vat: money(&r.currency, r.vat),
-        gross: money(&r.currency, r.gross),
+        net: format_in(&r.currency, r.net),
+        vat: format_in(&r.currency, r.vat),
+        gross: format_in(&r.currency, r.gross),
         state: r.state.clone(),
         ksef_number: r.ksef_number.clone().unwrap_or_default(),
         detail: match (r.state.as_str(), r.ksef_code, &r.ksef_text) {

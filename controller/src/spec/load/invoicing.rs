@@ -189,7 +189,6 @@ impl Loader<'_> {
         Some(KsefSpec {
             environment: environment?,
             token: ApiKey::new(token),
-            token_reference: text.trim().to_string(),
         })
     }
 }
