@@ -126,11 +126,12 @@ load_pause() {
 }
 
 # Addresses and ports of the cluster: one per machine at a time (the tests share it).
+# Ports stay below 20000: the e2e tests give their dashboards and tenants 20000-31999.
 NETNS=maik8s
 NODE_IP=10.231.0.1
 PEER_IP=10.231.0.2
-ETCD_PORT=23790
-ETCD_PEER_PORT=23800
+ETCD_PORT=12379
+ETCD_PEER_PORT=12380
 API_PORT=16443
 NODE_NAME=mai-k8s-node
 SERVICE_RANGE=10.232.0.0/24

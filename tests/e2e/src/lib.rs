@@ -83,6 +83,25 @@ pub fn require_services() -> bool {
 
 static NEXT_PORT_BLOCK: AtomicU16 = AtomicU16::new(0);
 
+/// The first port of 20 for one test, all free when it is chosen. Test ports live in
+/// 20000–31999: below the kernel's ephemeral range (32768 and up), where client
+/// sockets would collide with them, and above the test cluster's (tests/k8s). The
+/// pid spreads runs apart; a block something else listens in is skipped, so a
+/// service of the machine's never becomes a test's dashboard or tenant.
+fn free_port_block() -> u16 {
+    let start = (std::process::id() % 30) as u16 * 400;
+    loop {
+        let block = NEXT_PORT_BLOCK.fetch_add(1, Ordering::SeqCst);
+        let base = 20000 + (start + block * 20) % 12000;
+        // 0.0.0.0 conflicts with a listener on any IPv4 address and with a dual-stack
+        // [::] one (docker-proxy's published ports).
+        if (base..base + 20).all(|p| std::net::TcpListener::bind(("0.0.0.0", p)).is_ok()) {
+            return base;
+        }
+        assert!(block < 600, "no free block of 20 ports in 20000-31999");
+    }
+}
+
 pub struct RunResult {
     pub code: i32,
     pub stdout: String,
@@ -123,10 +142,7 @@ impl Fleet {
         let dir = std::env::temp_dir().join(&name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
-        let block = NEXT_PORT_BLOCK.fetch_add(1, Ordering::SeqCst);
-        // 20 ports a test, below the kernel's ephemeral range (32768 and up), where
-        // client sockets would collide with them; the pid spreads runs apart.
-        let base_port = 20000 + (std::process::id() % 30) as u16 * 400 + block * 20;
+        let base_port = free_port_block();
         let admin_url = std::env::var("MAI_FLEET_PG_ADMIN_URL").expect("MAI_FLEET_PG_ADMIN_URL");
         let database_url = fresh_database(&admin_url, &name.replace('-', "_"));
         let fleet = Self {
@@ -392,19 +408,27 @@ impl Fleet {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let server = Running(
+        let log_path = self.dir.join(format!("serve-{port}.log"));
+        let log = std::fs::File::create(&log_path).expect("serve log");
+        let mut server = Running(
             cmd.stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
+                .stderr(log)
                 .spawn()
                 .expect("serve"),
         );
         for _ in 0..100 {
+            // A dashboard that exited is not answered for by whoever holds the port.
+            if let Ok(Some(status)) = server.0.try_wait() {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                panic!("serve on port {port} exited ({status}): {log}");
+            }
             if http_full(port, "GET", "/healthz", None, &[]).is_some_and(|r| r.status == 200) {
-                break;
+                return server;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        server
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        panic!("serve on port {port} is not up after 10 s: {log}");
     }
 
     /// The agent of host entry `host` (`a`, `b`) against this fleet's database.
@@ -909,4 +933,25 @@ pub fn seconds(name: &str, default: u64) -> std::time::Duration {
         .and_then(|v| v.parse().ok())
         .unwrap_or(default);
     std::time::Duration::from_secs(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flake of a dashboard started on the test cluster's etcd port: a block
+    /// with something listening in it is never handed to a test.
+    #[test]
+    fn a_port_block_with_a_listener_in_it_is_skipped() {
+        let start = (std::process::id() % 30) as u16 * 400;
+        let next = NEXT_PORT_BLOCK.load(Ordering::SeqCst);
+        let taken = 20000 + (start + next * 20) % 12000 + 10;
+        let _listener = std::net::TcpListener::bind(("127.0.0.1", taken)).unwrap();
+        let base = free_port_block();
+        assert!(
+            !(base..base + 20).contains(&taken),
+            "block {base} holds the taken port {taken}"
+        );
+        assert!((20000..32000).contains(&base) && base + 20 <= 32000);
+    }
 }

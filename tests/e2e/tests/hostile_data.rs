@@ -425,7 +425,7 @@ fn rss_kb(pid: u32) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+        .unwrap_or_else(|| panic!("process {pid} holds no memory: it has exited"))
 }
 
 /// User names of 1.9 MB at the login: refused before they are counted, and the
