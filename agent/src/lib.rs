@@ -3,6 +3,7 @@
 //! them. The `agent` binary runs cycles on an interval; benchmarks drive the parts.
 
 pub mod checks;
+pub mod copy;
 pub mod cycle;
 pub mod discover;
 pub mod health;

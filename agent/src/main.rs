@@ -96,6 +96,54 @@ enum Command {
         #[arg(long)]
         tenant: String,
     },
+    /// Wait, doing nothing, then exit: the pod the controller runs `archive` and
+    /// `unpack` in on a Kubernetes node, gone by itself if the controller is
+    Hold {
+        #[arg(long = "for", value_parser = mai_fleet_core::duration::parse)]
+        duration: Duration,
+    },
+    /// Write a tenant's data directory to stdout as a tar stream (entries `data/…`):
+    /// the store as SQLite's online backup of one moment, no link followed
+    Archive {
+        /// The tenant's data directory
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Where the store's copy is made before it is sent
+        #[arg(long, default_value = "/tmp")]
+        scratch: std::path::PathBuf,
+        #[command(flatten)]
+        budget: BudgetArgs,
+    },
+    /// Unpack a tar stream from stdin into a tenant's data directory, following no
+    /// link, given to the directory's owner
+    Unpack {
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// Leading components dropped from each entry's name
+        #[arg(long, default_value_t = 0)]
+        strip: usize,
+        #[command(flatten)]
+        budget: BudgetArgs,
+    },
+}
+
+#[derive(clap::Args)]
+struct BudgetArgs {
+    /// Most bytes of file content
+    #[arg(long)]
+    max_bytes: u64,
+    /// Most files and directories
+    #[arg(long)]
+    max_files: u64,
+}
+
+impl BudgetArgs {
+    fn budget(&self) -> mai_fleet_core::tree::Budget {
+        mai_fleet_core::tree::Budget {
+            max_bytes: self.max_bytes,
+            max_files: self.max_files,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -103,6 +151,24 @@ fn main() -> ExitCode {
     match &args.command {
         Some(Command::Probe { address, timeout }) => return probe(*address, *timeout),
         Some(Command::Purge { data_root, tenant }) => return purge(data_root, tenant),
+        Some(Command::Hold { duration }) => {
+            std::thread::sleep(*duration);
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Archive {
+            dir,
+            scratch,
+            budget,
+        }) => {
+            let out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+            let done = mai_fleet_agent::copy::archive(dir, scratch, budget.budget(), out);
+            return copied("archive", done);
+        }
+        Some(Command::Unpack { dir, strip, budget }) => {
+            let input = std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock());
+            let done = mai_fleet_agent::copy::unpack(dir, *strip, budget.budget(), input);
+            return copied("unpack", done);
+        }
         None => {}
     }
     if let Err(e) = mai_fleet_core::log::init(&args.log) {
@@ -129,6 +195,27 @@ fn main() -> ExitCode {
     // A store read abandoned past its budget may still hold a thread: do not wait for it.
     runtime.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+/// How `archive` and `unpack` end: what they did on stderr (stdout may be the
+/// archive), exit 0, or why not, exit 1.
+fn copied(
+    what: &str,
+    done: Result<mai_fleet_core::tree::Copied, mai_fleet_agent::copy::CopyFailed>,
+) -> ExitCode {
+    match done {
+        Ok(c) => {
+            eprintln!(
+                "{what}: {} files, {} directories, {} bytes; skipped {} links, {} FIFOs, {} devices, {} sockets",
+                c.files, c.dirs, c.bytes, c.skipped.links, c.skipped.fifos, c.skipped.devices, c.skipped.sockets
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("agent: {what}: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// `agent purge`: exit 0 deleted (or nothing there), 1 refused or failed.

@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mai_fleet::tree::{Budget, Copy, Dir};
+use mai_fleet_core::tree::{Budget, Copy, Dir};
 
 fn fail(msg: &str) -> ! {
     eprintln!("bench-copy: {msg}");

@@ -236,7 +236,10 @@ impl Host {
     pub async fn stop(&self, id: &str, stop_timeout_s: i32) -> Result<(), BackendError> {
         match self {
             Host::Docker(e) => Ok(e.stop(id, stop_timeout_s).await?),
-            Host::Kubernetes(c) => Ok(kubernetes::scale(c, id, 0).await?),
+            Host::Kubernetes(c) => {
+                let within = Duration::from_secs(stop_timeout_s.max(0) as u64 + 60);
+                Ok(kubernetes::stop(c, id, within).await?)
+            }
         }
     }
 
@@ -250,14 +253,14 @@ impl Host {
     pub async fn pause(&self, id: &str) -> Result<(), BackendError> {
         match self {
             Host::Docker(e) => Ok(e.pause(id).await?),
-            Host::Kubernetes(c) => Err(c.not_built("pause").into()),
+            Host::Kubernetes(c) => Err(c.no_pause().into()),
         }
     }
 
     pub async fn unpause(&self, id: &str) -> Result<(), BackendError> {
         match self {
             Host::Docker(e) => Ok(e.unpause(id).await?),
-            Host::Kubernetes(c) => Err(c.not_built("unpause").into()),
+            Host::Kubernetes(c) => Err(c.no_pause().into()),
         }
     }
 
@@ -274,11 +277,21 @@ impl Host {
         }
     }
 
-    /// `path` in the workload as a tar stream.
+    /// Whether [`Host::copy_out`] of a running workload needs it paused to be a
+    /// consistent copy. Docker's archive API reads files as they are; on Kubernetes
+    /// the store comes as SQLite's online backup made on the node (a pod cannot be
+    /// paused).
+    pub fn copy_needs_pause(&self) -> bool {
+        matches!(self, Host::Docker(_))
+    }
+
+    /// `path` in the workload as a tar stream (entries named from its last
+    /// component), stopped past `limits` on the host where the host can.
     pub fn copy_out(
         &self,
         id: &str,
         path: &str,
+        limits: &crate::spec::BackupLimits,
     ) -> impl Stream<Item = Result<Bytes, BackendError>> + use<> {
         use futures_util::StreamExt;
         match self {
@@ -287,22 +300,27 @@ impl Host {
                 .map(|r| r.map_err(BackendError::from))
                 .left_stream(),
             Host::Kubernetes(c) => {
-                futures_util::stream::iter([Err(c.not_built("copying files").into())])
+                // The node's agent archives the tenant's data directory, which is
+                // what a Docker host's DATA_MOUNT is.
+                kubernetes::copy_out(c, id, *limits)
+                    .map(|r| r.map_err(BackendError::from))
                     .right_stream()
             }
         }
     }
 
-    /// A tar stream unpacked at `path` in the workload, streamed from `file`.
+    /// A tar stream unpacked at `path` in the workload, streamed from `file`: on
+    /// Kubernetes `path` is the data directory or its parent (entries `data/…`).
     pub async fn copy_in(
         &self,
         id: &str,
         path: &str,
         file: tokio::fs::File,
+        limits: &crate::spec::BackupLimits,
     ) -> Result<(), BackendError> {
         match self {
             Host::Docker(e) => Ok(e.copy_in(id, path, file).await?),
-            Host::Kubernetes(c) => Err(c.not_built("copying files").into()),
+            Host::Kubernetes(c) => Ok(kubernetes::copy_in(c, id, path, file, *limits).await?),
         }
     }
 

@@ -24,7 +24,6 @@ pub mod schedule;
 pub mod spec;
 pub mod store;
 pub mod supervisor;
-pub mod tree;
 pub mod web;
 
 /// An error and its causes on one line, as `a: b: c`, skipping causes already

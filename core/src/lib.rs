@@ -3,12 +3,14 @@
 //! is, and the daemons' shared plumbing (durations, logging). Both binaries depend on
 //! this crate; neither depends on the other.
 
+pub mod archive;
 pub mod contract;
 pub mod duration;
 pub mod log;
 pub mod probe;
 pub mod store;
 pub mod tracking;
+pub mod tree;
 
 pub use contract::{check_name_label, check_tenant_id, labels};
 pub use tracking::{StoreStatus, Tracking};

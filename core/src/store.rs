@@ -118,3 +118,59 @@ mod tests {
         let _ = std::fs::remove_file(&path);
     }
 }
+
+/// Why [`online_copy`] made no copy.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("the usage store {what}: {source}")]
+    Sqlite {
+        what: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("the store stayed locked by the app for 30 s")]
+    Locked,
+}
+
+fn sqlite(what: &'static str) -> impl FnOnce(rusqlite::Error) -> CopyError {
+    move |source| CopyError::Sqlite { what, source }
+}
+
+/// SQLite's online backup API, all pages in one step: one read transaction, so the
+/// copy is the store as of one moment while the app keeps writing. `recover`: the
+/// source is a frozen copy of ours, opened writable so that SQLite rolls back a
+/// journal left hot by a pause (read-only, it refuses: "attempt to write a readonly
+/// database"). The copy is made a standalone rollback-journal file.
+pub fn online_copy(db: &Path, to: &Path, recover: bool) -> Result<(), CopyError> {
+    let access = if recover {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    };
+    let flags = access | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let src = Connection::open_with_flags(db, flags).map_err(sqlite("cannot be opened"))?;
+    src.busy_timeout(Duration::from_secs(10))
+        .map_err(sqlite("cannot be opened"))?;
+    let mut dst = Connection::open(to).map_err(sqlite("copy cannot be made"))?;
+    {
+        let backup =
+            rusqlite::backup::Backup::new(&src, &mut dst).map_err(sqlite("cannot be copied"))?;
+        // -1: every page in one step, so one read transaction sees one moment. Busy or
+        // locked (a writer holds the store in rollback-journal mode): wait, try again.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            use rusqlite::backup::StepResult;
+            match backup.step(-1).map_err(sqlite("cannot be copied"))? {
+                StepResult::Done => break,
+                StepResult::More | StepResult::Busy | StepResult::Locked
+                    if Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => return Err(CopyError::Locked),
+            }
+        }
+    }
+    dst.pragma_update(None, "journal_mode", "DELETE")
+        .map_err(sqlite("copy cannot be made standalone"))
+}

@@ -36,7 +36,7 @@ pub(super) fn purge_or_keep_data(engine: &Engine, tenant: &str, purge: bool) -> 
     }
     // Removed through directory handles: nothing the tenant made in it (a link to
     // elsewhere) is followed.
-    let purged = crate::tree::Dir::open(std::path::Path::new(&engine.host.data_root))
+    let purged = mai_fleet_core::tree::Dir::open(std::path::Path::new(&engine.host.data_root))
         .and_then(|root| root.remove(std::ffi::OsStr::new(tenant)));
     match purged {
         Ok(()) => format!("; data purged from {dir}"),

@@ -4,6 +4,7 @@
 //! (docs/kubernetes.md). Only [`crate::backend`] names this module.
 
 pub mod agent;
+mod copy;
 mod exec;
 mod objects;
 mod purge;
@@ -21,7 +22,8 @@ use kube::{Api, Client, Config};
 use crate::plan::{network_name, Observed, RunState, LABEL_FLEET, LABEL_MANAGED};
 use crate::spec::{HostSpec, KubernetesHost};
 
-pub use rollout::{delete_pod, execute, last_logs, output, scale, verify};
+pub use copy::{copy_in, copy_out};
+pub use rollout::{delete_pod, execute, last_logs, output, scale, stop, verify};
 
 /// Server-side apply's field manager: what this controller owns in each object.
 pub const FIELD_MANAGER: &str = "mai-fleet";
@@ -81,12 +83,16 @@ pub enum KubeError {
     },
     #[error("{host}: the agent is not running: {why}")]
     AgentNotRunning { host: String, why: String },
+    #[error("{host}: copying the tenant's data on the node: {why}")]
+    Copy { host: String, why: String },
     #[error("{host}: purging the tenant's data on the node: {why}")]
     Purge { host: String, why: String },
     #[error("{host}: reading the pod's log: {message}")]
     Log { host: String, message: String },
-    #[error("{host}: {what} is not built for Kubernetes hosts yet")]
-    NotBuilt { host: String, what: &'static str },
+    #[error(
+        "{host}: Kubernetes cannot pause a pod (`stop` scales it to 0; a backup needs no pause)"
+    )]
+    NoPause { host: String },
 }
 
 impl KubeError {
@@ -384,10 +390,9 @@ impl Cluster {
         exec::exec(self, set, command, out).await
     }
 
-    pub fn not_built(&self, what: &'static str) -> KubeError {
-        KubeError::NotBuilt {
+    pub fn no_pause(&self) -> KubeError {
+        KubeError::NoPause {
             host: self.host.name.clone(),
-            what,
         }
     }
 }

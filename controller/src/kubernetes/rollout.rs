@@ -128,7 +128,7 @@ async fn run_action(
                 let data = if !opts.purge_data {
                     format!("; data kept in {dir} on node {node}")
                 } else {
-                    match super::purge::purge(cluster, &purge_image(cluster), &tenant).await {
+                    match super::purge::purge(cluster, &helper_image(cluster), &tenant).await {
                         Ok(said) => format!("; data purged on node {node} ({said})"),
                         Err(e) => format!("; data NOT purged: {e}"),
                     }
@@ -149,8 +149,9 @@ async fn run_action(
     }
 }
 
-/// The agent image (the host's, else the default): it carries `agent purge`.
-fn purge_image(cluster: &Cluster) -> String {
+/// The agent image (the host's, else the default): it carries `agent purge`,
+/// `archive` and `unpack`, and it is on the node.
+pub(super) fn helper_image(cluster: &Cluster) -> String {
     match &cluster.host.agent {
         crate::spec::HostAgent::Deployed(a) => a.image.clone(),
         crate::spec::HostAgent::External => crate::spec::default_agent_image(),
@@ -324,6 +325,30 @@ pub async fn scale(cluster: &Cluster, name: &str, replicas: i32) -> Result<(), K
     cluster
         .merge::<StatefulSet>("scale the StatefulSet", name, patch)
         .await
+}
+
+/// Scales the tenant to no pod and waits until its pod is gone (its grace period
+/// and `within`): what a restore needs before it writes the tenant's directory.
+pub async fn stop(cluster: &Cluster, name: &str, within: Duration) -> Result<(), KubeError> {
+    scale(cluster, name, 0).await?;
+    let started = std::time::Instant::now();
+    let pod = pod_name(name);
+    loop {
+        let found = cluster
+            .call("read the pod", cluster.api::<Pod>().get_opt(&pod))
+            .await?;
+        match found {
+            None => return Ok(()),
+            Some(_) if started.elapsed() >= within => {
+                return Err(KubeError::Stuck {
+                    host: cluster.host.name.clone(),
+                    what: format!("pod {pod} is still there after scaling to 0"),
+                    seconds: within.as_secs(),
+                })
+            }
+            Some(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
 }
 
 /// Deletes a tenant's objects (its data stays on the node).

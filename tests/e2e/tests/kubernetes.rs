@@ -847,10 +847,10 @@ fn rendered_objects_validate_strictly_against_a_current_kubernetes_and_hold_no_s
 }
 
 /// The controller's least-privilege RBAC (manifests/kubernetes/controller-rbac.yaml)
-/// is enough for `apply` and `plan` with an agent, and no more: no Secret outside the
-/// fleet's namespace, no exec.
+/// is enough for `apply` and `plan` with an agent, `backup` and `restore`, and no
+/// more: no Secret and no exec outside the fleet's namespace.
 #[test]
-fn the_controllers_least_privilege_role_is_enough_to_apply_and_no_more() {
+fn the_controllers_least_privilege_role_is_enough_to_apply_back_up_and_restore_and_no_more() {
     let Some((kc, node)) = cluster() else { return };
     let f = Fleet::new("k8s_rbac");
     let ns = format!("mai-{}", f.name);
@@ -940,13 +940,31 @@ fn the_controllers_least_privilege_role_is_enough_to_apply_and_no_more() {
     );
     let plan = f.controller(&["plan", spec_path.to_str().expect("path")]);
     assert_eq!(plan.code, 0, "{}", plan.all());
+    let backups = f.dir.join("backups");
+    let out = f.controller(&[
+        "backup",
+        &k,
+        "--dir",
+        backups.to_str().expect("path"),
+        "--spec",
+        spec_path.to_str().expect("path"),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let taken: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).expect("json");
+    let path = PathBuf::from(taken[0]["path"].as_str().expect("path"));
+    let restored = f.restore(&k, &path, &spec_path, &["--verify-timeout", "90s"]);
+    assert_eq!(restored.code, 0, "{}", restored.all());
 
     let account = "system:serviceaccount:mai-fleet-system:mai-fleet-controller";
     for (verb, what, namespace, allowed) in [
         ("get", "secrets", ns.as_str(), "yes"),
         ("get", "secrets", "default", "no"),
         ("get", "secrets", "kube-system", "no"),
-        ("create", "pods/exec", ns.as_str(), "no"),
+        ("create", "pods/exec", ns.as_str(), "yes"),
+        ("create", "pods/exec", "default", "no"),
+        ("create", "pods", "kube-system", "no"),
         ("delete", "nodes", "default", "no"),
     ] {
         let r = kubectl(
@@ -1125,5 +1143,156 @@ fn a_namespace_that_belongs_to_another_fleet_is_refused() {
                 .contains("node `no-such-node` is not in the cluster"),
         "{}",
         r.all()
+    );
+}
+
+/// A node tenant's data backed up and restored through a short-lived pod of the agent
+/// image on its node, the tenant writing under load: the backup is a sound store of
+/// one moment taken without stopping the tenant (same pod, no restart), the tenant's
+/// planted link, link to `/dev/zero` and FIFO neither followed nor opened; the
+/// restore stops the tenant, keeps what it replaces beside the backups, puts the
+/// backup in (given to the directory's owner) and verifies the tenant; no helper
+/// pod is left.
+#[test]
+fn a_node_tenant_is_backed_up_and_restored_through_a_pod_on_its_node() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let Some((kc, node)) = cluster() else { return };
+    let f = Fleet::new("k8s_backup");
+    let ns = format!("mai-{}", f.name);
+    let _cleanup = Namespace(kc.clone(), ns.clone());
+    let k = f.id("k");
+    let extra = Extra {
+        tenant: "    env: { SIM_USAGE_PER_MIN: \"1200\" }\n".into(),
+        ..Extra::default()
+    };
+    let spec_path = f.write_spec(&spec_with(&f, &node, &kc, &[], &[(&k, DEV)], 0, &extra));
+    let r = apply(&f, &spec_path, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    // The node is this machine: the test looks at the directory, the controller
+    // reaches it only through the cluster.
+    let data = f.data_root("k").join(&k).join("data");
+    std::fs::create_dir_all(data.join("uploads")).expect("uploads");
+    std::fs::write(data.join("uploads/offer.txt"), b"oferta").expect("upload");
+    std::fs::create_dir_all(data.join("cache")).expect("cache");
+    std::fs::write(data.join("cache/tmp.bin"), b"cache").expect("cache file");
+    std::os::unix::fs::symlink("/etc", data.join("uploads/etc")).expect("link");
+    std::os::unix::fs::symlink("/dev/zero", data.join("uploads/zero")).expect("link");
+    let fifo = Command::new("mkfifo")
+        .arg(data.join("uploads/pipe"))
+        .status()
+        .expect("mkfifo");
+    assert!(fifo.success());
+    let pod = |what: &str| {
+        let p = json(&kc, &ns, &format!("pod/mai-{k}-0")).expect("the tenant's pod");
+        match what {
+            "uid" => p["metadata"]["uid"].to_string(),
+            _ => p["status"]["containerStatuses"][0]["restartCount"].to_string(),
+        }
+    };
+    let uid = pod("uid");
+    std::thread::sleep(Duration::from_secs(2));
+
+    let org = format!("org_{k}");
+    let backups = f.dir.join("backups");
+    let before = mai_fleet_e2e::store_org_tokens(&data, &org);
+    let started = Instant::now();
+    let out = f.controller(&[
+        "backup",
+        &k,
+        "--dir",
+        backups.to_str().expect("path"),
+        "--spec",
+        spec_path.to_str().expect("path"),
+        "--output",
+        "json",
+    ]);
+    let took = started.elapsed();
+    let after = mai_fleet_e2e::store_org_tokens(&data, &org);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert!(
+        took < Duration::from_secs(60),
+        "the FIFO was opened: {took:?}"
+    );
+    let taken: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).expect("json");
+    let (path, manifest) = (
+        PathBuf::from(taken[0]["path"].as_str().expect("path")),
+        &taken[0]["manifest"],
+    );
+    let tokens = manifest["tokens"].as_i64().expect("tokens");
+    assert!(
+        tokens > 0 && (before..=after).contains(&tokens),
+        "{before} <= {tokens} <= {after}"
+    );
+    assert_eq!(manifest["integrity"], "ok");
+    assert_eq!(mai_fleet_e2e::store_org_tokens(&path, &org), tokens);
+    assert_eq!(
+        std::fs::read(path.join("uploads/offer.txt")).expect("upload"),
+        b"oferta"
+    );
+    let mode = std::fs::metadata(path.join("uploads/offer.txt"))
+        .expect("upload")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o600);
+    for absent in ["cache", "uploads/etc", "uploads/zero", "uploads/pipe"] {
+        assert!(
+            std::fs::symlink_metadata(path.join(absent)).is_err(),
+            "{absent} in the backup"
+        );
+    }
+    assert_eq!(
+        (pod("uid"), pod("restarts")),
+        (uid.clone(), "0".to_string()),
+        "the tenant ran on"
+    );
+    let leftover = kubectl(&kc, &["-n", &ns, "get", "pods", "-o", "name"]);
+    assert_eq!(
+        leftover.stdout.trim(),
+        format!("pod/mai-{k}-0"),
+        "{}",
+        leftover.all()
+    );
+
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::remove_file(data.join("uploads/offer.txt")).expect("remove");
+    let grown = mai_fleet_e2e::store_org_tokens(&data, &org);
+    assert!(grown > tokens);
+    let restored = f.restore(&k, &path, &spec_path, &["--verify-timeout", "90s"]);
+    assert_eq!(restored.code, 0, "{}", restored.all());
+    let now = mai_fleet_e2e::store_org_tokens(&data, &org);
+    assert!(
+        now >= tokens && now < grown,
+        "the store went back: {tokens} <= {now} < {grown}"
+    );
+    let conn = rusqlite::Connection::open_with_flags(
+        data.join("webui.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("store");
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("check");
+    assert_eq!(check, "ok");
+    let offer = std::fs::metadata(data.join("uploads/offer.txt")).expect("the upload is back");
+    let owner = std::fs::metadata(&data).expect("data");
+    assert_eq!((offer.uid(), offer.gid()), (owner.uid(), owner.gid()));
+    assert_ne!(pod("uid"), uid, "the tenant was stopped for the restore");
+    assert!(
+        std::fs::read_dir(path.parent().expect("parent"))
+            .expect("backups")
+            .filter_map(Result::ok)
+            .any(|e| e.file_name().to_string_lossy().starts_with(".pre-restore-")),
+        "what was replaced is kept beside the backups"
+    );
+    assert_eq!(
+        f.psql(&format!("SELECT string_agg(kind || ':' || status, ',' ORDER BY id) FROM tenant_operations WHERE tenant_id = '{k}'")),
+        "backup:ok,restore:ok"
+    );
+    let leftover = kubectl(&kc, &["-n", &ns, "get", "pods", "-o", "name"]);
+    assert_eq!(
+        leftover.stdout.trim(),
+        format!("pod/mai-{k}-0"),
+        "{}",
+        leftover.all()
     );
 }

@@ -2,14 +2,13 @@
 //! tenant paused for it, always resumed), unpacked into a scratch directory of ours
 //! within the budget; a backup packed and streamed back for a restore.
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use super::{io_at, BackupError, DATA_PATH, MANIFEST};
 use crate::ops::{Located, OpsError};
 use crate::spec::BackupLimits;
-use crate::tree::{Dir, TreeError};
 use mai_fleet_core::contract::STORE_FILE;
+use mai_fleet_core::tree::{Budget, Dir};
 
 /// The tenant's data directory as this machine can read it: the directory itself on
 /// a local engine; on a remote one, a frozen copy fetched into `scratch` (with
@@ -22,7 +21,8 @@ pub(super) async fn readable_data(
     if at.host.is_local() {
         return Ok((PathBuf::from(&at.tenant.container.data_dir), false));
     }
-    let running = at.container.state == crate::plan::RunState::Running;
+    let running =
+        at.container.state == crate::plan::RunState::Running && at.host.copy_needs_pause();
     if running {
         at.host.pause(&at.container.id).await?;
     }
@@ -63,7 +63,7 @@ pub(super) async fn fetch_archive(
         .max_bytes
         .saturating_add(limits.max_files.saturating_mul(1024));
     let mut total: u64 = 0;
-    let mut stream = std::pin::pin!(at.host.copy_out(&at.container.id, DATA_PATH));
+    let mut stream = std::pin::pin!(at.host.copy_out(&at.container.id, DATA_PATH, limits));
     while let Some(chunk) = stream.next().await {
         let chunk = chunk?;
         total += chunk.len() as u64;
@@ -101,56 +101,17 @@ pub(super) fn private_file(path: &Path) -> Result<std::fs::File, BackupError> {
 /// files and directories only, owner-only, within the budget, never outside `into`
 /// (the archive holds the tenant's names).
 pub(super) fn unpack(file: &Path, into: &Path, limits: &BackupLimits) -> Result<(), BackupError> {
-    use std::path::Component;
     let root = Dir::create_private(into)?;
-    let mut archive = tar::Archive::new(std::fs::File::open(file).map_err(io_at(file))?);
-    let (mut bytes, mut files) = (0u64, 0u64);
-    for entry in archive.entries().map_err(io_at(file))? {
-        let mut entry = entry.map_err(io_at(file))?;
-        let kind = entry.header().entry_type();
-        let path = entry.path().map_err(io_at(file))?.into_owned();
-        // `data/uploads/x` -> `uploads/x`; anything but plain names is refused.
-        let mut parts = path.components();
-        parts.next();
-        let names: Vec<&OsStr> = parts
-            .map(|c| match c {
-                Component::Normal(n) => Some(n),
-                _ => None,
-            })
-            .collect::<Option<_>>()
-            .unwrap_or_default();
-        let Some((last, parents)) = names.split_last() else {
-            continue;
-        };
-        if !(kind.is_dir() || kind.is_file()) {
-            continue;
-        }
-        files += 1;
-        let size = entry.size();
-        bytes = bytes.saturating_add(size);
-        if bytes > limits.max_bytes || files > limits.max_files {
-            return Err(TreeError::Budget {
-                path: path.clone(),
-                size,
-                bytes,
-                files,
-                max_bytes: limits.max_bytes,
-                max_files: limits.max_files,
-            }
-            .into());
-        }
-        let mut made: Option<Dir> = None;
-        for p in parents {
-            made = Some(made.as_ref().unwrap_or(&root).make_dir(p)?);
-        }
-        let dir = made.as_ref().unwrap_or(&root);
-        if kind.is_dir() {
-            dir.make_dir(last)?;
-        } else {
-            let mut out = dir.create_file(last)?;
-            std::io::copy(&mut entry, &mut out).map_err(io_at(&path))?;
-        }
+    let archive = std::fs::File::open(file).map_err(io_at(file))?;
+    mai_fleet_core::archive::Unpack {
+        strip: 1,
+        budget: Budget {
+            max_bytes: limits.max_bytes,
+            max_files: limits.max_files,
+        },
+        owner: None,
     }
+    .run(std::io::BufReader::new(archive), &root)?;
     Ok(())
 }
 
@@ -169,7 +130,7 @@ pub(super) async fn upload_in(
     tokio::task::spawn_blocking(move || pack(&src, &built))
         .await
         .map_err(BackupError::from)??;
-    let uploaded = upload_archive(at, &tar_file, DATA_PATH).await;
+    let uploaded = upload_archive(at, &tar_file, DATA_PATH, limits).await;
     let _ = std::fs::remove_file(&tar_file);
     uploaded
 }
@@ -213,7 +174,15 @@ pub(super) fn pack(from: &Path, file: &Path) -> Result<(), BackupError> {
 }
 
 /// An archive streamed to the engine, never whole in memory.
-pub(super) async fn upload_archive(at: &Located, file: &Path, path: &str) -> Result<(), OpsError> {
+pub(super) async fn upload_archive(
+    at: &Located,
+    file: &Path,
+    path: &str,
+    limits: &BackupLimits,
+) -> Result<(), OpsError> {
     let opened = tokio::fs::File::open(file).await.map_err(io_at(file))?;
-    Ok(at.host.copy_in(&at.container.id, path, opened).await?)
+    Ok(at
+        .host
+        .copy_in(&at.container.id, path, opened, limits)
+        .await?)
 }

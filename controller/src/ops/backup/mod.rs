@@ -31,8 +31,8 @@ use super::{locate, OpsError};
 use crate::spec::{BackupLimits, FleetSpec};
 use crate::store::operations::NewBackup;
 use crate::store::Store;
-use crate::tree::{self, Copy, Dir, TreeError};
 pub(crate) use mai_fleet_core::contract::{check_store_files, STORE_FILE};
+use mai_fleet_core::tree::{self, Copy, Dir, TreeError};
 
 /// What is never copied: the store itself (copied by the backup API), its journals,
 /// and the app's caches (rebuilt by the app).
@@ -379,44 +379,14 @@ pub(crate) fn sha256_file(dir: &Dir, name: &str) -> Result<(String, u64), Backup
     Ok((crate::crypto::hex(&hasher.finalize()), len))
 }
 
-/// SQLite's online backup API, all pages in one step: one read transaction, so the
-/// copy is the store as of one moment while the app keeps writing. `recover`: the
-/// source is a frozen copy of ours, opened writable so that SQLite rolls back a
-/// journal left hot by the pause (read-only, it refuses: "attempt to write a
-/// readonly database"). The copy is made a standalone rollback-journal file.
+/// The online backup of [`mai_fleet_core::store::online_copy`], its failure in this
+/// module's terms.
 fn online_copy(db: &Path, to: &Path, recover: bool) -> Result<(), BackupError> {
-    use rusqlite::{Connection, OpenFlags};
-    let access = if recover {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-    };
-    let flags = access | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_NOFOLLOW;
-    let src = Connection::open_with_flags(db, flags).map_err(sqlite("cannot be opened"))?;
-    src.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(sqlite("cannot be opened"))?;
-    let mut dst = Connection::open(to).map_err(sqlite("copy cannot be made"))?;
-    {
-        let backup =
-            rusqlite::backup::Backup::new(&src, &mut dst).map_err(sqlite("cannot be copied"))?;
-        // -1: every page in one step, so one read transaction sees one moment. Busy or
-        // locked (a writer holds the store in rollback-journal mode): wait, try again.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            use rusqlite::backup::StepResult;
-            match backup.step(-1).map_err(sqlite("cannot be copied"))? {
-                StepResult::Done => break,
-                StepResult::More | StepResult::Busy | StepResult::Locked
-                    if std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20))
-                }
-                _ => return Err(BackupError::Locked),
-            }
-        }
-    }
-    dst.pragma_update(None, "journal_mode", "DELETE")
-        .map_err(sqlite("copy cannot be made standalone"))
+    use mai_fleet_core::store::CopyError;
+    mai_fleet_core::store::online_copy(db, to, recover).map_err(|e| match e {
+        CopyError::Sqlite { what, source } => sqlite(what)(source),
+        CopyError::Locked => BackupError::Locked,
+    })
 }
 
 /// What a store's copy says of itself.

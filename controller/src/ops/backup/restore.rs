@@ -13,7 +13,7 @@ use crate::execution::VerifyOptions;
 use crate::ops::{locate, OpsError};
 use crate::spec::{BackupLimits, FleetSpec};
 use crate::store::Store;
-use crate::tree::{self, Copy, Dir};
+use mai_fleet_core::tree::{self, Copy, Dir};
 
 pub struct RestoreReport {
     pub verified: Result<String, crate::execution::Unverified>,
@@ -184,7 +184,7 @@ pub async fn restore(
                     .and_then(|r| r)
                     .map_err(OpsError::from)
             }
-            Placed::Remote { kept } => upload_archive(&at, kept, "/app/backend").await,
+            Placed::Remote { kept } => upload_archive(&at, kept, "/app/backend", &limits).await,
         };
         let _ = at.host.start(&at.container.id).await;
         verified = Err(match back {

@@ -23,7 +23,7 @@ use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
 
 /// How deep a tree may go: recursion holds one descriptor per level.
-const MAX_DEPTH: usize = 64;
+pub(crate) const MAX_DEPTH: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TreeError {
@@ -50,7 +50,7 @@ pub enum TreeError {
     },
 }
 
-fn io(path: &Path, e: impl Into<std::io::Error>) -> TreeError {
+pub(crate) fn io(path: &Path, e: impl Into<std::io::Error>) -> TreeError {
     TreeError::Io {
         path: path.to_path_buf(),
         source: e.into(),
@@ -86,7 +86,7 @@ impl Skipped {
         self.links + self.fifos + self.devices + self.sockets
     }
 
-    fn count(&mut self, kind: FileType) {
+    pub(crate) fn count(&mut self, kind: FileType) {
         match kind {
             FileType::Symlink => self.links += 1,
             FileType::Fifo => self.fifos += 1,
@@ -146,7 +146,7 @@ impl Dir {
         &self.path
     }
 
-    fn child(&self, name: &OsStr) -> PathBuf {
+    pub(crate) fn child(&self, name: &OsStr) -> PathBuf {
         self.path.join(name)
     }
 
@@ -276,12 +276,30 @@ impl Dir {
         Ok((stat.st_uid, stat.st_gid))
     }
 
+    /// Gives this directory to `owner` (uid, gid), when it must not stay ours.
+    pub fn give_to(&self, owner: Option<(u32, u32)>) -> Result<(), TreeError> {
+        give(owner, &self.fd, &self.path)
+    }
+
     /// `/proc/self/fd/N`: this directory by its handle, for a library that only takes
     /// paths (SQLite): it names what was opened, whatever has been renamed since.
     pub fn handle_path(&self) -> PathBuf {
         use std::os::fd::AsRawFd;
         PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_fd().as_raw_fd()))
     }
+}
+
+/// Gives what was made to `owner` (uid, gid as the kernel gave them for the data
+/// directory), when it must not stay ours.
+pub(crate) fn give(owner: Option<(u32, u32)>, fd: impl AsFd, path: &Path) -> Result<(), TreeError> {
+    if let Some((uid, gid)) = owner {
+        let (uid, gid) = (
+            rustix::fs::Uid::from_raw(uid),
+            rustix::fs::Gid::from_raw(gid),
+        );
+        rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(|e| io(path, e))?;
+    }
+    Ok(())
 }
 
 /// A copy of one tree into another.
@@ -354,15 +372,7 @@ impl Copy<'_> {
     }
 
     fn own(&self, fd: impl AsFd, path: &Path) -> Result<(), TreeError> {
-        if let Some((uid, gid)) = self.owner {
-            // SAFETY-free: ids as the kernel gave them for the data directory.
-            let (uid, gid) = (
-                rustix::fs::Uid::from_raw(uid),
-                rustix::fs::Gid::from_raw(gid),
-            );
-            rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(|e| io(path, e))?;
-        }
-        Ok(())
+        give(self.owner, fd, path)
     }
 
     fn file(&self, from: &Dir, to: &Dir, name: &OsStr, c: &mut Copied) -> Result<(), TreeError> {
