@@ -160,7 +160,7 @@ async fn data_dir(cluster: &Cluster, set: &str) -> Result<String, KubeError> {
 }
 
 /// Made anew: an earlier one may still be going away.
-async fn create(cluster: &Cluster, pod: &Pod) -> Result<(), KubeError> {
+pub(super) async fn create(cluster: &Cluster, pod: &Pod) -> Result<(), KubeError> {
     let started = Instant::now();
     loop {
         match cluster
@@ -382,6 +382,38 @@ fn helper_pod(cluster: &Cluster, name: &str, dir: &str, way: Way, limits: &Backu
         ]),
         ..Container::default()
     };
+    let volumes = vec![
+        Volume {
+            name: "data".into(),
+            host_path: Some(HostPathVolumeSource {
+                path: dir.to_string(),
+                type_: Some("Directory".into()),
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "scratch".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    ];
+    let mut pod = node_pod(cluster, name, container, volumes);
+    if let Some(spec) = pod.spec.as_mut() {
+        // Gone by itself if the controller is.
+        spec.active_deadline_seconds = Some(hold as i64);
+        spec.termination_grace_period_seconds = Some(0);
+    }
+    pod
+}
+
+/// A pod of the fleet's on the host's node that runs once: no service-account
+/// token, no service links, never restarted.
+pub(super) fn node_pod(
+    cluster: &Cluster,
+    name: &str,
+    container: Container,
+    volumes: Vec<Volume>,
+) -> Pod {
     Pod {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
@@ -398,27 +430,10 @@ fn helper_pod(cluster: &Cluster, name: &str, dir: &str, way: Way, limits: &Backu
         spec: Some(PodSpec {
             node_name: Some(cluster.node.node.clone()),
             restart_policy: Some("Never".into()),
-            // Gone by itself if the controller is.
-            active_deadline_seconds: Some(hold as i64),
-            termination_grace_period_seconds: Some(0),
             automount_service_account_token: Some(false),
             enable_service_links: Some(false),
             containers: vec![container],
-            volumes: Some(vec![
-                Volume {
-                    name: "data".into(),
-                    host_path: Some(HostPathVolumeSource {
-                        path: dir.to_string(),
-                        type_: Some("Directory".into()),
-                    }),
-                    ..Volume::default()
-                },
-                Volume {
-                    name: "scratch".into(),
-                    empty_dir: Some(EmptyDirVolumeSource::default()),
-                    ..Volume::default()
-                },
-            ]),
+            volumes: Some(volumes),
             ..PodSpec::default()
         }),
         ..Pod::default()

@@ -5,10 +5,8 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, HostPathVolumeSource, Pod, PodSpec, SecurityContext, Volume,
-    VolumeMount,
+    Capabilities, Container, HostPathVolumeSource, Pod, SecurityContext, Volume, VolumeMount,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DeleteParams;
 
 use super::{Cluster, KubeError};
@@ -25,23 +23,8 @@ pub async fn purge(cluster: &Cluster, image: &str, tenant: &str) -> Result<Strin
     cluster
         .delete::<Pod>("remove an earlier purge", &name, &dp)
         .await?;
+    super::copy::create(cluster, &pod).await?;
     let started = Instant::now();
-    loop {
-        match cluster
-            .call("start the purge", api.create(&Default::default(), &pod))
-            .await
-        {
-            Ok(_) => break,
-            // The earlier one is still going away.
-            Err(KubeError::Api {
-                source: kube::Error::Api(s),
-                ..
-            }) if s.code == 409 && started.elapsed() < WITHIN => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
     let outcome = loop {
         let p = cluster.call("read the purge", api.get(&name)).await?;
         let phase = p
@@ -106,35 +89,13 @@ fn purge_pod(cluster: &Cluster, name: &str, image: &str, tenant: &str) -> Pod {
         }]),
         ..Container::default()
     };
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.to_string()),
-            namespace: Some(cluster.namespace().to_string()),
-            labels: Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "mai-fleet".to_string(),
-                )]
-                .into(),
-            ),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PodSpec {
-            node_name: Some(cluster.node.node.clone()),
-            restart_policy: Some("Never".into()),
-            automount_service_account_token: Some(false),
-            enable_service_links: Some(false),
-            containers: vec![container],
-            volumes: Some(vec![Volume {
-                name: "data".into(),
-                host_path: Some(HostPathVolumeSource {
-                    path: root,
-                    type_: Some("Directory".into()),
-                }),
-                ..Volume::default()
-            }]),
-            ..PodSpec::default()
+    let volume = Volume {
+        name: "data".into(),
+        host_path: Some(HostPathVolumeSource {
+            path: root,
+            type_: Some("Directory".into()),
         }),
-        ..Pod::default()
-    }
+        ..Volume::default()
+    };
+    super::copy::node_pod(cluster, name, container, vec![volume])
 }

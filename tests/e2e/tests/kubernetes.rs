@@ -451,6 +451,9 @@ fn one_spec_on_a_node_and_an_engine_applied_verified_and_its_drift_taken_back() 
     );
 }
 
+/// A release whose tracking never initializes is rolled back by apply; then the
+/// day-2 verbs on the node: logs (masked), a verified restart, exec (recorded), and
+/// `rollback` to an earlier run's revision with its `history`.
 #[test]
 fn a_release_that_never_initializes_is_rolled_back_and_the_previous_pod_serves() {
     let Some((kc, node)) = cluster() else { return };
@@ -540,6 +543,36 @@ fn a_release_that_never_initializes_is_rolled_back_and_the_previous_pod_serves()
         f.psql(&format!("SELECT string_agg(array_to_string(command, ' ') || ' -> ' || exit_code, ' | ' ORDER BY id) FROM tenant_operations WHERE tenant_id = '{k}' AND kind = 'exec'")),
         "/mai-tenant connect 127.0.0.1:8080 -> 0 | /mai-tenant connect 127.0.0.1:1 -> 1"
     );
+
+    // A release that verifies (another tag), then `rollback` to the revision an
+    // earlier run launched: the StatefulSet runs the previous image again, verified,
+    // and `history` says so.
+    let next = f.write_spec(&spec(&f, &node, &kc, &[], &[(&k, "mai-fleet/tenant:dev2")]));
+    let r = apply(&f, &next, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let r = f.controller(&[
+        "rollback",
+        &k,
+        "--spec",
+        next.to_str().expect("path"),
+        "--settle",
+        "1s",
+        "--verify-timeout",
+        "90s",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("rollback to run #"), "{}", r.all());
+    let set = json(&kc, &ns, &format!("statefulset/mai-{k}")).expect("set");
+    assert_eq!(
+        set["spec"]["template"]["spec"]["containers"][0]["image"],
+        DEV
+    );
+    assert_eq!(health(&kc, &ns, &k).expect("health")["initialized"], true);
+    let history = f.controller(&["history", &k, "--output", "json"]);
+    let history: Vec<serde_json::Value> = serde_json::from_str(&history.stdout).expect("json");
+    assert_eq!(history[0]["kind"], "rollback", "{history:?}");
+    assert_eq!(history[0]["image"], DEV, "{history:?}");
+    assert_eq!(history[0]["status"], "ok", "{history:?}");
 }
 
 /// An API server that accepts connections and never answers.
@@ -940,20 +973,7 @@ fn the_controllers_least_privilege_role_is_enough_to_apply_back_up_and_restore_a
     );
     let plan = f.controller(&["plan", spec_path.to_str().expect("path")]);
     assert_eq!(plan.code, 0, "{}", plan.all());
-    let backups = f.dir.join("backups");
-    let out = f.controller(&[
-        "backup",
-        &k,
-        "--dir",
-        backups.to_str().expect("path"),
-        "--spec",
-        spec_path.to_str().expect("path"),
-        "--output",
-        "json",
-    ]);
-    assert_eq!(out.code, 0, "{}", out.all());
-    let taken: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).expect("json");
-    let path = PathBuf::from(taken[0]["path"].as_str().expect("path"));
+    let (path, _) = backup(&f, &k, &f.dir.join("backups"), &spec_path);
     let restored = f.restore(&k, &path, &spec_path, &["--verify-timeout", "90s"]);
     assert_eq!(restored.code, 0, "{}", restored.all());
 
@@ -1146,6 +1166,25 @@ fn a_namespace_that_belongs_to_another_fleet_is_refused() {
     );
 }
 
+/// `controller backup TENANT --output json`, which must succeed: where the backup
+/// went and its manifest.
+fn backup(f: &Fleet, id: &str, dir: &Path, spec: &Path) -> (PathBuf, serde_json::Value) {
+    let out = f.controller(&[
+        "backup",
+        id,
+        "--dir",
+        dir.to_str().expect("path"),
+        "--spec",
+        spec.to_str().expect("path"),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    let taken: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).expect("json");
+    let path = PathBuf::from(taken[0]["path"].as_str().expect("path"));
+    (path, taken[0]["manifest"].clone())
+}
+
 /// A node tenant's data backed up and restored through a short-lived pod of the agent
 /// image on its node, the tenant writing under load: the backup is a sound store of
 /// one moment taken without stopping the tenant (same pod, no restart), the tenant's
@@ -1193,30 +1232,14 @@ fn a_node_tenant_is_backed_up_and_restored_through_a_pod_on_its_node() {
     std::thread::sleep(Duration::from_secs(2));
 
     let org = format!("org_{k}");
-    let backups = f.dir.join("backups");
     let before = mai_fleet_e2e::store_org_tokens(&data, &org);
     let started = Instant::now();
-    let out = f.controller(&[
-        "backup",
-        &k,
-        "--dir",
-        backups.to_str().expect("path"),
-        "--spec",
-        spec_path.to_str().expect("path"),
-        "--output",
-        "json",
-    ]);
+    let (path, manifest) = backup(&f, &k, &f.dir.join("backups"), &spec_path);
     let took = started.elapsed();
     let after = mai_fleet_e2e::store_org_tokens(&data, &org);
-    assert_eq!(out.code, 0, "{}", out.all());
     assert!(
         took < Duration::from_secs(60),
         "the FIFO was opened: {took:?}"
-    );
-    let taken: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).expect("json");
-    let (path, manifest) = (
-        PathBuf::from(taken[0]["path"].as_str().expect("path")),
-        &taken[0]["manifest"],
     );
     let tokens = manifest["tokens"].as_i64().expect("tokens");
     assert!(
