@@ -84,7 +84,21 @@ impl Pack<'_> {
                     c.bytes += size;
                     c.files += 1;
                 }
-                other => c.skipped.count(other),
+                other => {
+                    // Named for the receiver to count (as the Docker engine's archive
+                    // does), with no content: a link's target is never read.
+                    let kind = match other {
+                        FileType::Symlink => Some(tar::EntryType::Symlink),
+                        FileType::Fifo => Some(tar::EntryType::Fifo),
+                        FileType::CharacterDevice => Some(tar::EntryType::Char),
+                        FileType::BlockDevice => Some(tar::EntryType::Block),
+                        _ => None,
+                    };
+                    if let Some(kind) = kind {
+                        entry(out, &path, kind, 0, std::io::empty())?;
+                    }
+                    c.skipped.count(other);
+                }
             }
         }
         Ok(())
@@ -168,7 +182,13 @@ impl Unpack {
                 continue;
             };
             if !(kind.is_dir() || kind.is_file()) {
-                c.skipped.links += u64::from(kind.is_symlink() || kind.is_hard_link());
+                let skipped = &mut c.skipped;
+                match kind {
+                    tar::EntryType::Symlink | tar::EntryType::Link => skipped.links += 1,
+                    tar::EntryType::Fifo => skipped.fifos += 1,
+                    tar::EntryType::Char | tar::EntryType::Block => skipped.devices += 1,
+                    _ => {}
+                }
                 continue;
             }
             let size = item.size();
@@ -251,6 +271,12 @@ mod tests {
         .run(&bytes[..], &into)
         .unwrap();
         assert_eq!((unpacked.files, unpacked.dirs), (1, 1));
+        let (links, fifos) = (unpacked.skipped.links, unpacked.skipped.fifos);
+        assert_eq!(
+            (links, fifos),
+            (2, 1),
+            "the receiver counts what was skipped"
+        );
         assert_eq!(
             std::fs::read(dst.join("uploads/offer.txt")).unwrap(),
             b"oferta"

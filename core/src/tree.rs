@@ -86,6 +86,14 @@ impl Skipped {
         self.links + self.fifos + self.devices + self.sockets
     }
 
+    /// Adds what another walk of the same tree skipped (the sender's, on the host).
+    pub fn add(&mut self, other: Skipped) {
+        self.links += other.links;
+        self.fifos += other.fifos;
+        self.devices += other.devices;
+        self.sockets += other.sockets;
+    }
+
     pub(crate) fn count(&mut self, kind: FileType) {
         match kind {
             FileType::Symlink => self.links += 1,

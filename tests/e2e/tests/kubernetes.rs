@@ -1237,6 +1237,7 @@ fn a_node_tenant_is_backed_up_and_restored_through_a_pod_on_its_node() {
     let (path, manifest) = backup(&f, &k, &f.dir.join("backups"), &spec_path);
     let took = started.elapsed();
     let after = mai_fleet_e2e::store_org_tokens(&data, &org);
+    eprintln!("the backup through the node took {took:?}");
     assert!(
         took < Duration::from_secs(60),
         "the FIFO was opened: {took:?}"
@@ -1248,6 +1249,12 @@ fn a_node_tenant_is_backed_up_and_restored_through_a_pod_on_its_node() {
     );
     assert_eq!(manifest["integrity"], "ok");
     assert_eq!(mai_fleet_e2e::store_org_tokens(&path, &org), tokens);
+    let skipped = &manifest["skipped"];
+    assert_eq!(
+        (skipped["links"].as_u64(), skipped["fifos"].as_u64()),
+        (Some(2), Some(1)),
+        "{manifest}"
+    );
     assert_eq!(
         std::fs::read(path.join("uploads/offer.txt")).expect("upload"),
         b"oferta"

@@ -8,18 +8,20 @@ use super::{io_at, BackupError, DATA_PATH, MANIFEST};
 use crate::ops::{Located, OpsError};
 use crate::spec::BackupLimits;
 use mai_fleet_core::contract::STORE_FILE;
-use mai_fleet_core::tree::{Budget, Dir};
+use mai_fleet_core::tree::{Budget, Dir, Skipped};
 
 /// The tenant's data directory as this machine can read it: the directory itself on
-/// a local engine; on a remote one, a frozen copy fetched into `scratch` (with
-/// `true`: a copy of ours, whose journals SQLite may replay).
+/// a local engine; on a remote one, a copy fetched into `scratch` (with `true`: a
+/// copy of ours, whose journals SQLite may replay), and what the archive named but
+/// the copy left out (links, FIFOs, devices).
 pub(super) async fn readable_data(
     at: &Located,
     scratch: &Path,
     limits: &BackupLimits,
-) -> Result<(PathBuf, bool), OpsError> {
+) -> Result<(PathBuf, bool, Skipped), OpsError> {
     if at.host.is_local() {
-        return Ok((PathBuf::from(&at.tenant.container.data_dir), false));
+        let data = PathBuf::from(&at.tenant.container.data_dir);
+        return Ok((data, false, Skipped::default()));
     }
     let running =
         at.container.state == crate::plan::RunState::Running && at.host.copy_needs_pause();
@@ -45,8 +47,8 @@ pub(super) async fn readable_data(
     let (from, into, limits) = (tar_file.clone(), scratch.to_path_buf(), *limits);
     let unpacked = tokio::task::spawn_blocking(move || unpack(&from, &into, &limits)).await;
     let _ = std::fs::remove_file(&tar_file);
-    unpacked.map_err(BackupError::from)??;
-    Ok((scratch.to_path_buf(), true))
+    let skipped = unpacked.map_err(BackupError::from)??;
+    Ok((scratch.to_path_buf(), true, skipped))
 }
 
 /// The data directory as a tar stream from the engine, into `file` (owner-only),
@@ -100,10 +102,14 @@ pub(super) fn private_file(path: &Path) -> Result<std::fs::File, BackupError> {
 /// Unpacks an archive of the data directory (entries `data/…`) into `into`: regular
 /// files and directories only, owner-only, within the budget, never outside `into`
 /// (the archive holds the tenant's names).
-pub(super) fn unpack(file: &Path, into: &Path, limits: &BackupLimits) -> Result<(), BackupError> {
+pub(super) fn unpack(
+    file: &Path,
+    into: &Path,
+    limits: &BackupLimits,
+) -> Result<Skipped, BackupError> {
     let root = Dir::create_private(into)?;
     let archive = std::fs::File::open(file).map_err(io_at(file))?;
-    mai_fleet_core::archive::Unpack {
+    let unpacked = mai_fleet_core::archive::Unpack {
         strip: 1,
         budget: Budget {
             max_bytes: limits.max_bytes,
@@ -112,7 +118,7 @@ pub(super) fn unpack(file: &Path, into: &Path, limits: &BackupLimits) -> Result<
         owner: None,
     }
     .run(std::io::BufReader::new(archive), &root)?;
-    Ok(())
+    Ok(unpacked.skipped)
 }
 
 /// A remote tenant's data replaced through its engine (the tenant is stopped): what

@@ -179,7 +179,7 @@ pub async fn backup(
         // The operator's directories, owner-only before anything goes in.
         Dir::create_private(&opts.dir).map_err(BackupError::from)?;
         Dir::create_private(&target_root).map_err(BackupError::from)?;
-        let (data, ours) = archive::readable_data(&at, &scratch, &limits).await?;
+        let (data, ours, skipped) = archive::readable_data(&at, &scratch, &limits).await?;
         let (id, org, root) = (
             tenant.to_string(),
             at.tenant.spec.org_id.clone(),
@@ -187,8 +187,9 @@ pub async fn backup(
         );
         // A store that blocks SQLite (a FIFO swapped in after the check) costs this
         // tenant its backup, never the run: the blocked thread is left behind.
-        let copy =
-            tokio::task::spawn_blocking(move || take(&data, ours, &root, &id, &org, &limits));
+        let copy = tokio::task::spawn_blocking(move || {
+            take(&data, ours, &root, &id, &org, &limits, skipped)
+        });
         match tokio::time::timeout(limits.time, copy).await {
             Ok(joined) => joined.map_err(BackupError::from)?.map_err(OpsError::from),
             Err(_) => Err(BackupError::TimedOut(limits.time.as_secs()).into()),
@@ -289,7 +290,8 @@ fn store_bytes(data: &Dir) -> Result<u64, BackupError> {
 }
 
 /// The copy itself (blocking: SQLite and the file system). `ours`: `data` is a
-/// fetched copy, whose hot journal SQLite may roll back.
+/// fetched copy, whose hot journal SQLite may roll back; `fetched_skipped`: what its
+/// archive named and the fetch left out.
 fn take(
     data: &Path,
     ours: bool,
@@ -297,6 +299,7 @@ fn take(
     tenant: &str,
     org: &str,
     limits: &BackupLimits,
+    fetched_skipped: tree::Skipped,
 ) -> Result<(PathBuf, Manifest), BackupError> {
     let db = data.join(STORE_FILE);
     check_store_files(&db)?;
@@ -339,7 +342,11 @@ fn take(
             raw_cost: inspected.raw_cost,
             files: copied.files as usize + 1,
             bytes: copied.bytes + store_len,
-            skipped: copied.skipped,
+            skipped: {
+                let mut skipped = copied.skipped;
+                skipped.add(fetched_skipped);
+                skipped
+            },
         };
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| BackupError::NotABackup(partial.path().to_path_buf(), e.to_string()))?;
