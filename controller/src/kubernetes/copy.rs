@@ -119,21 +119,7 @@ async fn remove(cluster: &Cluster, name: &str) -> Result<(), KubeError> {
     cluster
         .delete::<Pod>("remove the copy's pod", name, &DeleteParams::default())
         .await?;
-    let started = Instant::now();
-    while started.elapsed() < START_WITHIN {
-        let found = cluster
-            .call("read the copy's pod", cluster.api::<Pod>().get_opt(name))
-            .await?;
-        if found.is_none() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    Err(KubeError::Stuck {
-        host: cluster.host.name.clone(),
-        what: format!("the copy's pod {name} is still there after its deletion"),
-        seconds: START_WITHIN.as_secs(),
-    })
+    cluster.pod_gone(name, START_WITHIN).await
 }
 
 /// The tenant's directory on the node: the `hostPath` its StatefulSet mounts.

@@ -13,7 +13,7 @@ mod rollout;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -388,6 +388,27 @@ impl Cluster {
         out: &mut (dyn FnMut(bool, &str) + Send),
     ) -> Result<i64, KubeError> {
         exec::exec(self, set, command, out).await
+    }
+
+    /// Waits until the pod `name` is gone (deleted, or scaled away), up to `within`.
+    async fn pod_gone(&self, name: &str, within: Duration) -> Result<(), KubeError> {
+        let started = std::time::Instant::now();
+        loop {
+            let found = self
+                .call("read the pod", self.api::<Pod>().get_opt(name))
+                .await?;
+            match found {
+                None => return Ok(()),
+                Some(_) if started.elapsed() >= within => {
+                    return Err(KubeError::Stuck {
+                        host: self.host.name.clone(),
+                        what: format!("pod {name} is still there"),
+                        seconds: within.as_secs(),
+                    })
+                }
+                Some(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+            }
+        }
     }
 
     pub fn no_pause(&self) -> KubeError {

@@ -331,24 +331,7 @@ pub async fn scale(cluster: &Cluster, name: &str, replicas: i32) -> Result<(), K
 /// and `within`): what a restore needs before it writes the tenant's directory.
 pub async fn stop(cluster: &Cluster, name: &str, within: Duration) -> Result<(), KubeError> {
     scale(cluster, name, 0).await?;
-    let started = std::time::Instant::now();
-    let pod = pod_name(name);
-    loop {
-        let found = cluster
-            .call("read the pod", cluster.api::<Pod>().get_opt(&pod))
-            .await?;
-        match found {
-            None => return Ok(()),
-            Some(_) if started.elapsed() >= within => {
-                return Err(KubeError::Stuck {
-                    host: cluster.host.name.clone(),
-                    what: format!("pod {pod} is still there after scaling to 0"),
-                    seconds: within.as_secs(),
-                })
-            }
-            Some(_) => tokio::time::sleep(Duration::from_millis(300)).await,
-        }
-    }
+    cluster.pod_gone(&pod_name(name), within).await
 }
 
 /// Deletes a tenant's objects (its data stays on the node).

@@ -728,9 +728,8 @@ pub fn store_tokens(data_dir: &Path) -> i64 {
     .expect("query usage")
 }
 
-/// The tokens of organization `org` in a tenant's own store, read while the app may
-/// be writing (read-only, waiting out its locks).
-pub fn store_org_tokens(data_dir: &Path, org: &str) -> i64 {
+/// A store (a tenant's or a backup's) read-only, waiting out the app's locks.
+fn open_store(data_dir: &Path) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open_with_flags(
         data_dir.join("webui.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -738,12 +737,27 @@ pub fn store_org_tokens(data_dir: &Path, org: &str) -> i64 {
     .expect("open the store");
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .expect("busy timeout");
+    conn
+}
+
+/// The tokens of organization `org` in a tenant's own store, read while the app may
+/// be writing (read-only, waiting out its locks).
+pub fn store_org_tokens(data_dir: &Path, org: &str) -> i64 {
+    let conn = open_store(data_dir);
     conn.query_row(
         "SELECT coalesce(sum(total_tokens), 0) FROM client_daily_usage WHERE client_org_id = ?1",
         [org],
         |r| r.get(0),
     )
     .expect("query usage")
+}
+
+/// `PRAGMA integrity_check` of the store in `data_dir` (a tenant's or a backup's),
+/// read-only: "ok" for a sound one.
+pub fn store_integrity(data_dir: &Path) -> String {
+    let conn = open_store(data_dir);
+    conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check")
 }
 
 /// Sums per (day), (user, day) and (model, day) in a tenant's own store, to 6 places,

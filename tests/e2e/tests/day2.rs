@@ -509,12 +509,7 @@ fn a_backup_under_load_restores_without_a_regression_alert_and_missing_backups_a
         (before..=after).contains(&tokens),
         "{before} <= {tokens} <= {after}"
     );
-    let copy = rusqlite::Connection::open(path.join("webui.db")).unwrap();
-    let check: String = copy
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
-    drop(copy);
+    assert_eq!(mai_fleet_e2e::store_integrity(&path), "ok");
     assert_eq!(
         store_tokens(&path, &org),
         tokens,
@@ -658,15 +653,7 @@ fn a_remote_hosts_tenant_is_backed_up_and_restored_through_its_engine() {
         now >= tokens && now < grown,
         "the store went back to the backup: {tokens} <= {now} < {grown}"
     );
-    let conn = rusqlite::Connection::open_with_flags(
-        data.join("webui.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .unwrap();
-    let check: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
+    assert_eq!(mai_fleet_e2e::store_integrity(&data), "ok");
     assert!(
         std::fs::read_dir(path.parent().unwrap())
             .unwrap()

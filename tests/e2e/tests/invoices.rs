@@ -26,6 +26,17 @@ fn schemas() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("controller/schemas/fa3"))
 }
 
+/// The fake KSeF of a test, its token and seller the tests' own.
+fn fake_ksef(f: &Fleet) -> FakeKsef {
+    FakeKsef::start(
+        f.base_port + 12,
+        &f.dir.join("ksef"),
+        TOKEN,
+        SELLER_NIP,
+        &schemas(),
+    )
+}
+
 fn xmllint_ok(dir: &Path, name: &str, xml: &str) {
     let file = dir.join(format!("{}.xml", name.replace('/', "_")));
     std::fs::write(&file, xml).unwrap();
@@ -185,13 +196,7 @@ fn closed_month_becomes_checked_invoices_sent_once_with_receipts_and_corrections
     start_tenants(&f, &spec_path, 3, &["a", "b"]);
     let (first, last, month) = last_month();
     let nbp = FakeNbp::start(f.base_port + 11, &[]);
-    let ksef = FakeKsef::start(
-        f.base_port + 12,
-        &f.dir.join("ksef"),
-        TOKEN,
-        SELLER_NIP,
-        &schemas(),
-    );
+    let ksef = fake_ksef(&f);
     let r = Run {
         f: &f,
         env: vec![
@@ -672,13 +677,7 @@ fn usd_invoices_convert_vat_at_table_a_of_the_last_business_day_before_the_tax_p
     // KSeF's answers are a remote host's words: a refusal text with terminal escapes
     // and 200,000 characters is shown and kept cleaned and bounded; a KSeF number
     // that is not one (a path, no checksum) is refused, never stored nor put in a URL.
-    let ksef = FakeKsef::start(
-        f.base_port + 12,
-        &f.dir.join("ksef"),
-        TOKEN,
-        SELLER_NIP,
-        &schemas(),
-    );
+    let ksef = fake_ksef(&f);
     let r = Run {
         env: vec![("MAI_FLEET_KSEF_URL".into(), ksef.url())],
         ..r

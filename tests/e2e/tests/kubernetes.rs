@@ -1229,6 +1229,12 @@ fn a_node_tenant_is_backed_up_and_restored_through_a_pod_on_its_node() {
         }
     };
     let uid = pod("uid");
+    // No pod of a copy is left behind.
+    let only_the_tenants_pod = || {
+        let pods = kubectl(&kc, &["-n", &ns, "get", "pods", "-o", "name"]);
+        let tenant = format!("pod/mai-{k}-0");
+        assert_eq!(pods.stdout.trim(), tenant, "{}", pods.all());
+    };
     std::thread::sleep(Duration::from_secs(2));
 
     let org = format!("org_{k}");
@@ -1275,13 +1281,7 @@ fn a_node_tenant_is_backed_up_and_restored_through_a_pod_on_its_node() {
         (uid.clone(), "0".to_string()),
         "the tenant ran on"
     );
-    let leftover = kubectl(&kc, &["-n", &ns, "get", "pods", "-o", "name"]);
-    assert_eq!(
-        leftover.stdout.trim(),
-        format!("pod/mai-{k}-0"),
-        "{}",
-        leftover.all()
-    );
+    only_the_tenants_pod();
 
     std::thread::sleep(Duration::from_secs(2));
     std::fs::remove_file(data.join("uploads/offer.txt")).expect("remove");
@@ -1294,15 +1294,7 @@ fn a_node_tenant_is_backed_up_and_restored_through_a_pod_on_its_node() {
         now >= tokens && now < grown,
         "the store went back: {tokens} <= {now} < {grown}"
     );
-    let conn = rusqlite::Connection::open_with_flags(
-        data.join("webui.db"),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("store");
-    let check: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("check");
-    assert_eq!(check, "ok");
+    assert_eq!(mai_fleet_e2e::store_integrity(&data), "ok");
     let offer = std::fs::metadata(data.join("uploads/offer.txt")).expect("the upload is back");
     let owner = std::fs::metadata(&data).expect("data");
     assert_eq!((offer.uid(), offer.gid()), (owner.uid(), owner.gid()));
@@ -1318,11 +1310,5 @@ fn a_node_tenant_is_backed_up_and_restored_through_a_pod_on_its_node() {
         f.psql(&format!("SELECT string_agg(kind || ':' || status, ',' ORDER BY id) FROM tenant_operations WHERE tenant_id = '{k}'")),
         "backup:ok,restore:ok"
     );
-    let leftover = kubectl(&kc, &["-n", &ns, "get", "pods", "-o", "name"]);
-    assert_eq!(
-        leftover.stdout.trim(),
-        format!("pod/mai-{k}-0"),
-        "{}",
-        leftover.all()
-    );
+    only_the_tenants_pod();
 }

@@ -23,9 +23,8 @@ pub(super) async fn readable_data(
         let data = PathBuf::from(&at.tenant.container.data_dir);
         return Ok((data, false, Skipped::default()));
     }
-    let running =
-        at.container.state == crate::plan::RunState::Running && at.host.copy_needs_pause();
-    if running {
+    let paused = at.container.state == crate::plan::RunState::Running && at.host.copy_needs_pause();
+    if paused {
         at.host.pause(&at.container.id).await?;
     }
     let tar_file = scratch.with_extension("tar");
@@ -37,7 +36,7 @@ pub(super) async fn readable_data(
             Err(_) => Err(BackupError::TimedOut(limits.time.as_secs()).into()),
         };
     // Resumed whatever the copy did.
-    if running {
+    if paused {
         at.host.unpause(&at.container.id).await?;
     }
     if let Err(e) = fetched {
