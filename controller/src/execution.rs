@@ -17,6 +17,7 @@ pub use crate::store::model::{Outcome, Status};
 /// Receives progress lines as they happen (host, tenant, message).
 pub type Progress = dyn Fn(&str, &str, &str) + Send + Sync;
 
+#[derive(Debug, Clone)]
 pub struct ExecuteOptions {
     pub parallel: usize,
     pub verify: VerifyOptions,
@@ -24,6 +25,10 @@ pub struct ExecuteOptions {
     pub purge_data: bool,
     /// Stop starting rollouts once this many tenants failed, fleet-wide.
     pub max_failures: Option<usize>,
+    /// An update starts the new revision beside the running pod and switches once it
+    /// serves, so no request goes unanswered (Kubernetes hosts; a key rotation). A
+    /// Docker host replaces the container in place.
+    pub surge: bool,
 }
 
 #[derive(Debug, Clone)]

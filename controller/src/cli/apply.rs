@@ -93,6 +93,7 @@ pub async fn run(args: ApplyArgs) -> anyhow::Result<ExitCode> {
             stop_timeout_s: args.stop_timeout,
             purge_data: args.purge_data,
             max_failures: args.max_failures,
+            surge: false,
         },
         actor: super::actor(),
     };

@@ -183,6 +183,7 @@ async fn rotate(a: RotateArgs) -> anyhow::Result<ExitCode> {
         stop_timeout_s: 10,
         purge_data: false,
         max_failures: None,
+        surge: false,
     };
     let step = |host: &str, tenant: &str, msg: &str| eprintln!("  {host}/{tenant}: {msg}");
     let mut all_ok = true;

@@ -31,6 +31,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         stop_timeout_s: 10,
         purge_data: false,
         max_failures: None,
+        surge: false,
     };
     let step = |host: &str, tenant: &str, msg: &str| eprintln!("  {host}/{tenant}: {msg}");
     let (revision, outcome) = ops::rollback(

@@ -122,6 +122,7 @@ impl AccountJob {
                 stop_timeout_s: 10,
                 purge_data: false,
                 max_failures: None,
+                surge: false,
             },
         })
     }

@@ -82,7 +82,12 @@ impl Keyring {
             Ok(_) => {
                 let mut with_new = t.clone();
                 with_new.api_key = Some(created.key.clone());
-                let outcome = ops::launch_revision(spec, &at, &with_new, opts, progress).await;
+                // The new pod serves beside the old one before the old one goes.
+                let opts = ExecuteOptions {
+                    surge: true,
+                    ..opts.clone()
+                };
+                let outcome = ops::launch_revision(spec, &at, &with_new, &opts, progress).await;
                 if outcome.status == Status::Ok {
                     let hash = Workload::new(&spec.fleet, at.host.spec(), &with_new)
                         .hash_label()

@@ -145,13 +145,13 @@ async fn data_dir(cluster: &Cluster, set: &str) -> Result<String, KubeError> {
         })
 }
 
-/// Made anew: an earlier one may still be going away.
+/// A pod of the fleet's made anew: an earlier one of its name may still be going away.
 pub(super) async fn create(cluster: &Cluster, pod: &Pod) -> Result<(), KubeError> {
     let started = Instant::now();
     loop {
         match cluster
             .call(
-                "start the copy's pod",
+                "create a pod",
                 cluster.api::<Pod>().create(&Default::default(), pod),
             )
             .await

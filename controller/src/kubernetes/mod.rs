@@ -9,6 +9,7 @@ mod exec;
 mod objects;
 mod purge;
 mod rollout;
+mod surge;
 
 use std::time::Duration;
 

@@ -6,16 +6,17 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HostPathVolumeSource, Namespace,
-    PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile, Secret, SecretKeySelector,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HostPathVolumeSource,
+    Lifecycle, LifecycleHandler, Namespace, Pod, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
+    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 
@@ -28,6 +29,11 @@ use crate::plan::{
 pub const CONTAINER: &str = "app";
 /// The label a StatefulSet puts on each pod: the revision of its template.
 pub const REVISION_LABEL: &str = "controller-revision-hash";
+/// How long a deleted tenant pod goes on serving while its endpoint is removed (the
+/// `preStop` hook sleeps; an image without `/bin/sleep` stops at once).
+pub const DRAIN_SECONDS: i64 = 5;
+/// Marks a surge pod (a new revision beside the running pod during a switch).
+pub const LABEL_SURGE: &str = "mai-fleet.surge";
 /// Marks the pods of the fleet's agents (the NetworkPolicy lets them in).
 pub const AGENT_COMPONENT: &str = "agent";
 
@@ -189,6 +195,27 @@ pub fn stateful_set(w: &Workload, namespace: &str, node: &str, replicas: i32) ->
             }),
             ..SecurityContext::default()
         }),
+        // In the Service's endpoints only once it listens; and still serving for
+        // `DRAIN_SECONDS` after it is deleted, while its endpoint goes away (a pod
+        // that stopped at once would fail the requests routed to it meanwhile).
+        readiness_probe: Some(Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(i32::from(APP_PORT)),
+                ..TCPSocketAction::default()
+            }),
+            period_seconds: Some(1),
+            failure_threshold: Some(2),
+            ..Probe::default()
+        }),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec!["/bin/sleep".into(), DRAIN_SECONDS.to_string()]),
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
         volume_mounts: Some(vec![VolumeMount {
             name: "data".into(),
             mount_path: DATA_MOUNT.into(),
@@ -216,7 +243,7 @@ pub fn stateful_set(w: &Workload, namespace: &str, node: &str, replicas: i32) ->
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     restart_policy: Some("Always".into()),
-                    termination_grace_period_seconds: Some(10),
+                    termination_grace_period_seconds: Some(DRAIN_SECONDS + 10),
                     containers: vec![container],
                     volumes: Some(vec![Volume {
                         name: "data".into(),
@@ -233,6 +260,46 @@ pub fn stateful_set(w: &Workload, namespace: &str, node: &str, replicas: i32) ->
         }),
         ..StatefulSet::default()
     }
+}
+
+/// A pod of `w`'s template beside the StatefulSet's own (`set`, as the server holds
+/// it): selected by the tenant's Service and confined by the NetworkPolicy, but not
+/// marked managed (the node's agent reads the store once, through the StatefulSet),
+/// and owned by the StatefulSet, so that deleting the tenant deletes a leftover.
+pub fn surge_pod(w: &Workload, namespace: &str, node: &str, set: &StatefulSet) -> Pod {
+    let template = stateful_set(w, namespace, node, 1)
+        .spec
+        .map(|s| s.template)
+        .unwrap_or_default();
+    let mut meta = template.metadata.unwrap_or_default();
+    if let Some(l) = meta.labels.as_mut() {
+        l.remove(LABEL_MANAGED);
+        l.remove(LABEL_HOST);
+        l.insert(LABEL_SURGE.into(), "true".into());
+    }
+    meta.name = Some(surge_name(&w.name));
+    meta.namespace = Some(namespace.to_string());
+    meta.owner_references = set.metadata.uid.clone().map(|uid| {
+        vec![OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "StatefulSet".into(),
+            name: w.name.clone(),
+            uid,
+            // Not the controller: the StatefulSet never adopts or counts it.
+            controller: Some(false),
+            block_owner_deletion: Some(false),
+        }]
+    });
+    Pod {
+        metadata: meta,
+        spec: template.spec,
+        ..Pod::default()
+    }
+}
+
+/// The surge pod's name: no ordinal, so no StatefulSet takes it for one of its own.
+pub fn surge_name(set: &str) -> String {
+    format!("{set}-surge")
 }
 
 /// The fleet's NetworkPolicy in a namespace (Docker: the fleet's bridge network with
@@ -498,6 +565,58 @@ mod tests {
         assert!(!text.contains("sk-or-v1"), "the key is in the StatefulSet");
         assert!(text.contains("secretKeyRef"));
         assert_eq!(w.resources.pids_limit, 0);
+    }
+
+    /// The surge pod is picked by the tenant's Service and confined by the fleet's
+    /// NetworkPolicy, yet no StatefulSet adopts it and no agent counts it twice.
+    #[test]
+    fn a_surge_pod_is_served_and_confined_but_neither_adopted_nor_read_by_the_agent() {
+        let w = workload();
+        let mut set = stateful_set(&w, "mai-f", "n1", 1);
+        set.metadata.uid = Some("uid-1".into());
+        let pod = surge_pod(&w, "mai-f", "n1", &set);
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let selects =
+            |want: &BTreeMap<String, String>| want.iter().all(|(k, v)| labels.get(k) == Some(v));
+        let service = service(&w, "mai-f");
+        assert!(selects(
+            &service.spec.and_then(|s| s.selector).expect("selector")
+        ));
+        let policy = network_policy("f", &w.network, "mai-f");
+        let confined = policy
+            .spec
+            .and_then(|s| s.pod_selector)
+            .and_then(|s| s.match_labels);
+        assert!(selects(&confined.expect("policy selector")));
+        assert!(
+            !labels.contains_key(LABEL_MANAGED),
+            "the agent would read it"
+        );
+        assert!(!labels.contains_key(LABEL_HOST), "the agent would read it");
+        assert_eq!(labels.get(LABEL_SURGE).map(String::as_str), Some("true"));
+        // A StatefulSet's pods are named `<set>-<ordinal>`; any other is not its own.
+        let name = pod.metadata.name.clone().expect("name");
+        let ordinal = name.rsplit('-').next().unwrap_or_default();
+        assert!(ordinal.parse::<u32>().is_err(), "{name}");
+        let owner = &pod.metadata.owner_references.clone().expect("owner")[0];
+        assert_eq!(
+            (owner.uid.as_str(), owner.controller),
+            ("uid-1", Some(false))
+        );
+        // The same pod as the StatefulSet would make: node, store, key reference, drain.
+        let spec = pod.spec.expect("spec");
+        let template = set.spec.and_then(|s| s.template.spec).expect("template");
+        assert_eq!(spec, template);
+        let c = &spec.containers[0];
+        assert!(c.readiness_probe.is_some());
+        let drain = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref());
+        assert_eq!(
+            drain
+                .and_then(|h| h.exec.as_ref())
+                .and_then(|e| e.command.clone()),
+            Some(vec!["/bin/sleep".to_string(), DRAIN_SECONDS.to_string()])
+        );
+        assert!(spec.termination_grace_period_seconds > Some(DRAIN_SECONDS));
     }
 
     #[test]

@@ -145,6 +145,9 @@ async fn run_action(
         Action::Create { desired, .. } => create(cluster, &desired, opts, say).await,
         Action::Update {
             desired, previous, ..
+        } if opts.surge => super::surge::update(cluster, &desired, &previous, opts, say).await,
+        Action::Update {
+            desired, previous, ..
         } => update(cluster, &desired, &previous, opts, say).await,
     }
 }
@@ -202,26 +205,40 @@ async fn update(
     opts: &ExecuteOptions,
     say: &(dyn Fn(&str) + Sync),
 ) -> Done {
-    let kept = async {
-        let set = cluster
-            .call(
-                "read the StatefulSet",
-                cluster.api::<StatefulSet>().get(&previous.name),
-            )
-            .await?;
-        let secret = cluster
-            .call(
-                "read the Secret",
-                cluster.api::<Secret>().get_opt(&previous.name),
-            )
-            .await?;
-        Ok::<_, KubeError>((set, secret))
+    match kept(cluster, &previous.name).await {
+        Ok(k) => update_from(cluster, d, previous, &k, opts, say).await,
+        Err(e) => (Status::Failed, format!("{e}; nothing changed"), None),
     }
-    .await;
-    let (old_set, old_secret) = match kept {
-        Ok(k) => k,
-        Err(e) => return (Status::Failed, format!("{e}; nothing changed"), None),
-    };
+}
+
+/// What a tenant runs before an update: its StatefulSet and its Secret, to put back.
+pub(super) struct Kept {
+    pub set: StatefulSet,
+    pub secret: Option<Secret>,
+}
+
+pub(super) async fn kept(cluster: &Cluster, name: &str) -> Result<Kept, KubeError> {
+    let set = cluster
+        .call(
+            "read the StatefulSet",
+            cluster.api::<StatefulSet>().get(name),
+        )
+        .await?;
+    let secret = cluster
+        .call("read the Secret", cluster.api::<Secret>().get_opt(name))
+        .await?;
+    Ok(Kept { set, secret })
+}
+
+/// [`update`] with what ran before read already.
+pub(super) async fn update_from(
+    cluster: &Cluster,
+    d: &Workload,
+    previous: &Observed,
+    kept: &Kept,
+    opts: &ExecuteOptions,
+    say: &(dyn Fn(&str) + Sync),
+) -> Done {
     say("applying");
     let failure = match apply_tenant(cluster, d, 1).await {
         Ok(()) => {
@@ -234,7 +251,7 @@ async fn update(
         Err(e) => e.to_string(),
     };
     say(&format!("verification failed, rolling back: {failure}"));
-    match roll_back(cluster, &old_set, old_secret.as_ref(), opts).await {
+    match roll_back(cluster, &kept.set, kept.secret.as_ref(), opts).await {
         Ok(how) => (
             Status::RolledBack,
             format!("{failure}; rolled back to the previous template ({how})"),
@@ -257,23 +274,9 @@ async fn roll_back(
     opts: &ExecuteOptions,
 ) -> Result<String, String> {
     let name = old.metadata.name.clone().unwrap_or_default();
-    if let Some(s) = old_secret {
-        let restored = Secret {
-            metadata: ObjectMeta {
-                name: s.metadata.name.clone(),
-                namespace: s.metadata.namespace.clone(),
-                labels: s.metadata.labels.clone(),
-                ..ObjectMeta::default()
-            },
-            data: s.data.clone(),
-            type_: s.type_.clone(),
-            ..Secret::default()
-        };
-        cluster
-            .apply(&name, &restored)
-            .await
-            .map_err(|e| e.to_string())?;
-    }
+    put_back_secret(cluster, &name, old_secret)
+        .await
+        .map_err(|e| e.to_string())?;
     let spec = old.spec.clone().unwrap_or_default();
     let restored = StatefulSet {
         metadata: ObjectMeta {
@@ -301,6 +304,27 @@ async fn roll_back(
     verify(cluster, &name, &opts.verify, None)
         .await
         .map_err(|e| format!("the previous template does not serve either: {e}"))
+}
+
+/// The tenant's Secret as it was (keys, env values, labels).
+pub(super) async fn put_back_secret(
+    cluster: &Cluster,
+    name: &str,
+    old: Option<&Secret>,
+) -> Result<(), KubeError> {
+    let Some(s) = old else { return Ok(()) };
+    let restored = Secret {
+        metadata: ObjectMeta {
+            name: s.metadata.name.clone(),
+            namespace: s.metadata.namespace.clone(),
+            labels: s.metadata.labels.clone(),
+            ..ObjectMeta::default()
+        },
+        data: s.data.clone(),
+        type_: s.type_.clone(),
+        ..Secret::default()
+    };
+    cluster.apply(name, &restored).await.map(|_| ())
 }
 
 async fn start(
@@ -337,6 +361,9 @@ pub async fn stop(cluster: &Cluster, name: &str, within: Duration) -> Result<(),
 /// Deletes a tenant's objects (its data stays on the node).
 async fn remove(cluster: &Cluster, name: &str) -> Result<(), KubeError> {
     let dp = DeleteParams::default();
+    // A surge pod an interrupted switch left (the StatefulSet's garbage would take it
+    // too, later; a purge after this must find no pod on the directory).
+    super::surge::remove(cluster, &objects::surge_name(name)).await?;
     cluster
         .delete::<StatefulSet>("delete the StatefulSet", name, &dp)
         .await?;
@@ -368,14 +395,42 @@ pub async fn verify(
     opts: &VerifyOptions,
     desired: Option<&Workload>,
 ) -> Result<String, Unverified> {
+    watch(cluster, Watch::Set(set), opts, desired).await
+}
+
+/// The pod a verification watches.
+#[derive(Clone, Copy)]
+pub(super) enum Watch<'a> {
+    /// The StatefulSet's pod of its current template.
+    Set(&'a str),
+    /// One pod by name (a surge pod, which no StatefulSet owns).
+    Pod(&'a str),
+}
+
+impl Watch<'_> {
+    fn pod(self) -> String {
+        match self {
+            Watch::Set(set) => pod_name(set),
+            Watch::Pod(pod) => pod.to_string(),
+        }
+    }
+}
+
+/// [`verify`] of the pod `which` names.
+pub(super) async fn watch(
+    cluster: &Cluster,
+    which: Watch<'_>,
+    opts: &VerifyOptions,
+    desired: Option<&Workload>,
+) -> Result<String, Unverified> {
     let started = Instant::now();
-    let pod = pod_name(set);
+    let pod = which.pod();
     let mut baseline: Option<(String, i32)> = None;
     let mut ready_since: Option<Instant> = None;
     let mut last_problem = String::from("no pod yet");
     let poll = opts.poll.max(Duration::from_millis(250));
     loop {
-        match pod_state(cluster, set, &pod).await {
+        match pod_state(cluster, which).await {
             Ok(PodState::Current {
                 uid,
                 restarts,
@@ -388,12 +443,12 @@ pub async fn verify(
                     *base = (uid, restarts);
                     ready_since = None;
                 } else if restarts > base.1 {
-                    let logs = last_logs(cluster, set, desired).await;
+                    let logs = pod_logs(cluster, &pod, desired).await;
                     return Err(format!("restarting (restart count {restarts}){logs}").into());
                 }
                 if let Some((reason, message)) = waiting {
                     if HOPELESS.contains(&reason.as_str()) {
-                        let logs = last_logs(cluster, set, desired).await;
+                        let logs = pod_logs(cluster, &pod, desired).await;
                         let message = crate::quote::Masker::new(desired).line(&message, 200);
                         return Err(format!("{reason}: {message}{logs}").into());
                     }
@@ -416,7 +471,7 @@ pub async fn verify(
                             ))
                         }
                         Ok(Health::Inactive(status)) if settled => {
-                            let logs = last_logs(cluster, set, desired).await;
+                            let logs = pod_logs(cluster, &pod, desired).await;
                             let status = crate::quote::Masker::new(desired).line(&status, 100);
                             return Err(format!(
                                 "{HEALTH_PATH} says usage tracking is not initialized (status: {status}){logs}"
@@ -435,7 +490,7 @@ pub async fn verify(
             Err(e) => last_problem = e.to_string(),
         }
         if started.elapsed() >= opts.timeout {
-            let logs = last_logs(cluster, set, desired).await;
+            let logs = pod_logs(cluster, &pod, desired).await;
             return Err(format!(
                 "not verified within {}s: {last_problem}{logs}",
                 opts.timeout.as_secs()
@@ -459,7 +514,25 @@ enum PodState {
     Waiting(String),
 }
 
-async fn pod_state(cluster: &Cluster, set: &str, pod: &str) -> Result<PodState, KubeError> {
+async fn pod_state(cluster: &Cluster, which: Watch<'_>) -> Result<PodState, KubeError> {
+    let set = match which {
+        Watch::Set(set) => set,
+        Watch::Pod(pod) => {
+            return Ok(
+                match cluster
+                    .call("read the pod", cluster.api::<Pod>().get_opt(pod))
+                    .await?
+                {
+                    None => PodState::Waiting("no pod yet".into()),
+                    Some(p) if p.metadata.deletion_timestamp.is_some() => {
+                        PodState::Waiting("the pod is being deleted".into())
+                    }
+                    Some(p) => current(&p),
+                },
+            )
+        }
+    };
+    let pod = &which.pod();
     let s = cluster
         .call(
             "read the StatefulSet",
@@ -497,6 +570,11 @@ async fn pod_state(cluster: &Cluster, set: &str, pod: &str) -> Result<PodState, 
             "the pod of the previous template is being replaced".into(),
         ));
     }
+    Ok(current(&p))
+}
+
+/// A pod of the template wanted, as it is.
+fn current(p: &Pod) -> PodState {
     let container = p
         .status
         .as_ref()
@@ -511,15 +589,15 @@ async fn pod_state(cluster: &Cluster, set: &str, pod: &str) -> Result<PodState, 
                 w.message.clone().unwrap_or_default(),
             )
         });
-    Ok(PodState::Current {
+    PodState::Current {
         uid: p.metadata.uid.clone().unwrap_or_default(),
         restarts: container.map_or(0, |c| c.restart_count),
-        ready: pod_ready(&p),
+        ready: pod_ready(p),
         waiting,
-    })
+    }
 }
 
-fn pod_ready(p: &Pod) -> bool {
+pub(super) fn pod_ready(p: &Pod) -> bool {
     p.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
@@ -574,6 +652,10 @@ async fn probe(cluster: &Cluster, pod: &str) -> Result<Health, Probe> {
 /// The pod's last log lines, quoted (every secret of the tenant masked, control
 /// characters gone, each line bounded), as a suffix for a failure's detail.
 pub async fn last_logs(cluster: &Cluster, set: &str, desired: Option<&Workload>) -> String {
+    pod_logs(cluster, &pod_name(set), desired).await
+}
+
+async fn pod_logs(cluster: &Cluster, pod: &str, desired: Option<&Workload>) -> String {
     let params = kube::api::LogParams {
         container: Some(objects::CONTAINER.into()),
         tail_lines: Some(8),
@@ -583,7 +665,7 @@ pub async fn last_logs(cluster: &Cluster, set: &str, desired: Option<&Workload>)
     let text = cluster
         .call(
             "read the pod's log",
-            cluster.api::<Pod>().logs(&pod_name(set), &params),
+            cluster.api::<Pod>().logs(pod, &params),
         )
         .await
         .unwrap_or_default();

@@ -729,7 +729,7 @@ pub fn store_tokens(data_dir: &Path) -> i64 {
 }
 
 /// A store (a tenant's or a backup's) read-only, waiting out the app's locks.
-fn open_store(data_dir: &Path) -> rusqlite::Connection {
+pub fn open_store(data_dir: &Path) -> rusqlite::Connection {
     let conn = rusqlite::Connection::open_with_flags(
         data_dir.join("webui.db"),
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,

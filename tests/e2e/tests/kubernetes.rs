@@ -1002,9 +1002,104 @@ fn the_controllers_least_privilege_role_is_enough_to_apply_back_up_and_restore_a
     }
 }
 
+/// Users of a tenant while something happens: chat requests sent one after another
+/// by `clients` threads through the tenant's Service (the API server's service proxy,
+/// reached through `kubectl proxy`: no path to the cluster's network is assumed), each
+/// with a generation id of its own, until dropped.
+struct Users {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<Served>>>,
+    _proxy: mai_fleet_e2e::Running,
+}
+
+/// One request: its generation id, the answer's status (0: no answer), how long it
+/// took and the start of its answer.
+struct Served {
+    id: String,
+    status: u16,
+    took: Duration,
+    said: String,
+}
+
+impl Users {
+    fn start(kc: &Path, port: u16, ns: &str, tenant: &str, clients: usize) -> Self {
+        let bin = std::env::var("MAI_FLEET_E2E_KUBECTL").unwrap_or_else(|_| "kubectl".into());
+        let proxy = mai_fleet_e2e::Running(
+            Command::new(bin)
+                .arg("--kubeconfig")
+                .arg(kc)
+                .args(["proxy", "--address=127.0.0.1", &format!("--port={port}")])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("kubectl proxy"),
+        );
+        let path = format!(
+            "/api/v1/namespaces/{ns}/services/mai-{tenant}:http/proxy/api/chat/completions"
+        );
+        let body = r#"{"model":"openai/gpt-4o-mini","messages":[{"role":"user","content":"Ile kosztuje VAT?"}]}"#;
+        let up = Instant::now();
+        while mai_fleet_e2e::http_full(port, "POST", &path, Some(body), &[("X-User-Id", "warmup")])
+            .is_none_or(|r| r.status != 200)
+        {
+            assert!(
+                up.elapsed() < Duration::from_secs(30),
+                "the tenant's Service does not answer through kubectl proxy"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..clients)
+            .map(|c| {
+                let (stop, path) = (stop.clone(), path.clone());
+                std::thread::spawn(move || {
+                    let mut served = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let id = format!("switch-{c}-{}", served.len());
+                        let started = Instant::now();
+                        let r = mai_fleet_e2e::http_full(
+                            port,
+                            "POST",
+                            &path,
+                            Some(body),
+                            &[("X-User-Id", "switch-user"), ("X-Generation-Id", &id)],
+                        );
+                        served.push(Served {
+                            id,
+                            status: r.as_ref().map_or(0, |r| r.status),
+                            took: started.elapsed(),
+                            said: r
+                                .map(|r| r.body.chars().take(200).collect())
+                                .unwrap_or_default(),
+                        });
+                        // A busy office, not a flood: about 20 requests a second each.
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    served
+                })
+            })
+            .collect();
+        Users {
+            stop,
+            threads,
+            _proxy: proxy,
+        }
+    }
+
+    fn finish(self) -> Vec<Served> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("a user thread"))
+            .collect()
+    }
+}
+
 /// A key the fleet provisions, rotated on a Kubernetes tenant: the new key is proven
 /// at OpenRouter, the pod rolled with it (a change of the Secret alone rolls the pod)
-/// and verified, and only then is the old key deleted.
+/// and verified, and only then is the old key deleted. Users chatting all along
+/// through the tenant's Service see no failed request: the new revision serves beside
+/// the old pod before the StatefulSet replaces it; every answered request is in the
+/// tenant's store.
 #[test]
 fn a_provisioned_key_is_rotated_on_a_node_and_the_old_one_deleted_only_after() {
     use mai_fleet_e2e::openrouter::{FakeOpenRouter, MANAGEMENT_KEY};
@@ -1063,6 +1158,8 @@ fn a_provisioned_key_is_rotated_on_a_node_and_the_old_one_deleted_only_after() {
     let uid = json(&kc, &ns, &format!("pod/mai-{k}-0")).expect("pod")["metadata"]["uid"].clone();
 
     or.clear_log();
+    let users = Users::start(&kc, f.base_port + 12, &ns, &k, 2);
+    std::thread::sleep(Duration::from_secs(1));
     let r = run(&[
         "keys",
         "rotate",
@@ -1074,7 +1171,54 @@ fn a_provisioned_key_is_rotated_on_a_node_and_the_old_one_deleted_only_after() {
         "--spec",
         p,
     ]);
+    std::thread::sleep(Duration::from_secs(1));
+    let served = users.finish();
     assert_eq!(r.code, 0, "{}", r.all());
+    let failed: Vec<String> = served
+        .iter()
+        .filter(|s| s.status != 200)
+        .map(|s| format!("{} after {:?}: {} {}", s.id, s.took, s.status, s.said))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the switch, the first: {:#?}",
+        failed.len(),
+        served.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(r.all().contains("switched with no gap"), "{}", r.all());
+    assert!(served.len() >= 20, "only {} requests", served.len());
+    let slowest = served.iter().map(|s| s.took).max().unwrap_or_default();
+    eprintln!(
+        "switch: {} requests answered, none failed, the slowest {slowest:?}",
+        served.len()
+    );
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a request waited {slowest:?}"
+    );
+    assert!(
+        kubectl(&kc, &["-n", &ns, "get", "pod", &format!("mai-{k}-surge")])
+            .stderr
+            .contains("NotFound"),
+        "the surge pod is left"
+    );
+    // Both revisions wrote one store: every answered request is recorded, once.
+    let store = mai_fleet_e2e::open_store(&f.data_root("k").join(&k).join("data"));
+    let recorded: std::collections::BTreeSet<String> = store
+        .prepare("SELECT id FROM processed_generations WHERE id LIKE 'switch-%'")
+        .and_then(|mut q| q.query_map([], |r| r.get(0))?.collect())
+        .expect("generations");
+    let answered: std::collections::BTreeSet<String> =
+        served.iter().map(|s| s.id.clone()).collect();
+    let missing: Vec<_> = answered.difference(&recorded).take(5).collect();
+    let extra: Vec<_> = recorded.difference(&answered).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} answered, {} recorded; answered, not recorded: {missing:?}; recorded, not answered: {extra:?}",
+        answered.len(),
+        recorded.len()
+    );
     let now: Vec<_> = or
         .managed_keys()
         .into_iter()

@@ -39,6 +39,13 @@ fn main() {
     // `mai-tenant connect HOST:PORT`: whether this container can open a TCP connection
     // there (the image has no shell or tools; the isolation test runs this with exec).
     let args: Vec<String> = std::env::args().collect();
+    // Installed as /bin/sleep too, as an app's image based on a distribution has it
+    // (the fleet's Kubernetes pods drain with `preStop: /bin/sleep N`).
+    if args.first().is_some_and(|a| a.ends_with("/sleep")) {
+        let seconds = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        std::thread::sleep(Duration::from_secs(seconds));
+        return;
+    }
     if args.get(1).map(String::as_str) == Some("connect") {
         std::process::exit(probe_connect(args.get(2).map_or("", String::as_str)));
     }

@@ -161,7 +161,13 @@ impl Store {
         let now = self.clock.now_unix();
         let today = day.to_string();
         let is_today = today == self.clock.today();
-        let tx = self.conn.transaction()?;
+        // The write lock first, waited for (busy timeout), as Open WebUI's Python
+        // sqlite3 takes it at its first write: a transaction that reads and then
+        // writes fails at once with SQLITE_BUSY when another process (a second pod
+        // on the same store during a switch) wrote in between, losing the record.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let seen: Option<String> = tx
             .query_row(
                 "SELECT id FROM processed_generations WHERE id = ?1",
