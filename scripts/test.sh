@@ -6,46 +6,36 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v docker >/dev/null || { echo "test.sh: the Docker CLI is required" >&2; exit 1; }
 docker info >/dev/null 2>&1 || { echo "test.sh: the Docker engine is not reachable" >&2; exit 1; }
-# The TLS endpoint test puts stunnel in front of the engine's socket.
-if ! command -v stunnel >/dev/null; then
+# What the tests use besides Docker, installed in one go: stunnel (in front of the
+# engine's socket for the TLS test), Chromium (the dashboard's screenshots),
+# docker-compose (the install test), an OpenSSH server (remote servers in network
+# namespaces), xmllint (invoices checked against the FA(3) schema), PostgreSQL.
+need=()
+command -v stunnel >/dev/null || need+=(stunnel4)
+command -v chromium >/dev/null || need+=(chromium)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || need+=(openssh-server openssh-client)
+command -v xmllint >/dev/null || need+=(libxml2-utils)
+# scripts/postgres.sh would install it later, beside the cluster's build's apt-get.
+[ -n "${DATABASE_URL:-}" ] || ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 >/dev/null
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "test.sh: stunnel is missing (apt-get install stunnel4); the TLS test will fail" >&2
+    echo "test.sh: missing ${need[*]} (apt-get install them); the tests that use them will fail" >&2
   fi
 fi
-# The dashboard's screenshots (target/screenshots/) need Chromium and the DevTools
-# client of scripts/screenshots.py.
-if ! command -v chromium >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-  else
-    echo "test.sh: chromium is missing (apt-get install chromium); the screenshot step will fail" >&2
-  fi
-fi
-# The control plane's compose file is brought up by the install test.
-if ! command -v docker-compose >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
-  else
-    echo "test.sh: docker-compose is missing (apt-get install docker-compose); the install test will fail" >&2
-  fi
-fi
-# Remote servers in tests: an OpenSSH server in a network namespace of the test's.
-if ! command -v sshd >/dev/null && [ ! -x /usr/sbin/sshd ]; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null
-  else
-    echo "test.sh: openssh-server is missing; the multi-server test will fail" >&2
-  fi
-fi
-# Invoices are checked against the FA(3) schema with xmllint (libxml2).
-if ! command -v xmllint >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libxml2-utils >/dev/null
-  else
-    echo "test.sh: xmllint is missing (apt-get install libxml2-utils); the invoice tests will fail" >&2
-  fi
+# The Kubernetes hosts' tests run on a real cluster: Kubernetes 1.20.2 built once from
+# Debian's source package into a cache outside the checkout (tests/k8s/cluster.sh).
+# A first build takes minutes and needs nothing of the Rust builds below, so it runs
+# beside them (after the apt-get above: one dpkg at a time). MAI_FLEET_E2E_KUBECONFIG
+# (with MAI_FLEET_E2E_K8S_NODE) runs the tests against a cluster of your own instead.
+k8s_build=
+if [ -z "${MAI_FLEET_E2E_KUBECONFIG:-}" ]; then
+  k8s_log=$(mktemp /tmp/mai-fleet-k8s-build.XXXXXX)
+  tests/k8s/cluster.sh build >"$k8s_log" 2>&1 &
+  k8s_build=$!
 fi
 # The tests judge drafts by the FA(3) schema as published (the PyPI package
 # mcp-ksef-pl ships the Ministry's files), not only by the controller's own copy.
@@ -64,12 +54,14 @@ tests/tenant/build-images.sh
 manifests/build-images.sh
 . scripts/postgres.sh
 cargo build --locked --workspace --bins
-# The Kubernetes hosts' tests run on a real cluster: Kubernetes 1.20.2 built once from
-# Debian's source package into a cache outside the checkout (tests/k8s/cluster.sh),
-# started for this run and stopped on every path. MAI_FLEET_E2E_KUBECONFIG (with
-# MAI_FLEET_E2E_K8S_NODE) runs them against a cluster of your own instead.
-if [ -z "${MAI_FLEET_E2E_KUBECONFIG:-}" ]; then
-  tests/k8s/cluster.sh build
+# The test cluster, started for this run and stopped on every path.
+if [ -n "$k8s_build" ]; then
+  wait "$k8s_build" || {
+    cat "$k8s_log" >&2
+    echo "test.sh: building the test cluster failed (its log above)" >&2
+    exit 1
+  }
+  rm -f "$k8s_log"
   k8s_dir=$(mktemp -d /tmp/mai-fleet-k8s.XXXXXX)
   trap 'tests/k8s/cluster.sh stop "$k8s_dir"' EXIT
   MAI_FLEET_E2E_KUBECONFIG=$(tests/k8s/cluster.sh start "$k8s_dir")
