@@ -1335,7 +1335,7 @@ fn backup(f: &Fleet, id: &str, dir: &Path, spec: &Path) -> (PathBuf, serde_json:
 /// planted link, link to `/dev/zero` and FIFO neither followed nor opened; the
 /// restore stops the tenant, keeps what it replaces beside the backups, puts the
 /// backup in (given to the directory's owner) and verifies the tenant; no helper
-/// pod is left.
+/// pod is left. A restore the tenant does not verify after puts back what it replaced.
 #[test]
 fn a_node_tenant_is_backed_up_and_restored_through_a_pod_on_its_node() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -1453,6 +1453,42 @@ fn a_node_tenant_is_backed_up_and_restored_through_a_pod_on_its_node() {
     assert_eq!(
         f.psql(&format!("SELECT string_agg(kind || ':' || status, ',' ORDER BY id) FROM tenant_operations WHERE tenant_id = '{k}'")),
         "backup:ok,restore:ok"
+    );
+    only_the_tenants_pod();
+
+    // A restore after which the tenant does not verify (its release broken by hand:
+    // tracking never initializes) gets back what it replaced, through the node.
+    let set = format!("statefulset/mai-{k}");
+    let broken = kubectl(
+        &kc,
+        &["-n", &ns, "set", "env", &set, "MAI_TENANT_FAULT=uninit"],
+    );
+    assert_eq!(broken.code, 0, "{}", broken.all());
+    assert!(
+        wait_until(Duration::from_secs(60), || {
+            health(&kc, &ns, &k).is_some_and(|h| h["initialized"] == false)
+        }),
+        "the broken release does not run"
+    );
+    std::fs::write(data.join("uploads/later.txt"), b"po kopii").expect("a later upload");
+    let replaced = mai_fleet_e2e::store_org_tokens(&data, &org);
+    assert!(replaced > tokens, "{replaced} > {tokens}");
+    let failed = f.restore(&k, &path, &spec_path, &["--verify-timeout", "20s"]);
+    assert_eq!(failed.code, 3, "{}", failed.all());
+    assert!(failed.all().contains("was put back"), "{}", failed.all());
+    assert_eq!(
+        mai_fleet_e2e::store_org_tokens(&data, &org),
+        replaced,
+        "the store is the one the restore replaced"
+    );
+    assert_eq!(mai_fleet_e2e::store_integrity(&data), "ok");
+    assert_eq!(
+        std::fs::read(data.join("uploads/later.txt")).expect("the later upload is back"),
+        b"po kopii"
+    );
+    assert_eq!(
+        f.psql(&format!("SELECT string_agg(kind || ':' || status, ',' ORDER BY id) FROM tenant_operations WHERE tenant_id = '{k}'")),
+        "backup:ok,restore:ok,restore:failed"
     );
     only_the_tenants_pod();
 }
