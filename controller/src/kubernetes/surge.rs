@@ -17,8 +17,9 @@ use super::{Cluster, KubeError};
 use crate::execution::{Done, ExecuteOptions, Status};
 use crate::plan::{Observed, Workload};
 
-/// Room for a deleted pod's drain and grace period.
-const GONE_WITHIN: Duration = Duration::from_secs(objects::DRAIN_SECONDS as u64 + 30);
+/// Room for a deleted pod's drain, grace period and the kubelet's teardown (9-15 s
+/// on an idle 2-core node, much longer on a loaded one): as `stop` allows.
+const GONE_WITHIN: Duration = Duration::from_secs(objects::DRAIN_SECONDS as u64 + 60);
 
 /// Applies `d` over `previous` through a surge pod; an update with nothing serving
 /// (no Ready pod) has no gap to cover and is a plain update.

@@ -60,6 +60,19 @@ fn health(kubeconfig: &Path, ns: &str, id: &str) -> Option<serde_json::Value> {
         .flatten()
 }
 
+/// What the namespace's pods and StatefulSets are doing, and its latest events: for a
+/// failure's message.
+fn cluster_report(kc: &Path, ns: &str) -> String {
+    let get = kubectl(kc, &["-n", ns, "get", "statefulsets,pods", "-o", "wide"]);
+    let events = kubectl(kc, &["-n", ns, "get", "events", "--sort-by=.lastTimestamp"]);
+    let last: Vec<&str> = events.stdout.lines().rev().take(25).collect();
+    format!(
+        "\n{}\nevents (newest first):\n{}",
+        get.all(),
+        last.join("\n")
+    )
+}
+
 /// Removes the test's namespace whatever happens.
 struct Namespace(PathBuf, String);
 
@@ -759,11 +772,19 @@ fn agents_on_a_node_and_an_engine_ship_every_token_and_a_removed_variable_fires_
         );
         assert_eq!(r.code, 0, "{}", r.all());
     }
-    assert!(
-        wait_until(Duration::from_secs(60), || [&k1, &k2]
+    // A pod drains 5 s before it stops (preStop), then the kubelet tears it down:
+    // 9-15 s here, longer on a loaded machine.
+    let stopping = Instant::now();
+    let stopped = wait_until(Duration::from_secs(120), || {
+        [&k1, &k2]
             .iter()
-            .all(|id| json(&kc, &ns, &format!("pod/mai-{id}-0")).is_none())),
-        "the pods did not stop"
+            .all(|id| json(&kc, &ns, &format!("pod/mai-{id}-0")).is_none())
+    });
+    eprintln!("the pods stopped in {:?}", stopping.elapsed());
+    assert!(
+        stopped,
+        "the pods did not stop: {}",
+        cluster_report(&kc, &ns)
     );
     let sums = |host: &str, id: &str| {
         let data = f.data_root(host).join(id).join("data");
