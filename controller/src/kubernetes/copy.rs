@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::{
     SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{AttachParams, DeleteParams};
+use kube::api::{AttachParams, DeleteParams, ListParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::exec::exit_code;
@@ -94,15 +94,44 @@ async fn with_helper(
     output: Option<tokio::sync::mpsc::Sender<Result<Bytes, KubeError>>>,
 ) -> Result<(), KubeError> {
     let dir = data_dir(cluster, set).await?;
-    let name = format!("{set}-copy");
-    let pod = helper_pod(cluster, &name, &dir, way, limits);
-    cluster
-        .delete::<Pod>(
-            "remove an earlier copy's pod",
-            &name,
-            &DeleteParams::default(),
+    // A name of its own each time: a pod of the same name just deleted may still
+    // run on the node, and an exec by name could reach it (a read-only copy-out's
+    // pod taking a restore's unpack was seen).
+    let way_word = match way {
+        Way::Out => "out",
+        Way::In { .. } => "in",
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let name = format!("{set}-copy-{way_word}-{stamp:x}");
+    let mut pod = helper_pod(cluster, &name, &dir, way, limits);
+    pod.metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(LABEL_COPY_OF.into(), set.to_string());
+    // What an interrupted copy of this tenant's left (its deadline ended it).
+    let leftovers = cluster
+        .call(
+            "list earlier copies' pods",
+            cluster
+                .api::<Pod>()
+                .list(&ListParams::default().labels(&format!("{LABEL_COPY_OF}={set}"))),
         )
         .await?;
+    for old in leftovers
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.name.as_ref())
+    {
+        cluster
+            .delete::<Pod>(
+                "remove an earlier copy's pod",
+                old,
+                &DeleteParams::default(),
+            )
+            .await?;
+    }
     let result = async {
         create(cluster, &pod).await?;
         wait_running(cluster, &name).await?;
@@ -112,6 +141,9 @@ async fn with_helper(
     let removed = remove(cluster, &name).await;
     result.and(removed)
 }
+
+/// Marks a copy's pod with the StatefulSet it copies for.
+const LABEL_COPY_OF: &str = "mai-fleet.copy-of";
 
 /// Deletes the helper pod and waits until it is gone: a copy leaves nothing behind,
 /// and the next one may take the name.
