@@ -149,9 +149,8 @@ const LABEL_COPY_OF: &str = "mai-fleet.copy-of";
 /// and the next one may take the name.
 async fn remove(cluster: &Cluster, name: &str) -> Result<(), KubeError> {
     cluster
-        .delete::<Pod>("remove the copy's pod", name, &DeleteParams::default())
-        .await?;
-    cluster.pod_gone(name, START_WITHIN).await
+        .delete_pod_until_gone("remove the copy's pod", name, START_WITHIN)
+        .await
 }
 
 /// The tenant's directory on the node: the `hostPath` its StatefulSet mounts.

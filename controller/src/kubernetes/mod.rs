@@ -412,6 +412,18 @@ impl Cluster {
         }
     }
 
+    /// Deletes a pod of the fleet's (a copy's, a surge) and waits until it is gone.
+    async fn delete_pod_until_gone(
+        &self,
+        what: &str,
+        name: &str,
+        within: Duration,
+    ) -> Result<(), KubeError> {
+        self.delete::<Pod>(what, name, &DeleteParams::default())
+            .await?;
+        self.pod_gone(name, within).await
+    }
+
     pub fn no_pause(&self) -> KubeError {
         KubeError::NoPause {
             host: self.host.name.clone(),

@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::DeleteParams;
 
 use super::objects;
 use super::rollout::{self, Kept, Watch};
@@ -109,7 +108,6 @@ async fn put_back(cluster: &Cluster, set: &str, surge: &str, kept: &Kept) -> Str
 /// Deletes a surge pod (drained like any tenant pod) and waits until it is gone.
 pub(super) async fn remove(cluster: &Cluster, surge: &str) -> Result<(), KubeError> {
     cluster
-        .delete::<Pod>("delete the surge pod", surge, &DeleteParams::default())
-        .await?;
-    cluster.pod_gone(surge, GONE_WITHIN).await
+        .delete_pod_until_gone("delete the surge pod", surge, GONE_WITHIN)
+        .await
 }
