@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::Docker;
 use futures_util::StreamExt;
-use mai_fleet_core::contract::{labels, DATA_MOUNT, ORG_ENV, REQUIRED_ENV};
+use mai_fleet_core::contract::{claim_dir, labels, DATA_MOUNT, ORG_ENV, REQUIRED_ENV};
 
 /// What the agent needs of one tenant container. Holds no secret: env values are
 /// read only for `OPENROUTER_EXTERNAL_USER`, an id, never for the key.
@@ -61,7 +61,7 @@ impl Source {
 }
 
 /// The tenants' pods: what the pod spec says (env present or read from a Secret, the
-/// data directory's `hostPath`) and what its status says. A tenant's StatefulSet with
+/// data directory's `hostPath` or claim) and what its status says. A tenant's StatefulSet with
 /// no pod (stopped: no replica) is a tenant too, `exited`, so that what its store
 /// recorded before it stopped is still shipped.
 pub async fn tenant_pods(
@@ -153,8 +153,12 @@ fn tenant_of(
                 .flatten()
                 .find(|v| v.name == m.name)
         })
-        .and_then(|v| v.host_path.as_ref())
-        .map(|h| PathBuf::from(&h.path));
+        .and_then(|v| match (&v.host_path, &v.persistent_volume_claim) {
+            (Some(h), _) => Some(PathBuf::from(&h.path)),
+            // A claim: the agent's own pod mounts it under `CLAIMS_MOUNT`.
+            (None, Some(c)) => claim_dir(&c.claim_name),
+            (None, None) => None,
+        });
     let state = status.and_then(|s| s.state.as_ref());
     let (word, started_at) = match state {
         Some(s) if s.running.is_some() => (

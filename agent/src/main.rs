@@ -95,6 +95,10 @@ enum Command {
         /// The tenant's id
         #[arg(long)]
         tenant: String,
+        /// Delete what is in the directory and keep the directory itself (a volume's
+        /// mount point: a tenant's claim)
+        #[arg(long)]
+        keep_directory: bool,
     },
     /// Wait, doing nothing, then exit: the pod the controller runs `archive` and
     /// `unpack` in on a Kubernetes node, gone by itself if the controller is
@@ -150,7 +154,11 @@ fn main() -> ExitCode {
     let args = Args::parse();
     match &args.command {
         Some(Command::Probe { address, timeout }) => return probe(*address, *timeout),
-        Some(Command::Purge { data_root, tenant }) => return purge(data_root, tenant),
+        Some(Command::Purge {
+            data_root,
+            tenant,
+            keep_directory,
+        }) => return purge(data_root, tenant, *keep_directory),
         Some(Command::Hold { duration }) => {
             std::thread::sleep(*duration);
             return ExitCode::SUCCESS;
@@ -219,7 +227,7 @@ fn copied(
 }
 
 /// `agent purge`: exit 0 deleted (or nothing there), 1 refused or failed.
-fn purge(data_root: &std::path::Path, tenant: &str) -> ExitCode {
+fn purge(data_root: &std::path::Path, tenant: &str, keep_directory: bool) -> ExitCode {
     let refuse = |why: String| {
         eprintln!("agent: purge: {why}");
         ExitCode::from(1)
@@ -238,6 +246,16 @@ fn purge(data_root: &std::path::Path, tenant: &str) -> ExitCode {
         }
         Err(e) => refuse(format!("{}: {e}", dir.display())),
         Ok(m) if !m.is_dir() => refuse(format!("{} is not a directory (a link?)", dir.display())),
+        // By handles: a link inside is removed, never followed.
+        Ok(_) if keep_directory => {
+            match mai_fleet_core::tree::Dir::open(&dir).and_then(|d| d.clear(&|_| false)) {
+                Ok(()) => {
+                    println!("purged what was in {}", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => refuse(e.to_string()),
+            }
+        }
         // remove_dir_all removes links, never what they point to.
         Ok(_) => match std::fs::remove_dir_all(&dir) {
             Ok(()) => {
@@ -444,7 +462,8 @@ mod tests {
 
         // The tenant's directory is itself a link to elsewhere: refused.
         symlink(&outside, root.join("linked")).expect("link");
-        let _ = purge(&root, "linked");
+        let _ = purge(&root, "linked", false);
+        let _ = purge(&root, "linked", true);
         assert!(
             outside.join("keep").exists(),
             "purge followed the tenant's link"
@@ -457,7 +476,7 @@ mod tests {
         // A link inside the tenant's directory is removed, not what it points to.
         std::fs::create_dir_all(root.join("acme/data")).expect("dir");
         symlink(&outside, root.join("acme/data/escape")).expect("link");
-        let _ = purge(&root, "acme");
+        let _ = purge(&root, "acme", false);
         assert!(
             !root.join("acme").exists(),
             "the tenant's directory is left"
@@ -469,10 +488,27 @@ mod tests {
 
         // A label that is no tenant id never becomes a path.
         for hostile in ["../outside", "..", "/"] {
-            let _ = purge(&root, hostile);
+            let _ = purge(&root, hostile, false);
+            let _ = purge(&root, hostile, true);
             assert!(outside.join("keep").exists(), "{hostile:?} reached outside");
         }
         assert!(root.exists());
+
+        // A claim's mount point: emptied, kept; a link in it removed, not followed.
+        std::fs::create_dir_all(root.join("beta/uploads")).expect("dir");
+        std::fs::write(root.join("beta/webui.db"), "store").expect("write");
+        symlink(&outside, root.join("beta/escape")).expect("link");
+        let _ = purge(&root, "beta", true);
+        assert!(root.join("beta").is_dir(), "the mount point went");
+        assert_eq!(
+            std::fs::read_dir(root.join("beta")).expect("read").count(),
+            0,
+            "something is left in the claim"
+        );
+        assert!(
+            outside.join("keep").exists(),
+            "purge deleted through a link"
+        );
         let _ = std::fs::remove_dir_all(&base);
     }
 }

@@ -117,7 +117,8 @@ pub async fn plan_fleet(
                 .map(|d| d.container.clone())
                 .collect();
             let actions = plan::plan_host(&spec.fleet, host, &mine, &observed, &others, prune)?;
-            let desired_agent = DesiredAgent::new(&spec.fleet, host);
+            let claims = plan::agent::claims_to_read(host, &actions);
+            let desired_agent = DesiredAgent::new(&spec.fleet, host, claims);
             let agent =
                 plan::agent::plan_agent(&spec.fleet, &host.name, desired_agent.as_ref(), &agents)
                     .map(|a| (a, desired_agent));

@@ -28,6 +28,25 @@ pub const ORG_ENV: &str = "OPENROUTER_EXTERNAL_USER";
 /// The app's data directory inside the container; `webui.db` lives in it.
 pub const DATA_MOUNT: &str = "/app/backend/data";
 
+/// Inside a Kubernetes agent's pod: where each tenant's claim (a host with a storage
+/// class) is mounted, read-only, at `CLAIMS_MOUNT/<claim name>`.
+pub const CLAIMS_MOUNT: &str = "/var/lib/mai-fleet/claims";
+
+/// Where an agent reads a claim's data: `None` for a name that is not one
+/// Kubernetes gives (a DNS subdomain), so no name from a pod spec leaves the mount.
+pub fn claim_dir(claim: &str) -> Option<std::path::PathBuf> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    (claim.len() <= 253 && claim.split('.').all(label_ok))
+        .then(|| std::path::Path::new(CLAIMS_MOUNT).join(claim))
+}
+
 /// The usage store's file name in the data directory.
 pub const STORE_FILE: &str = "webui.db";
 
@@ -112,6 +131,19 @@ pub fn check_store_files(path: &std::path::Path) -> Result<(), StoreFileError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A claim's name comes from a pod spec: it must never lead the agent out of
+    /// the claims' mount.
+    #[test]
+    fn a_claim_name_never_leaves_the_claims_mount() {
+        assert_eq!(
+            claim_dir("mai-acme-data"),
+            Some(std::path::Path::new(CLAIMS_MOUNT).join("mai-acme-data"))
+        );
+        for hostile in ["..", "../etc", "a/b", "/etc", "", "A", "a..b", "-a", "a b"] {
+            assert_eq!(claim_dir(hostile), None, "{hostile:?}");
+        }
+    }
 
     #[test]
     fn ids_that_could_escape_a_path_or_a_name_are_refused() {

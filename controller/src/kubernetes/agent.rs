@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, HostPathVolumeSource, KeyToPath, Pod, PodSpec,
-    PodTemplateSpec, ResourceRequirements, Secret, SecretVolumeSource, SecurityContext,
-    ServiceAccount, Volume, VolumeMount,
+    Capabilities, Container, EnvVar, HostPathVolumeSource, KeyToPath, PersistentVolumeClaim,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec, ResourceRequirements, Secret,
+    SecretVolumeSource, SecurityContext, ServiceAccount, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -24,7 +24,9 @@ use super::{Cluster, KubeError};
 use crate::plan::agent::{
     is_agent_of, DesiredAgent, CA_PATH, DATABASE_URL_PATH, LABEL_AGENT_OF, SPOOL_PATH,
 };
-use crate::plan::{Observed, LABEL_FLEET};
+use crate::plan::{DataClaim, Observed, LABEL_FLEET};
+use crate::spec::ClaimStorage;
+use mai_fleet_core::contract::claim_dir;
 
 /// The Role every agent of the namespace is bound to.
 pub const AGENT_ROLE: &str = "mai-fleet-agent";
@@ -120,7 +122,17 @@ pub async fn deploy(
     // The agent may be the host's first object (it is made before the tenants).
     let fleet = d.labels.get(LABEL_FLEET).map_or("", String::as_str);
     super::rollout::prepare(cluster, fleet).await?;
-    let o = objects(cluster.namespace(), &cluster.node.node, d, database_url);
+    let o = objects(
+        cluster.namespace(),
+        &cluster.node.node,
+        d,
+        database_url,
+        cluster.node.storage.as_ref(),
+    );
+    // The tenants' claims it mounts: made here when the agent comes first.
+    for claim in &o.claims {
+        super::rollout::make_claim(cluster, claim).await?;
+    }
     cluster.apply(&d.name, &o.account).await?;
     cluster.apply(AGENT_ROLE, &o.role).await?;
     cluster.apply(&d.name, &o.binding).await?;
@@ -140,9 +152,19 @@ pub struct AgentObjects {
     pub binding: RoleBinding,
     pub secret: Secret,
     pub deployment: Deployment,
+    /// The tenants' claims the agent mounts.
+    pub claims: Vec<PersistentVolumeClaim>,
 }
 
-pub fn objects(ns: &str, node: &str, d: &DesiredAgent, database_url: &str) -> AgentObjects {
+/// `storage`: the host's, for the claims the agent may be the first to mount (one
+/// made already is left as it is).
+pub fn objects(
+    ns: &str,
+    node: &str,
+    d: &DesiredAgent,
+    database_url: &str,
+    storage: Option<&ClaimStorage>,
+) -> AgentObjects {
     let meta = |name: &str| ObjectMeta {
         name: Some(name.to_string()),
         namespace: Some(ns.to_string()),
@@ -184,7 +206,26 @@ pub fn objects(ns: &str, node: &str, d: &DesiredAgent, database_url: &str) -> Ag
             ..Secret::default()
         },
         deployment: deployment(ns, node, d),
+        claims: storage
+            .map(|s| {
+                claims_of(d)
+                    .iter()
+                    .map(|(tenant, name)| {
+                        let c = DataClaim {
+                            name: name.clone(),
+                            class: s.class.clone(),
+                            size: s.size.clone(),
+                        };
+                        super::objects::claim(fleet_of(d), &d.host, tenant, &c, ns)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
+}
+
+fn fleet_of(d: &DesiredAgent) -> &str {
+    d.labels.get(LABEL_FLEET).map_or("", String::as_str)
 }
 
 /// Pods and StatefulSets: list them, read them; nothing else.
@@ -250,7 +291,6 @@ fn deployment(ns: &str, node: &str, d: &DesiredAgent) -> Deployment {
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
-                    node_name: Some(node.to_string()),
                     service_account_name: Some(d.name.clone()),
                     automount_service_account_token: Some(true),
                     enable_service_links: Some(false),
@@ -259,7 +299,7 @@ fn deployment(ns: &str, node: &str, d: &DesiredAgent) -> Deployment {
                     dns_policy: Some("ClusterFirstWithHostNet".into()),
                     containers: vec![agent_container(ns, d)],
                     volumes: Some(agent_volumes(d)),
-                    ..PodSpec::default()
+                    ..super::objects::pinned(node, !claims_of(d).is_empty())
                 }),
             },
             ..DeploymentSpec::default()
@@ -340,12 +380,20 @@ fn agent_container(ns: &str, d: &DesiredAgent) -> Container {
             read_only_root_filesystem: Some(true),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![
-            mount("database-url", &dir_of(DATABASE_URL_PATH), true),
-            mount("db-ca-pem", &dir_of(CA_PATH), true),
-            mount("data", &d.data_root, true),
-            mount("spool", SPOOL_PATH, false),
-        ]),
+        volume_mounts: Some(
+            [
+                mount("database-url", &dir_of(DATABASE_URL_PATH), true),
+                mount("db-ca-pem", &dir_of(CA_PATH), true),
+                mount("data", &d.data_root, true),
+                mount("spool", SPOOL_PATH, false),
+            ]
+            .into_iter()
+            .chain(claims_of(d).iter().map(|(_, c)| {
+                let at = claim_dir(c).map(|p| p.display().to_string());
+                mount(c, &at.unwrap_or_default(), true)
+            }))
+            .collect(),
+        ),
         ..Container::default()
     }
 }
@@ -375,12 +423,28 @@ fn agent_volumes(d: &DesiredAgent) -> Vec<Volume> {
         }),
         ..Volume::default()
     };
-    vec![
+    let claims = claims_of(d).iter().map(|(_, c)| Volume {
+        name: c.clone(),
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: c.clone(),
+            read_only: Some(true),
+        }),
+        ..Volume::default()
+    });
+    [
         secret_file("database-url", &file_of(DATABASE_URL_PATH)),
         secret_file("db-ca.pem", &file_of(CA_PATH)),
         host_path("data", &d.data_root),
         host_path("spool", &format!("/var/lib/mai-fleet/spool/{}", d.host)),
     ]
+    .into_iter()
+    .chain(claims)
+    .collect()
+}
+
+/// The host's tenants' claims, `(tenant id, claim)`.
+fn claims_of(d: &DesiredAgent) -> &[(String, String)] {
+    d.kubernetes.as_ref().map_or(&[], |k| k.claims.as_slice())
 }
 
 async fn agent_pods(cluster: &Cluster, host: &str) -> Result<Vec<Pod>, KubeError> {

@@ -93,7 +93,7 @@ async fn with_helper(
     input: Option<tokio::fs::File>,
     output: Option<tokio::sync::mpsc::Sender<Result<Bytes, KubeError>>>,
 ) -> Result<(), KubeError> {
-    let dir = data_dir(cluster, set).await?;
+    let data = data_volume(cluster, set).await?;
     // A name of its own each time: a pod of the same name just deleted may still
     // run on the node, and an exec by name could reach it (a read-only copy-out's
     // pod taking a restore's unpack was seen).
@@ -105,7 +105,7 @@ async fn with_helper(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     let name = format!("{set}-copy-{way_word}-{stamp:x}");
-    let mut pod = helper_pod(cluster, &name, &dir, way, limits);
+    let mut pod = helper_pod(cluster, &name, data, way, limits);
     pod.metadata
         .labels
         .get_or_insert_with(Default::default)
@@ -153,27 +153,46 @@ async fn remove(cluster: &Cluster, name: &str) -> Result<(), KubeError> {
         .await
 }
 
-/// The tenant's directory on the node: the `hostPath` its StatefulSet mounts.
-async fn data_dir(cluster: &Cluster, set: &str) -> Result<String, KubeError> {
+/// The tenant's data as its StatefulSet mounts it: a directory on the node (which
+/// must exist: a copy makes none) or a claim.
+pub(super) async fn data_volume(cluster: &Cluster, set: &str) -> Result<Volume, KubeError> {
     let found = cluster
         .call(
             "read the StatefulSet",
             cluster.api::<StatefulSet>().get(set),
         )
         .await?;
-    found
+    let volume = found
         .spec
         .and_then(|s| s.template.spec)
         .and_then(|p| p.volumes)
         .into_iter()
         .flatten()
-        .find(|v| v.name == "data")
-        .and_then(|v| v.host_path)
-        .map(|h| h.path)
-        .ok_or_else(|| KubeError::Copy {
+        .find(|v| v.name == "data");
+    match volume {
+        Some(Volume {
+            host_path: Some(h), ..
+        }) => Ok(Volume {
+            name: "data".into(),
+            host_path: Some(HostPathVolumeSource {
+                path: h.path,
+                type_: Some("Directory".into()),
+            }),
+            ..Volume::default()
+        }),
+        Some(Volume {
+            persistent_volume_claim: Some(c),
+            ..
+        }) => Ok(Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(c),
+            ..Volume::default()
+        }),
+        _ => Err(KubeError::Copy {
             host: cluster.host.name.clone(),
-            why: format!("StatefulSet {set} mounts no data directory from its node"),
-        })
+            why: format!("StatefulSet {set} mounts no data directory from its node or a claim"),
+        }),
+    }
 }
 
 /// A pod of the fleet's made anew: an earlier one of its name may still be going away.
@@ -360,9 +379,9 @@ fn copy_failed(host: &str, why: String) -> KubeError {
     }
 }
 
-/// One pod on the node, the tenant's directory mounted at [`MOUNT`] (read-only to
-/// copy out), a scratch `/tmp` for the store's copy, waiting for the copy's exec.
-fn helper_pod(cluster: &Cluster, name: &str, dir: &str, way: Way, limits: &BackupLimits) -> Pod {
+/// One pod on the node, the tenant's data (`data`) mounted at [`MOUNT`] (read-only
+/// to copy out), a scratch `/tmp` for the store's copy, waiting for the copy's exec.
+fn helper_pod(cluster: &Cluster, name: &str, data: Volume, way: Way, limits: &BackupLimits) -> Pod {
     // Reads any of the tenant's files; writes them as their owner's.
     let add: Vec<String> = match way {
         Way::Out => vec!["DAC_READ_SEARCH".into()],
@@ -400,14 +419,7 @@ fn helper_pod(cluster: &Cluster, name: &str, dir: &str, way: Way, limits: &Backu
         ..Container::default()
     };
     let volumes = vec![
-        Volume {
-            name: "data".into(),
-            host_path: Some(HostPathVolumeSource {
-                path: dir.to_string(),
-                type_: Some("Directory".into()),
-            }),
-            ..Volume::default()
-        },
+        data,
         Volume {
             name: "scratch".into(),
             empty_dir: Some(EmptyDirVolumeSource::default()),

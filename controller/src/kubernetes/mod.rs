@@ -76,6 +76,19 @@ pub enum KubeError {
     },
     #[error("{host}: a Deployment named {name} is in the namespace but is not this fleet's agent of this host; apply never removes an object it does not own: rename or remove it")]
     NotOurs { host: String, name: String },
+    #[error("{host}: a PersistentVolumeClaim named {name} is in the namespace but is not this fleet's claim of tenant {tenant}; apply never takes over an object it does not own: rename or remove it")]
+    ForeignClaim {
+        host: String,
+        name: String,
+        tenant: String,
+    },
+    #[error("{host}: {tenant}'s data is in {from}; apply does not move a tenant's data to {to}: `backup` it, remove it with `apply --prune`, apply it again and `restore` the backup")]
+    DataMoves {
+        host: String,
+        tenant: String,
+        from: String,
+        to: String,
+    },
     #[error("{host}: {what} after {seconds}s")]
     Stuck {
         host: String,
@@ -111,7 +124,7 @@ impl KubeError {
 #[derive(Clone)]
 pub struct Cluster {
     pub host: HostSpec,
-    pub node: KubernetesHost,
+    pub node: Box<KubernetesHost>,
     client: Client,
     /// For streams that may be quiet for long (`logs -f`): no read timeout.
     streams: Client,
@@ -166,7 +179,7 @@ impl Cluster {
         let client = Client::try_from(config).map_err(unreachable)?;
         let cluster = Self {
             host: host.clone(),
-            node: node.clone(),
+            node: Box::new(node.clone()),
             client,
             streams,
         };
@@ -521,8 +534,15 @@ pub fn render(
     push(serde_json::to_value(objects::network_policy(
         fleet, &network, ns,
     )));
-    if let Some(d) = crate::plan::agent::DesiredAgent::new(fleet, host) {
-        let o = agent::objects(ns, &k.node, &d, REDACTED);
+    let claims = match &k.storage {
+        Some(_) => tenants
+            .iter()
+            .map(|t| (t.id.clone(), crate::plan::claim_name(&t.container_name())))
+            .collect(),
+        None => Vec::new(),
+    };
+    if let Some(d) = crate::plan::agent::DesiredAgent::new(fleet, host, claims) {
+        let o = agent::objects(ns, &k.node, &d, REDACTED, None);
         push(serde_json::to_value(o.account));
         push(serde_json::to_value(o.role));
         push(serde_json::to_value(o.binding));
@@ -538,6 +558,9 @@ pub fn render(
             }
         }
         push(serde_json::to_value(objects::secret(&w, ns)));
+        if let Some(c) = objects::claim_of(&w, ns) {
+            push(serde_json::to_value(c));
+        }
         push(serde_json::to_value(objects::service(&w, ns)));
         push(serde_json::to_value(objects::stateful_set(
             &w, ns, &k.node, 1,

@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HostPathVolumeSource,
-    Lifecycle, LifecycleHandler, Namespace, Pod, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service,
-    ServicePort, ServiceSpec, TCPSocketAction, Volume, VolumeMount,
+    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction,
+    HostPathVolumeSource, Lifecycle, LifecycleHandler, Namespace, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, Pod, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, Secret, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
+    TCPSocketAction, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
@@ -21,8 +23,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 
 use crate::plan::{
-    Confinement, Resources, Restart, Runtime, Workload, APP_PORT, DATA_MOUNT, LABEL_FLEET,
-    LABEL_HOST, LABEL_MANAGED, LABEL_SPEC_HASH, LABEL_TENANT,
+    Confinement, DataClaim, Resources, Restart, Runtime, Workload, APP_PORT, DATA_MOUNT,
+    LABEL_FLEET, LABEL_HOST, LABEL_MANAGED, LABEL_SPEC_HASH, LABEL_TENANT,
 };
 
 /// The one container of a tenant's pod.
@@ -239,27 +241,129 @@ pub fn stateful_set(w: &Workload, namespace: &str, node: &str, replicas: i32) ->
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
-                    node_name: Some(node.to_string()),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     restart_policy: Some("Always".into()),
                     termination_grace_period_seconds: Some(DRAIN_SECONDS + 10),
                     containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "data".into(),
-                        host_path: Some(HostPathVolumeSource {
-                            path: w.data_dir.clone(),
-                            type_: Some("DirectoryOrCreate".into()),
-                        }),
-                        ..Volume::default()
-                    }]),
-                    ..PodSpec::default()
+                    volumes: Some(vec![data_volume(w)]),
+                    ..pinned(node, w.claim.is_some())
                 }),
             },
             ..StatefulSetSpec::default()
         }),
         ..StatefulSet::default()
     }
+}
+
+/// The tenant's data: its directory on the node, or its claim.
+fn data_volume(w: &Workload) -> Volume {
+    match &w.claim {
+        Some(c) => Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: c.name.clone(),
+                read_only: None,
+            }),
+            ..Volume::default()
+        },
+        None => Volume {
+            name: "data".into(),
+            host_path: Some(HostPathVolumeSource {
+                path: w.data_dir.clone(),
+                type_: Some("DirectoryOrCreate".into()),
+            }),
+            ..Volume::default()
+        },
+    }
+}
+
+/// A pod spec on `node`: named outright (the kubelet takes it, no scheduler), or,
+/// for a pod with claims, required by affinity, so that the scheduler binds a claim
+/// that waits for its first consumer (`WaitForFirstConsumer`) to a volume there;
+/// a pod named to a node outright leaves such a claim unbound.
+pub fn pinned(node: &str, claims: bool) -> PodSpec {
+    if !claims {
+        return PodSpec {
+            node_name: Some(node.to_string()),
+            ..PodSpec::default()
+        };
+    }
+    PodSpec {
+        affinity: Some(Affinity {
+            node_affinity: Some(NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: vec![NodeSelectorTerm {
+                        match_fields: Some(vec![NodeSelectorRequirement {
+                            key: "metadata.name".into(),
+                            operator: "In".into(),
+                            values: Some(vec![node.to_string()]),
+                        }]),
+                        ..NodeSelectorTerm::default()
+                    }],
+                }),
+                ..NodeAffinity::default()
+            }),
+            ..Affinity::default()
+        }),
+        ..PodSpec::default()
+    }
+}
+
+/// A tenant's claim: made once, before anything mounts it, and never changed after
+/// (a claim's class cannot change, and its size only grows where the class allows).
+/// Its labels hold no spec hash, so the tenant's rollout and its agent render the
+/// same object.
+pub fn claim(
+    fleet: &str,
+    host: &str,
+    tenant: &str,
+    c: &DataClaim,
+    namespace: &str,
+) -> PersistentVolumeClaim {
+    let labels = BTreeMap::from([
+        (LABEL_MANAGED.to_string(), "true".to_string()),
+        (LABEL_TENANT.to_string(), tenant.to_string()),
+        (LABEL_HOST.to_string(), host.to_string()),
+        (LABEL_FLEET.to_string(), fleet.to_string()),
+        ("app.kubernetes.io/name".into(), "mai".into()),
+        ("app.kubernetes.io/instance".into(), c.name.clone()),
+        ("app.kubernetes.io/component".into(), "data".into()),
+        ("app.kubernetes.io/managed-by".into(), "mai-fleet".into()),
+    ]);
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(c.name.clone()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: Some(c.class.clone()),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(c.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+/// The claim of `w`, when its host keeps tenants' data on claims.
+pub fn claim_of(w: &Workload, namespace: &str) -> Option<PersistentVolumeClaim> {
+    let c = w.claim.as_ref()?;
+    Some(claim(
+        w.labels.get(LABEL_FLEET).map_or("", String::as_str),
+        w.labels.get(LABEL_HOST).map_or("", String::as_str),
+        &w.tenant,
+        c,
+        namespace,
+    ))
 }
 
 /// A pod of `w`'s template beside the StatefulSet's own (`set`, as the server holds
@@ -404,9 +508,10 @@ pub fn runtime(
         .map(|m| {
             let source = volumes
                 .and_then(|v| v.iter().find(|v| v.name == m.name))
-                .map(|v| match &v.host_path {
-                    Some(h) => h.path.clone(),
-                    None => format!("volume {}", v.name),
+                .map(|v| match (&v.host_path, &v.persistent_volume_claim) {
+                    (Some(h), _) => h.path.clone(),
+                    (None, Some(c)) => format!("claim {}", c.claim_name),
+                    (None, None) => format!("volume {}", v.name),
                 })
                 .unwrap_or_default();
             format!("{source}:{}", m.mount_path)
@@ -542,9 +647,13 @@ mod tests {
     use crate::plan::changes;
 
     fn workload() -> Workload {
+        workload_on("{ node: n1 }")
+    }
+
+    fn workload_on(kubernetes: &str) -> Workload {
         let spec = crate::spec::load_str(
             std::path::Path::new("t.yaml"),
-            "version: 1\nfleet: f\nhosts:\n  - name: k1\n    kubernetes: { node: n1 }\n    data_root: /srv/mai\ntenants:\n  - id: acme\n    name: Acme\n    org_id: acme_1\n    host: k1\n    image: mai/app:1\n    openrouter: { api_key: \"${env:K}\" }\n    port: 3001\n",
+            &format!("version: 1\nfleet: f\nhosts:\n  - name: k1\n    kubernetes: {kubernetes}\n    data_root: /srv/mai\ntenants:\n  - id: acme\n    name: Acme\n    org_id: acme_1\n    host: k1\n    image: mai/app:1\n    openrouter: {{ api_key: \"${{env:K}}\" }}\n    port: 3001\n"),
             &std::collections::HashMap::from([(
                 "K".to_string(),
                 format!("sk-or-v1-{}", "a".repeat(64)),
@@ -565,6 +674,64 @@ mod tests {
         assert!(!text.contains("sk-or-v1"), "the key is in the StatefulSet");
         assert!(text.contains("secretKeyRef"));
         assert_eq!(w.resources.pids_limit, 0);
+    }
+
+    /// A host with a storage class: the tenant's data on a claim of its own, the pod
+    /// placed by affinity (so that a claim waiting for its first consumer is bound on
+    /// the node), and read back as itself.
+    #[test]
+    fn a_tenant_on_a_storage_class_mounts_its_own_claim_and_reads_back_as_itself() {
+        let w = workload_on("{ node: n1, storage: { class: local-path, size: 5Gi } }");
+        let set = stateful_set(&w, "mai-f", "n1", 1);
+        let rt = runtime(
+            &set,
+            Some(&secret(&w, "mai-f")),
+            vec![":3001".into()],
+            w.network.clone(),
+        );
+        assert_eq!(changes(&w, &rt), vec![], "{rt:?}");
+        assert_eq!(rt.mounts, vec![format!("claim mai-acme-data:{DATA_MOUNT}")]);
+        let pod = set.spec.and_then(|s| s.template.spec).expect("pod");
+        assert_eq!(pod.node_name, None, "a named node leaves the claim unbound");
+        let terms = pod
+            .affinity
+            .and_then(|a| a.node_affinity)
+            .and_then(|n| n.required_during_scheduling_ignored_during_execution)
+            .expect("required node affinity")
+            .node_selector_terms;
+        let field = &terms[0].match_fields.clone().expect("fields")[0];
+        assert_eq!(
+            (field.key.as_str(), field.values.clone()),
+            ("metadata.name", Some(vec!["n1".to_string()]))
+        );
+        let volume = &pod.volumes.expect("volumes")[0];
+        assert!(volume.host_path.is_none());
+        assert_eq!(
+            volume
+                .persistent_volume_claim
+                .as_ref()
+                .map(|c| c.claim_name.as_str()),
+            Some("mai-acme-data")
+        );
+        let claim = claim_of(&w, "mai-f").expect("a claim");
+        let spec = claim.spec.expect("spec");
+        assert_eq!(spec.storage_class_name.as_deref(), Some("local-path"));
+        assert_eq!(
+            spec.resources
+                .and_then(|r| r.requests)
+                .and_then(|r| r.get("storage").cloned()),
+            Some(Quantity("5Gi".into()))
+        );
+        let labels = claim.metadata.labels.expect("labels");
+        assert_eq!(labels.get(LABEL_TENANT).map(String::as_str), Some("acme"));
+        assert!(
+            !labels.contains_key(LABEL_SPEC_HASH),
+            "a key rotation would touch it"
+        );
+        // The same tenant on the node's disk: another mount, another hash.
+        let plain = workload();
+        assert_ne!(plain.hash_label(), w.hash_label());
+        assert!(claim_of(&plain, "mai-f").is_none());
     }
 
     /// The surge pod is picked by the tenant's Service and confined by the fleet's

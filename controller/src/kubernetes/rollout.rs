@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::DeleteParams;
@@ -20,7 +20,9 @@ use crate::execution::{
     read_health, schedule, Done, ExecuteOptions, Health, Launcher, Outcome, Progress, Status,
     Unverified, VerifyOptions, HEALTH_PATH,
 };
-use crate::plan::{Action, Observed, Workload, APP_PORT};
+use crate::plan::{
+    Action, Observed, Workload, APP_PORT, DATA_MOUNT, LABEL_FLEET, LABEL_MANAGED, LABEL_TENANT,
+};
 
 /// Waiting reasons of a container that will not get better by waiting.
 pub(super) const HOPELESS: [&str; 6] = [
@@ -126,7 +128,10 @@ async fn run_action(
                 let dir = format!("{}/{tenant}", cluster.host.data_root);
                 let node = &cluster.node.node;
                 let data = if !opts.purge_data {
-                    format!("; data kept in {dir} on node {node}")
+                    match super::purge::claim_of(cluster, &tenant).await {
+                        Ok(Some(claim)) => format!("; data kept in claim {claim}"),
+                        _ => format!("; data kept in {dir} on node {node}"),
+                    }
                 } else {
                     match super::purge::purge(cluster, &helper_image(cluster), &tenant).await {
                         Ok(said) => format!("; data purged on node {node} ({said})"),
@@ -164,11 +169,69 @@ pub(super) fn helper_image(cluster: &Cluster) -> String {
 /// The tenant's objects as `w` wants them, with `replicas` pods.
 async fn apply_tenant(cluster: &Cluster, w: &Workload, replicas: i32) -> Result<(), KubeError> {
     let ns = cluster.namespace();
+    if let Some(c) = objects::claim_of(w, ns) {
+        make_claim(cluster, &c).await?;
+    }
     cluster.apply(&w.name, &objects::secret(w, ns)).await?;
     cluster.apply(&w.name, &objects::service(w, ns)).await?;
     let set = objects::stateful_set(w, ns, &cluster.node.node, replicas);
     cluster.apply(&w.name, &set).await?;
     Ok(())
+}
+
+/// Makes a tenant's claim unless it is there: an existing claim of this fleet's
+/// tenant is left as it is (a class never changes; a size grows only by hand, where
+/// the class allows), one of anybody else's is refused.
+pub(super) async fn make_claim(
+    cluster: &Cluster,
+    claim: &PersistentVolumeClaim,
+) -> Result<(), KubeError> {
+    let name = claim.metadata.name.clone().unwrap_or_default();
+    let found = cluster
+        .call(
+            "read the claim",
+            cluster.api::<PersistentVolumeClaim>().get_opt(&name),
+        )
+        .await?;
+    let Some(found) = found else {
+        return cluster.apply(&name, claim).await.map(|_| ());
+    };
+    let label = |m: &ObjectMeta, k: &str| m.labels.as_ref().and_then(|l| l.get(k)).cloned();
+    let same = [LABEL_MANAGED, LABEL_FLEET, LABEL_TENANT]
+        .iter()
+        .all(|k| label(&found.metadata, k) == label(&claim.metadata, k));
+    if same {
+        Ok(())
+    } else {
+        Err(KubeError::ForeignClaim {
+            host: cluster.host.name.clone(),
+            name,
+            tenant: label(&claim.metadata, LABEL_TENANT).unwrap_or_default(),
+        })
+    }
+}
+
+/// An update that would leave the tenant's data behind (another directory, a claim
+/// instead of a directory, or back): refused, nothing changed.
+pub(super) fn data_moves(cluster: &Cluster, d: &Workload, kept: &Kept) -> Option<Done> {
+    let from = data_source(&kept.set).filter(|f| *f != d.mount_source())?;
+    let e = KubeError::DataMoves {
+        host: cluster.host.name.clone(),
+        tenant: d.tenant.clone(),
+        from,
+        to: d.mount_source(),
+    };
+    Some((Status::Failed, format!("{e}; nothing changed"), None))
+}
+
+/// Where a StatefulSet's pod finds its data, in the plan's words (a path on the
+/// node, or `claim <name>`); `None` when it mounts none.
+fn data_source(set: &StatefulSet) -> Option<String> {
+    let rt = objects::runtime(set, None, Vec::new(), String::new());
+    rt.mounts.iter().find_map(|m| {
+        m.strip_suffix(&format!(":{DATA_MOUNT}"))
+            .map(str::to_string)
+    })
 }
 
 async fn create(
@@ -239,6 +302,9 @@ pub(super) async fn update_from(
     opts: &ExecuteOptions,
     say: &(dyn Fn(&str) + Sync),
 ) -> Done {
+    if let Some(refused) = data_moves(cluster, d, kept) {
+        return refused;
+    }
     say("applying");
     let failure = match apply_tenant(cluster, d, 1).await {
         Ok(()) => {

@@ -33,6 +33,10 @@ pub(super) async fn update(
         Ok(k) => k,
         Err(e) => return (Status::Failed, format!("{e}; nothing changed"), None),
     };
+    // Before a surge pod mounts the new place.
+    if let Some(refused) = rollout::data_moves(cluster, d, &kept) {
+        return refused;
+    }
     if !serving(cluster, &previous.name).await {
         return rollout::update_from(cluster, d, previous, &kept, opts, say).await;
     }

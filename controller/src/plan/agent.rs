@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{Observed, LABEL_FLEET};
+use super::{claim_name, Action, Observed, LABEL_FLEET};
 use crate::spec::{DockerEndpoint, HostAgent, HostSpec, DEFAULT_REMOTE_SOCKET};
 
 /// The host an agent container serves (never `mai-fleet.managed`: tenants' plans
@@ -51,11 +51,16 @@ pub struct KubeAgentPlace {
     pub namespace: String,
     pub node: String,
     pub api_server: Option<String>,
+    /// The claims the host's tenants keep their data on, `(tenant id, claim)`: the
+    /// agent mounts each to read its store, so a tenant added or removed rolls it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<(String, String)>,
 }
 
 impl DesiredAgent {
-    /// `None` when the host's agent is run another way.
-    pub fn new(fleet: &str, host: &HostSpec) -> Option<Self> {
+    /// `None` when the host's agent is run another way. `claims`: what
+    /// [`claims_to_read`] found.
+    pub fn new(fleet: &str, host: &HostSpec, claims: Vec<(String, String)>) -> Option<Self> {
         let HostAgent::Deployed(a) = &host.agent else {
             return None;
         };
@@ -80,6 +85,7 @@ impl DesiredAgent {
                 namespace: k.namespace.clone(),
                 node: k.node.clone(),
                 api_server: k.agent_api_server.clone(),
+                claims,
             }),
             labels: BTreeMap::new(),
         };
@@ -134,6 +140,41 @@ impl DesiredAgent {
         }
         url
     }
+}
+
+/// The claims the agent of `host` must read, `(tenant id, claim)`, sorted: of every
+/// tenant that stays on the host (the plan's actions but removals), the claim it runs
+/// on and the one the spec gives it. Both: a tenant the spec would move keeps its
+/// data (and the agent its reading) where it is until it moves.
+pub fn claims_to_read(host: &HostSpec, actions: &[Action]) -> Vec<(String, String)> {
+    let storage = host.kubernetes.as_ref().and_then(|k| k.storage.as_ref());
+    let mut claims: Vec<(String, String)> = Vec::new();
+    for a in actions {
+        let running = match a {
+            Action::Remove { .. } | Action::Blocked { .. } | Action::RemoveLeftover { .. } => {
+                continue
+            }
+            Action::Create { .. } => None,
+            Action::Update { previous: o, .. }
+            | Action::Start { current: o, .. }
+            | Action::Unchanged { current: o, .. }
+            | Action::Orphan { container: o, .. } => Some(o),
+        };
+        let tenant = a.tenant().to_string();
+        let mounted = running
+            .and_then(|o| o.runtime.as_ref())
+            .into_iter()
+            .flat_map(|rt| rt.mounts.iter())
+            .filter_map(|m| m.strip_prefix("claim "))
+            .filter_map(|m| m.split_once(':').map(|(name, _)| name.to_string()));
+        let given = storage.map(|_| claim_name(&mai_fleet_core::contract::container_name(&tenant)));
+        for c in mounted.chain(given) {
+            claims.push((tenant.clone(), c));
+        }
+    }
+    claims.sort();
+    claims.dedup();
+    claims
 }
 
 /// Whether a container's labels make it `fleet`'s agent of `host`.
@@ -283,7 +324,7 @@ mod tests {
 
     #[test]
     fn plans_follow_hash_and_state() {
-        let d = DesiredAgent::new("f", &host(agents("mai-fleet/agent:1"))).unwrap();
+        let d = DesiredAgent::new("f", &host(agents("mai-fleet/agent:1")), Vec::new()).unwrap();
         assert_eq!(d.host_socket, "/run/docker.sock");
         assert_eq!(
             plan_agent("f", "hel1-b", Some(&d), &[]),
@@ -298,7 +339,7 @@ mod tests {
             plan_agent("f", "hel1-b", Some(&d), &[running(&d, "exited")]),
             Some(AgentAction::Start { .. })
         ));
-        let newer = DesiredAgent::new("f", &host(agents("mai-fleet/agent:2"))).unwrap();
+        let newer = DesiredAgent::new("f", &host(agents("mai-fleet/agent:2")), Vec::new()).unwrap();
         assert_eq!(
             plan_agent("f", "hel1-b", Some(&newer), std::slice::from_ref(&same)),
             Some(AgentAction::Roll {
@@ -315,12 +356,12 @@ mod tests {
             plan_agent("f", "hel1-b", None, &[same]),
             Some(AgentAction::Remove { .. })
         ));
-        assert!(DesiredAgent::new("f", &host(HostAgent::External)).is_none());
+        assert!(DesiredAgent::new("f", &host(HostAgent::External), Vec::new()).is_none());
     }
 
     #[test]
     fn the_url_gets_credentials_and_the_ca() {
-        let d = DesiredAgent::new("f", &host(agents("a:1"))).unwrap();
+        let d = DesiredAgent::new("f", &host(agents("a:1")), Vec::new()).unwrap();
         assert_eq!(
             d.url_with("mai_agent_hel1_b", "s3cr3t"),
             "postgres://mai_agent_hel1_b:s3cr3t@db.internal:5432/mai_fleet?sslmode=verify-full&sslrootcert=/etc/mai-fleet/db-ca.pem"
@@ -331,8 +372,9 @@ mod tests {
     fn another_fleets_agent_is_never_taken_for_ours() {
         // Two fleets may share an engine and a host name: the other fleet's agent
         // carries the same `agent-of` label, and is neither kept, rolled nor removed.
-        let ours = DesiredAgent::new("f", &host(agents("mai-fleet/agent:1"))).unwrap();
-        let theirs_spec = DesiredAgent::new("g", &host(agents("mai-fleet/agent:2"))).unwrap();
+        let ours = DesiredAgent::new("f", &host(agents("mai-fleet/agent:1")), Vec::new()).unwrap();
+        let theirs_spec =
+            DesiredAgent::new("g", &host(agents("mai-fleet/agent:2")), Vec::new()).unwrap();
         let theirs = running(&theirs_spec, "running");
         assert_eq!(
             plan_agent("f", "hel1-b", Some(&ours), std::slice::from_ref(&theirs)),

@@ -17,8 +17,8 @@ use crate::spec::{FleetSpec, HostSpec, TenantSpec};
 
 pub use drift::{changes, Change, ChangeKind, Field};
 pub use workload::{
-    Confinement, Resources, Restart, Runtime, Workload, DEFAULT_MEMORY_BYTES, DEFAULT_NANO_CPUS,
-    DEFAULT_PIDS_LIMIT, SPEC_HASH_VERSION,
+    claim_name, Confinement, DataClaim, Resources, Restart, Runtime, Workload,
+    DEFAULT_MEMORY_BYTES, DEFAULT_NANO_CPUS, DEFAULT_PIDS_LIMIT, SPEC_HASH_VERSION,
 };
 
 // The container contract is the agent's too: defined once, in the core crate.

@@ -131,14 +131,27 @@ pub struct Workload {
     /// The tenant's port on its host, and the address it is published on.
     pub port: u16,
     pub publish_address: String,
-    /// The tenant's data directory on its host, mounted at [`DATA_MOUNT`].
+    /// The tenant's data directory on its host, mounted at [`DATA_MOUNT`] unless
+    /// `claim` is set.
     pub data_dir: String,
+    /// On a Kubernetes host with a storage class: the claim that holds the data
+    /// instead of `data_dir`.
+    pub claim: Option<DataClaim>,
     pub resources: Resources,
     pub confinement: Confinement,
     /// The fleet's isolated network: no tenant reaches another's port (Docker: one
     /// bridge network with inter-container traffic off).
     pub network: String,
     pub labels: BTreeMap<String, String>,
+}
+
+/// A tenant's data directory as a PersistentVolumeClaim of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DataClaim {
+    /// `mai-<id>-data`
+    pub name: String,
+    pub class: String,
+    pub size: String,
 }
 
 /// Shows env names only: values include the API key.
@@ -198,6 +211,15 @@ impl Workload {
             port: t.port,
             publish_address: host.publish_address.clone(),
             data_dir: format!("{}/{}/data", host.data_root, t.id),
+            claim: host
+                .kubernetes
+                .as_ref()
+                .and_then(|k| k.storage.as_ref())
+                .map(|s| DataClaim {
+                    name: claim_name(&t.container_name()),
+                    class: s.class.clone(),
+                    size: s.size.clone(),
+                }),
             resources: Resources {
                 memory_bytes: t.memory_bytes.unwrap_or(DEFAULT_MEMORY_BYTES),
                 nano_cpus,
@@ -232,7 +254,7 @@ impl Workload {
             env: &self.env,
             host_port: self.port,
             publish_address: &self.publish_address,
-            data_dir: &self.data_dir,
+            data_dir: &self.mount_source(),
             memory_bytes: self.resources.memory_bytes,
             nano_cpus: self.resources.nano_cpus,
             pids_limit: self.resources.pids_limit,
@@ -252,13 +274,26 @@ impl Workload {
 
     /// The data directory's mount, `source:target`.
     pub fn mount(&self) -> String {
-        format!("{}:{DATA_MOUNT}", self.data_dir)
+        format!("{}:{DATA_MOUNT}", self.mount_source())
+    }
+
+    /// Where the data comes from: the host's directory, or `claim <name>`.
+    pub fn mount_source(&self) -> String {
+        match &self.claim {
+            Some(c) => format!("claim {}", c.name),
+            None => self.data_dir.clone(),
+        }
     }
 
     /// `address:port` the tenant is published on.
     pub fn endpoint(&self) -> String {
         format!("{}:{}", self.publish_address, self.port)
     }
+}
+
+/// The claim that holds a workload's data on a host with a storage class.
+pub fn claim_name(workload: &str) -> String {
+    format!("{workload}-data")
 }
 
 /// What a workload runs, as its backend reports it, in the plan's terms. `env` holds

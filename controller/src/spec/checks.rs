@@ -342,6 +342,25 @@ pub fn dns_subdomain(name: &str) -> Result<(), Invalid> {
     }
 }
 
+/// A claim's size: a whole number of Mi, Gi or Ti (Kubernetes' binary units).
+pub fn claim_size(size: &str) -> Result<(), Invalid> {
+    let ok = ["Mi", "Gi", "Ti"].iter().any(|unit| {
+        size.strip_suffix(unit).is_some_and(|n| {
+            !n.is_empty()
+                && !n.starts_with('0')
+                && n.len() <= 9
+                && n.bytes().all(|b| b.is_ascii_digit())
+        })
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err("a whole number of Mi, Gi or Ti, e.g. `size: 10Gi`"
+            .to_string()
+            .into())
+    }
+}
+
 /// `https://host:port`, nothing after the port: where an agent reaches an API server.
 pub fn https_host_port(url: &str) -> Result<(), Invalid> {
     let ok = url

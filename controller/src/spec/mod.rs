@@ -191,6 +191,18 @@ pub struct KubernetesHost {
     /// API server, for clusters whose pods cannot reach the `kubernetes` Service;
     /// `None`: that Service, as every pod finds it.
     pub agent_api_server: Option<String>,
+    /// The tenants' data on a claim of this storage class each, instead of
+    /// `<data_root>/<tenant>/data` on the node (`None`).
+    pub storage: Option<ClaimStorage>,
+}
+
+/// `hosts[i].kubernetes.storage`: each tenant's data directory is a
+/// PersistentVolumeClaim of `class`, `size` big (a Kubernetes quantity, `10Gi`
+/// unless the spec says).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClaimStorage {
+    pub class: String,
+    pub size: String,
 }
 
 /// Where a Kubernetes host's node and namespace stand in the spec

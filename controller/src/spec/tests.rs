@@ -482,6 +482,57 @@ fn kubernetes_hosts_are_read_and_their_mistakes_located() {
     }
 }
 
+/// A node host's tenants may keep their data on claims of a storage class instead of
+/// the node's `data_root`; the class and the size are checked like the rest.
+#[test]
+fn a_storage_class_for_a_node_hosts_data_is_read_and_its_mistakes_located() {
+    let good = GOOD.replace(
+        "    docker: unix:///var/run/docker.sock\n",
+        "    kubernetes: { node: fsn1-k1, storage: { class: local-path } }\n",
+    );
+    let spec = load_str(Path::new("tenants.yaml"), &good, &env()).expect("valid");
+    let k = spec.hosts[0]
+        .kubernetes
+        .as_ref()
+        .expect("a kubernetes host");
+    let s = k.storage.as_ref().expect("storage");
+    assert_eq!((s.class.as_str(), s.size.as_str()), ("local-path", "10Gi"));
+    let sized = GOOD.replace(
+        "    docker: unix:///var/run/docker.sock\n",
+        "    kubernetes: { node: fsn1-k1, storage: { class: hcloud-volumes, size: 25Gi } }\n",
+    );
+    let spec = load_str(Path::new("tenants.yaml"), &sized, &env()).expect("valid");
+    let s = spec.hosts[0]
+        .kubernetes
+        .as_ref()
+        .and_then(|k| k.storage.clone());
+    assert_eq!(s.map(|s| s.size), Some("25Gi".to_string()));
+
+    let bad = GOOD.replace(
+        "    docker: unix:///var/run/docker.sock\n",
+        "    kubernetes:\n      node: fsn1-k1\n      storage: { clas: x, size: 10GB }\n",
+    );
+    let got: Vec<String> = errors(&bad).iter().map(|d| d.to_string()).collect();
+    let want = [
+        "tenants.yaml:12:18: unknown key `clas` in hosts[0].kubernetes.storage (did you mean `class`?)",
+        "tenants.yaml:12:16: missing `hosts[0].kubernetes.storage.class`",
+        "tenants.yaml:12:33: `hosts[0].kubernetes.storage.size` value `10GB` is not valid",
+    ];
+    for w in want {
+        assert!(got.iter().any(|g| g.starts_with(w)), "{w} not in {got:#?}");
+    }
+    let docker = GOOD.replace(
+        "    docker: unix:///var/run/docker.sock\n",
+        "    docker: unix:///var/run/docker.sock\n    storage: { class: x }\n",
+    );
+    let got: Vec<String> = errors(&docker).iter().map(|d| d.to_string()).collect();
+    assert!(
+        got.iter()
+            .any(|g| g.contains("unknown key `storage` in hosts[0]")),
+        "{got:#?}"
+    );
+}
+
 #[test]
 fn invoicing_is_read_and_its_mistakes_located_all_at_once() {
     let good = format!(

@@ -863,7 +863,7 @@ fn rendered_objects_validate_strictly_against_a_current_kubernetes_and_hold_no_s
     std::fs::write(
         &spec,
         format!(
-            "version: 1\nfleet: render\nagents: {{ database_url: \"postgres://127.0.0.1:5432/fleet\" }}\nhosts:\n  - name: d1\n    docker: unix:///var/run/docker.sock\n    data_root: /srv/d\n  - name: k1\n    kubernetes: {{ node: node-1, namespace: mai-prod }}\n    data_root: /srv/mai\ntenants:\n  - id: acme\n    name: Acme\n    org_id: acme_1\n    host: k1\n    image: {DEV}\n    openrouter: {{ api_key: \"${{env:E2E_KEY_0}}\" }}\n    port: 3001\n    env: {{ SMTP_PASSWORD: \"${{file:{}}}\", LOG_LEVEL: INFO }}\n  - id: beta\n    name: Beta\n    org_id: beta_1\n    host: k1\n    image: {DEV}\n    openrouter: {{ api_key: \"${{env:E2E_KEY_1}}\" }}\n    port: 3002\n  - id: gamma\n    name: Gamma\n    org_id: gamma_1\n    host: d1\n    image: {DEV}\n    openrouter: {{ api_key: \"${{env:E2E_KEY_2}}\" }}\n    port: 3003\n",
+            "version: 1\nfleet: render\nagents: {{ database_url: \"postgres://127.0.0.1:5432/fleet\" }}\nhosts:\n  - name: d1\n    docker: unix:///var/run/docker.sock\n    data_root: /srv/d\n  - name: k1\n    kubernetes: {{ node: node-1, namespace: mai-prod, storage: {{ class: local-path, size: 20Gi }} }}\n    data_root: /srv/mai\n  - name: k2\n    kubernetes: {{ node: node-2 }}\n    data_root: /srv/mai\ntenants:\n  - id: acme\n    name: Acme\n    org_id: acme_1\n    host: k1\n    image: {DEV}\n    openrouter: {{ api_key: \"${{env:E2E_KEY_0}}\" }}\n    port: 3001\n    env: {{ SMTP_PASSWORD: \"${{file:{}}}\", LOG_LEVEL: INFO }}\n  - id: beta\n    name: Beta\n    org_id: beta_1\n    host: k1\n    image: {DEV}\n    openrouter: {{ api_key: \"${{env:E2E_KEY_1}}\" }}\n    port: 3002\n  - id: gamma\n    name: Gamma\n    org_id: gamma_1\n    host: d1\n    image: {DEV}\n    openrouter: {{ api_key: \"${{env:E2E_KEY_2}}\" }}\n    port: 3003\n  - id: delta\n    name: Delta\n    org_id: delta_1\n    host: k2\n    image: {DEV}\n    openrouter: {{ api_key: \"${{env:E2E_KEY_3}}\" }}\n    port: 3004\n",
             secret_file.display()
         ),
     )
@@ -873,6 +873,7 @@ fn rendered_objects_validate_strictly_against_a_current_kubernetes_and_hold_no_s
         .env("E2E_KEY_0", key(0))
         .env("E2E_KEY_1", key(1))
         .env("E2E_KEY_2", key(2))
+        .env("E2E_KEY_3", key(3))
         .output()
         .expect("render");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -881,10 +882,27 @@ fn rendered_objects_validate_strictly_against_a_current_kubernetes_and_hold_no_s
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Namespace, NetworkPolicy, the agent's five, three for each of two tenants; the
-    // Docker host's tenant is not a Kubernetes object.
-    assert_eq!(text.matches("\n---\n").count() + 1, 13, "{text}");
-    for secret in [key(0), key(1), key(2), "hunter2-file-secret".to_string()] {
+    // Host k1 (data on claims): Namespace, NetworkPolicy, the agent's five, four for
+    // each of two tenants (the claim too); host k2 (data on the node): Namespace,
+    // NetworkPolicy, the agent's five, three for its tenant. The Docker host's tenant
+    // is not a Kubernetes object.
+    assert_eq!(text.matches("\n---\n").count() + 1, 25, "{text}");
+    for claim in ["mai-acme-data", "mai-beta-data"] {
+        // The claim, the tenant's volume, the agent's volume and its mount.
+        assert!(text.matches(claim).count() >= 4, "{claim}: {text}");
+    }
+    assert_eq!(
+        text.matches("\"kind\":\"PersistentVolumeClaim\"").count(),
+        2,
+        "{text}"
+    );
+    for secret in [
+        key(0),
+        key(1),
+        key(2),
+        key(3),
+        "hunter2-file-secret".to_string(),
+    ] {
         assert!(!text.contains(&secret), "a secret is rendered");
     }
     let rendered = dir.join("objects.yaml");
@@ -896,7 +914,7 @@ fn rendered_objects_validate_strictly_against_a_current_kubernetes_and_hold_no_s
     let said = String::from_utf8_lossy(&check.stdout).into_owned()
         + &String::from_utf8_lossy(&check.stderr);
     assert!(check.status.success(), "{said}");
-    assert_eq!(said.matches(" passed for resource ").count(), 13, "{said}");
+    assert_eq!(said.matches(" passed for resource ").count(), 25, "{said}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -1512,4 +1530,221 @@ fn a_node_tenant_is_backed_up_and_restored_through_a_pod_on_its_node() {
         "backup:ok,restore:ok,restore:failed"
     );
     only_the_tenants_pod();
+}
+
+/// Removes the cluster-wide objects a test made (a StorageClass, PersistentVolumes)
+/// whatever happens.
+struct ClusterObjects(PathBuf, Vec<String>);
+
+impl Drop for ClusterObjects {
+    fn drop(&mut self) {
+        for o in &self.1 {
+            let _ = kubectl(
+                &self.0,
+                &["delete", o, "--wait=false", "--ignore-not-found"],
+            );
+        }
+    }
+}
+
+/// The directory on the node behind a tenant's claim (its local volume's path).
+fn claim_path(kc: &Path, ns: &str, claim: &str) -> Option<PathBuf> {
+    let pvc = json(kc, ns, &format!("pvc/{claim}"))?;
+    let volume = pvc["spec"]["volumeName"].as_str()?.to_string();
+    let pv = json(kc, ns, &format!("pv/{volume}"))?;
+    pv["spec"]["local"]["path"].as_str().map(PathBuf::from)
+}
+
+/// A host with a storage class: each tenant's data on a claim of its own (here local
+/// volumes of a class without a provisioner, bound on the node when the tenant's pod
+/// is scheduled), nothing in `data_root`; the node's agent mounts the claims and
+/// ships every token; a second plan is empty; backup and restore go through the
+/// claim; a spec that would move the data back to the node's disk is refused with
+/// nothing changed; `--prune` keeps a claim, `--purge-data` empties and deletes it.
+#[test]
+fn a_node_hosts_tenants_keep_their_data_on_claims_the_agent_ships_and_purge_deletes() {
+    let Some((kc, node)) = cluster() else { return };
+    let f = Fleet::new("k8s_claims");
+    let ns = format!("mai-{}", f.name);
+    let _cleanup = Namespace(kc.clone(), ns.clone());
+    let class = format!("mai-e2e-{}", f.name.replace('_', "-"));
+    let volumes: Vec<PathBuf> = (0..2).map(|i| f.dir.join(format!("volume-{i}"))).collect();
+    let mut objects = format!(
+        "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {{ name: {class} }}\nprovisioner: kubernetes.io/no-provisioner\nvolumeBindingMode: WaitForFirstConsumer\n"
+    );
+    let mut made = vec![format!("storageclass/{class}")];
+    for (i, dir) in volumes.iter().enumerate() {
+        std::fs::create_dir_all(dir).expect("volume dir");
+        objects.push_str(&format!(
+            "---\napiVersion: v1\nkind: PersistentVolume\nmetadata: {{ name: {class}-{i} }}\nspec:\n  capacity: {{ storage: 1Gi }}\n  accessModes: [ReadWriteOnce]\n  persistentVolumeReclaimPolicy: Retain\n  storageClassName: {class}\n  local: {{ path: {} }}\n  nodeAffinity:\n    required:\n      nodeSelectorTerms:\n        - matchFields: [{{ key: metadata.name, operator: In, values: [{node}] }}]\n",
+            dir.display()
+        ));
+        made.push(format!("pv/{class}-{i}"));
+    }
+    let _volumes = ClusterObjects(kc.clone(), made);
+    let file = f.dir.join("storage.yaml");
+    std::fs::write(&file, objects).expect("write");
+    let r = kubectl(&kc, &["apply", "-f", file.to_str().expect("path")]);
+    assert_eq!(r.code, 0, "{}", r.all());
+
+    let location = f
+        .database_url
+        .rsplit_once('@')
+        .map(|(_, l)| l.to_string())
+        .expect("url");
+    let storage = format!(", storage: {{ class: {class}, size: 1Gi }}");
+    let extra = |storage: &str| Extra {
+        head: format!("agents: {{ database_url: \"postgres://{location}\", interval: 1s }}\n"),
+        kube_host: format!(", agent_api_server: {}{storage}", server_of(&kc)),
+        tenant: "    env: { SIM_USAGE_PER_MIN: \"600\" }\n".to_string(),
+    };
+    let (k1, k2) = (f.id("k1"), f.id("k2"));
+    let both = [(k1.as_str(), DEV), (k2.as_str(), DEV)];
+    let path = f.write_spec(&spec_with(&f, &node, &kc, &[], &both, 0, &extra(&storage)));
+    let r = apply(&f, &path, &[]);
+    assert_eq!(r.code, 0, "{}{}", r.all(), cluster_report(&kc, &ns));
+
+    // Each tenant on a volume of its own; nothing on the node's data_root.
+    let claim = |id: &str| format!("mai-{id}-data");
+    let dirs: Vec<PathBuf> = [&k1, &k2]
+        .iter()
+        .map(|id| claim_path(&kc, &ns, &claim(id)).expect("a bound claim"))
+        .collect();
+    assert_ne!(dirs[0], dirs[1]);
+    for d in &dirs {
+        assert!(volumes.contains(d), "{d:?}");
+        assert!(d.join("webui.db").exists(), "no store in {d:?}");
+    }
+    for id in [&k1, &k2] {
+        let on_node = f.data_root("k").join(id).join("data").join("webui.db");
+        assert!(!on_node.exists(), "{on_node:?}");
+    }
+    let plan = f.controller(&["plan", path.to_str().expect("path")]);
+    assert_eq!(
+        plan.code,
+        0,
+        "a second plan changes something: {}",
+        plan.all()
+    );
+
+    // The agent reads the claims: the fleet holds every token once the tenants stop.
+    std::thread::sleep(Duration::from_secs(4));
+    for id in [&k1, &k2] {
+        let set = format!("statefulset/mai-{id}");
+        let r = kubectl(&kc, &["-n", &ns, "scale", &set, "--replicas=0"]);
+        assert_eq!(r.code, 0, "{}", r.all());
+    }
+    let stopped = wait_until(Duration::from_secs(120), || {
+        [&k1, &k2]
+            .iter()
+            .all(|id| json(&kc, &ns, &format!("pod/mai-{id}-0")).is_none())
+    });
+    assert!(
+        stopped,
+        "the pods did not stop: {}",
+        cluster_report(&kc, &ns)
+    );
+    let sums = |i: usize, id: &str| {
+        (
+            mai_fleet_e2e::store_sums(&dirs[i], &format!("org_{id}")),
+            mai_fleet_e2e::fleet_sums_in(&f.database_url, id),
+        )
+    };
+    wait_until(Duration::from_secs(60), || {
+        [&k1, &k2].iter().enumerate().all(|(i, id)| {
+            let (store, fleet) = sums(i, id);
+            !store.is_empty() && store == fleet
+        })
+    });
+    for (i, id) in [&k1, &k2].iter().enumerate() {
+        let (store, fleet) = sums(i, id);
+        assert!(!store.is_empty(), "{id} recorded nothing");
+        assert_eq!(store, fleet, "{id}: the fleet differs from the store");
+    }
+    let r = apply(&f, &path, &[]);
+    assert_eq!(r.code, 0, "{}", r.all());
+
+    // Backup and restore through the claim.
+    // A file in the claim, gone after the backup: the restore brings it back.
+    std::fs::create_dir_all(dirs[0].join("uploads")).expect("uploads");
+    std::fs::write(dirs[0].join("uploads/offer.txt"), b"oferta").expect("upload");
+    let org = format!("org_{k1}");
+    let (backup_path, manifest) = backup(&f, &k1, &f.dir.join("backups"), &path);
+    assert_eq!(manifest["integrity"], "ok", "{manifest}");
+    let tokens = manifest["tokens"].as_i64().expect("tokens");
+    assert!(tokens > 0, "{manifest}");
+    assert_eq!(mai_fleet_e2e::store_org_tokens(&backup_path, &org), tokens);
+    assert!(backup_path.join("uploads/offer.txt").exists());
+    std::fs::remove_file(dirs[0].join("uploads/offer.txt")).expect("remove");
+    let restored = f.restore(&k1, &backup_path, &path, &["--verify-timeout", "90s"]);
+    assert_eq!(restored.code, 0, "{}", restored.all());
+    assert_eq!(
+        std::fs::read(dirs[0].join("uploads/offer.txt")).expect("the upload is back"),
+        b"oferta"
+    );
+    assert_eq!(mai_fleet_e2e::store_integrity(&dirs[0]), "ok");
+
+    // Back to the node's disk: the data would stay behind, so nothing changes.
+    let uid = |id: &str| {
+        json(&kc, &ns, &format!("pod/mai-{id}-0")).map(|p| p["metadata"]["uid"].to_string())
+    };
+    let before = uid(&k2);
+    let moved = f.write_spec(&spec_with(&f, &node, &kc, &[], &both, 0, &extra("")));
+    let r = apply(&f, &moved, &[]);
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.all().contains("apply does not move a tenant's data"),
+        "{}",
+        r.all()
+    );
+    assert_eq!(uid(&k2), before, "the tenant was touched");
+    let set = json(&kc, &ns, &format!("statefulset/mai-{k2}")).expect("set");
+    assert_eq!(
+        set["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        claim(&k2)
+    );
+
+    // --prune keeps a claim and its data; the agent lets it go.
+    let one = [(k1.as_str(), DEV)];
+    let path = f.write_spec(&spec_with(&f, &node, &kc, &[], &one, 0, &extra(&storage)));
+    let r = apply(&f, &path, &["--prune"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout
+            .contains(&format!("data kept in claim {}", claim(&k2))),
+        "{}",
+        r.stdout
+    );
+    assert!(json(&kc, &ns, &format!("pvc/{}", claim(&k2))).is_some());
+    assert!(dirs[1].join("webui.db").exists());
+    let agent = json(&kc, &ns, &format!("deployment/mai-agent-{}-k", f.name)).expect("agent");
+    assert!(
+        !agent.to_string().contains(&claim(&k2)),
+        "the agent still mounts it"
+    );
+
+    // --purge-data empties the claim and deletes it.
+    let none: [(&str, &str); 0] = [];
+    let path = f.write_spec(&spec_with(&f, &node, &kc, &[], &none, 0, &extra(&storage)));
+    let r = apply(&f, &path, &["--prune", "--purge-data"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains(&format!("claim {} deleted", claim(&k1))),
+        "{}",
+        r.stdout
+    );
+    let left: Vec<String> = std::fs::read_dir(&dirs[0])
+        .expect("volume")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "left in the purged claim: {left:?}");
+    let gone = wait_until(Duration::from_secs(60), || {
+        json(&kc, &ns, &format!("pvc/{}", claim(&k1))).is_none()
+    });
+    assert!(
+        gone,
+        "the claim is still there: {}",
+        cluster_report(&kc, &ns)
+    );
 }

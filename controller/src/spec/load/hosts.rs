@@ -367,6 +367,10 @@ impl Loader<'_> {
             }
             None => Some(format!("mai-{fleet}")),
         };
+        let storage = match map.get_node("storage") {
+            Some(n) => self.storage(n, &what).map(Some),
+            None => Some(None),
+        };
         Some(KubernetesHost {
             kubeconfig: kubeconfig?,
             context,
@@ -377,6 +381,36 @@ impl Loader<'_> {
                 namespace: namespace_at,
             }),
             agent_api_server: agent_api_server?,
+            storage: storage?,
+        })
+    }
+
+    /// `hosts[i].kubernetes.storage`: a class (a DNS subdomain, as Kubernetes names
+    /// it) and a size in binary units.
+    fn storage(&mut self, node: &Node, kube_what: &str) -> Option<ClaimStorage> {
+        let what = format!("{kube_what}.storage");
+        let map = self.mapping(node, &format!("`{what}`"))?;
+        self.keys(map, STORAGE_KEYS, &what);
+        let class = self
+            .required(
+                map,
+                "class",
+                &format!("{what}.class"),
+                "the StorageClass of the tenants' claims, e.g. `class: local-path`",
+            )
+            .and_then(|(c, at)| {
+                self.check(at, &format!("{what}.class"), c, checks::dns_subdomain(c))
+                    .map(|()| c.to_string())
+            });
+        let size = match self.scalar(map, "size", &format!("{what}.size")) {
+            Some((v, at)) => self
+                .check(at, &format!("{what}.size"), v, checks::claim_size(v))
+                .map(|()| v.to_string()),
+            None => Some(DEFAULT_CLAIM_SIZE.to_string()),
+        };
+        Some(ClaimStorage {
+            class: class?,
+            size: size?,
         })
     }
 

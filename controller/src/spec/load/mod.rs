@@ -18,9 +18,9 @@ use rust_decimal::Decimal;
 
 use super::secret::{self, ApiKey, EnvSource};
 use super::{
-    checks, AgentsSpec, BackupLimits, Diagnostic, FleetSpec, HostAgent, HostSpec, KeySource,
-    KubernetesHost, KubernetesPlaces, OnLimit, Pos, SpecError, SshOptions, TenantSpec, TlsFiles,
-    REQUIRED_ENV,
+    checks, AgentsSpec, BackupLimits, ClaimStorage, Diagnostic, FleetSpec, HostAgent, HostSpec,
+    KeySource, KubernetesHost, KubernetesPlaces, OnLimit, Pos, SpecError, SshOptions, TenantSpec,
+    TlsFiles, REQUIRED_ENV,
 };
 
 const TOP_KEYS: &[&str] = &[
@@ -54,7 +54,11 @@ const KUBERNETES_KEYS: &[&str] = &[
     "node",
     "namespace",
     "agent_api_server",
+    "storage",
 ];
+const STORAGE_KEYS: &[&str] = &["class", "size"];
+/// A claim's size unless the spec says.
+const DEFAULT_CLAIM_SIZE: &str = "10Gi";
 const TLS_KEYS: &[&str] = &["ca", "cert", "key"];
 const TENANT_KEYS: &[&str] = &[
     "id",
