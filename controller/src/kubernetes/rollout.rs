@@ -268,6 +268,11 @@ async fn update(
     opts: &ExecuteOptions,
     say: &(dyn Fn(&str) + Sync),
 ) -> Done {
+    // A surge pod an interrupted switch left would serve the old revision beside the
+    // new one, on the same store.
+    if let Err(e) = super::surge::remove(cluster, &objects::surge_name(&previous.name)).await {
+        return (Status::Failed, format!("{e}; nothing changed"), None);
+    }
     match kept(cluster, &previous.name).await {
         Ok(k) => update_from(cluster, d, previous, &k, opts, say).await,
         Err(e) => (Status::Failed, format!("{e}; nothing changed"), None),
@@ -418,9 +423,11 @@ pub async fn scale(cluster: &Cluster, name: &str, replicas: i32) -> Result<(), K
 }
 
 /// Scales the tenant to no pod and waits until its pod is gone (its grace period
-/// and `within`): what a restore needs before it writes the tenant's directory.
+/// and `within`): what a restore needs before it writes the tenant's directory. A
+/// surge pod an interrupted switch left goes too: it writes the same store.
 pub async fn stop(cluster: &Cluster, name: &str, within: Duration) -> Result<(), KubeError> {
     scale(cluster, name, 0).await?;
+    super::surge::remove(cluster, &objects::surge_name(name)).await?;
     cluster.pod_gone(&pod_name(name), within).await
 }
 

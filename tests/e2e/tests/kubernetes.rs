@@ -1368,6 +1368,37 @@ fn backup(f: &Fleet, id: &str, dir: &Path, spec: &Path) -> (PathBuf, serde_json:
     (path, taken[0]["manifest"].clone())
 }
 
+/// Starts the surge pod an interrupted key rotation would leave for tenant `id`: the
+/// StatefulSet's pod template as a pod of its own beside the tenant's, running.
+fn plant_surge_pod(kc: &Path, ns: &str, id: &str, dir: &Path) {
+    let set = json(kc, ns, &format!("statefulset/mai-{id}")).expect("the StatefulSet");
+    let template = &set["spec"]["template"];
+    let mut labels = template["metadata"]["labels"].clone();
+    let map = labels.as_object_mut().expect("labels");
+    map.remove("mai-fleet.managed");
+    map.remove("mai-fleet.host");
+    map.insert("mai-fleet.surge".into(), "true".into());
+    let pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": format!("mai-{id}-surge"), "labels": labels },
+        "spec": template["spec"],
+    });
+    let file = dir.join("surge-pod.json");
+    std::fs::write(&file, pod.to_string()).expect("write");
+    let r = kubectl(kc, &["-n", ns, "apply", "-f", file.to_str().expect("path")]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let running = wait_until(Duration::from_secs(60), || {
+        json(kc, ns, &format!("pod/mai-{id}-surge"))
+            .is_some_and(|p| p["status"]["phase"] == "Running")
+    });
+    assert!(
+        running,
+        "the planted surge pod does not run: {}",
+        cluster_report(kc, ns)
+    );
+}
+
 /// A node tenant's data backed up and restored through a short-lived pod of the agent
 /// image on its node, the tenant writing under load: the backup is a sound store of
 /// one moment taken without stopping the tenant (same pod, no restart), the tenant's
@@ -1470,8 +1501,15 @@ fn a_node_tenant_is_backed_up_and_restored_through_a_pod_on_its_node() {
     std::fs::remove_file(data.join("uploads/offer.txt")).expect("remove");
     let grown = mai_fleet_e2e::store_org_tokens(&data, &org);
     assert!(grown > tokens);
+    // What a key rotation interrupted midway leaves: a surge pod on the same store.
+    // The restore's stop removes it before anything is written.
+    plant_surge_pod(&kc, &ns, &k, &f.dir);
     let restored = f.restore(&k, &path, &spec_path, &["--verify-timeout", "90s"]);
     assert_eq!(restored.code, 0, "{}", restored.all());
+    assert!(
+        json(&kc, &ns, &format!("pod/mai-{k}-surge")).is_none(),
+        "the surge pod outlived the restore's stop"
+    );
     let now = mai_fleet_e2e::store_org_tokens(&data, &org);
     assert!(
         now >= tokens && now < grown,
