@@ -79,7 +79,7 @@ pub async fn prepare(cluster: &Cluster, desired: &DesiredAgent) -> Result<(), Ku
         .unwrap_or_default()
         .into_iter()
         .collect();
-    let fleet = desired.labels.get(LABEL_FLEET).map_or("", String::as_str);
+    let fleet = fleet_of(desired);
     if !is_agent_of(&labels, fleet, &desired.host) {
         return Err(KubeError::NotOurs {
             host: cluster.host.name.clone(),
@@ -120,8 +120,7 @@ pub async fn deploy(
     settle: Duration,
 ) -> Result<String, KubeError> {
     // The agent may be the host's first object (it is made before the tenants).
-    let fleet = d.labels.get(LABEL_FLEET).map_or("", String::as_str);
-    super::rollout::prepare(cluster, fleet).await?;
+    super::rollout::prepare(cluster, fleet_of(d)).await?;
     let o = objects(
         cluster.namespace(),
         &cluster.node.node,
@@ -388,9 +387,9 @@ fn agent_container(ns: &str, d: &DesiredAgent) -> Container {
                 mount("spool", SPOOL_PATH, false),
             ]
             .into_iter()
-            .chain(claims_of(d).iter().map(|(_, c)| {
+            .chain(claims_of(d).iter().enumerate().map(|(i, (_, c))| {
                 let at = claim_dir(c).map(|p| p.display().to_string());
-                mount(c, &at.unwrap_or_default(), true)
+                mount(&claim_volume(i), &at.unwrap_or_default(), true)
             }))
             .collect(),
         ),
@@ -423,8 +422,8 @@ fn agent_volumes(d: &DesiredAgent) -> Vec<Volume> {
         }),
         ..Volume::default()
     };
-    let claims = claims_of(d).iter().map(|(_, c)| Volume {
-        name: c.clone(),
+    let claims = claims_of(d).iter().enumerate().map(|(i, (_, c))| Volume {
+        name: claim_volume(i),
         persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
             claim_name: c.clone(),
             read_only: Some(true),
@@ -440,6 +439,12 @@ fn agent_volumes(d: &DesiredAgent) -> Vec<Volume> {
     .into_iter()
     .chain(claims)
     .collect()
+}
+
+/// The pod's name for its `i`th claim (a claim's own name could be any of the
+/// others': `data`, `spool`).
+fn claim_volume(i: usize) -> String {
+    format!("claim-{i}")
 }
 
 /// The host's tenants' claims, `(tenant id, claim)`.
@@ -561,4 +566,73 @@ pub async fn last_warnings(cluster: &Cluster, host: &str) -> String {
         .await
         .unwrap_or_default();
     crate::quote::agent_warnings(&log)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a host with a storage class the agent mounts each tenant's claim read-only
+    /// where its discovery looks, under a volume name no claim's own name can clash
+    /// with, is placed by affinity (so that its claims bind on the node), and makes
+    /// the claims it may be the first to mount.
+    #[test]
+    fn an_agent_on_claims_mounts_each_read_only_where_discovery_looks() {
+        let spec = crate::spec::load_str(
+            std::path::Path::new("t.yaml"),
+            "version: 1\nfleet: f\nagents: { database_url: \"postgres://127.0.0.1:5432/f\" }\nhosts:\n  - name: k1\n    kubernetes: { node: n1, storage: { class: local-path } }\n    data_root: /srv/mai\ntenants: []\n",
+            &std::collections::HashMap::new(),
+        )
+        .expect("valid");
+        let host = &spec.hosts[0];
+        let claims = vec![
+            ("acme".to_string(), "mai-acme-data".to_string()),
+            ("beta".to_string(), "data".to_string()),
+        ];
+        let d = DesiredAgent::new("f", host, claims).expect("an agent");
+        let storage = host.kubernetes.as_ref().and_then(|k| k.storage.as_ref());
+        let o = objects("mai-f", "n1", &d, "postgres://x", storage);
+        let pod = o
+            .deployment
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod");
+        assert_eq!(pod.node_name, None);
+        assert!(pod.affinity.is_some());
+        let volumes = pod.volumes.expect("volumes");
+        let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+        let unique: std::collections::BTreeSet<&&str> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
+        let mounts = pod.containers[0].volume_mounts.clone().expect("mounts");
+        for claim in ["mai-acme-data", "data"] {
+            let v = volumes
+                .iter()
+                .find(|v| {
+                    v.persistent_volume_claim
+                        .as_ref()
+                        .is_some_and(|c| c.claim_name == claim && c.read_only == Some(true))
+                })
+                .expect("the claim's volume");
+            let m = mounts.iter().find(|m| m.name == v.name).expect("mounted");
+            let at = claim_dir(claim).expect("a claim's dir");
+            assert_eq!(m.mount_path, at.display().to_string());
+            assert_eq!(m.read_only, Some(true));
+        }
+        let made: Vec<String> = o
+            .claims
+            .iter()
+            .filter_map(|c| c.metadata.name.clone())
+            .collect();
+        assert_eq!(made, ["mai-acme-data", "data"]);
+        // Without a storage class, nothing of it.
+        let plain = DesiredAgent::new("f", host, Vec::new()).expect("an agent");
+        let o = objects("mai-f", "n1", &plain, "postgres://x", None);
+        let pod = o
+            .deployment
+            .spec
+            .and_then(|s| s.template.spec)
+            .expect("pod");
+        assert_eq!(pod.node_name.as_deref(), Some("n1"));
+        assert!(o.claims.is_empty());
+    }
 }
