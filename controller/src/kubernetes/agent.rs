@@ -93,6 +93,7 @@ pub async fn prepare(cluster: &Cluster, desired: &DesiredAgent) -> Result<(), Ku
         )
         .await?;
     let since = Instant::now();
+    let mut nudged = std::collections::BTreeSet::new();
     loop {
         let left = cluster
             .call("read the agent", api.get_opt(&desired.name))
@@ -100,6 +101,13 @@ pub async fn prepare(cluster: &Cluster, desired: &DesiredAgent) -> Result<(), Ku
         let pods = agent_pods(cluster, &desired.host).await?;
         if left.is_none() && pods.is_empty() {
             return Ok(());
+        }
+        // A pod whose deletion the kubelet missed holds the Deployment (foreground).
+        for p in &pods {
+            let uid = p.metadata.uid.clone().unwrap_or_default();
+            if !nudged.contains(&uid) && cluster.nudge_if_missed(p).await {
+                nudged.insert(uid);
+            }
         }
         if since.elapsed() >= GONE_WITHIN {
             return Err(KubeError::Stuck {
@@ -572,6 +580,10 @@ pub async fn last_warnings(cluster: &Cluster, host: &str) -> String {
 mod tests {
     use super::*;
 
+    fn pod_of(d: Deployment) -> PodSpec {
+        d.spec.and_then(|s| s.template.spec).expect("pod")
+    }
+
     /// On a host with a storage class the agent mounts each tenant's claim read-only
     /// where its discovery looks, under a volume name no claim's own name can clash
     /// with, is placed by affinity (so that its claims bind on the node), and makes
@@ -592,11 +604,7 @@ mod tests {
         let d = DesiredAgent::new("f", host, claims).expect("an agent");
         let storage = host.kubernetes.as_ref().and_then(|k| k.storage.as_ref());
         let o = objects("mai-f", "n1", &d, "postgres://x", storage);
-        let pod = o
-            .deployment
-            .spec
-            .and_then(|s| s.template.spec)
-            .expect("pod");
+        let pod = pod_of(o.deployment);
         assert_eq!(pod.node_name, None);
         assert!(pod.affinity.is_some());
         let volumes = pod.volumes.expect("volumes");
@@ -627,11 +635,7 @@ mod tests {
         // Without a storage class, nothing of it.
         let plain = DesiredAgent::new("f", host, Vec::new()).expect("an agent");
         let o = objects("mai-f", "n1", &plain, "postgres://x", None);
-        let pod = o
-            .deployment
-            .spec
-            .and_then(|s| s.template.spec)
-            .expect("pod");
+        let pod = pod_of(o.deployment);
         assert_eq!(pod.node_name.as_deref(), Some("n1"));
         assert!(o.claims.is_empty());
     }

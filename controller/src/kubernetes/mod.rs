@@ -424,23 +424,33 @@ impl Cluster {
                     })
                 }
                 Some(p) => {
-                    if !nudged && missed_deletion(&p, chrono::Utc::now().timestamp()) {
-                        nudged = true;
-                        let dp = DeleteParams {
-                            grace_period_seconds: Some(1),
-                            preconditions: Some(kube::api::Preconditions {
-                                uid: p.metadata.uid.clone(),
-                                resource_version: None,
-                            }),
-                            ..DeleteParams::default()
-                        };
-                        // The pod may be going meanwhile: a refusal changes nothing.
-                        let _ = self.api::<Pod>().delete(name, &dp).await;
+                    if !nudged {
+                        nudged = self.nudge_if_missed(&p).await;
                     }
                     tokio::time::sleep(Duration::from_millis(300)).await
                 }
             }
         }
+    }
+
+    /// Deletes `p` once more with a grace period of 1 s, by its uid, when the kubelet
+    /// missed its deletion ([`missed_deletion`]); says whether it did.
+    async fn nudge_if_missed(&self, p: &Pod) -> bool {
+        if !missed_deletion(p, chrono::Utc::now().timestamp()) {
+            return false;
+        }
+        let dp = DeleteParams {
+            grace_period_seconds: Some(1),
+            preconditions: Some(kube::api::Preconditions {
+                uid: p.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        let name = p.metadata.name.as_deref().unwrap_or_default();
+        // The pod may be going meanwhile: a refusal changes nothing.
+        let _ = self.api::<Pod>().delete(name, &dp).await;
+        true
     }
 
     /// Deletes a pod of the fleet's (a copy's, a surge) and waits until it is gone.
@@ -566,13 +576,10 @@ pub fn render(
     push(serde_json::to_value(objects::network_policy(
         fleet, &network, ns,
     )));
-    let claims = match &k.storage {
-        Some(_) => tenants
-            .iter()
-            .map(|t| (t.id.clone(), crate::plan::claim_name(&t.container_name())))
-            .collect(),
-        None => Vec::new(),
-    };
+    let claims = tenants
+        .iter()
+        .filter_map(|t| crate::plan::data_claim(host, &t.id).map(|c| (t.id.clone(), c.name)))
+        .collect();
     if let Some(d) = crate::plan::agent::DesiredAgent::new(fleet, host, claims) {
         let o = agent::objects(ns, &k.node, &d, REDACTED, None);
         push(serde_json::to_value(o.account));

@@ -354,6 +354,23 @@ pub fn claim(
     }
 }
 
+/// Whether a claim found in the namespace is the one this fleet made for `tenant` of
+/// `host` (its labels as [`claim`] writes them): the only one apply, prune and purge
+/// ever touch.
+pub fn is_claim_of(found: &ObjectMeta, fleet: &str, host: &str, tenant: &str) -> bool {
+    let label = |k: &str| {
+        found
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(k))
+            .map(String::as_str)
+    };
+    label(LABEL_MANAGED) == Some("true")
+        && label(LABEL_FLEET) == Some(fleet)
+        && label(LABEL_HOST) == Some(host)
+        && label(LABEL_TENANT) == Some(tenant)
+}
+
 /// The claim of `w`, when its host keeps tenants' data on claims.
 pub fn claim_of(w: &Workload, namespace: &str) -> Option<PersistentVolumeClaim> {
     let c = w.claim.as_ref()?;

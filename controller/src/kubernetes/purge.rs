@@ -11,14 +11,18 @@ use k8s_openapi::api::core::v1::{
 use kube::api::DeleteParams;
 
 use super::{Cluster, KubeError};
-use crate::plan::{claim_name, LABEL_HOST, LABEL_MANAGED, LABEL_TENANT};
+use crate::plan::claim_name;
 
 const WITHIN: Duration = Duration::from_secs(120);
 
-/// The claim this host's tenant `tenant` keeps its data on, if there is one (a host
-/// with a storage class): what prune keeps and purge deletes.
-pub async fn claim_of(cluster: &Cluster, tenant: &str) -> Result<Option<String>, KubeError> {
-    let name = claim_name(&mai_fleet_core::contract::container_name(tenant));
+/// The claim fleet `fleet`'s tenant `tenant` of this host keeps its data on, if
+/// there is one (a host with a storage class): what prune keeps and purge deletes.
+pub async fn claim_of(
+    cluster: &Cluster,
+    fleet: &str,
+    tenant: &str,
+) -> Result<Option<String>, KubeError> {
+    let name = claim_name(tenant);
     let found = cluster
         .call(
             "read the claim",
@@ -26,19 +30,21 @@ pub async fn claim_of(cluster: &Cluster, tenant: &str) -> Result<Option<String>,
         )
         .await?;
     let ours = found.is_some_and(|c| {
-        let l = c.metadata.labels.unwrap_or_default();
-        l.get(LABEL_MANAGED).map(String::as_str) == Some("true")
-            && l.get(LABEL_TENANT).map(String::as_str) == Some(tenant)
-            && l.get(LABEL_HOST) == Some(&cluster.host.name)
+        super::objects::is_claim_of(&c.metadata, fleet, &cluster.host.name, tenant)
     });
     Ok(ours.then_some(name))
 }
 
 /// Deletes `<data_root>/<tenant>` on the host's node, and the tenant's claim with
 /// what is in it; says what was done.
-pub async fn purge(cluster: &Cluster, image: &str, tenant: &str) -> Result<String, KubeError> {
+pub async fn purge(
+    cluster: &Cluster,
+    image: &str,
+    fleet: &str,
+    tenant: &str,
+) -> Result<String, KubeError> {
     let on_node = run(cluster, purge_pod(cluster, image, tenant, None)).await?;
-    let Some(claim) = claim_of(cluster, tenant).await? else {
+    let Some(claim) = claim_of(cluster, fleet, tenant).await? else {
         return Ok(on_node);
     };
     // Emptied first: a claim's volume may be kept after the claim (a class whose

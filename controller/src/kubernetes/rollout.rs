@@ -21,7 +21,7 @@ use crate::execution::{
     Unverified, VerifyOptions, HEALTH_PATH,
 };
 use crate::plan::{
-    Action, Observed, Workload, APP_PORT, DATA_MOUNT, LABEL_FLEET, LABEL_MANAGED, LABEL_TENANT,
+    Action, Observed, Workload, APP_PORT, DATA_MOUNT, LABEL_FLEET, LABEL_HOST, LABEL_TENANT,
 };
 
 /// Waiting reasons of a container that will not get better by waiting.
@@ -128,12 +128,19 @@ async fn run_action(
                 let dir = format!("{}/{tenant}", cluster.host.data_root);
                 let node = &cluster.node.node;
                 let data = if !opts.purge_data {
-                    match super::purge::claim_of(cluster, &tenant).await {
+                    match super::purge::claim_of(cluster, container.fleet(), &tenant).await {
                         Ok(Some(claim)) => format!("; data kept in claim {claim}"),
                         _ => format!("; data kept in {dir} on node {node}"),
                     }
                 } else {
-                    match super::purge::purge(cluster, &helper_image(cluster), &tenant).await {
+                    match super::purge::purge(
+                        cluster,
+                        &helper_image(cluster),
+                        container.fleet(),
+                        &tenant,
+                    )
+                    .await
+                    {
                         Ok(said) => format!("; data purged on node {node} ({said})"),
                         Err(e) => format!("; data NOT purged: {e}"),
                     }
@@ -196,17 +203,27 @@ pub(super) async fn make_claim(
     let Some(found) = found else {
         return cluster.apply(&name, claim).await.map(|_| ());
     };
-    let label = |m: &ObjectMeta, k: &str| m.labels.as_ref().and_then(|l| l.get(k)).cloned();
-    let same = [LABEL_MANAGED, LABEL_FLEET, LABEL_TENANT]
-        .iter()
-        .all(|k| label(&found.metadata, k) == label(&claim.metadata, k));
-    if same {
+    let label = |k: &str| {
+        claim
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(k))
+            .map_or("", String::as_str)
+    };
+    let tenant = label(LABEL_TENANT);
+    if objects::is_claim_of(
+        &found.metadata,
+        label(LABEL_FLEET),
+        label(LABEL_HOST),
+        tenant,
+    ) {
         Ok(())
     } else {
         Err(KubeError::ForeignClaim {
             host: cluster.host.name.clone(),
             name,
-            tenant: label(&claim.metadata, LABEL_TENANT).unwrap_or_default(),
+            tenant: tenant.to_string(),
         })
     }
 }

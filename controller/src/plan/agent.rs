@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{claim_name, Action, Observed, LABEL_FLEET};
+use super::{data_claim, Action, Observed, LABEL_FLEET};
 use crate::spec::{DockerEndpoint, HostAgent, HostSpec, DEFAULT_REMOTE_SOCKET};
 
 /// The host an agent container serves (never `mai-fleet.managed`: tenants' plans
@@ -147,7 +147,6 @@ impl DesiredAgent {
 /// on and the one the spec gives it. Both: a tenant the spec would move keeps its
 /// data (and the agent its reading) where it is until it moves.
 pub fn claims_to_read(host: &HostSpec, actions: &[Action]) -> Vec<(String, String)> {
-    let storage = host.kubernetes.as_ref().and_then(|k| k.storage.as_ref());
     let mut claims: Vec<(String, String)> = Vec::new();
     for a in actions {
         let running = match a {
@@ -167,7 +166,7 @@ pub fn claims_to_read(host: &HostSpec, actions: &[Action]) -> Vec<(String, Strin
             .flat_map(|rt| rt.mounts.iter())
             .filter_map(|m| m.strip_prefix("claim "))
             .filter_map(|m| m.split_once(':').map(|(name, _)| name.to_string()));
-        let given = storage.map(|_| claim_name(&mai_fleet_core::contract::container_name(&tenant)));
+        let given = data_claim(host, &tenant).map(|c| c.name);
         for c in mounted.chain(given) {
             claims.push((tenant.clone(), c));
         }

@@ -17,7 +17,7 @@ use crate::spec::{FleetSpec, HostSpec, TenantSpec};
 
 pub use drift::{changes, Change, ChangeKind, Field};
 pub use workload::{
-    claim_name, Confinement, DataClaim, Resources, Restart, Runtime, Workload,
+    claim_name, data_claim, Confinement, DataClaim, Resources, Restart, Runtime, Workload,
     DEFAULT_MEMORY_BYTES, DEFAULT_NANO_CPUS, DEFAULT_PIDS_LIMIT, SPEC_HASH_VERSION,
 };
 

@@ -211,15 +211,7 @@ impl Workload {
             port: t.port,
             publish_address: host.publish_address.clone(),
             data_dir: format!("{}/{}/data", host.data_root, t.id),
-            claim: host
-                .kubernetes
-                .as_ref()
-                .and_then(|k| k.storage.as_ref())
-                .map(|s| DataClaim {
-                    name: claim_name(&t.container_name()),
-                    class: s.class.clone(),
-                    size: s.size.clone(),
-                }),
+            claim: data_claim(host, &t.id),
             resources: Resources {
                 memory_bytes: t.memory_bytes.unwrap_or(DEFAULT_MEMORY_BYTES),
                 nano_cpus,
@@ -291,9 +283,20 @@ impl Workload {
     }
 }
 
-/// The claim that holds a workload's data on a host with a storage class.
-pub fn claim_name(workload: &str) -> String {
-    format!("{workload}-data")
+/// The claim that holds tenant `tenant`'s data on a host with a storage class.
+pub fn claim_name(tenant: &str) -> String {
+    format!("{}-data", mai_fleet_core::contract::container_name(tenant))
+}
+
+/// Tenant `tenant`'s claim on `host`: `None` unless the host keeps tenants' data on
+/// claims (`storage:`).
+pub fn data_claim(host: &HostSpec, tenant: &str) -> Option<DataClaim> {
+    let s = host.kubernetes.as_ref()?.storage.as_ref()?;
+    Some(DataClaim {
+        name: claim_name(tenant),
+        class: s.class.clone(),
+        size: s.size.clone(),
+    })
 }
 
 /// What a workload runs, as its backend reports it, in the plan's terms. `env` holds
